@@ -1,0 +1,15 @@
+"""``tmpfs``: files in RAM without fsync; survives a process crash, not a reboot."""
+
+from __future__ import annotations
+
+from plinius.backends.files import FileBackend
+
+
+class TmpfsBackend(FileBackend):
+    """The file path without fsync: the upper bound for file-based mirrors on this machine."""
+
+    name = "tmpfs"
+    summary = "file in RAM, no fsync: process-crash durability only (lost on reboot)"
+    example_location = "/dev/shm/plinius"
+    fsync = False
+    expects = "tmpfs"

@@ -1,0 +1,1 @@
+"""The ``plinius`` command line: one module per subcommand, each exposing ``register``."""

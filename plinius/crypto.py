@@ -1,0 +1,291 @@
+"""AES-GCM-128 sealing straight into caller-provided memory.
+
+A sealed buffer is ``[IV 12 B][ciphertext n B][tag 16 B]``: 28 B of metadata per buffer, as in the
+paper, laid out so that ``cryptography``'s ``encrypt_into`` (which appends the tag) writes the whole
+record in place with no temporary. Every buffer gets a fresh random IV and associated data that binds
+it to its model, layer, name and mirror version (see :func:`associated_data`), so a buffer moved to
+another place, another model or another mirror version fails to open.
+
+Two engines share one interface: ``pycryptodome`` (always installed) and ``cryptography`` (the
+``fast`` extra, about twice as fast here). :func:`default_engine` picks the fastest one installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from plinius.errors import ConfigError, IntegrityError, WrongKeyError
+
+KEY_BYTES = 16
+IV_BYTES = 12
+TAG_BYTES = 16
+OVERHEAD = IV_BYTES + TAG_BYTES  # 28 B per sealed buffer
+KEY_ID_BYTES = 8
+
+Buffer = bytes | bytearray | memoryview | np.ndarray
+
+
+def sealed_size(n: int) -> int:
+    """Bytes a sealed buffer of ``n`` plaintext bytes occupies."""
+    return n + OVERHEAD
+
+
+def associated_data(fingerprint: bytes, layer: int, name: str, version: int) -> bytes:
+    """Canonical AAD: binds a buffer to (model fingerprint, layer index, buffer name, version).
+
+    Length-prefixed so that no two different tuples encode to the same bytes.
+    """
+    raw_name = name.encode()
+    return b"".join(
+        (
+            b"plinius-aad-v1",
+            struct.pack("<H", len(fingerprint)),
+            fingerprint,
+            struct.pack("<qH", layer, len(raw_name)),
+            raw_name,
+            struct.pack("<Q", version),
+        )
+    )
+
+
+def as_bytes_view(buf: Buffer | np.ndarray) -> memoryview:
+    """A flat unsigned-byte view of any C-contiguous buffer (numpy arrays included), no copy."""
+    if isinstance(buf, np.ndarray):
+        if not buf.flags.c_contiguous:
+            raise ValueError("array must be C-contiguous to be sealed in place")
+        return memoryview(buf.reshape(-1).view(np.uint8))
+    mv = memoryview(buf)
+    if mv.format == "B" and mv.ndim == 1:
+        return mv
+    if not mv.c_contiguous:
+        raise ValueError("buffer must be C-contiguous to be sealed in place")
+    return mv.cast("B")
+
+
+def key_id(key: bytes) -> bytes:
+    """A short public identifier of a key (HMAC-SHA256 of a constant), to name wrong keys early."""
+    return hmac.new(key, b"plinius key id v1", hashlib.sha256).digest()[:KEY_ID_BYTES]
+
+
+class Engine(ABC):
+    """One AES-GCM-128 implementation bound to one key."""
+
+    #: short engine name recorded in every report
+    name: str
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise ConfigError(f"AES-GCM-128 needs a {KEY_BYTES}-byte key, got {len(key)} bytes")
+        self.key_id = key_id(bytes(key))
+
+    def seal_into(self, aad: bytes, plaintext: Buffer, out: memoryview) -> None:
+        """Encrypt ``plaintext`` into ``out`` (exactly ``sealed_size(len(plaintext))`` bytes)."""
+        pv = as_bytes_view(plaintext)
+        n = pv.nbytes
+        if out.nbytes != n + OVERHEAD:
+            raise ValueError(f"output is {out.nbytes} B, sealing {n} B needs {n + OVERHEAD} B")
+        iv = os.urandom(IV_BYTES)
+        out[:IV_BYTES] = iv
+        self._encrypt(iv, aad, pv, out[IV_BYTES:])
+
+    def open_into(self, aad: bytes, sealed: Buffer, out: Buffer, what: str) -> None:
+        """Decrypt ``sealed`` into ``out``; raise :class:`IntegrityError` naming ``what`` on failure.
+
+        On failure ``out`` may hold unauthenticated bytes: callers restore into scratch or discard.
+        """
+        sv = as_bytes_view(sealed)
+        out = as_bytes_view(out)
+        n = sv.nbytes - OVERHEAD
+        if n < 0:
+            raise IntegrityError(what, f"sealed buffer is {sv.nbytes} B, shorter than {OVERHEAD} B")
+        if out.nbytes != n:
+            raise ValueError(f"output is {out.nbytes} B, sealed buffer holds {n} B")
+        if not self._decrypt(bytes(sv[:IV_BYTES]), aad, sv[IV_BYTES:], out):
+            raise IntegrityError(what, "tag mismatch (tampered, moved, replayed or wrong key)")
+
+    @abstractmethod
+    def _encrypt(self, iv: bytes, aad: bytes, plaintext: Buffer, ct_and_tag: memoryview) -> None:
+        """Write ciphertext followed by the 16-byte tag into ``ct_and_tag``."""
+
+    @abstractmethod
+    def _decrypt(self, iv: bytes, aad: bytes, ct_and_tag: memoryview, out: memoryview) -> bool:
+        """Decrypt into ``out``; return False when the tag does not verify."""
+
+
+class PycryptodomeEngine(Engine):
+    """AES-GCM from pycryptodome, writing through ``output=`` (no temporaries)."""
+
+    name = "pycryptodome"
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__(key)
+        from Crypto.Cipher import AES
+
+        self._aes = AES
+        self._key = bytes(key)
+
+    def _encrypt(self, iv: bytes, aad: bytes, plaintext: Buffer, ct_and_tag: memoryview) -> None:
+        n = ct_and_tag.nbytes - TAG_BYTES
+        cipher = self._aes.new(self._key, self._aes.MODE_GCM, nonce=iv, mac_len=TAG_BYTES)
+        cipher.update(aad)
+        if n:
+            cipher.encrypt(plaintext, output=ct_and_tag[:n])
+        ct_and_tag[n:] = cipher.digest()
+
+    def _decrypt(self, iv: bytes, aad: bytes, ct_and_tag: memoryview, out: memoryview) -> bool:
+        n = ct_and_tag.nbytes - TAG_BYTES
+        cipher = self._aes.new(self._key, self._aes.MODE_GCM, nonce=iv, mac_len=TAG_BYTES)
+        cipher.update(aad)
+        if n:
+            cipher.decrypt(ct_and_tag[:n], output=out)
+        try:
+            cipher.verify(bytes(ct_and_tag[n:]))
+        except ValueError:
+            return False
+        return True
+
+
+class CryptographyEngine(Engine):
+    """AES-GCM from ``cryptography`` (OpenSSL) via ``encrypt_into``/``decrypt_into``."""
+
+    name = "cryptography"
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__(key)
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self._aead = AESGCM(bytes(key))
+        self._invalid_tag = InvalidTag
+
+    def _encrypt(self, iv: bytes, aad: bytes, plaintext: Buffer, ct_and_tag: memoryview) -> None:
+        self._aead.encrypt_into(iv, plaintext, aad, ct_and_tag)
+
+    def _decrypt(self, iv: bytes, aad: bytes, ct_and_tag: memoryview, out: memoryview) -> bool:
+        try:
+            self._aead.decrypt_into(iv, ct_and_tag, aad, out)
+        except self._invalid_tag:
+            return False
+        return True
+
+
+def _cryptography_usable() -> bool:
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:
+        return False
+    return hasattr(AESGCM, "encrypt_into")
+
+
+# Fastest first: the default is the first one installed.
+ENGINES: dict[str, tuple[type[Engine], Callable[[], bool]]] = {
+    "cryptography": (CryptographyEngine, _cryptography_usable),
+    "pycryptodome": (PycryptodomeEngine, lambda: True),
+}
+
+
+def available_engines() -> list[str]:
+    """Names of the engines installed here, fastest first."""
+    return [name for name, (_, usable) in ENGINES.items() if usable()]
+
+
+def make_engine(key: bytes, name: str | None = None) -> Engine:
+    """Build engine ``name`` (default: the fastest installed) for ``key``."""
+    if name is None or name == "auto":
+        name = available_engines()[0]
+    if name not in ENGINES:
+        raise ConfigError(f"unknown crypto engine {name!r}; choose from {', '.join(ENGINES)}")
+    cls, usable = ENGINES[name]
+    if not usable():
+        raise ConfigError(
+            f"crypto engine {name!r} is not installed: pip install 'plinius[fast]' "
+            "(needs cryptography >= 42 with encrypt_into)"
+        )
+    return cls(key)
+
+
+# --- key files -------------------------------------------------------------------------------
+
+KEY_FILE_HEADER = "plinius-key-v1"
+
+
+def generate_key() -> bytes:
+    return os.urandom(KEY_BYTES)
+
+
+def write_key_file(path: str | Path, key: bytes) -> None:
+    """Create a new key file with mode 0600; refuse to overwrite an existing one."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(
+            f"{p} already exists: refusing to overwrite a key (a lost key makes its mirrors "
+            "unreadable); choose another path or delete it yourself"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create key file {p}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{KEY_FILE_HEADER} {key.hex()}\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_key_file(path: str | Path) -> bytes:
+    """Read a key file written by :func:`write_key_file` (or 16 raw bytes, or 32 hex digits)."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"key file {p} does not exist: create one with `plinius keygen`") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {p}: {exc.strerror}") from None
+    if len(raw) == KEY_BYTES:
+        return raw
+    text = raw.decode("ascii", errors="replace").strip()
+    if text.startswith(KEY_FILE_HEADER):
+        text = text[len(KEY_FILE_HEADER) :].strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise ConfigError(
+            f"{p} is not a plinius key file: expected '{KEY_FILE_HEADER} <32 hex digits>' "
+            f"or {KEY_BYTES} raw bytes"
+        )
+    return key
+
+
+def check_key_matches(what: str, found: bytes, engine: Engine) -> None:
+    """Raise :class:`WrongKeyError` when the stored key id is not the engine's."""
+
+    if not hmac.compare_digest(found, engine.key_id):
+        raise WrongKeyError(what, found.hex(), engine.key_id.hex())
+
+
+__all__ = [
+    "IV_BYTES",
+    "KEY_BYTES",
+    "OVERHEAD",
+    "TAG_BYTES",
+    "CryptographyEngine",
+    "Engine",
+    "PycryptodomeEngine",
+    "associated_data",
+    "available_engines",
+    "generate_key",
+    "key_id",
+    "make_engine",
+    "read_key_file",
+    "sealed_size",
+    "write_key_file",
+]

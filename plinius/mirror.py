@@ -1,0 +1,308 @@
+"""The mirroring module: seals a model's buffers into one backend blob and opens them again.
+
+A mirror is one blob (layout in ``docs/FORMAT.md``)::
+
+    [header 128 B][sealed record 0][pad][sealed record 1]...[sealed manifest]
+
+The plaintext header names the format, key id, model fingerprint and version so that wrong keys,
+foreign models and newer formats get specific errors before any decryption. The manifest (JSON:
+iteration, metadata, and per record layer/name/dtype/shape/offset/length) is sealed with the whole
+header as associated data, so no header byte can change unnoticed. Each record is sealed with
+associated data binding it to (fingerprint, layer, name, version): records swapped between layers,
+models or mirror versions fail to open. Ciphertexts start on a page (or cache-line) boundary so
+both sealing and decrypting run on aligned memory.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from plinius.backends.base import Backend, IoStats
+from plinius.crypto import IV_BYTES, OVERHEAD, Engine, associated_data, check_key_matches
+from plinius.errors import (
+    FormatError,
+    IntegrityError,
+    ModelMismatchError,
+    NotAMirrorError,
+    StaleMirrorError,
+    TruncatedError,
+    UnsupportedVersionError,
+)
+from plinius.memory import CACHE_LINE, PAGE, align_up
+
+MAGIC = b"PLNMIRR\x00"
+FORMAT_VERSION = 1
+HEADER_SIZE = 128
+# magic, format, header size, flags, key id, version, fingerprint, blob size,
+# manifest offset, manifest sealed length, record count
+_HEADER = struct.Struct("<8sHHI8sQ32sQQII")
+MANIFEST_LAYER = -1
+MANIFEST_NAME = "__manifest__"
+DEFAULT_KEY = "mirror"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One buffer to mirror: a C-contiguous array, sealed in place."""
+
+    layer: int
+    name: str
+    array: np.ndarray
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where one sealed record sits in the blob (``length`` is the plaintext size)."""
+
+    layer: int
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    length: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "offset": self.offset,
+            "length": self.length,
+        }
+
+
+@dataclass
+class MirrorInfo:
+    """What a stored mirror says about itself, after authentication."""
+
+    version: int
+    iteration: int
+    fingerprint: bytes
+    meta: dict[str, Any]
+    entries: list[Entry]
+    size: int
+
+    @property
+    def metadata_bytes(self) -> int:
+        """Encryption metadata: 28 B per buffer (IV + tag), manifest included."""
+        return OVERHEAD * (len(self.entries) + 1)
+
+
+@dataclass
+class Restored:
+    info: MirrorInfo
+    arrays: dict[tuple[int, str], np.ndarray]
+    stats: IoStats = field(default_factory=IoStats)
+
+
+def _ct_align(length: int) -> int:
+    return PAGE if length >= PAGE else CACHE_LINE
+
+
+def plan(records: Sequence[Record]) -> tuple[list[Entry], int]:
+    """Offsets of each sealed record (ciphertext aligned) and where the manifest starts."""
+    entries: list[Entry] = []
+    cursor = HEADER_SIZE
+    seen: set[tuple[int, str]] = set()
+    for r in records:
+        if (r.layer, r.name) in seen:
+            raise ValueError(f"duplicate record layer {r.layer} name {r.name!r}")
+        seen.add((r.layer, r.name))
+        if not r.array.flags.c_contiguous:
+            raise ValueError(f"record layer {r.layer} {r.name!r} is not C-contiguous")
+        n = r.array.nbytes
+        offset = align_up(cursor + IV_BYTES, _ct_align(n)) - IV_BYTES
+        entries.append(Entry(r.layer, r.name, r.array.dtype.str, r.array.shape, offset, n))
+        cursor = offset + n + OVERHEAD
+    return entries, cursor
+
+
+def _manifest_bytes(version: int, iteration: int, fp: bytes, meta: Mapping[str, Any],
+                    entries: Iterable[Entry]) -> bytes:
+    doc = {
+        "format": FORMAT_VERSION,
+        "fingerprint": fp.hex(),
+        "version": version,
+        "iteration": iteration,
+        "meta": dict(meta),
+        "records": [e.as_json() for e in entries],
+    }
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+class MirrorStore:
+    """Seals named arrays of one model into one blob of a backend, and opens them again."""
+
+    def __init__(
+        self, backend: Backend, engine: Engine, fingerprint: bytes, key: str = DEFAULT_KEY
+    ) -> None:
+        if len(fingerprint) != 32:
+            raise ValueError("model fingerprint must be 32 bytes (SHA-256)")
+        self.backend = backend
+        self.engine = engine
+        self.fingerprint = fingerprint
+        self.key = key
+        self._plan_cache: tuple[tuple[Any, ...], list[Entry], int] | None = None
+
+    # --- save --------------------------------------------------------------------------------
+
+    def _plan(self, records: Sequence[Record]) -> tuple[list[Entry], int]:
+        sig = tuple((r.layer, r.name, r.array.dtype.str, r.array.shape) for r in records)
+        if self._plan_cache is None or self._plan_cache[0] != sig:
+            entries, manifest_at = plan(records)
+            self._plan_cache = (sig, entries, manifest_at)
+        return self._plan_cache[1], self._plan_cache[2]
+
+    def save(
+        self,
+        records: Sequence[Record],
+        version: int,
+        iteration: int = 0,
+        meta: Mapping[str, Any] | None = None,
+    ) -> IoStats:
+        """Replace the stored mirror atomically by a new one at ``version``."""
+        if version < 0:
+            raise ValueError("mirror version must be >= 0")
+        t0 = time.perf_counter()
+        entries, manifest_at = self._plan(records)
+        manifest = _manifest_bytes(version, iteration, self.fingerprint, meta or {}, entries)
+        total = manifest_at + len(manifest) + OVERHEAD
+        header = _HEADER.pack(
+            MAGIC, FORMAT_VERSION, HEADER_SIZE, 0, self.engine.key_id, version, self.fingerprint,
+            total, manifest_at, len(manifest) + OVERHEAD, len(entries),
+        ).ljust(HEADER_SIZE, b"\0")
+        encrypt_s = 0.0
+        with self.backend.begin_write(self.key, total) as txn:
+            txn.view(0, HEADER_SIZE)[:] = header
+            for rec, e in zip(records, entries, strict=True):
+                out = txn.view(e.offset, e.length + OVERHEAD)
+                aad = associated_data(self.fingerprint, e.layer, e.name, version)
+                ts = time.perf_counter()
+                self.engine.seal_into(aad, rec.array, out)
+                encrypt_s += time.perf_counter() - ts
+                out.release()
+            ts = time.perf_counter()
+            mout = txn.view(manifest_at, len(manifest) + OVERHEAD)
+            self.engine.seal_into(self._manifest_aad(header, version), manifest, mout)
+            mout.release()
+            encrypt_s += time.perf_counter() - ts
+            io = txn.commit()
+        io.encrypt_s += encrypt_s
+        io.bytes = total
+        io.total_s = time.perf_counter() - t0
+        return io
+
+    def _manifest_aad(self, header: bytes, version: int) -> bytes:
+        return associated_data(self.fingerprint, MANIFEST_LAYER, MANIFEST_NAME, version) + header
+
+    # --- open --------------------------------------------------------------------------------
+
+    def _open_info(self, data: memoryview, min_version: int | None) -> MirrorInfo:
+        what = f"mirror {self.backend.spec}/{self.key}"
+        if data.nbytes < HEADER_SIZE:
+            if data.nbytes >= len(MAGIC) and bytes(data[: len(MAGIC)]) == MAGIC:
+                raise TruncatedError(
+                    f"{what} is truncated: {data.nbytes} B, shorter than its {HEADER_SIZE} B header"
+                )
+            raise NotAMirrorError(f"{what} is not a plinius mirror ({data.nbytes} B, no header)")
+        header = bytes(data[:HEADER_SIZE])
+        (magic, fmt, hsize, _flags, kid, version, fp, total, m_at, m_len, count) = _HEADER.unpack(
+            header[: _HEADER.size]
+        )
+        if magic != MAGIC:
+            raise NotAMirrorError(f"{what} is not a plinius mirror (magic {magic!r})")
+        if fmt > FORMAT_VERSION:
+            raise UnsupportedVersionError(
+                f"{what} uses mirror format {fmt}, this plinius reads up to {FORMAT_VERSION}: "
+                "upgrade plinius"
+            )
+        if hsize != HEADER_SIZE or m_len < OVERHEAD or m_at + m_len != total:
+            raise FormatError(f"{what} has an inconsistent header (corrupt file)")
+        if data.nbytes < total:
+            raise TruncatedError(f"{what} is truncated: {data.nbytes} B of {total} B")
+        check_key_matches(what, kid, self.engine)
+        if fp != self.fingerprint:
+            raise ModelMismatchError(
+                f"{what} belongs to model {fp.hex()}, not to this model "
+                f"{self.fingerprint.hex()}: use the model it was trained with, or --fresh"
+            )
+        if min_version is not None and version < min_version:
+            raise StaleMirrorError(what, version, min_version)
+        manifest = bytearray(m_len - OVERHEAD)
+        self.engine.open_into(
+            self._manifest_aad(header, version), data[m_at:total], manifest, f"{what} manifest"
+        )
+        doc = json.loads(manifest)
+        entries = [
+            Entry(r["layer"], r["name"], r["dtype"], tuple(r["shape"]), r["offset"], r["length"])
+            for r in doc["records"]
+        ]
+        if len(entries) != count or doc["version"] != version:
+            raise IntegrityError(f"{what} manifest", "disagrees with the header")
+        for e in entries:
+            if e.offset < HEADER_SIZE or e.offset + e.length + OVERHEAD > m_at:
+                raise IntegrityError(f"{what} manifest", f"record {e.name} out of bounds")
+        return MirrorInfo(version, doc["iteration"], fp, doc["meta"], entries, total)
+
+    def peek(self, min_version: int | None = None) -> MirrorInfo | None:
+        """Authenticate the header and manifest only (records stay sealed); None if no mirror."""
+        blob = self.backend.read(self.key)
+        if blob is None:
+            return None
+        return self._open_info(blob.data, min_version)
+
+    def load(
+        self,
+        into: Mapping[tuple[int, str], np.ndarray] | None = None,
+        min_version: int | None = None,
+    ) -> Restored | None:
+        """Open the last committed mirror; decrypt every record into ``into`` (or new arrays).
+
+        Returns None when no mirror was ever saved. Raises a specific error on anything else.
+        On an integrity error the destination arrays hold unspecified bytes: restore into the
+        model only at start-up, and re-initialise it if this raises.
+        """
+        t0 = time.perf_counter()
+        blob = self.backend.read(self.key)
+        if blob is None:
+            return None
+        info = self._open_info(blob.data, min_version)
+        what = f"mirror {self.backend.spec}/{self.key}"
+        arrays: dict[tuple[int, str], np.ndarray] = {}
+        if into is not None:
+            wanted = {(e.layer, e.name) for e in info.entries}
+            missing = sorted(set(into) - wanted)
+            if missing:
+                raise ModelMismatchError(f"{what} has no record for {missing[:3]}")
+        decrypt_s = 0.0
+        for e in info.entries:
+            dest = into.get((e.layer, e.name)) if into is not None else None
+            if dest is None:
+                dest = np.empty(e.shape, dtype=np.dtype(e.dtype))
+            elif dest.dtype.str != e.dtype or dest.shape != e.shape:
+                raise ModelMismatchError(
+                    f"{what}: record layer {e.layer} {e.name!r} is {e.dtype}{list(e.shape)}, "
+                    f"the model has {dest.dtype.str}{list(dest.shape)}"
+                )
+            aad = associated_data(self.fingerprint, e.layer, e.name, info.version)
+            ts = time.perf_counter()
+            self.engine.open_into(
+                aad,
+                blob.data[e.offset : e.offset + e.length + OVERHEAD],
+                dest,
+                f"{what} layer {e.layer} {e.name}",
+            )
+            decrypt_s += time.perf_counter() - ts
+            arrays[(e.layer, e.name)] = dest
+        stats = blob.stats.merge(IoStats(decrypt_s=decrypt_s))
+        stats.bytes = info.size
+        stats.total_s = time.perf_counter() - t0
+        return Restored(info, arrays, stats)

@@ -1,0 +1,23 @@
+"""The shared contract on the ``dax`` backend; off a DAX mount it must say it is emulated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from backend_contract import BackendContract
+
+from plinius.backends import open_backend
+
+
+class TestDax(BackendContract):
+    @pytest.fixture
+    def spec(self, tmp_path: Path) -> str:
+        return f"dax:{tmp_path / 'store'}"
+
+
+def test_non_dax_path_is_flagged_emulated(tmp_path: Path) -> None:
+    info = open_backend(f"dax:{tmp_path}").describe()
+    assert info.dax is False
+    assert info.emulated is True
+    assert any("emulated" in n for n in info.notes)
