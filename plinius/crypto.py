@@ -2,9 +2,9 @@
 
 A sealed buffer is ``[IV 12 B][ciphertext n B][tag 16 B]``: 28 B of metadata per buffer, as in the
 paper, laid out so that ``cryptography``'s ``encrypt_into`` (which appends the tag) writes the whole
-record in place with no temporary. Every buffer gets a fresh random IV and associated data that binds
-it to its model, layer, name and mirror version (see :func:`associated_data`), so a buffer moved to
-another place, another model or another mirror version fails to open.
+record in place with no temporary. Every buffer gets a fresh random IV and associated data that
+binds it to its model, layer, name and mirror version (see :func:`associated_data`), so a buffer
+moved to another place, another model or another mirror version fails to open.
 
 Two engines share one interface: ``pycryptodome`` (always installed) and ``cryptography`` (the
 ``fast`` extra, about twice as fast here). :func:`default_engine` picks the fastest one installed.
@@ -61,7 +61,7 @@ def as_bytes_view(buf: Buffer | np.ndarray) -> memoryview:
     if isinstance(buf, np.ndarray):
         if not buf.flags.c_contiguous:
             raise ValueError("array must be C-contiguous to be sealed in place")
-        return memoryview(buf.reshape(-1).view(np.uint8))
+        return buf.reshape(-1).view(np.uint8).data
     mv = memoryview(buf)
     if mv.format == "B" and mv.ndim == 1:
         return mv
@@ -97,7 +97,7 @@ class Engine(ABC):
         self._encrypt(iv, aad, pv, out[IV_BYTES:])
 
     def open_into(self, aad: bytes, sealed: Buffer, out: Buffer, what: str) -> None:
-        """Decrypt ``sealed`` into ``out``; raise :class:`IntegrityError` naming ``what`` on failure.
+        """Decrypt ``sealed`` into ``out``; raise :class:`IntegrityError` naming ``what`` if bad.
 
         On failure ``out`` may hold unauthenticated bytes: callers restore into scratch or discard.
         """
@@ -112,7 +112,9 @@ class Engine(ABC):
             raise IntegrityError(what, "tag mismatch (tampered, moved, replayed or wrong key)")
 
     @abstractmethod
-    def _encrypt(self, iv: bytes, aad: bytes, plaintext: Buffer, ct_and_tag: memoryview) -> None:
+    def _encrypt(
+        self, iv: bytes, aad: bytes, plaintext: memoryview, ct_and_tag: memoryview
+    ) -> None:
         """Write ciphertext followed by the 16-byte tag into ``ct_and_tag``."""
 
     @abstractmethod
@@ -132,7 +134,9 @@ class PycryptodomeEngine(Engine):
         self._aes = AES
         self._key = bytes(key)
 
-    def _encrypt(self, iv: bytes, aad: bytes, plaintext: Buffer, ct_and_tag: memoryview) -> None:
+    def _encrypt(
+        self, iv: bytes, aad: bytes, plaintext: memoryview, ct_and_tag: memoryview
+    ) -> None:
         n = ct_and_tag.nbytes - TAG_BYTES
         cipher = self._aes.new(self._key, self._aes.MODE_GCM, nonce=iv, mac_len=TAG_BYTES)
         cipher.update(aad)
@@ -166,7 +170,9 @@ class CryptographyEngine(Engine):
         self._aead = AESGCM(bytes(key))
         self._invalid_tag = InvalidTag
 
-    def _encrypt(self, iv: bytes, aad: bytes, plaintext: Buffer, ct_and_tag: memoryview) -> None:
+    def _encrypt(
+        self, iv: bytes, aad: bytes, plaintext: memoryview, ct_and_tag: memoryview
+    ) -> None:
         self._aead.encrypt_into(iv, plaintext, aad, ct_and_tag)
 
     def _decrypt(self, iv: bytes, aad: bytes, ct_and_tag: memoryview, out: memoryview) -> bool:
@@ -245,7 +251,9 @@ def read_key_file(path: str | Path) -> bytes:
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"key file {p} does not exist: create one with `plinius keygen`") from None
+        raise ConfigError(
+            f"key file {p} does not exist: create one with `plinius keygen`"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read key file {p}: {exc.strerror}") from None
     if len(raw) == KEY_BYTES:

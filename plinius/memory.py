@@ -6,6 +6,7 @@ boundary read several times slower, so hot paths keep one aligned buffer alive a
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 
 import numpy as np
@@ -53,10 +54,8 @@ class StagingBuffer:
 
     def close(self) -> None:
         if self._map is not None:
-            try:
+            # A caller may still hold a view; then the GC reclaims the mapping later.
+            with contextlib.suppress(BufferError):
                 self._map.close()
-            except BufferError:
-                # A caller still holds a view; let the GC reclaim the mapping later.
-                pass
             self._map = None
             self._size = 0

@@ -125,8 +125,9 @@ def plan(records: Sequence[Record]) -> tuple[list[Entry], int]:
     return entries, cursor
 
 
-def _manifest_bytes(version: int, iteration: int, fp: bytes, meta: Mapping[str, Any],
-                    entries: Iterable[Entry]) -> bytes:
+def _manifest_bytes(
+    version: int, iteration: int, fp: bytes, meta: Mapping[str, Any], entries: Iterable[Entry]
+) -> bytes:
     doc = {
         "format": FORMAT_VERSION,
         "fingerprint": fp.hex(),
@@ -176,8 +177,17 @@ class MirrorStore:
         manifest = _manifest_bytes(version, iteration, self.fingerprint, meta or {}, entries)
         total = manifest_at + len(manifest) + OVERHEAD
         header = _HEADER.pack(
-            MAGIC, FORMAT_VERSION, HEADER_SIZE, 0, self.engine.key_id, version, self.fingerprint,
-            total, manifest_at, len(manifest) + OVERHEAD, len(entries),
+            MAGIC,
+            FORMAT_VERSION,
+            HEADER_SIZE,
+            0,
+            self.engine.key_id,
+            version,
+            self.fingerprint,
+            total,
+            manifest_at,
+            len(manifest) + OVERHEAD,
+            len(entries),
         ).ljust(HEADER_SIZE, b"\0")
         encrypt_s = 0.0
         with self.backend.begin_write(self.key, total) as txn:

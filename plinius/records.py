@@ -34,7 +34,10 @@ def _header(name: str, record_size: int, count: int) -> bytes:
 
 
 def put_records(
-    backend: Backend, name: str, records: Iterable[bytes | memoryview], record_size: int,
+    backend: Backend,
+    name: str,
+    records: Iterable[bytes | memoryview],
+    record_size: int,
     count: int,
 ) -> IoStats:
     """Store ``count`` records of ``record_size`` bytes atomically under ``name``."""
@@ -67,7 +70,7 @@ class RecordArea:
             raise FileNotFoundError(f"{what} does not exist; load the dataset first")
         if view.nbytes < _HEAD.size or bytes(view[:8]) != MAGIC:
             raise NotAMirrorError(f"{what} is not a plinius record area")
-        magic, fmt, _, size, count, name_len = _HEAD.unpack(bytes(view[: _HEAD.size]))
+        _, fmt, _, size, count, name_len = _HEAD.unpack(bytes(view[: _HEAD.size]))
         if fmt > FORMAT_VERSION:
             raise UnsupportedVersionError(f"{what} uses format {fmt}; upgrade plinius")
         stored_name = bytes(view[_HEAD.size : _HEAD.size + name_len]).decode(errors="replace")

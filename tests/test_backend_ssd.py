@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from backend_contract import KEY, FP, BackendContract, model_records
+from backend_contract import FP, KEY, BackendContract, model_records
 
 from plinius.backends import open_backend
 from plinius.crypto import make_engine

@@ -6,10 +6,10 @@ keeps (the mirror, the training-set record area) is a *blob* under a short key:
 * ``begin_write(key, size)`` opens a write transaction on a new version of the blob and hands out
   writable memory (``txn.view(offset, length)``): a view straight into persistent memory for
   byte-addressable backends, reusable page-aligned staging memory for file backends. The caller
-  encrypts into those views; ``txn.commit()`` makes the new version durable and visible in one atomic
-  step. A crash or ``abort()`` before commit leaves the previous version intact and readable.
-* ``read(key)`` returns the last committed version (file backends read it with syscalls into reusable
-  staging memory; PM backends return a view into the pool).
+  encrypts into those views; ``txn.commit()`` makes the new version durable and visible in one
+  atomic step. A crash or ``abort()`` before commit leaves the previous version intact and readable.
+* ``read(key)`` returns the last committed version (file backends read it with syscalls into
+  reusable staging memory; PM backends return a view into the pool).
 * ``map(key)`` returns a byte-addressable read-only view (mmap for files, the pool for PM) so single
   records can be read by offset without loading the whole blob.
 
@@ -57,7 +57,7 @@ class IoStats:
     total_s: float = 0.0
 
     def merge(self, other: IoStats) -> IoStats:
-        """Field-wise sum, so the mirror module can add its crypto time to the backend's I/O time."""
+        """Field-wise sum: the mirror module adds its crypto time to the backend's I/O time."""
         return IoStats(**{k: getattr(self, k) + getattr(other, k) for k in asdict(self)})
 
     def as_dict(self) -> dict[str, float]:
@@ -144,6 +144,10 @@ class Backend(ABC):
     summary: ClassVar[str] = ""
     #: example location for help texts
     example_location: ClassVar[str] = ""
+    #: where default (benchmark) instances live: "shm" (/dev/shm, RAM) or "disk"
+    default_root: ClassVar[Literal["shm", "disk"]] = "disk"
+    #: spec options that make a throw-away instance cheap (``plinius backends`` probes with them)
+    probe_options: ClassVar[dict[str, str]] = {}
 
     def __init__(self, location: str, **options: Any) -> None:
         if not location:
@@ -154,6 +158,11 @@ class Backend(ABC):
     @classmethod
     def spec_example(cls) -> str:
         return f"{cls.name}:{cls.example_location}"
+
+    @classmethod
+    def location_in(cls, directory: str) -> str:
+        """The location of a default instance inside ``directory`` (a sub-directory or a file)."""
+        return f"{directory.rstrip('/')}/{cls.name}"
 
     @property
     def spec(self) -> str:
@@ -183,7 +192,7 @@ class Backend(ABC):
     def describe(self) -> RunsOn:
         """What this backend runs on: device, file system, mount options, durability, emulation."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends need it
         """Release files, mappings and locks. Idempotent."""
 
     def __enter__(self) -> Backend:

@@ -6,7 +6,7 @@ from plinius.backends.files import FileBackend
 
 
 class DaxBackend(FileBackend):
-    """File I/O on ext4/xfs mounted with ``-o dax``; flagged ``emulated`` when the mount is not DAX."""
+    """File I/O on ext4/xfs mounted ``-o dax``; flagged ``emulated`` when the mount is not DAX."""
 
     name = "dax"
     summary = "file + fsync on a DAX file system (PM as a file system); emulated when not DAX"

@@ -75,7 +75,9 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     try:
         options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
     except ValueError:
-        raise SpecError(f"malformed options {query!r} in spec {spec!r}: use ?key=value&key=value")
+        raise SpecError(
+            f"malformed options {query!r} in spec {spec!r}: use ?key=value&key=value"
+        ) from None
     return name, location, options
 
 

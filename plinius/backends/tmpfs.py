@@ -13,3 +13,4 @@ class TmpfsBackend(FileBackend):
     example_location = "/dev/shm/plinius"
     fsync = False
     expects = "tmpfs"
+    default_root = "shm"

@@ -47,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PliniusError as exc:
         print(f"plinius {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Output piped into `head` and friends: not an error of ours.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"plinius {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``plinius bench`` and ``asv_bench``: save/restore, storage, engine."""

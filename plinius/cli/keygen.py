@@ -1,0 +1,21 @@
+"""``plinius keygen --out FILE``: a new random 128-bit key file (mode 0600, never overwritten)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from plinius.crypto import generate_key, key_id, write_key_file
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("keygen", help="create a new 128-bit AES key file (mode 0600)")
+    p.add_argument("--out", required=True, help="path of the new key file (must not exist)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    key = generate_key()
+    write_key_file(args.out, key)
+    print(f"wrote {args.out} (key id {key_id(key).hex()}); keep it secret and backed up")
+    return 0

@@ -1,0 +1,105 @@
+"""Where a figure came from: machine, CPU, software versions, commit, and what is emulated.
+
+Every report embeds this, so emulated persistent memory or a simulated enclave is never mistaken
+for real hardware.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import plinius
+
+FLAGS_OF_INTEREST = (
+    "aes",
+    "vaes",
+    "pclmulqdq",
+    "avx2",
+    "avx512f",
+    "clflush",
+    "clflushopt",
+    "clwb",
+    "sgx",
+    "sgx_lc",
+)
+PACKAGES = ("numpy", "pycryptodome", "cryptography", "cffi", "matplotlib", "asv", "rich")
+
+
+@cache
+def cpu_info() -> dict[str, Any]:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", "", platform.machine()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {
+        "model": model,
+        "cores": os.cpu_count(),
+        "flags": [f for f in FLAGS_OF_INTEREST if f in flags],
+        "sgx_in_cpu": "sgx" in flags,
+    }
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"plinius": plinius.__version__}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@cache
+def git_commit() -> str | None:
+    here = Path(plinius.__file__).resolve().parent.parent
+    try:
+        res = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if res.returncode != 0:
+        return None
+    dirty = subprocess.run(
+        ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=False,
+    ).stdout.strip()
+    return res.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def provenance(engine: str | None = None) -> dict[str, Any]:
+    """A JSON-ready record of the machine and software behind a result."""
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "cpu": cpu_info(),
+        "memory_bytes": mem,
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+        "crypto_engine": engine,
+        "sgx": "simulated",
+        "pm": "emulated" if not Path("/dev/pmem0").exists() else "present",
+    }
