@@ -187,6 +187,24 @@ class BackendContract:
         assert got is not None and got.stats.bytes > (256 << 20)
         assert np.array_equal(dest.view(np.uint8), big.view(np.uint8))
 
+    def test_no_large_allocation_per_save(self, store: MirrorStore) -> None:
+        """After a warm-up, a 16 MiB save and restore allocate < 1 MiB of fresh Python memory."""
+        import tracemalloc
+
+        w = np.random.default_rng(0).random(4 << 20, dtype=np.float32)
+        recs = [Record(99, "weights", w), *model_records(1)]
+        into = {(r.layer, r.name): np.empty_like(r.array) for r in recs}
+        store.save(recs, version=1)
+        store.load(into=into)
+        tracemalloc.start()
+        try:
+            store.save(recs, version=2)
+            store.load(into=into)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < (1 << 20), f"peak fresh allocation {peak} B"
+
     def test_restore_in_place(self, store: MirrorStore) -> None:
         recs = model_records(3)
         store.save(recs, version=3)

@@ -97,6 +97,8 @@ def test_bench_small_run(tmp_path: Path) -> None:
         assert r["save_mbps"] == pytest.approx(r["bytes"] / 2**20 / r["save_s"])
     ssd = [r for r in doc["results"] if r["backend"] == "ssd"]
     assert all(r["speedup_save_vs_ssd"] == 1.0 for r in ssd)
+    assert {e["engine"] for e in doc["engines"]} == {"cryptography", "pycryptodome"}
+    assert all(e["seal_mbps"] > 0 and e["raw_encrypt_mbps"] > 0 for e in doc["engines"])
     prov = doc["provenance"]
     assert prov["sgx"] == "simulated" and prov["crypto_engine"] in ("cryptography", "pycryptodome")
     assert doc["backends"]["ssd"]["fs_type"] and "emulated" in doc["backends"]["tmpfs"]

@@ -29,7 +29,7 @@ def print_table(
         table.add_column(col)
     for row in rows:
         table.add_row(*(_fmt(row.get(col, "")) for col in columns))
-    Console(soft_wrap=False, width=max(120, Console().width)).print(table)
+    Console(soft_wrap=False, width=max(160, Console().width)).print(table)
 
 
 def _fmt(value: Any) -> str:
