@@ -1,0 +1,79 @@
+"""Quotes: the enclave's measurement and 64 bytes of report data, signed by the platform.
+
+The report data carries the hash of the enclave's ephemeral ECDH public key, so a verified quote
+proves the key belongs to an enclave with the expected measurement on a trusted platform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+
+from Crypto.PublicKey import ECC
+from Crypto.Signature import eddsa
+
+from plinius.enclave.platform import SimulatedPlatform
+from plinius.errors import PliniusError
+
+
+class AttestationError(PliniusError):
+    """A quote failed verification: wrong signature, measurement or report data."""
+
+
+@dataclass(frozen=True)
+class Quote:
+    measurement: bytes
+    report_data: bytes
+    signature: bytes
+
+    def body(self) -> bytes:
+        return b"plinius-quote-v1" + self.measurement + self.report_data
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {k: getattr(self, k).hex() for k in ("measurement", "report_data", "signature")}
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Quote:
+        try:
+            d = json.loads(raw)
+            return cls(*(bytes.fromhex(d[k]) for k in ("measurement", "report_data", "signature")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AttestationError(f"malformed quote: {exc}") from None
+
+
+def make_quote(platform: SimulatedPlatform, measurement: bytes, report_data: bytes) -> Quote:
+    """What the quoting enclave does: sign (measurement, report data) with the platform key."""
+    if len(report_data) != 64:
+        raise ValueError("report data is 64 bytes")
+    unsigned = Quote(measurement, report_data, b"")
+    sig = eddsa.new(platform.quoting_key, "rfc8032").sign(unsigned.body())
+    return Quote(measurement, report_data, sig)
+
+
+def report_data_for(public_key: bytes) -> bytes:
+    return hashlib.sha512(b"plinius-ecdh-key" + public_key).digest()
+
+
+def verify_quote(
+    quote: Quote, quoting_public_pem: str, expected_measurement: bytes, enclave_public_key: bytes
+) -> None:
+    """The owner's checks; raise :class:`AttestationError` with the reason on any mismatch."""
+    try:
+        verifier = eddsa.new(ECC.import_key(quoting_public_pem), "rfc8032")
+        verifier.verify(quote.body(), quote.signature)
+    except ValueError:
+        raise AttestationError(
+            "quote signature does not verify against the pinned platform key: "
+            "not a genuine (simulated) SGX platform, or the quote was altered"
+        ) from None
+    if not hmac.compare_digest(quote.measurement, expected_measurement):
+        raise AttestationError(
+            f"enclave measurement {quote.measurement.hex()} is not the expected "
+            f"{expected_measurement.hex()}: different trusted code or model configuration"
+        )
+    if not hmac.compare_digest(quote.report_data, report_data_for(enclave_public_key)):
+        raise AttestationError("quote does not bind the enclave's channel key (report data)")
