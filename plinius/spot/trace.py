@@ -1,0 +1,176 @@
+"""Spot price traces: the paper's CSV (``price,slot``), AWS's JSON, or a seeded synthetic one.
+
+A trace is one price per fixed slot (5 minutes on AWS). Under a bid, a slot whose price is above
+the bid has the instance off (the trainer is killed); at or below it the instance runs and pays
+that slot's price.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from plinius.errors import ConfigError
+
+AWS_SLOT_SECONDS = 300
+
+
+class TraceError(ConfigError):
+    """A trace that cannot be used: unknown format, empty, non-monotonic, unusable bid."""
+
+
+@dataclass(frozen=True)
+class SpotTrace:
+    prices: np.ndarray  # float64 USD per hour, one per slot
+    slot_seconds: int  # real length of one slot in the market (300 on AWS)
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.prices.size == 0:
+            raise TraceError(f"trace {self.source} is empty")
+        if not np.all(np.isfinite(self.prices)) or np.any(self.prices < 0):
+            raise TraceError(f"trace {self.source} has negative or non-numeric prices")
+
+    def __len__(self) -> int:
+        return int(self.prices.size)
+
+    def running(self, bid: float) -> np.ndarray:
+        """True for slots where the instance runs (price at or below the bid)."""
+        return np.asarray(self.prices <= bid)
+
+    def window(self, start: int, slots: int) -> SpotTrace:
+        if not 0 <= start < len(self):
+            raise TraceError(f"start slot {start} outside the trace (0..{len(self) - 1})")
+        return SpotTrace(
+            self.prices[start : start + slots], self.slot_seconds, f"{self.source}[{start}:]"
+        )
+
+    def check_bid(self, bid: float) -> None:
+        if not self.running(bid).any():
+            raise TraceError(
+                f"bid {bid} is below every price of {self.source} (min {self.prices.min():.4f}): "
+                "the instance would never run; raise --bid"
+            )
+
+    def interruptions(self, bid: float) -> int:
+        """How many times the instance is switched off after having run."""
+        r = self.running(bid).astype(np.int8)
+        return int(np.sum((r[:-1] == 1) & (r[1:] == 0)))
+
+    def cost(self, bid: float, slots_used: int | None = None) -> float:
+        """Dollars paid for the running slots among the first ``slots_used`` (default: all)."""
+        p = self.prices[:slots_used]
+        return float(np.sum(p[p <= bid]) * self.slot_seconds / 3600)
+
+
+def load_trace(path: str | Path) -> SpotTrace:
+    """Read a CSV ``price,slot`` trace or an ``aws ec2 describe-spot-price-history`` JSON file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise TraceError(f"trace file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TraceError(f"cannot read trace {p}: {exc}") from None
+    stripped = text.lstrip()
+    if not stripped:
+        raise TraceError(f"trace {p} is empty")
+    if stripped[0] in "{[":
+        return _from_aws_json(stripped, str(p))
+    return _from_csv(text, str(p))
+
+
+def _from_csv(text: str, source: str) -> SpotTrace:
+    prices: list[float] = []
+    slots: list[int] = []
+    for lineno, row in enumerate(csv.reader(text.splitlines()), 1):
+        if not row or row[0].strip().startswith("#"):
+            continue
+        if len(row) != 2:
+            raise TraceError(f"{source}:{lineno}: expected 'price,slot', got {','.join(row)!r}")
+        try:
+            prices.append(float(row[0]))
+            slots.append(int(float(row[1])))
+        except ValueError:
+            if lineno == 1:  # a header line
+                continue
+            raise TraceError(f"{source}:{lineno}: not numbers: {','.join(row)!r}") from None
+    if not prices:
+        raise TraceError(f"trace {source} has no price rows")
+    s = np.asarray(slots)
+    if np.any(np.diff(s) <= 0):
+        bad = int(np.flatnonzero(np.diff(s) <= 0)[0])
+        raise TraceError(
+            f"{source}: slots must increase: slot {s[bad + 1]} follows {s[bad]} (row {bad + 2})"
+        )
+    # a gap in slot numbers means the price held: repeat it
+    idx = s - s[0]
+    full = np.empty(int(idx[-1]) + 1)
+    starts = idx
+    vals = np.asarray(prices)
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else full.size
+        full[start:end] = vals[i]
+    return SpotTrace(full, AWS_SLOT_SECONDS, source)
+
+
+def _from_aws_json(text: str, source: str) -> SpotTrace:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TraceError(f"{source} is neither CSV nor valid JSON: {exc}") from None
+    items = doc.get("SpotPriceHistory") if isinstance(doc, dict) else doc
+    if not isinstance(items, list):
+        raise TraceError(
+            f"{source}: unknown trace format; expected CSV 'price,slot' rows or the JSON of "
+            "`aws ec2 describe-spot-price-history` (a SpotPriceHistory list)"
+        )
+    if not items:
+        raise TraceError(f"trace {source} is empty")
+    points: list[tuple[float, float]] = []
+    for i, it in enumerate(items):
+        try:
+            when = dt.datetime.fromisoformat(str(it["Timestamp"]).replace("Z", "+00:00"))
+            points.append((when.timestamp(), float(it["SpotPrice"])))
+        except (KeyError, ValueError, TypeError):
+            raise TraceError(f"{source}: entry {i} lacks a valid Timestamp/SpotPrice") from None
+    points.sort()
+    t0 = points[0][0]
+    n = int((points[-1][0] - t0) // AWS_SLOT_SECONDS) + 1
+    prices = np.empty(n)
+    for i, (ts, price) in enumerate(points):
+        start = int((ts - t0) // AWS_SLOT_SECONDS)
+        end = int((points[i + 1][0] - t0) // AWS_SLOT_SECONDS) if i + 1 < len(points) else n
+        prices[start : max(end, start + 1)] = price
+    return SpotTrace(prices, AWS_SLOT_SECONDS, source)
+
+
+def synthetic_trace(slots: int = 2016, seed: int = 0, base: float = 0.094) -> SpotTrace:
+    """A seeded trace shaped like the paper's c3.2xlarge one.
+
+    Model: the log-price follows a mean-reverting random walk around ``base`` (reversion 0.05 per
+    slot, noise 0.002), plus demand spikes that start with probability 0.002 per slot, multiply the
+    price by 1.2–3× and last a geometric number of slots (mean 12). Default: one week of 5-minute
+    slots. Deterministic for a given seed.
+    """
+    if slots <= 0:
+        raise TraceError("a synthetic trace needs at least one slot")
+    rng = np.random.default_rng(seed)
+    x = np.empty(slots)
+    level = 0.0
+    spike_left = 0
+    spike = 1.0
+    for i in range(slots):
+        level += -0.05 * level + 0.002 * rng.standard_normal()
+        if spike_left == 0 and rng.random() < 0.002:
+            spike_left = int(rng.geometric(1 / 12))
+            spike = float(rng.uniform(1.2, 3.0))
+        mult = spike if spike_left > 0 else 1.0
+        spike_left = max(0, spike_left - 1)
+        x[i] = base * np.exp(level) * mult
+    return SpotTrace(np.round(x, 4), AWS_SLOT_SECONDS, f"synthetic(seed={seed}, slots={slots})")
