@@ -35,7 +35,7 @@ from plinius.errors import (
     TruncatedError,
     UnsupportedVersionError,
 )
-from plinius.memory import CACHE_LINE, PAGE, align_up
+from plinius.memory import CACHE_LINE, PAGE, align_up, aligned_empty
 
 MAGIC = b"PLNMIRR\x00"
 FORMAT_VERSION = 1
@@ -125,6 +125,10 @@ def plan(records: Sequence[Record]) -> tuple[list[Entry], int]:
     return entries, cursor
 
 
+def _manifest_aad(fingerprint: bytes, header: bytes, version: int) -> bytes:
+    return associated_data(fingerprint, MANIFEST_LAYER, MANIFEST_NAME, version) + header
+
+
 def _manifest_bytes(
     version: int, iteration: int, fp: bytes, meta: Mapping[str, Any], entries: Iterable[Entry]
 ) -> bytes:
@@ -139,13 +143,25 @@ def _manifest_bytes(
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
+def read_header_fingerprint(backend: Backend, key: str = DEFAULT_KEY) -> bytes:
+    """The model fingerprint in a stored mirror's plaintext header (authenticated later)."""
+    blob = backend.read(key)
+    if blob is None:
+        raise FileNotFoundError(f"no mirror in {backend.spec}")
+    data = blob.data
+    if data.nbytes < HEADER_SIZE or bytes(data[: len(MAGIC)]) != MAGIC:
+        raise NotAMirrorError(f"{backend.spec}/{key} is not a plinius mirror")
+    return bytes(_HEADER.unpack(bytes(data[: _HEADER.size]))[6])
+
+
 class MirrorStore:
     """Seals named arrays of one model into one blob of a backend, and opens them again."""
 
     def __init__(
-        self, backend: Backend, engine: Engine, fingerprint: bytes, key: str = DEFAULT_KEY
+        self, backend: Backend, engine: Engine, fingerprint: bytes | None, key: str = DEFAULT_KEY
     ) -> None:
-        if len(fingerprint) != 32:
+        """``fingerprint=None`` opens whatever model the mirror holds (owner tools: export)."""
+        if fingerprint is not None and len(fingerprint) != 32:
             raise ValueError("model fingerprint must be 32 bytes (SHA-256)")
         self.backend = backend
         self.engine = engine
@@ -172,9 +188,12 @@ class MirrorStore:
         """Replace the stored mirror atomically by a new one at ``version``."""
         if version < 0:
             raise ValueError("mirror version must be >= 0")
+        if self.fingerprint is None:
+            raise ValueError("saving needs the model fingerprint")
+        fingerprint = self.fingerprint
         t0 = time.perf_counter()
         entries, manifest_at = self._plan(records)
-        manifest = _manifest_bytes(version, iteration, self.fingerprint, meta or {}, entries)
+        manifest = _manifest_bytes(version, iteration, fingerprint, meta or {}, entries)
         total = manifest_at + len(manifest) + OVERHEAD
         header = _HEADER.pack(
             MAGIC,
@@ -183,7 +202,7 @@ class MirrorStore:
             0,
             self.engine.key_id,
             version,
-            self.fingerprint,
+            fingerprint,
             total,
             manifest_at,
             len(manifest) + OVERHEAD,
@@ -194,14 +213,14 @@ class MirrorStore:
             txn.view(0, HEADER_SIZE)[:] = header
             for rec, e in zip(records, entries, strict=True):
                 out = txn.view(e.offset, e.length + OVERHEAD)
-                aad = associated_data(self.fingerprint, e.layer, e.name, version)
+                aad = associated_data(fingerprint, e.layer, e.name, version)
                 ts = time.perf_counter()
                 self.engine.seal_into(aad, rec.array, out)
                 encrypt_s += time.perf_counter() - ts
                 out.release()
             ts = time.perf_counter()
             mout = txn.view(manifest_at, len(manifest) + OVERHEAD)
-            self.engine.seal_into(self._manifest_aad(header, version), manifest, mout)
+            self.engine.seal_into(_manifest_aad(fingerprint, header, version), manifest, mout)
             mout.release()
             encrypt_s += time.perf_counter() - ts
             io = txn.commit()
@@ -209,9 +228,6 @@ class MirrorStore:
         io.bytes = total
         io.total_s = time.perf_counter() - t0
         return io
-
-    def _manifest_aad(self, header: bytes, version: int) -> bytes:
-        return associated_data(self.fingerprint, MANIFEST_LAYER, MANIFEST_NAME, version) + header
 
     # --- open --------------------------------------------------------------------------------
 
@@ -239,7 +255,7 @@ class MirrorStore:
         if data.nbytes < total:
             raise TruncatedError(f"{what} is truncated: {data.nbytes} B of {total} B")
         check_key_matches(what, kid, self.engine)
-        if fp != self.fingerprint:
+        if self.fingerprint is not None and fp != self.fingerprint:
             raise ModelMismatchError(
                 f"{what} belongs to model {fp.hex()}, not to this model "
                 f"{self.fingerprint.hex()}: use the model it was trained with, or --fresh"
@@ -248,7 +264,7 @@ class MirrorStore:
             raise StaleMirrorError(what, version, min_version)
         manifest = bytearray(m_len - OVERHEAD)
         self.engine.open_into(
-            self._manifest_aad(header, version), data[m_at:total], manifest, f"{what} manifest"
+            _manifest_aad(fp, header, version), data[m_at:total], manifest, f"{what} manifest"
         )
         doc = json.loads(manifest)
         entries = [
@@ -268,6 +284,23 @@ class MirrorStore:
         if blob is None:
             return None
         return self._open_info(blob.data, min_version)
+
+    def verify(self, min_version: int | None = None) -> MirrorInfo | None:
+        """Authenticate the whole mirror (every record's tag) without touching any model."""
+        blob = self.backend.read(self.key)
+        if blob is None:
+            return None
+        info = self._open_info(blob.data, min_version)
+        what = f"mirror {self.backend.spec}/{self.key}"
+        scratch = aligned_empty(max((e.length for e in info.entries), default=0))
+        for e in info.entries:
+            self.engine.open_into(
+                associated_data(info.fingerprint, e.layer, e.name, info.version),
+                blob.data[e.offset : e.offset + e.length + OVERHEAD],
+                scratch[: e.length],
+                f"{what} layer {e.layer} {e.name}",
+            )
+        return info
 
     def load(
         self,
@@ -302,7 +335,7 @@ class MirrorStore:
                     f"{what}: record layer {e.layer} {e.name!r} is {e.dtype}{list(e.shape)}, "
                     f"the model has {dest.dtype.str}{list(dest.shape)}"
                 )
-            aad = associated_data(self.fingerprint, e.layer, e.name, info.version)
+            aad = associated_data(info.fingerprint, e.layer, e.name, info.version)
             ts = time.perf_counter()
             self.engine.open_into(
                 aad,

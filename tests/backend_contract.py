@@ -254,6 +254,19 @@ class BackendContract:
         raw_put(backend, "mirror", bytes(data))
         with pytest.raises(IntegrityError, match=f"layer {e.layer} {e.name}"):
             store.load()
+        with pytest.raises(IntegrityError, match=f"layer {e.layer} {e.name}"):
+            store.verify()
+        assert store.peek() is not None  # the manifest alone is still authentic
+
+    def test_verify_and_open_any_model(self, backend: Backend, store: MirrorStore) -> None:
+        store.save(model_records(4), version=4, iteration=9)
+        info = store.verify(min_version=4)
+        assert info is not None and info.iteration == 9
+        anyone = MirrorStore(backend, make_engine(KEY), None)
+        got = anyone.load()
+        assert got is not None and got.info.fingerprint == FP
+        with pytest.raises(ValueError, match="fingerprint"):
+            anyone.save(model_records(1), version=5)
 
     def test_tampered_tag_iv_and_header(self, backend: Backend, store: MirrorStore) -> None:
         store.save(model_records(2), version=2)

@@ -11,6 +11,7 @@ directory, which stands in for SGX's tamper-resistant counter storage; anything 
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from typing import Protocol
 
@@ -29,6 +30,15 @@ class MonotonicCounter(Protocol):
     def advance(self, name: str, value: int) -> None:
         """Set to ``value``, which must not be lower than the current value."""
         ...
+
+
+def mirror_identity(backend_name: str, location: str) -> str:
+    """What a mirror's counter is bound to: the backend kind and the real path of its storage."""
+    return f"{backend_name}:{os.path.realpath(location)}"
+
+
+def mirror_counter_name(identity: str, fingerprint: bytes, key_id: bytes) -> str:
+    return counter_name(identity, "mirror", fingerprint, key_id)
 
 
 def counter_name(*parts: bytes | str) -> str:

@@ -1,0 +1,107 @@
+"""``plinius train``: train in the (simulated) enclave with an encrypted mirror in a backend."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from plinius.cli.common import add_json_flag, print_json
+from plinius.enclave.trusted import StepResult
+from plinius.trainer import TrainOptions, run_training
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model in the enclave, mirroring it encrypted into a backend",
+        description="Trains MODEL inside the simulated enclave. After every --mirror-every "
+        "iterations the whole training state is sealed into the backend in one atomic save; "
+        "a later run resumes from it automatically (exactly: same final weights).",
+    )
+    p.add_argument("--model", required=True, help="zoo name (mnist, tiny, batch, size-N) or .cfg")
+    p.add_argument("--backend", required=True, help="backend spec, e.g. romulus:/dev/shm/p.pool")
+    p.add_argument("--key-file", required=True, help="the owner's key file (plinius keygen)")
+    p.add_argument("--iterations", type=int, help="total iterations to reach (default: cfg)")
+    p.add_argument("--mirror-every", type=int, default=1, help="mirror every K iterations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true", help="ignore an existing mirror")
+    p.add_argument("--crash-at", type=int, help="SIGKILL this process at iteration K")
+    p.add_argument("--log", help="append per-iteration losses to FILE (.csv or .jsonl)")
+    p.add_argument("--data", help="the owner's encrypted dataset (plinius owner encrypt-data)")
+    p.add_argument("--async-mirror", action="store_true", help="seal and persist in background")
+    p.add_argument("--batch", type=int, help="override the cfg's batch size")
+    p.add_argument("--state-dir", help="simulated platform state (default $PLINIUS_STATE_DIR)")
+    p.add_argument("--no-mirror", action="store_true", help="train without any mirror")
+    p.add_argument("--report", help="write the run report as JSON to FILE")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = TrainOptions(
+        model=args.model,
+        backend=args.backend,
+        key_file=args.key_file,
+        iterations=args.iterations,
+        mirror_every=args.mirror_every,
+        seed=args.seed,
+        fresh=args.fresh,
+        crash_at=args.crash_at,
+        log=args.log,
+        data=args.data,
+        async_mirror=args.async_mirror,
+        batch=args.batch,
+        state_dir=args.state_dir,
+        no_mirror=args.no_mirror,
+    )
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  avg {task.fields[avg]}  mirror {task.fields[ms]} ms"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.json,
+    ) as bar:
+        task = bar.add_task("train", total=None, loss="-", avg="-", ms="-")
+
+        def on_step(step: StepResult, target: int) -> None:
+            bar.update(
+                task,
+                total=target,
+                completed=step.iteration,
+                loss=f"{step.loss:.4f}",
+                avg=f"{step.avg_loss:.4f}",
+                ms=f"{step.mirror_s * 1e3:.1f}",
+            )
+
+        report = run_training(opts, on_step=on_step, say=lambda m: console.print(m))
+    doc = report.as_dict()
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(doc, f, indent=2)
+    if args.json:
+        print_json(doc)
+        return 0
+    print(
+        f"{report.model} on {report.dataset}: iterations {report.start_iteration} → "
+        f"{report.final_iteration} ({report.iterations_run} run), median iteration "
+        f"{report.iteration_s_median * 1e3:.1f} ms, median mirror {report.mirror_ms_median:.2f} ms "
+        f"({report.mirrors} mirrors, {report.buffers_per_mirror} buffers, "
+        f"{report.metadata_bytes_per_mirror} B of encryption metadata each)"
+    )
+    ro = report.backend
+    print(
+        f"backend {ro['backend']}: {ro['fs_type']} on {ro['device']}, durability "
+        f"{ro['durability']}{' (EMULATED)' if ro['emulated'] else ''}; engine {report.engine}; "
+        f"sgx {report.sgx}"
+    )
+    for n in report.notes[1:]:
+        print(f"  {n}")
+    print(f"weights sha256 {report.weights_sha256}")
+    return 0

@@ -1,0 +1,346 @@
+"""The trusted side: one simulated enclave that trains one model and mirrors it encrypted.
+
+Its ``ecall_*`` methods are the only way in, and they hand out nothing secret: losses, iteration
+numbers, key ids, quotes. The model, the data key and every plaintext stay in this object; what
+reaches a backend is ciphertext sealed here (the mirror) or sealed by the owner (the records).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from plinius.backends.base import Backend, IoStats
+from plinius.crypto import Engine, make_engine
+from plinius.enclave.attestation import make_quote, report_data_for
+from plinius.enclave.channel import EphemeralKey, unwrap
+from plinius.enclave.counter import MonotonicCounter, mirror_counter_name, mirror_identity
+from plinius.enclave.measure import measurement
+from plinius.enclave.platform import SimulatedPlatform
+from plinius.enclave.sealing import SealedStore
+from plinius.errors import ConfigError, ModelMismatchError, PliniusError
+from plinius.memory import aligned_empty
+from plinius.mirror import MirrorStore, Record
+from plinius.nn import Network
+from plinius.pmdata import LoadReport, PMData
+
+PROVISION_AAD = b"plinius-data-key-v1"
+
+
+class EnclaveStateError(PliniusError):
+    """An ecall made out of order (e.g. training before a key was provisioned)."""
+
+
+@dataclass
+class StepResult:
+    iteration: int
+    loss: float
+    avg_loss: float
+    mirror_s: float  # time the training loop waited for the mirror (0 if none this step)
+    mirrored: bool
+
+
+def _data_seed(seed: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([seed, 0x504C4E])  # a stream apart from the dropout one
+
+
+class Enclave:
+    """A simulated SGX enclave around one :class:`Network`."""
+
+    def __init__(
+        self,
+        platform: SimulatedPlatform,
+        network: Network | None,
+        model_label: str = "",
+        cfg_text: str = "",
+        seed: int = 0,
+        fingerprint: bytes | None = None,
+    ) -> None:
+        """``network=None`` with a ``fingerprint``: the model comes from the mirror (inference)."""
+        if network is not None:
+            fingerprint = network.fingerprint()
+        if fingerprint is None:
+            raise ValueError("an enclave needs a network or a model fingerprint")
+        self._fp = fingerprint
+        self.measurement = measurement(self._fp)
+        self._platform = platform
+        self._sealed = SealedStore(platform, self.measurement)
+        self._model_label = model_label
+        self._cfg_text = cfg_text
+        self._seed = seed
+        self._engine: Engine | None = None
+        self._channel: EphemeralKey | None = None
+        self._quote: bytes = b""
+        self._data_rng = np.random.Generator(np.random.PCG64(_data_seed(seed)))
+        self._batches_drawn = 0
+        self._train: PMData | None = None
+        self._store: MirrorStore | None = None
+        self._counter: MonotonicCounter | None = None
+        self._counter_name = ""
+        self._version = 0
+        self._net_or_none = network
+        self._x = np.empty((0, 0), np.float32)
+        self._y = np.empty((0, 0), np.float32)
+        self._dataset_id: bytes | None = None
+        self._async: ThreadPoolExecutor | None = None
+        self._pending: Future[IoStats] | None = None
+        self._snapshot: np.ndarray | None = None
+        self.last_mirror: IoStats | None = None
+
+    # --- attestation and provisioning ------------------------------------------------------
+
+    def ecall_attest(self) -> tuple[bytes, bytes]:
+        """A quote over this enclave's measurement binding a fresh channel key; and that key."""
+        self._channel = EphemeralKey()
+        quote = make_quote(self._platform, self.measurement, report_data_for(self._channel.public))
+        self._quote = quote.to_bytes()
+        return self._quote, self._channel.public
+
+    def ecall_provision(self, owner_public: bytes, wrapped_key: bytes) -> bytes:
+        """Receive the data key over the attested channel, seal it, return its public id."""
+        if self._channel is None:
+            raise EnclaveStateError("provisioning needs a fresh attestation first (ecall_attest)")
+        transcript = self._quote + owner_public + self._channel.public
+        chan_key = self._channel.channel_key(owner_public, transcript)
+        self._channel = None  # one provisioning per attestation
+        key = unwrap(chan_key, wrapped_key, PROVISION_AAD + self.measurement, "provisioned key")
+        engine = make_engine(key)
+        self._sealed.put(f"datakey-{engine.key_id.hex()}", key)
+        self._engine = engine
+        return engine.key_id
+
+    def ecall_unseal_key(self, key_id: bytes) -> bool:
+        """Reuse a key sealed by this same enclave earlier (restart after a crash)."""
+        key = self._sealed.get(f"datakey-{key_id.hex()}")
+        if key is None:
+            return False
+        self._engine = make_engine(key)
+        return True
+
+    @property
+    def _net(self) -> Network:
+        if self._net_or_none is None:
+            raise EnclaveStateError("no model yet: build it from the mirror first")
+        return self._net_or_none
+
+    def ecall_model_from_mirror(self) -> tuple[str, int]:
+        """Build the model the attached mirror describes (sealed cfg) and restore it."""
+        from plinius.nn import parse_cfg_text
+
+        if self._store is None or self._counter is None:
+            raise EnclaveStateError("attach a mirror first")
+        store = self._store
+        fresh = self._counter.read(self._counter_name)
+        info = store.peek(min_version=fresh)
+        if info is None:
+            raise FileNotFoundError(f"no mirror in {store.backend.spec}")
+        meta = info.meta
+        net = Network(parse_cfg_text(meta["cfg"], f"mirror:{meta['model']}"), batch=meta["batch"])
+        if net.fingerprint() != self._fp:
+            raise ModelMismatchError("the mirror's sealed configuration does not match its records")
+        self._net_or_none = net
+        self._model_label, self._cfg_text = str(meta["model"]), str(meta["cfg"])
+        got = store.load(
+            into={(r.layer, r.name): r.array for r in self._records()}, min_version=fresh
+        )
+        assert got is not None
+        net.load_training_state(got.info.meta["net"])
+        self._dataset_id = bytes.fromhex(meta["dataset_id"]) if meta.get("dataset_id") else None
+        return self._model_label, got.info.iteration
+
+    @property
+    def _eng(self) -> Engine:
+        if self._engine is None:
+            raise EnclaveStateError("no data key: provision one (owner attestation) first")
+        return self._engine
+
+    @property
+    def engine_name(self) -> str:
+        return self._eng.name
+
+    # --- data ------------------------------------------------------------------------------
+
+    def ecall_load_data(self, backend: Backend, dataset_path: str | os.PathLike[str]) -> LoadReport:
+        """PM-data: put the owner's sealed records into the backend unless already there."""
+        areas, report = PMData.ensure_loaded(backend, self._eng, dataset_path, ("train", "test"))
+        train = areas["train"]
+        if train.info.features != self._net.inputs or train.info.classes != self._net.outputs:
+            raise ModelMismatchError(
+                f"dataset {train.info.name} has {train.info.features} inputs and "
+                f"{train.info.classes} classes; model {self._model_label} wants "
+                f"{self._net.inputs} and {self._net.outputs}"
+            )
+        if len(train) == 0:
+            raise ConfigError(f"dataset {train.info.name} has no training records")
+        self._train = train
+        return report
+
+    # --- mirror ----------------------------------------------------------------------------
+
+    def ecall_attach_mirror(self, backend: Backend, counter: MonotonicCounter) -> None:
+        """Bind the mirror store and its freshness counter (named after backend, model, key)."""
+        self._store = MirrorStore(backend, self._eng, self._fp)
+        self._counter = counter
+        identity = mirror_identity(backend.name, backend.location)
+        self._counter_name = mirror_counter_name(identity, self._fp, self._eng.key_id)
+        self._version = counter.read(self._counter_name)
+
+    def _records(self) -> list[Record]:
+        bufs = self._net.param_buffers() + self._net.optimizer_buffers()
+        return [Record(layer, name, arr) for layer, name, arr in bufs]
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "net": self._net.training_state(),
+            "data_rng": self._data_rng.bit_generator.state,
+            "batches_drawn": self._batches_drawn,
+            "dataset_id": self._train.info.dataset_id.hex() if self._train else None,
+            "model": self._model_label,
+            "cfg": self._cfg_text,
+            "seed": self._seed,
+            "batch": self._net.batch,
+        }
+
+    def ecall_restore(self) -> int | None:
+        """Restore model, optimizer, RNGs and data cursor from the last mirror; its iteration."""
+        if self._store is None or self._counter is None:
+            raise EnclaveStateError("attach a mirror first")
+        into = {(r.layer, r.name): r.array for r in self._records()}
+        fresh = self._counter.read(self._counter_name)
+        got = self._store.load(into=into, min_version=fresh)
+        if got is None:
+            if fresh > 0:
+                from plinius.errors import StaleMirrorError
+
+                raise StaleMirrorError(f"mirror in {self._store.backend.spec}", 0, fresh)
+            return None
+        meta = got.info.meta
+        if self._train is not None and meta.get("dataset_id") not in (
+            None,
+            self._train.info.dataset_id.hex(),
+        ):
+            raise ModelMismatchError(
+                "the mirror was trained on another dataset "
+                f"({meta.get('dataset_id')}); use that dataset or --fresh"
+            )
+        self._net.load_training_state(meta["net"])
+        self._data_rng.bit_generator.state = meta["data_rng"]
+        self._batches_drawn = int(meta["batches_drawn"])
+        self._version = max(self._version, got.info.version)
+        self.last_restore = got.stats
+        return self._net.iteration
+
+    def ecall_forget_mirror(self) -> None:
+        """``--fresh``: train from scratch; the next mirror still gets a newer version."""
+        if self._store is not None:
+            info = None
+            try:
+                info = self._store.peek()
+            except PliniusError:
+                info = None  # unreadable (other key or model): it will simply be replaced
+            if info is not None:
+                self._version = max(self._version, info.version)
+
+    def _persist(
+        self, records: list[Record], version: int, iteration: int, meta: dict[str, Any]
+    ) -> IoStats:
+        assert self._store is not None and self._counter is not None
+        stats = self._store.save(records, version=version, iteration=iteration, meta=meta)
+        self._counter.advance(self._counter_name, version)
+        return stats
+
+    def ecall_set_async(self, enabled: bool) -> None:
+        """Asynchronous mirroring: snapshot here, seal and persist in a background thread."""
+        if enabled and self._async is None:
+            self._async = ThreadPoolExecutor(1, thread_name_prefix="plinius-mirror")
+            self._snapshot = aligned_empty(self._net.arena.nbytes)
+        elif not enabled and self._async is not None:
+            self.ecall_flush()
+            self._async.shutdown()
+            self._async = None
+
+    def ecall_flush(self) -> None:
+        """Wait for an asynchronous mirror in flight (errors surface here)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.last_mirror = pending.result()
+
+    def ecall_mirror(self) -> float:
+        """Mirror the current state as the next version; seconds the caller waited."""
+        if self._store is None:
+            raise EnclaveStateError("attach a mirror first")
+        t0 = time.perf_counter()
+        self._version += 1
+        meta = self._meta()
+        it = self._net.iteration
+        if self._async is None:
+            self.last_mirror = self._persist(self._records(), self._version, it, meta)
+            return time.perf_counter() - t0
+        self.ecall_flush()  # at most one mirror in flight
+        assert self._snapshot is not None
+        arena = self._net.arena
+        np.copyto(self._snapshot, arena)
+        base = arena.ctypes.data
+        snap = []
+        for r in self._records():
+            off = r.array.ctypes.data - base
+            raw = self._snapshot[off : off + r.array.nbytes]
+            snap.append(Record(r.layer, r.name, raw.view(r.array.dtype).reshape(r.array.shape)))
+        self._pending = self._async.submit(self._persist, snap, self._version, it, meta)
+        return time.perf_counter() - t0
+
+    # --- training --------------------------------------------------------------------------
+
+    def ecall_train_step(self, mirror: bool) -> StepResult:
+        """One iteration on a random batch read and decrypted from PM; optionally mirror."""
+        if self._train is None:
+            raise EnclaveStateError("load the training data first")
+        net = self._net
+        if self._x.shape[0] != net.batch:
+            self._x = np.empty((net.batch, net.inputs), np.float32)
+            self._y = np.empty((net.batch, net.outputs), np.float32)
+        idx = self._data_rng.integers(0, len(self._train), net.batch)
+        self._batches_drawn += 1
+        self._train.read_batch(idx, self._x, self._y)
+        loss = net.train_step(self._x, self._y)
+        waited = self.ecall_mirror() if mirror else 0.0
+        return StepResult(self._net.iteration, loss, self._net.avg_loss, waited, mirror)
+
+    def ecall_iteration(self) -> int:
+        return self._net.iteration
+
+    def ecall_weights_digest(self) -> str:
+        """SHA-256 of parameters and optimizer state: equal digests mean bit-identical models."""
+        h = hashlib.sha256()
+        for r in self._records():
+            h.update(r.array.tobytes())
+        return h.hexdigest()
+
+    def ecall_infer(self, backend: Backend, split: str = "test") -> tuple[float, int]:
+        """Top-1 accuracy over a split stored in the backend; the model never leaves."""
+        dataset_id = self._train.info.dataset_id if self._train else self._dataset_id
+        if dataset_id is None:
+            raise EnclaveStateError("no dataset: load the data or restore a mirror first")
+        data = PMData.stored(backend, self._eng, dataset_id, split)
+        n = len(data)
+        if n == 0:
+            raise ConfigError(f"dataset {data.info.name} has no {split} records")
+        correct = 0
+        batch = 256
+        x = np.empty((batch, data.info.features), np.float32)
+        y = np.empty((batch, data.info.classes), np.float32)
+        for start in range(0, n, batch):
+            idx = np.arange(start, min(n, start + batch))
+            data.read_batch(idx, x, y)
+            pred = np.argmax(self._net.predict(x[: len(idx)]), axis=1)
+            correct += int(np.sum(pred == np.argmax(y[: len(idx)], axis=1)))
+        return correct / n, n
+
+    def ecall_close(self) -> None:
+        self.ecall_set_async(False)

@@ -1,0 +1,116 @@
+"""The data owner's side: key, encrypted dataset, attestation + provisioning, and the way out.
+
+In the paper's workflow the owner sends the trainer binary and the encrypted data, verifies the
+enclave's quote, opens a secure channel and provisions the data key. These functions are that
+side, talking to the enclave only through its ecalls.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from plinius.backends.base import Backend
+from plinius.crypto import Engine, make_engine
+from plinius.datasets import load_dataset
+from plinius.encdata import DatasetInfo, encrypt_dataset, read_info
+from plinius.enclave.attestation import Quote, verify_quote
+from plinius.enclave.channel import EphemeralKey, wrap
+from plinius.enclave.counter import SealedFileCounter, mirror_counter_name, mirror_identity
+from plinius.enclave.measure import measurement
+from plinius.enclave.platform import SimulatedPlatform
+from plinius.enclave.trusted import PROVISION_AAD, Enclave
+from plinius.errors import ModelMismatchError, PliniusError
+from plinius.mirror import MirrorInfo, MirrorStore
+from plinius.nn import Network, parse_cfg_text, save_weights
+
+
+def provision(enclave: Enclave, key: bytes, quoting_public_pem: str, model_fp: bytes) -> bytes:
+    """Attest ``enclave`` (expected measurement computed here) and hand it ``key``."""
+    expected = measurement(model_fp)
+    quote_bytes, enclave_public = enclave.ecall_attest()
+    verify_quote(Quote.from_bytes(quote_bytes), quoting_public_pem, expected, enclave_public)
+    mine = EphemeralKey()
+    chan = mine.channel_key(enclave_public, quote_bytes + mine.public + enclave_public)
+    return enclave.ecall_provision(mine.public, wrap(chan, key, PROVISION_AAD + expected))
+
+
+def encrypt_data(
+    key: bytes, out: str | os.PathLike[str], spec: str | None = None, seed: int = 0
+) -> DatasetInfo:
+    """Seal a plaintext dataset (IDX directory, ``embedded``...) record by record into ``out``."""
+    ds = load_dataset(spec, seed=seed)
+    return encrypt_dataset(
+        out,
+        make_engine(key),
+        ds.name,
+        {"train": (ds.x_train, ds.y_train), "test": (ds.x_test, ds.y_test)},
+        ds.shape,
+        ds.classes,
+    )
+
+
+def default_dataset(key: bytes, state_dir: Path, seed: int = 0) -> tuple[Path, bool]:
+    """The embedded MNIST subset sealed under ``key`` (made on first use); (path, made now)."""
+    engine = make_engine(key)
+    d = state_dir / "datasets"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = d / f"embedded-seed{seed}-{engine.key_id.hex()}.pld"
+    if path.exists():
+        try:
+            read_info(path, engine)
+            return path, False
+        except PliniusError:
+            path.unlink()  # a damaged cache of our own making: rebuild it
+    encrypt_data(key, path, None, seed)
+    return path, True
+
+
+def committed_version(backend: Backend, engine: Engine, platform: SimulatedPlatform) -> int:
+    """The freshness bound of the mirror in ``backend`` (0 when none was ever committed)."""
+    store = MirrorStore(backend, engine, None)
+    info = store.peek()
+    if info is None:
+        return 0
+    name = mirror_counter_name(
+        mirror_identity(backend.name, backend.location), info.fingerprint, engine.key_id
+    )
+    return SealedFileCounter(platform).read(name)
+
+
+def verify_mirror(backend: Backend, engine: Engine, platform: SimulatedPlatform) -> MirrorInfo:
+    """Authenticate every buffer of the stored mirror and check it is the newest committed one."""
+    info = MirrorStore(backend, engine, None).verify(
+        min_version=committed_version(backend, engine, platform)
+    )
+    if info is None:
+        raise FileNotFoundError(f"no mirror in {backend.spec}")
+    return info
+
+
+def open_mirror(
+    backend: Backend, engine: Engine, platform: SimulatedPlatform
+) -> tuple[Network, int, str]:
+    """Decrypt the mirror into a fresh network outside any enclave (the owner holds the key)."""
+    store = MirrorStore(backend, engine, None)
+    info = store.peek(min_version=committed_version(backend, engine, platform))
+    if info is None:
+        raise FileNotFoundError(f"no mirror in {backend.spec}")
+    meta = info.meta
+    net = Network(parse_cfg_text(meta["cfg"], f"mirror:{meta['model']}"), batch=meta["batch"])
+    if net.fingerprint() != info.fingerprint:
+        raise ModelMismatchError("the mirror's stored configuration does not match its records")
+    bufs = net.param_buffers() + net.optimizer_buffers()
+    got = store.load(into={(layer, name): arr for layer, name, arr in bufs})
+    assert got is not None
+    net.load_training_state(got.info.meta["net"])
+    return net, got.info.iteration, str(meta["model"])
+
+
+def export_weights(
+    backend: Backend, engine: Engine, platform: SimulatedPlatform, out: str | os.PathLike[str]
+) -> tuple[int, str]:
+    """Write the mirrored model as a Darknet ``.weights`` file; (iteration, model label)."""
+    net, iteration, label = open_mirror(backend, engine, platform)
+    save_weights(net, Path(out))
+    return iteration, label

@@ -1,0 +1,137 @@
+"""The PM-data module: the encrypted training set kept byte-addressable in the backend.
+
+Loaded once from the owner's file into the backend's record area (in the pool for ``romulus``),
+still sealed record by record; each iteration reads and decrypts only the records of its batch.
+After a crash the area is already there: a restart reloads nothing from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from plinius.backends.base import Backend
+from plinius.crypto import Engine
+from plinius.encdata import DatasetInfo, iter_sealed, read_info, record_aad
+from plinius.errors import FormatError
+from plinius.records import RecordArea, area_key, put_records
+
+
+def _info_key(dataset_id: bytes) -> str:
+    return f"dataset.{dataset_id.hex()}"
+
+
+def _area_name(info: DatasetInfo, split: str) -> str:
+    return f"{info.dataset_id.hex()}-{split}"
+
+
+@dataclass
+class LoadReport:
+    """How the training set got into the backend this time."""
+
+    reloaded: bool  # True when records were copied from the file now
+    seconds: float
+    records: int
+    bytes: int
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+class PMData:
+    """Random access to one split of an encrypted dataset stored in a backend."""
+
+    def __init__(self, backend: Backend, engine: Engine, info: DatasetInfo, split: str) -> None:
+        self.backend = backend
+        self.engine = engine
+        self.info = info
+        self.split = split
+        self.area = RecordArea(backend, _area_name(info, split))
+        if self.area.record_size != info.sealed_bytes or len(self.area) != info.counts[split]:
+            raise FormatError(
+                f"record area of dataset {info.name} in {backend.spec} does not match its header"
+            )
+        self._rows = np.empty((0, info.features + info.classes), np.float32)
+
+    def __len__(self) -> int:
+        return len(self.area)
+
+    @classmethod
+    def stored(cls, backend: Backend, engine: Engine, dataset_id: bytes, split: str) -> PMData:
+        """Open a dataset already in the backend, without its file."""
+        blob = backend.read(_info_key(dataset_id))
+        if blob is None:
+            raise FileNotFoundError(f"dataset {dataset_id.hex()} is not stored in {backend.spec}")
+        doc = json.loads(bytes(blob.data))
+        c, h, w = doc["shape"]
+        info = DatasetInfo(
+            doc["name"],
+            bytes.fromhex(doc["id"]),
+            (c, h, w),
+            int(doc["classes"]),
+            dict(doc["counts"]),
+            bytes.fromhex(doc["key_id"]),
+        )
+        return cls(backend, engine, info, split)
+
+    @classmethod
+    def ensure_loaded(
+        cls,
+        backend: Backend,
+        engine: Engine,
+        path: str | os.PathLike[str],
+        splits: tuple[str, ...] = ("train",),
+        force: bool = False,
+    ) -> tuple[dict[str, PMData], LoadReport]:
+        """Put the file's splits into the backend unless they are already there."""
+        t0 = time.perf_counter()
+        info = read_info(path, engine)
+        keys = set(backend.keys())
+        present = _info_key(info.dataset_id) in keys and all(
+            area_key(_area_name(info, s)) in keys for s in splits
+        )
+        moved = 0
+        if force or not present:
+            for s in splits:
+                put_records(
+                    backend,
+                    _area_name(info, s),
+                    iter_sealed(path, info, s),
+                    info.sealed_bytes,
+                    info.counts[s],
+                )
+                moved += info.counts[s]
+            raw = json.dumps(info.as_json()).encode()
+            with backend.begin_write(_info_key(info.dataset_id), len(raw)) as txn:
+                txn.view(0, len(raw))[:] = raw
+                txn.commit()
+        out = {s: cls(backend, engine, info, s) for s in splits}
+        report = LoadReport(
+            reloaded=moved > 0,
+            seconds=time.perf_counter() - t0,
+            records=moved,
+            bytes=moved * info.sealed_bytes,
+        )
+        return out, report
+
+    def read_batch(self, indices: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        """Decrypt records ``indices`` into ``x`` (batch, features) and ``y`` (batch, classes)."""
+        n = len(indices)
+        if self._rows.shape[0] < n:
+            self._rows = np.empty((n, self.info.features + self.info.classes), np.float32)
+        rows = self._rows
+        for j, i in enumerate(indices):
+            i = int(i)
+            self.engine.open_into(
+                record_aad(self.info.dataset_id, self.split, i),
+                self.area[i],
+                rows[j],
+                f"{self.split} record {i} of dataset {self.info.name}",
+            )
+        f = self.info.features
+        x[:n] = rows[:n, :f]
+        y[:n] = rows[:n, f:]
