@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from plinius.backends.registry import backend_class, registered
+from plinius.errors import NotFoundError
 
 DEFAULT_BACKENDS = ("romulus", "tmpfs", "dax", "ssd")
 
@@ -38,7 +39,7 @@ def scratch_specs(names: tuple[str, ...] | list[str]) -> Iterator[dict[str, str]
         for name in names:
             root = root_dir(backend_class(name).default_root)
             if not root.is_dir():
-                raise FileNotFoundError(
+                raise NotFoundError(
                     f"{root} does not exist; set PLINIUS_SHM_DIR / PLINIUS_DISK_DIR"
                 )
             d = Path(tempfile.mkdtemp(prefix=f"plinius-{name}-", dir=root))

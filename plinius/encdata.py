@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from plinius.crypto import OVERHEAD, Engine, check_key_matches
-from plinius.errors import FormatError, NotAMirrorError, TruncatedError, UnsupportedVersionError
+from plinius.errors import (
+    FormatError,
+    NotAMirrorError,
+    NotFoundError,
+    TruncatedError,
+    UnsupportedVersionError,
+)
 
 MAGIC = b"PLNDATA1"
 FORMAT_VERSION = 1
@@ -134,7 +140,7 @@ def read_info(path: str | os.PathLike[str], engine: Engine | None = None) -> Dat
             header = f.read(HEADER_BYTES)
             size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"dataset {p} does not exist: create it with `plinius owner encrypt-data`"
         ) from None
     if not header.startswith(MAGIC):

@@ -89,6 +89,10 @@ class StaleMirrorError(IntegrityError):
         self.what = what
 
 
+class NotFoundError(PliniusError, FileNotFoundError):
+    """Something that must exist does not: a dataset file, a mirror, a stored record area."""
+
+
 class ModelMismatchError(PliniusError):
     """A mirror belongs to a different model architecture."""
 

@@ -31,6 +31,7 @@ from plinius.errors import (
     IntegrityError,
     ModelMismatchError,
     NotAMirrorError,
+    NotFoundError,
     StaleMirrorError,
     TruncatedError,
     UnsupportedVersionError,
@@ -147,7 +148,7 @@ def read_header_fingerprint(backend: Backend, key: str = DEFAULT_KEY) -> bytes:
     """The model fingerprint in a stored mirror's plaintext header (authenticated later)."""
     blob = backend.read(key)
     if blob is None:
-        raise FileNotFoundError(f"no mirror in {backend.spec}")
+        raise NotFoundError(f"no mirror in {backend.spec}")
     data = blob.data
     if data.nbytes < HEADER_SIZE or bytes(data[: len(MAGIC)]) != MAGIC:
         raise NotAMirrorError(f"{backend.spec}/{key} is not a plinius mirror")

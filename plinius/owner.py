@@ -20,7 +20,7 @@ from plinius.enclave.counter import SealedFileCounter, mirror_counter_name, mirr
 from plinius.enclave.measure import measurement
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.trusted import PROVISION_AAD, Enclave
-from plinius.errors import ModelMismatchError, PliniusError
+from plinius.errors import ModelMismatchError, NotFoundError, PliniusError
 from plinius.mirror import MirrorInfo, MirrorStore
 from plinius.nn import Network, parse_cfg_text, save_weights
 
@@ -84,7 +84,7 @@ def verify_mirror(backend: Backend, engine: Engine, platform: SimulatedPlatform)
         min_version=committed_version(backend, engine, platform)
     )
     if info is None:
-        raise FileNotFoundError(f"no mirror in {backend.spec}")
+        raise NotFoundError(f"no mirror in {backend.spec}")
     return info
 
 
@@ -95,7 +95,7 @@ def open_mirror(
     store = MirrorStore(backend, engine, None)
     info = store.peek(min_version=committed_version(backend, engine, platform))
     if info is None:
-        raise FileNotFoundError(f"no mirror in {backend.spec}")
+        raise NotFoundError(f"no mirror in {backend.spec}")
     meta = info.meta
     net = Network(parse_cfg_text(meta["cfg"], f"mirror:{meta['model']}"), batch=meta["batch"])
     if net.fingerprint() != info.fingerprint:

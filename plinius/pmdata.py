@@ -17,7 +17,7 @@ import numpy as np
 from plinius.backends.base import Backend
 from plinius.crypto import Engine
 from plinius.encdata import DatasetInfo, iter_sealed, read_info, record_aad
-from plinius.errors import FormatError
+from plinius.errors import FormatError, NotFoundError
 from plinius.records import RecordArea, area_key, put_records
 
 
@@ -65,7 +65,7 @@ class PMData:
         """Open a dataset already in the backend, without its file."""
         blob = backend.read(_info_key(dataset_id))
         if blob is None:
-            raise FileNotFoundError(f"dataset {dataset_id.hex()} is not stored in {backend.spec}")
+            raise NotFoundError(f"dataset {dataset_id.hex()} is not stored in {backend.spec}")
         doc = json.loads(bytes(blob.data))
         c, h, w = doc["shape"]
         info = DatasetInfo(

@@ -15,7 +15,13 @@ import struct
 from collections.abc import Iterable
 
 from plinius.backends.base import Backend, IoStats
-from plinius.errors import FormatError, NotAMirrorError, TruncatedError, UnsupportedVersionError
+from plinius.errors import (
+    FormatError,
+    NotAMirrorError,
+    NotFoundError,
+    TruncatedError,
+    UnsupportedVersionError,
+)
 from plinius.memory import CACHE_LINE, align_up
 
 MAGIC = b"PLNRECS\x00"
@@ -67,7 +73,7 @@ class RecordArea:
         what = f"record area {name!r} in {backend.spec}"
         view = backend.map(area_key(name))
         if view is None:
-            raise FileNotFoundError(f"{what} does not exist; load the dataset first")
+            raise NotFoundError(f"{what} does not exist; load the dataset first")
         if view.nbytes < _HEAD.size or bytes(view[:8]) != MAGIC:
             raise NotAMirrorError(f"{what} is not a plinius record area")
         _, fmt, _, size, count, name_len = _HEAD.unpack(bytes(view[: _HEAD.size]))

@@ -24,7 +24,7 @@ from plinius.enclave.counter import MonotonicCounter, mirror_counter_name, mirro
 from plinius.enclave.measure import measurement
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.sealing import SealedStore
-from plinius.errors import ConfigError, ModelMismatchError, PliniusError
+from plinius.errors import ConfigError, ModelMismatchError, NotFoundError, PliniusError
 from plinius.memory import aligned_empty
 from plinius.mirror import MirrorStore, Record
 from plinius.nn import Network
@@ -111,13 +111,17 @@ class Enclave:
         self._channel = None  # one provisioning per attestation
         key = unwrap(chan_key, wrapped_key, PROVISION_AAD + self.measurement, "provisioned key")
         engine = make_engine(key)
-        self._sealed.put(f"datakey-{engine.key_id.hex()}", key)
+        self._sealed.put(self._key_label(engine.key_id), key)
         self._engine = engine
         return engine.key_id
 
+    def _key_label(self, key_id: bytes) -> str:
+        # one sealed copy per (enclave, key): another model's enclave provisions its own
+        return f"datakey-{self.measurement[:8].hex()}-{key_id.hex()}"
+
     def ecall_unseal_key(self, key_id: bytes) -> bool:
         """Reuse a key sealed by this same enclave earlier (restart after a crash)."""
-        key = self._sealed.get(f"datakey-{key_id.hex()}")
+        key = self._sealed.get(self._key_label(key_id))
         if key is None:
             return False
         self._engine = make_engine(key)
@@ -139,7 +143,7 @@ class Enclave:
         fresh = self._counter.read(self._counter_name)
         info = store.peek(min_version=fresh)
         if info is None:
-            raise FileNotFoundError(f"no mirror in {store.backend.spec}")
+            raise NotFoundError(f"no mirror in {store.backend.spec}")
         meta = info.meta
         net = Network(parse_cfg_text(meta["cfg"], f"mirror:{meta['model']}"), batch=meta["batch"])
         if net.fingerprint() != self._fp:
