@@ -78,7 +78,7 @@ def test_synthetic_is_deterministic_and_plausible() -> None:
     a, b = synthetic_trace(seed=3), synthetic_trace(seed=3)
     assert np.array_equal(a.prices, b.prices)
     assert not np.array_equal(a.prices, synthetic_trace(seed=4).prices)
-    assert len(a) == 2016
-    assert 0 < a.interruptions(0.0955) < 50
+    assert len(a) == 8064  # four weeks of 5-minute slots
+    assert 10 < a.interruptions(0.0955) < 100  # the paper's trace: ~40 per four weeks
     with pytest.raises(TraceError):
         synthetic_trace(slots=0)

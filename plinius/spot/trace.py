@@ -150,12 +150,12 @@ def _from_aws_json(text: str, source: str) -> SpotTrace:
     return SpotTrace(prices, AWS_SLOT_SECONDS, source)
 
 
-def synthetic_trace(slots: int = 2016, seed: int = 0, base: float = 0.094) -> SpotTrace:
+def synthetic_trace(slots: int = 8064, seed: int = 0, base: float = 0.094) -> SpotTrace:
     """A seeded trace shaped like the paper's c3.2xlarge one.
 
     Model: the log-price follows a mean-reverting random walk around ``base`` (reversion 0.05 per
     slot, noise 0.002), plus demand spikes that start with probability 0.002 per slot, multiply the
-    price by 1.2–3× and last a geometric number of slots (mean 12). Default: one week of 5-minute
+    price by 1.2–3× and last a geometric number of slots (mean 12). Default: four weeks of 5-minute
     slots. Deterministic for a given seed.
     """
     if slots <= 0:

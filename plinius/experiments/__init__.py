@@ -1,0 +1,1 @@
+"""Experiments with real process kills: random crashes (Fig. 9) and spot markets (Fig. 10)."""

@@ -1,0 +1,40 @@
+"""Where an experiment's runs keep their mirrors: one fresh backend instance per run."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from plinius.backends.registry import backend_class, parse_spec
+from plinius.defaults import root_dir
+
+
+@contextmanager
+def run_specs(backend: str, runs: list[str], keep: bool = False) -> Iterator[dict[str, str]]:
+    """One spec per run name. ``backend`` is a name (instances under the default roots, removed
+    afterwards) or ``NAME:DIRECTORY[?opts]`` (instances created inside DIRECTORY and kept)."""
+    if ":" in backend:
+        name, location, options = parse_spec(backend)
+        base = Path(location)
+        base.mkdir(parents=True, exist_ok=True)
+        made = None
+    else:
+        name, options = backend, {}
+        cls = backend_class(name)
+        base = Path(tempfile.mkdtemp(prefix=f"plinius-{name}-", dir=root_dir(cls.default_root)))
+        made = base
+    cls = backend_class(name)
+    query = "&".join(f"{k}={v}" for k, v in options.items())
+    for run in runs:
+        (base / run).mkdir(exist_ok=True)
+    try:
+        yield {
+            run: f"{name}:{cls.location_in(str(base / run))}" + (f"?{query}" if query else "")
+            for run in runs
+        }
+    finally:
+        if made is not None and not keep:
+            shutil.rmtree(made, ignore_errors=True)

@@ -1,0 +1,195 @@
+"""``plinius spot``: replay a spot price trace against real trainer processes (Fig. 10).
+
+Time is scaled: one trace slot lasts ``slot_seconds`` real seconds. In a slot whose price is above
+the bid the instance is off: the trainer process is SIGKILLed (no warning, as a reclaimed spot
+instance). At or below the bid it runs: a stopped trainer is started again and, with the mirror,
+resumes where it was; without it, it starts from scratch. Both runs see the same trace window.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plinius.experiments.supervisor import RunSpec, Supervisor, read_log
+from plinius.spot.trace import SpotTrace, TraceError
+
+RUNS = ("resilient", "nonresilient")
+
+
+@dataclass
+class SpotOptions:
+    model: str = "batch"
+    backend: str = "tmpfs"
+    key_file: str = ""
+    iterations: int = 500
+    bid: float = 0.0955
+    slot_seconds: float = 5.0
+    start: int | None = None  # None: pick a window with interruptions
+    window: int = 160
+    seed: int = 0
+    data: str | None = None
+    state_dir: str | None = None
+
+
+def pick_start(trace: SpotTrace, bid: float, window: int) -> int:
+    """A start slot a little before an interruption, such that the next ``window`` slots hold at
+    least two interruptions and the instance is on at least half of the time (the paper's run
+    saw two); the first running slot when no such window exists."""
+    trace.check_bid(bid)
+    on = trace.running(bid)
+    n = len(trace)
+    drops = np.zeros(n, dtype=np.int64)
+    drops[1:] = on[:-1] & ~on[1:]
+    c_drop = np.concatenate([[0], np.cumsum(drops)])
+    c_on = np.concatenate([[0], np.cumsum(on)])
+    lead = max(2, window // 8)
+    for d in np.flatnonzero(drops):
+        s = int(d) - lead
+        e = min(n, s + window)
+        if s < 0 or not on[s]:
+            continue
+        if c_drop[e] - c_drop[s + 1] >= 2 and (c_on[e] - c_on[s]) * 2 >= e - s:
+            return s
+    return int(np.argmax(on))
+
+
+def run_spot(
+    opts: SpotOptions,
+    trace: SpotTrace,
+    specs: dict[str, str],
+    workdir: Path,
+    tick: Callable[[str, int, bool], None] = lambda run, slot, on: None,
+) -> dict[str, Any]:
+    trace.check_bid(opts.bid)
+    start = opts.start if opts.start is not None else pick_start(trace, opts.bid, opts.window)
+    if not 0 <= start < len(trace):
+        raise TraceError(f"--start {start} is outside the trace (0..{len(trace) - 1})")
+    out: dict[str, Any] = {"start_slot": start, "trace": trace.source}
+    for run in RUNS:
+        spec = RunSpec(
+            model=opts.model,
+            backend=specs[run],
+            key_file=opts.key_file,
+            iterations=opts.iterations,
+            data=opts.data,
+            mirror=run == "resilient",
+            seed=opts.seed,
+            state_dir=opts.state_dir,
+        )
+        sup = Supervisor(spec, workdir / run)
+        states: list[dict[str, Any]] = []
+        done = False
+        try:
+            for slot in range(start, len(trace)):
+                price = float(trace.prices[slot])
+                on = price <= opts.bid
+                if on:
+                    sup.start()
+                else:
+                    sup.kill(f"slot {slot}: price {price} above bid {opts.bid}")
+                tick(run, slot, on)
+                end = sup.now() + opts.slot_seconds
+                while sup.now() < end:
+                    if sup.poll_exit():
+                        done = True
+                        break
+                    time.sleep(min(0.05, max(0.0, end - sup.now())))
+                states.append(
+                    {
+                        "slot": slot,
+                        "price": price,
+                        "on": on,
+                        "t": sup.now(),
+                        "iteration": sup.last_iteration(),
+                    }
+                )
+                if done:
+                    break
+        finally:
+            sup.stop()
+        rows = read_log(sup.log)
+        used = [s for s in states]
+        summary = sup.summary()
+        summary.update(
+            finished=done,
+            slots_used=len(used),
+            completion_trace_minutes=len(used) * trace.slot_seconds / 60,
+            cost_usd=sum(s["price"] for s in used if s["on"]) * trace.slot_seconds / 3600,
+            interruptions=sum(1 for a, b in itertools.pairwise(used) if a["on"] and not b["on"]),
+            iterations_lost=max(0, sup.executed - opts.iterations) if done else None,
+            states=used,
+            curve={
+                "iteration": [int(r["iteration"]) for r in rows],
+                "loss": [r["loss"] for r in rows],
+                "avg_loss": [r["avg_loss"] for r in rows],
+                "time": [r["time"] for r in rows],
+            },
+            backend=specs[run],
+        )
+        out[run] = summary
+    out["complete"] = all(out[r]["finished"] for r in RUNS)
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    p, res = doc["parameters"], doc["result"]
+    lines = [
+        "# plinius spot",
+        "",
+        f"Trace {res['trace']} from slot {res['start_slot']}, bid {p['bid']}, one 5-minute slot "
+        f"replayed as {p['slot_seconds']} s; model `{p['model']}` to {p['iterations']} "
+        f"iterations; backend `{p['backend']}`. Above the bid the trainer is SIGKILLed.",
+        "",
+        "| run | finished | interruptions | starts | iterations executed | iterations lost | "
+        "completion (trace min) | cost USD | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in RUNS:
+        r = res[run]
+        lines.append(
+            f"| {run} | {'yes' if r['finished'] else 'NO (trace ended)'} | {r['interruptions']} | "
+            f"{r['starts']} | {r['iterations_executed']} | {r['iterations_lost']} | "
+            f"{r['completion_trace_minutes']:.0f} | {r['cost_usd']:.4f} | {r['wall_s']:.1f} |"
+        )
+    if not res["complete"]:
+        lines += ["", "**Partial results**: the trace ended before every run finished."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = doc["result"]
+    slot_min = 5.0
+    fig, axes = plt.subplots(2, 2, figsize=(12, 6.5))
+    for col, run in enumerate(RUNS):
+        r = res[run]
+        loss_ax, state_ax = axes[0][col], axes[1][col]
+        xs = list(range(1, len(r["curve"]["avg_loss"]) + 1))
+        loss_ax.plot(xs, r["curve"]["avg_loss"], color="tab:blue" if col == 0 else "tab:orange")
+        label = "(a) resilient (mirror)" if col == 0 else "(c) non-resilient"
+        loss_ax.set(title=f"{label}: loss", xlabel="iterations executed", ylabel="avg loss")
+        t = [(s["slot"] - res["start_slot"]) * slot_min for s in r["states"]]
+        on = [1 if s["on"] else 0 for s in r["states"]]
+        state_ax.step(t, on, where="post", color="tab:green")
+        state_ax.set(
+            title=f"({'b' if col == 0 else 'd'}) instance state, {r['interruptions']} "
+            f"interruptions, ${r['cost_usd']:.3f}",
+            xlabel="trace time (min)",
+            ylabel="state (1 = running)",
+            ylim=(-0.1, 1.2),
+        )
+    fig.suptitle(f"plinius spot replay (bid {doc['parameters']['bid']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
