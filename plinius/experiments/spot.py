@@ -115,7 +115,7 @@ def run_spot(
         finally:
             sup.stop()
         rows = read_log(sup.log)
-        used = [s for s in states]
+        used = states
         summary = sup.summary()
         summary.update(
             finished=done,
