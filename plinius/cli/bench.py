@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from plinius import plots
 from plinius.backends.registry import open_backend
 from plinius.bench.engine import EngineFigures, measure_engines
 from plinius.bench.saverestore import PAPER_SIZES_MB, Point, fmt_ms, run_matrix, steps
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (out / "report.md").write_text(render_markdown(doc, points, engines))
+        write_outputs(doc, out)
     except OSError as exc:
         raise PliniusError(f"cannot write results to {out}: {exc.strerror}") from None
     if args.json:
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             f"  {name}: {flag}{ro['fs_type']} on {ro['device']}, durability {ro['durability']}"
             + (f" — {'; '.join(ro['notes'])}" if ro["notes"] else "")
         )
-    console.print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
+    console.print(f"wrote {out / 'results.json'}, {out / 'report.md'} and PNG figures")
     return 0
 
 
@@ -201,6 +202,21 @@ def _spread(med: float, lo: float, hi: float) -> str:
 
 def _x(v: float | None) -> str:
     return f"{v:.2f}×" if v is not None else "-"
+
+
+def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
+    """report.md and the PNG figures of a bench results document (also used by report)."""
+    points = [Point(**p) for p in doc["results"]]
+    engines = [
+        EngineFigures(**{k: v for k, v in e.items() if k not in ("seal_vs_raw", "open_vs_raw")})
+        for e in doc.get("engines", [])
+    ]
+    written = [out / "report.md"]
+    written.append(plots.save_restore(doc["results"], out / "save_restore.png"))
+    if any(p.speedup_save_vs_ssd is not None for p in points):
+        written.append(plots.speedups(doc["results"], out / "speedup.png"))
+    (out / "report.md").write_text(render_markdown(doc, points, engines))
+    return written
 
 
 def render_markdown(doc: dict[str, Any], points: list[Point], engines: list[EngineFigures]) -> str:

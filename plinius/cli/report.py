@@ -1,0 +1,82 @@
+"""``plinius report``: plots and Markdown from saved results, without re-running anything.
+
+``--asv DIR`` reads asv's results directory (any number of machines, merged into one picture
+per figure); ``--bench FILE`` redraws a ``plinius bench`` results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from plinius import plots
+from plinius.asvresults import load, save_restore_rows
+from plinius.errors import ConfigError
+from plinius.reports import md_table
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("report", help="render plots and Markdown from asv or bench results")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--asv", help="asv results directory (e.g. asv_bench/results)")
+    src.add_argument("--bench", help="results.json written by plinius bench")
+    p.add_argument("--engine", help="crypto engine to plot from asv results (default: all)")
+    p.add_argument("--out", default="report-out", help="output directory")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.bench:
+        try:
+            doc = json.loads(Path(args.bench).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {args.bench}: {exc}") from None
+        if doc.get("schema") != "plinius-bench/1":
+            raise ConfigError(f"{args.bench} is not a plinius bench results.json (schema)")
+        from plinius.cli.bench import write_outputs
+
+        written = write_outputs(doc, out)
+        print("wrote " + ", ".join(str(p) for p in written))
+        return 0
+    data = load(args.asv)
+    rows = save_restore_rows(data, args.engine)
+    for r in rows:
+        if args.engine is None:
+            r["series"] = f"{r['machine']}/{r['backend']}/{r['engine']}"
+    lines = ["# plinius report from asv results", ""]
+    for name, m in sorted(data.machines.items()):
+        lines.append(
+            f"- machine `{name}`: {m.get('cpu', '?')}, {m.get('num_cpu', '?')} CPUs, "
+            f"{m.get('os', '?')}, RAM {m.get('ram', '?')}"
+        )
+    if data.skipped:
+        lines += ["", "**Skipped (partial results):**", ""]
+        lines += [f"- {s}" for s in data.skipped]
+    lines += [""]
+    written = [out / "report.md"]
+    if rows:
+        table = [
+            {
+                "series": r["series"],
+                "MB": r["model_mb"],
+                "save ms": r["save_s"] * 1e3,
+                "restore ms": r["restore_s"] * 1e3,
+            }
+            for r in sorted(rows, key=lambda r: (r["series"], r["model_mb"]))
+        ]
+        lines += [md_table(table, ["series", "MB", "save ms", "restore ms"]), ""]
+        written.append(
+            plots.save_restore(
+                rows, out / "save_restore.png", "Save/restore per machine and backend (asv)"
+            )
+        )
+        lines.append("![save/restore](save_restore.png)")
+    else:
+        lines.append("No SaveRestore results found.")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
