@@ -85,17 +85,17 @@ def batch_sweep(
                 y = np.empty((b, net.outputs), np.float32)
 
                 def enc_step(net: Network = net, x: np.ndarray = x, y: np.ndarray = y) -> None:
-                    area.read_batch(rng.integers(0, len(area), size=x.shape[0]), x, y)
+                    area.read_batch(rng.integers(0, len(area), size=(len(x),)), x, y)
                     net.train_step(x, y)
 
                 def plain_step(net: Network = net, x: np.ndarray = x, y: np.ndarray = y) -> None:
-                    idx = rng.integers(0, len(area), size=x.shape[0])
+                    idx = rng.integers(0, len(area), size=(len(x),))
                     np.take(ds.x_train, idx, axis=0, out=x)
                     np.take(onehot, idx, axis=0, out=y)
                     net.train_step(x, y)
 
                 def read_only(x: np.ndarray = x, y: np.ndarray = y) -> None:
-                    area.read_batch(rng.integers(0, len(area), size=x.shape[0]), x, y)
+                    area.read_batch(rng.integers(0, len(area), size=(len(x),)), x, y)
 
                 # interleave so drift in machine load hits both sides alike
                 enc, plain = [], []
