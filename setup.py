@@ -1,12 +1,13 @@
-"""Build hook: compiles the native Romulus engine with cffi at install time."""
+"""Build hook: compiles the native Romulus engine (cffi) and ships fio_jobs/ inside the package."""
 
-from pathlib import Path
+from setuptools import find_packages, setup
 
-from setuptools import setup
-
-HERE = Path(__file__).parent
-cffi_modules = []
-if (HERE / "native" / "build_romulus.py").exists():
-    cffi_modules.append("native/build_romulus.py:ffibuilder")
-
-setup(cffi_modules=cffi_modules)
+setup(
+    packages=[*find_packages(include=["plinius", "plinius.*"]), "plinius.fio_jobs"],
+    package_dir={"plinius.fio_jobs": "fio_jobs"},
+    package_data={
+        "plinius": ["py.typed", "zoo/*.cfg"],
+        "plinius.fio_jobs": ["*.fio", "README.md"],
+    },
+    cffi_modules=["native/build_romulus.py:ffibuilder"],
+)

@@ -57,11 +57,24 @@ def spec(request: pytest.FixtureRequest, tmp_path: Path, shm_dir: Path) -> Itera
         yield f"{name}:{tmp_path / 'store'}"
 
 
-def train(world: dict[str, str], env: dict[str, str], spec: str, *extra: str,
-          iterations: int = ITER) -> subprocess.CompletedProcess[str]:
+def train(
+    world: dict[str, str], env: dict[str, str], spec: str, *extra: str, iterations: int = ITER
+) -> subprocess.CompletedProcess[str]:
     return plinius(
-        "train", "--model", "tiny", "--backend", spec, "--key-file", world["key"],
-        "--data", world["data"], "--iterations", str(iterations), "--json", *extra, env=env,
+        "train",
+        "--model",
+        "tiny",
+        "--backend",
+        spec,
+        "--key-file",
+        world["key"],
+        "--data",
+        world["data"],
+        "--iterations",
+        str(iterations),
+        "--json",
+        *extra,
+        env=env,
     )
 
 
@@ -70,8 +83,9 @@ def digest(res: subprocess.CompletedProcess[str]) -> str:
     return str(json.loads(res.stdout)["weights_sha256"])
 
 
-def test_exact_resume_after_sigkill(world: dict[str, str], env: dict[str, str], spec: str,
-                                    tmp_path: Path) -> None:
+def test_exact_resume_after_sigkill(
+    world: dict[str, str], env: dict[str, str], spec: str, tmp_path: Path
+) -> None:
     reference = digest(train(world, env, spec, "--fresh", "--no-mirror"))
     log = tmp_path / "loss.csv"
     crashed = train(world, env, spec, "--fresh", "--crash-at", "7", "--log", str(log))
@@ -85,20 +99,23 @@ def test_exact_resume_after_sigkill(world: dict[str, str], env: dict[str, str], 
     assert its == [*range(1, 7), *range(7, ITER + 1)]  # 7 lost in the crash, recomputed
 
 
-def test_mirror_every_and_async_resume_exactly(world: dict[str, str], env: dict[str, str],
-                                               shm_dir: Path) -> None:
+def test_mirror_every_and_async_resume_exactly(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path
+) -> None:
     spec = f"tmpfs:{shm_dir / 's'}"
     reference = digest(train(world, env, spec, "--fresh", "--no-mirror"))
-    crashed = train(world, env, spec, "--fresh", "--mirror-every", "5", "--async-mirror",
-                    "--crash-at", "9")
+    crashed = train(
+        world, env, spec, "--fresh", "--mirror-every", "5", "--async-mirror", "--crash-at", "9"
+    )
     assert crashed.returncode == -9
     resumed = train(world, env, spec, "--mirror-every", "5", "--async-mirror")
     assert json.loads(resumed.stdout)["start_iteration"] in (0, 5)
     assert digest(resumed) == reference
 
 
-def test_verify_infer_export(world: dict[str, str], env: dict[str, str], shm_dir: Path,
-                             tmp_path: Path) -> None:
+def test_verify_infer_export(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path, tmp_path: Path
+) -> None:
     spec = f"romulus:{shm_dir / 'p.pool'}?size=64M"
     assert train(world, env, spec).returncode == 0
     v = plinius("verify", "--backend", spec, "--key-file", world["key"], "--json", env=env)
@@ -109,8 +126,9 @@ def test_verify_infer_export(world: dict[str, str], env: dict[str, str], shm_dir
     doc = json.loads(i.stdout)
     assert doc["images"] == 1000 and 0.0 <= doc["top1"] <= 1.0
     out = tmp_path / "m.weights"
-    e = plinius("export", "--backend", spec, "--key-file", world["key"], "--weights", str(out),
-                env=env)
+    e = plinius(
+        "export", "--backend", spec, "--key-file", world["key"], "--weights", str(out), env=env
+    )
     assert e.returncode == 0, e.stderr
     from plinius.nn import load_model, load_weights
 
@@ -119,35 +137,52 @@ def test_verify_infer_export(world: dict[str, str], env: dict[str, str], shm_dir
     assert net.seen == ITER * net.batch
 
 
-def test_only_ciphertext_reaches_the_backend(world: dict[str, str], env: dict[str, str],
-                                             tmp_path: Path) -> None:
+def test_only_ciphertext_reaches_the_backend(
+    world: dict[str, str], env: dict[str, str], tmp_path: Path
+) -> None:
     spec = f"ssd:{tmp_path / 'store'}"
     assert train(world, env, spec).returncode == 0
     out = tmp_path / "m.weights"
-    assert plinius("export", "--backend", spec, "--key-file", world["key"], "--weights",
-                   str(out), env=env).returncode == 0
+    assert (
+        plinius(
+            "export", "--backend", spec, "--key-file", world["key"], "--weights", str(out), env=env
+        ).returncode
+        == 0
+    )
     weights = out.read_bytes()[20:]  # skip the Darknet header
     stored = b"".join(p.read_bytes() for p in (tmp_path / "store").iterdir())
     for start in range(0, len(weights) - 32, len(weights) // 16):
         assert weights[start : start + 32] not in stored
 
 
-def test_wrong_key_refused_and_mirror_kept(world: dict[str, str], env: dict[str, str],
-                                           tmp_path: Path) -> None:
+def test_wrong_key_refused_and_mirror_kept(
+    world: dict[str, str], env: dict[str, str], tmp_path: Path
+) -> None:
     spec = f"ssd:{tmp_path / 'store'}"
     assert train(world, env, spec).returncode == 0
     other = tmp_path / "other.key"
     write_key_file(other, generate_key())
-    res = plinius("train", "--model", "tiny", "--backend", spec, "--key-file", str(other),
-                  "--iterations", "20", env=env)
+    res = plinius(
+        "train",
+        "--model",
+        "tiny",
+        "--backend",
+        spec,
+        "--key-file",
+        str(other),
+        "--iterations",
+        "20",
+        env=env,
+    )
     assert res.returncode == 2
     assert "key id" in res.stderr
     v = plinius("verify", "--backend", spec, "--key-file", world["key"], "--json", env=env)
     assert v.returncode == 0 and json.loads(v.stdout)["iteration"] == ITER
 
 
-def test_replayed_old_copy_refused(world: dict[str, str], env: dict[str, str],
-                                   tmp_path: Path) -> None:
+def test_replayed_old_copy_refused(
+    world: dict[str, str], env: dict[str, str], tmp_path: Path
+) -> None:
     store = tmp_path / "store"
     spec = f"ssd:{store}"
     assert train(world, env, spec, iterations=4).returncode == 0
@@ -162,13 +197,26 @@ def test_replayed_old_copy_refused(world: dict[str, str], env: dict[str, str],
     assert v.returncode == 2 and "rollback refused" in v.stderr
 
 
-def test_other_model_and_tampering(world: dict[str, str], env: dict[str, str],
-                                   tmp_path: Path) -> None:
+def test_other_model_and_tampering(
+    world: dict[str, str], env: dict[str, str], tmp_path: Path
+) -> None:
     store = tmp_path / "store"
     spec = f"tmpfs:{store}"
     assert train(world, env, spec, iterations=3).returncode == 0
-    res = plinius("train", "--model", "batch", "--backend", spec, "--key-file", world["key"],
-                  "--data", world["data"], "--iterations", "4", env=env)
+    res = plinius(
+        "train",
+        "--model",
+        "batch",
+        "--backend",
+        spec,
+        "--key-file",
+        world["key"],
+        "--data",
+        world["data"],
+        "--iterations",
+        "4",
+        env=env,
+    )
     assert res.returncode == 2 and "belongs to model" in res.stderr
     mirror = store / "mirror"
     raw = bytearray(mirror.read_bytes())
@@ -182,20 +230,53 @@ def test_other_model_and_tampering(world: dict[str, str], env: dict[str, str],
 
 def test_bad_dataset(world: dict[str, str], env: dict[str, str], tmp_path: Path) -> None:
     spec = f"ssd:{tmp_path / 'store'}"
-    res = plinius("train", "--model", "tiny", "--backend", spec, "--key-file", world["key"],
-                  "--data", str(tmp_path / "missing.pld"), env=env)
+    res = plinius(
+        "train",
+        "--model",
+        "tiny",
+        "--backend",
+        spec,
+        "--key-file",
+        world["key"],
+        "--data",
+        str(tmp_path / "missing.pld"),
+        env=env,
+    )
     assert res.returncode == 2 and "does not exist" in res.stderr
     cut = tmp_path / "cut.pld"
     cut.write_bytes(Path(world["data"]).read_bytes()[:100_000])
-    res = plinius("train", "--model", "tiny", "--backend", spec, "--key-file", world["key"],
-                  "--data", str(cut), env=env)
+    res = plinius(
+        "train",
+        "--model",
+        "tiny",
+        "--backend",
+        spec,
+        "--key-file",
+        world["key"],
+        "--data",
+        str(cut),
+        env=env,
+    )
     assert res.returncode == 2 and "truncated" in res.stderr
     bad = tmp_path / "bad.pld"
     raw = bytearray(Path(world["data"]).read_bytes())
     raw[5000] ^= 1  # inside the first training record
     bad.write_bytes(bytes(raw))
-    res = plinius("train", "--model", "tiny", "--backend", spec, "--key-file", world["key"],
-                  "--data", str(bad), "--iterations", "300", "--fresh", env=env)
+    res = plinius(
+        "train",
+        "--model",
+        "tiny",
+        "--backend",
+        spec,
+        "--key-file",
+        world["key"],
+        "--data",
+        str(bad),
+        "--iterations",
+        "300",
+        "--fresh",
+        env=env,
+    )
     assert res.returncode == 2 and "integrity check failed" in res.stderr
 
 

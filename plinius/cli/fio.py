@@ -1,0 +1,190 @@
+"""``plinius fio``: the paper's fio characterization (Fig. 2) and the mirror's I/O on every backend.
+
+Finds fio and checks its version (exit 2 with the install command when it is missing or too old),
+runs ``fio_jobs/*.fio`` in a scratch directory on each backend's root, prints a table and writes
+``fio.json``, ``fio.md`` and ``fio_fig2.png`` to ``--out``. A fio job or target that fails is
+reported and kept in the files, marked; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from plinius.cli.common import add_json_flag, print_json, print_table
+from plinius.errors import ConfigError, PliniusError
+from plinius.fio import FioParams, Target, find_fio, plan_targets, run_fio
+from plinius.fio.report import (
+    TABLE_COLUMNS,
+    emulation_lines,
+    failure_lines,
+    plot_fig2,
+    render_markdown,
+    table_rows,
+)
+from plinius.fio.runner import count_steps
+from plinius.units import parse_size
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "fio",
+        help="characterize every backend's storage with fio (the paper's Fig. 2)",
+        description="Run the fio job files (fig2: 4 KiB sync I/O, fsync per written block, "
+        "1/2/4/8 threads, 512 MiB per thread, 3 runs; mirror: one model-sized write + fsync "
+        "and one read) against every backend's directory. Emulated PM/DAX targets are marked.",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI size: 16 MiB per thread, 1 and 2 threads, 1 run, jobs capped at 2 s",
+    )
+    p.add_argument(
+        "--backends",
+        help="comma-separated backend names (default romulus,tmpfs,dax,ssd), or NAME:DIR to "
+        "measure NAME in a scratch directory inside DIR",
+    )
+    p.add_argument("--jobs", default="fig2,mirror", help="job files to run (default fig2,mirror)")
+    p.add_argument("--runs", type=int, help="runs averaged per job (default 3, quick 1)")
+    p.add_argument("--threads", help="comma-separated thread counts (default 1,2,4,8; quick 1,2)")
+    p.add_argument("--size", help="fig2 file size per thread (default 512M, quick 16M)")
+    p.add_argument("--model-size", help="mirror job size (default 100M, quick 16M)")
+    p.add_argument(
+        "--runtime",
+        type=int,
+        help="cap per job in seconds, 0 = none (default 5, quick 2)",
+    )
+    p.add_argument(
+        "--pm-engine",
+        default="auto",
+        choices=["auto", "sync", "libpmem"],
+        help="romulus target engine: auto = libpmem on a DAX mount, sync elsewhere; libpmem "
+        "forces it even on non-PM memory (PMEM_IS_PMEM_FORCE=1, labelled emulated)",
+    )
+    p.add_argument(
+        "--each-backend",
+        action="store_true",
+        help="measure every backend separately even when two share a mount and engine",
+    )
+    p.add_argument("--jobs-dir", help="directory of the *.fio files (default: ./fio_jobs)")
+    p.add_argument("--no-plot", action="store_true", help="do not draw fio_fig2.png")
+    p.add_argument("--out", default="fio-out", help="directory for fio.json, fio.md, the plot")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{what} {text!r}: expected comma-separated integers") from None
+    if not vals:
+        raise ConfigError(f"{what} {text!r}: give at least one value")
+    return vals
+
+
+def params_from_args(args: argparse.Namespace) -> FioParams:
+    """Defaults of the chosen mode, overridden by whichever flags were given."""
+    base = FioParams.quick() if args.quick else FioParams()
+    over: dict[str, Any] = {
+        "suites": tuple(s.strip() for s in args.jobs.split(",") if s.strip()),
+        "pm_engine": args.pm_engine,
+        "share_targets": not args.each_backend,
+    }
+    if args.runs is not None:
+        over["runs"] = args.runs
+    if args.threads:
+        over["threads"] = _ints(args.threads, "--threads")
+    if args.size:
+        over["size"] = parse_size(args.size, "--size")
+    if args.model_size:
+        over["model_size"] = parse_size(args.model_size, "--model-size")
+    if args.runtime is not None:
+        over["runtime_s"] = args.runtime
+    params = replace(base, **over)
+    params.check()
+    return params
+
+
+def split_backends(text: str | None) -> tuple[list[str] | None, dict[str, str]]:
+    """Names placed on their default roots, and NAME:DIR pairs the user chose."""
+    if not text:
+        return None, {}
+    names: list[str] = []
+    dirs: dict[str, str] = {}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        name, sep, where = item.partition(":")
+        if sep:
+            if not where:
+                raise ConfigError(f"--backends item {item!r}: expected NAME or NAME:DIR")
+            dirs[name] = where
+        names.append(name)
+    return names, dirs
+
+
+def _print_targets(console: Console, targets: list[Target]) -> None:
+    for line in emulation_lines(targets):
+        console.print(f"  {line}", highlight=False, markup=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    params = params_from_args(args)
+    names, dirs = split_backends(args.backends)
+    fio = find_fio()
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]fio"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        disable=args.json,
+    ) as bar:
+        total = count_steps(plan_targets(names, dirs, params, fio), params)
+        task = bar.add_task("fio", total=total)
+        report = run_fio(
+            names,
+            dirs,
+            params,
+            fio=fio,
+            jobs=args.jobs_dir,
+            tick=lambda: bar.advance(task),
+        )
+    doc = report.as_dict()
+    out = Path(args.out)
+    plot_note = ""
+    plotted = False
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "fio.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (out / "fio.md").write_text(render_markdown(report))
+    except OSError as exc:
+        raise PliniusError(f"cannot write results to {out}: {exc.strerror}") from None
+    if "fig2" in params.suites and not args.no_plot:
+        try:
+            plot_fig2(report, out / "fio_fig2.png")
+            plotted = True
+        except ImportError:
+            plot_note = "no plot: matplotlib is missing (pip install 'plinius[plot]')"
+    if args.json:
+        print_json(doc)
+    else:
+        title = f"plinius fio (fio {report.fio['version']}; * = emulated)"
+        print_table(table_rows(report), TABLE_COLUMNS, title=title)
+        _print_targets(console, report.targets)
+        written = ["fio.json", "fio.md"] + (["fio_fig2.png"] if plotted else [])
+        console.print(f"wrote {', '.join(str(out / w) for w in written)}", highlight=False)
+    if plot_note:
+        console.print(plot_note, highlight=False)
+    fails = failure_lines(report)
+    for f in fails:
+        console.print(f"[red]failed[/red] {escape(f)}", highlight=False)
+    return 0 if report.ok else 1

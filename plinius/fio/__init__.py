@@ -1,0 +1,48 @@
+"""fio, the external storage benchmark, run the way the paper ran it (Fig. 2) on every backend.
+
+``run_fio()`` finds and checks fio, runs the job files of ``fio_jobs/`` against each backend's
+directory and returns a ``FioReport`` of typed ``JobResult``s with the facts of every target
+(emulated or real); ``render_markdown`` and ``plot_fig2`` turn it into ``fio.md`` and
+``fio_fig2.png``. ``plinius fio`` is the command-line front end.
+"""
+
+from __future__ import annotations
+
+from plinius.fio.report import plot_fig2, render_markdown, table_rows
+from plinius.fio.results import FioOutputError, JobResult, average_runs, parse_fio_json
+from plinius.fio.runner import (
+    SCHEMA,
+    SUITES,
+    FioParams,
+    FioReport,
+    Target,
+    check_directory,
+    jobs_dir,
+    plan_targets,
+    run_fio,
+)
+from plinius.fio.tool import MIN_VERSION, FioRun, FioTool, find_fio, parse_version
+
+__all__ = [
+    "MIN_VERSION",
+    "SCHEMA",
+    "SUITES",
+    "FioOutputError",
+    "FioParams",
+    "FioReport",
+    "FioRun",
+    "FioTool",
+    "JobResult",
+    "Target",
+    "average_runs",
+    "check_directory",
+    "find_fio",
+    "jobs_dir",
+    "parse_fio_json",
+    "parse_version",
+    "plan_targets",
+    "plot_fig2",
+    "render_markdown",
+    "run_fio",
+    "table_rows",
+]

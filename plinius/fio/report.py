@@ -1,0 +1,168 @@
+"""Human output of a fio sweep: table rows, ``fio.md`` and the paper's Fig. 2 as ``fio_fig2.png``.
+
+Emulated targets are starred in every table and plot legend, and the Markdown report says what
+each star means, so emulated figures are never shown as real persistent-memory or DAX ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from plinius.fio.results import JobResult
+from plinius.fio.runner import FioReport, Target
+from plinius.reports import md_table, provenance_md
+
+TABLE_COLUMNS = ["backend", "job", "threads", "MB/s", "IOPS", "p99 µs", "runs", "status"]
+FIG2_JOBS = ("seq-read", "rand-read", "seq-write", "rand-write")
+
+
+def _labels(targets: Sequence[Target]) -> dict[str, str]:
+    return {t.name: t.label for t in targets}
+
+
+def table_rows(report: FioReport) -> list[dict[str, Any]]:
+    """One row per job result; ``backend`` lists every backend the target stands for."""
+    labels = _labels(report.targets)
+    rows: list[dict[str, Any]] = []
+    for r in report.results:
+        rows.append(
+            {
+                "backend": labels.get(r.target, r.target),
+                "job": r.job,
+                "threads": r.threads,
+                "MB/s": round(r.mbps, 1) if r.runs else "-",
+                "IOPS": round(r.iops) if r.runs else "-",
+                "p99 µs": round(r.clat_p99_ns / 1e3, 1) if r.runs else "-",
+                "p50 µs": round(r.clat_p50_ns / 1e3, 1) if r.runs else "-",
+                "p99.9 µs": round(r.clat_p99_9_ns / 1e3, 1) if r.runs else "-",
+                "fsync µs": round(r.fsync_mean_ns / 1e3, 1) if r.fsync_mean_ns else "-",
+                "MB/s min–max": (
+                    f"{r.bw_bytes_min / 1e6:.4g}–{r.bw_bytes_max / 1e6:.4g}" if r.runs else "-"
+                ),
+                "runs": r.runs,
+                "status": r.status + (" (capped)" if r.capped else ""),
+            }
+        )
+    for t in report.targets:
+        if t.status == "failed":
+            rows.append({"backend": t.label, "job": "(all)", "status": "failed", "runs": 0})
+    return rows
+
+
+def emulation_lines(targets: Sequence[Target]) -> list[str]:
+    """One line per backend: what its target really was, emulated ones flagged."""
+    lines = []
+    for t in targets:
+        for b in t.backends:
+            flag = "EMULATED: " if b.emulated else ""
+            notes = "; ".join([*b.notes, *t.notes])
+            lines.append(
+                f"{b.backend}: {flag}fio {t.engine} engine on {t.fs_type} ({t.device}, "
+                f"mount {t.mount_point}{', dax' if t.dax else ''})"
+                + (f" — {notes}" if notes else "")
+            )
+    return lines
+
+
+def failure_lines(report: FioReport) -> list[str]:
+    labels = _labels(report.targets)
+    out = [f"{t.label}: target {t.status}: {t.error}" for t in report.targets if t.error]
+    out += [
+        f"{labels.get(r.target, r.target)} {r.job} ×{r.threads}: {r.status}: {r.error}"
+        for r in report.results
+        if r.status != "ok" and r.error
+    ]
+    return list(dict.fromkeys(out))
+
+
+def render_markdown(report: FioReport) -> str:
+    p = report.parameters
+    rows = table_rows(report)
+    cols = ["backend", "job", "threads", "MB/s", "MB/s min–max", "IOPS"]
+    cols += ["p50 µs", "p99 µs", "p99.9 µs", "fsync µs", "runs", "status"]
+    parts = [
+        "# plinius fio: storage characterization of every backend",
+        "",
+        f"fio {report.fio.get('version')} ({report.fio.get('path')}), job files in "
+        f"`{report.fio.get('jobs_dir')}`. `fig2`: the paper's Fig. 2 — 4 KiB synchronous I/O, "
+        f"a {p.size >> 20} MiB file per thread, threads {', '.join(map(str, p.threads))}, fsync "
+        f"after every written block. `mirror`: one {p.model_size >> 20} MiB sequential write + "
+        f"fsync and one sequential read, the mirror's own pattern. Means of {p.runs} run(s); "
+        + (
+            f"each job capped at {p.runtime_s} s (`capped`: stopped before writing or reading "
+            "its whole size). "
+            if p.runtime_s
+            else "no runtime cap. "
+        )
+        + "MB/s are 10^6 bytes per second summed over threads; latencies are fio's completion "
+        "latencies (clat) of one I/O, means of per-run percentiles; `fsync µs` is fio's mean fsync "
+        "latency, which the write throughput includes and clat does not.",
+        "",
+        "**Backends marked * are emulated here**: their figures come from stand-in storage, not "
+        "real persistent memory or a DAX mount. Backends listed together share one target (same "
+        "mount and engine) and were measured once.",
+        "",
+        *[f"- {line}" for line in emulation_lines(report.targets)],
+        "",
+        md_table(rows, cols),
+        "",
+    ]
+    fails = failure_lines(report)
+    if fails:
+        parts += ["## Failures (partial results kept above)", "", *[f"- {f}" for f in fails], ""]
+    parts += [provenance_md(report.provenance, report.runs_on()), ""]
+    return "\n".join(parts)
+
+
+def plot_fig2(
+    results: FioReport | Sequence[JobResult],
+    path: str | Path,
+    targets: Sequence[Target] | None = None,
+) -> Path:
+    """Throughput versus threads per backend for seq/rand × read/write (the paper's Fig. 2).
+
+    Takes a ``FioReport`` (or its results plus targets for labels) so ``plinius bench`` can draw
+    it from a ``fio.json`` read back with ``FioReport.from_dict``. Needs the ``plot`` extra.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if isinstance(results, FioReport):
+        targets = targets or results.targets
+        results = results.results
+    labels = _labels(targets or [])
+    fig2 = [r for r in results if r.suite in ("fig2", "") and r.job in FIG2_JOBS and r.runs]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    for ax, job in zip(axes.flat, FIG2_JOBS, strict=True):
+        for tname in dict.fromkeys(r.target for r in fig2):
+            pts = sorted(
+                (r.threads, r.bw_bytes / 1e9) for r in fig2 if r.target == tname and r.job == job
+            )
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o", label=labels.get(tname, tname))
+        ax.set_title(job)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("threads")
+        ax.set_ylabel("GB/s")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    threads = sorted({r.threads for r in fig2}) or [1]
+    for ax in axes.flat:
+        ax.set_xticks(threads, [str(t) for t in threads])
+    fig.suptitle("fio: 4 KiB sync I/O, fsync per written block (paper Fig. 2); * = emulated")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
