@@ -81,6 +81,8 @@ def test_bench_small_run(tmp_path: Path) -> None:
         "1,3",
         "--repeats",
         "2",
+        "--only",
+        "save,engines",
         "--out",
         str(out),
         "--json",
@@ -89,6 +91,7 @@ def test_bench_small_run(tmp_path: Path) -> None:
     doc = json.loads(res.stdout)
     assert doc == json.loads((out / "results.json").read_text())
     assert (out / "report.md").read_text().startswith("# plinius bench")
+    assert (out / "save_restore.png").stat().st_size > 10_000
     assert len(doc["results"]) == 4
     for r in doc["results"]:
         for k in ("backend", "model_mb", "save_s", "restore_s", "save_mbps", "restore_mbps"):
@@ -104,9 +107,30 @@ def test_bench_small_run(tmp_path: Path) -> None:
     assert doc["backends"]["ssd"]["fs_type"] and "emulated" in doc["backends"]["tmpfs"]
 
 
+def test_bench_quick_every_section(tmp_path: Path) -> None:
+    """The main job in quick mode: every section runs, every figure is drawn, targets listed."""
+    out = tmp_path / "out"
+    res = run_cli("bench", "--quick", "--out", str(out), "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert {k: v["status"] for k, v in doc["sections"].items()} == {
+        s: "ok" for s in ("results", "engines", "sps", "fio", "batch", "overhead")
+    }
+    assert {r["backend"] for r in doc["results"]} == {"romulus", "tmpfs", "dax", "ssd"}
+    assert {r["model_mb"] for r in doc["results"]} == {10, 64}
+    assert doc["sps"]["rows"] and doc["sps"]["txn_cost"]["bytes"] == 64 << 20
+    assert doc["batch"][0]["encrypted_s"] > 0 and doc["overhead"][0]["model"] == "batch"
+    for png in ("save_restore", "speedup", "sps", "batch", "fio_fig2"):
+        assert (out / f"{png}.png").stat().st_size > 10_000, png
+    report = (out / "report.md").read_text()
+    assert "## Targets" in report and "romulus save vs ssd, 64 MB" in report
+    assert doc["backends"]["romulus"]["emulated"] is True
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["bench", "--only", "save,teleport"], "unknown section(s) teleport"),
         (["bench", "--backends", "floppy"], "unknown backend 'floppy'"),
         (["bench", "--sizes", "ten"], "--sizes"),
         (["bench", "--backends", "ssd:/proc/nope/x", "--sizes", "1"], "does not exist"),

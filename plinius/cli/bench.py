@@ -1,9 +1,9 @@
-"""``plinius bench``: the main job. Save/restore of encrypted mirrors on every backend.
+"""``plinius bench``: the main job, the paper's whole evaluation on every backend.
 
 With no arguments it runs on embedded defaults: every registered backend on its default root
-(``tmpfs`` and ``romulus`` in /dev/shm, ``ssd`` and ``dax`` on the disk), the paper's model sizes,
-and the fastest crypto engine installed; it prints a table and writes ``results.json`` and
-``report.md`` to ``--out``.
+(``tmpfs`` and ``romulus`` in /dev/shm, ``ssd`` and ``dax`` on the disk), the paper's model sizes
+plus 64 MiB, the fastest crypto engine installed, the shipped MNIST data; it prints tables and
+writes ``results.json``, ``report.md`` and PNG figures to ``--out``.
 """
 
 from __future__ import annotations
@@ -16,47 +16,60 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from plinius import plots
 from plinius.backends.registry import open_backend
-from plinius.bench.engine import EngineFigures, measure_engines
-from plinius.bench.saverestore import PAPER_SIZES_MB, Point, fmt_ms, run_matrix, steps
+from plinius.bench.render import (
+    ENGINE_COLUMNS,
+    SAVE_COLUMNS,
+    TARGET_COLUMNS,
+    engine_rows,
+    save_rows,
+    target_rows,
+    write_outputs,
+)
+from plinius.bench.saverestore import PAPER_SIZES_MB
+from plinius.bench.suite import SECTIONS, SuiteOptions, run_suite, total_steps
 from plinius.cli.common import add_json_flag, print_json, print_table
 from plinius.crypto import generate_key, make_engine
 from plinius.defaults import all_backend_names, scratch_specs
 from plinius.errors import ConfigError, PliniusError
 from plinius.provenance import provenance
-from plinius.reports import md_table, provenance_md
 
 SCHEMA = "plinius-bench/1"
 QUICK_SIZES = (10, 64)
+DEFAULT_SIZES = tuple(sorted({*PAPER_SIZES_MB, 64}))
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmark encrypted mirror save/restore on every backend (the main job)",
-        description="Save and restore encrypted model mirrors of the paper's sizes on every "
-        "backend and report medians, spread, speed-ups versus ssd, and provenance.",
+        help="benchmark mirrors and storage on every backend (the main job)",
+        description="Save/restore of encrypted mirrors per backend and model size, AES-GCM "
+        "engines, Romulus SPS, fio, iteration time versus batch size and mirroring overhead, "
+        "with provenance. --quick finishes in under 2 minutes.",
     )
-    p.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES} MB, 3 repeats")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"sizes {QUICK_SIZES} MiB, 3 repeats, short fio/SPS/batch sweeps",
+    )
     p.add_argument(
         "--backends",
-        help="comma-separated backend names or full specs (default: every registered backend "
-        "on its default root)",
+        help="comma-separated names or full specs (default: all "
+        "registered, on their default roots)",
     )
-    p.add_argument("--sizes", help="comma-separated model sizes in MiB (default: paper sizes)")
+    p.add_argument("--sizes", help="comma-separated model sizes in MiB (default: paper + 64)")
     p.add_argument("--repeats", type=int, help="timed repeats per point (default 5, quick 3)")
-    p.add_argument(
-        "--engine", default="auto", help="crypto engine: auto, cryptography, pycryptodome"
-    )
-    p.add_argument("--out", default="bench-out", help="directory for results.json and report.md")
+    p.add_argument("--engine", default="auto", help="auto, cryptography or pycryptodome")
+    p.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
+    p.add_argument("--skip", help="comma-separated sections to leave out")
+    p.add_argument("--out", default="bench-out", help="directory for results.json, report.md, PNG")
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def _parse_sizes(text: str | None, quick: bool) -> list[float]:
     if not text:
-        return list(QUICK_SIZES if quick else PAPER_SIZES_MB)
+        return [float(s) for s in (QUICK_SIZES if quick else DEFAULT_SIZES)]
     try:
         sizes = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -64,6 +77,23 @@ def _parse_sizes(text: str | None, quick: bool) -> list[float]:
     if not sizes or any(s <= 0 for s in sizes):
         raise ConfigError(f"--sizes {text!r}: sizes must be positive")
     return sizes
+
+
+def _sections(only: str | None, skip: str | None) -> tuple[str, ...]:
+    def parse(text: str, flag: str) -> set[str]:
+        names = {x.strip() for x in text.split(",") if x.strip()}
+        bad = names - set(SECTIONS)
+        if bad:
+            raise ConfigError(
+                f"{flag}: unknown section(s) {', '.join(sorted(bad))}; "
+                f"choose from {', '.join(SECTIONS)}"
+            )
+        return names
+
+    chosen = parse(only, "--only") if only else set(SECTIONS)
+    if skip:
+        chosen -= parse(skip, "--skip")
+    return tuple(s for s in SECTIONS if s in chosen)
 
 
 def _split_backends(text: str | None) -> tuple[list[str], dict[str, str]]:
@@ -84,8 +114,14 @@ def run(args: argparse.Namespace) -> int:
     repeats = args.repeats or (3 if args.quick else 5)
     if repeats < 1:
         raise ConfigError("--repeats must be >= 1")
+    sections = _sections(args.only, args.skip)
     engine = make_engine(generate_key(), None if args.engine == "auto" else args.engine)
     names, explicit = _split_backends(args.backends)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PliniusError(f"cannot create the output directory {out}: {exc.strerror}") from None
     console = Console(stderr=True)
     with scratch_specs(names) as scratch:
         specs = {**scratch, **explicit}
@@ -93,168 +129,50 @@ def run(args: argparse.Namespace) -> int:
         for name, spec in specs.items():
             with open_backend(spec) as b:
                 runs_on[name] = b.describe().as_dict()
+        opts = SuiteOptions(specs, sizes, repeats, engine, args.quick, sections)
         with Progress(
             TextColumn("[bold]bench"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=console,
-            transient=False,
             disable=args.json,
         ) as bar:
-            task = bar.add_task("bench", total=steps(len(specs), len(sizes), repeats) + 1)
-            engines = measure_engines(mib=64, repeats=repeats)
-            bar.advance(task)
-            points = run_matrix(specs, sizes, engine, repeats, tick=lambda: bar.advance(task))
+            task = bar.add_task("bench", total=total_steps(opts))
+            doc = run_suite(opts, tick=lambda: bar.advance(task))
     doc = {
         "schema": SCHEMA,
         "provenance": provenance(engine.name),
         "backends": runs_on,
-        "parameters": {"sizes_mb": sizes, "repeats": repeats, "engine": engine.name},
-        "results": [p.as_dict() for p in points],
-        "engines": [e.as_dict() for e in engines],
+        "parameters": {
+            "sizes_mb": sizes,
+            "repeats": repeats,
+            "engine": engine.name,
+            "quick": args.quick,
+            "sections": list(sections),
+        },
+        **doc,
     }
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-        write_outputs(doc, out)
-    except OSError as exc:
-        raise PliniusError(f"cannot write results to {out}: {exc.strerror}") from None
+    doc.setdefault("results", [])
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    write_outputs(doc, out)
+    failed = [k for k, v in doc["sections"].items() if v["status"] != "ok"]
     if args.json:
         print_json(doc)
-        return 0
-    print_table(table_rows(points), TABLE_COLUMNS, title=f"plinius bench ({engine.name})")
-    print_table(engine_rows(engines), ENGINE_COLUMNS, title="AES-GCM engines, 64 MiB")
+        return 1 if failed else 0
+    if doc["results"]:
+        print_table(save_rows(doc["results"]), SAVE_COLUMNS, title=f"save/restore ({engine.name})")
+    if doc.get("engines"):
+        print_table(engine_rows(doc["engines"]), ENGINE_COLUMNS, title="AES-GCM, 64 MiB")
+    print_table(target_rows(doc), TARGET_COLUMNS, title="targets measured in this run")
     for name, ro in runs_on.items():
         flag = "EMULATED " if ro["emulated"] else ""
         console.print(
             f"  {name}: {flag}{ro['fs_type']} on {ro['device']}, durability {ro['durability']}"
-            + (f" — {'; '.join(ro['notes'])}" if ro["notes"] else "")
+            + (f" — {'; '.join(ro['notes'])}" if ro["notes"] else ""),
+            highlight=False,
         )
+    for k in failed:
+        console.print(f"[red]section {k} failed[/red]: {doc['sections'][k]['error']}")
     console.print(f"wrote {out / 'results.json'}, {out / 'report.md'} and PNG figures")
-    return 0
-
-
-TABLE_COLUMNS = [
-    "backend",
-    "MB",
-    "save ms",
-    "save range",
-    "restore ms",
-    "restore range",
-    "save MB/s",
-    "restore MB/s",
-    "save ×ssd",
-    "restore ×ssd",
-    "save/raw AES",
-]
-
-
-def table_rows(points: list[Point]) -> list[dict[str, Any]]:
-    rows = []
-    for p in points:
-        rows.append(
-            {
-                "backend": p.backend,
-                "MB": p.model_mb,
-                "save ms (min–max)": _spread(p.save_s, p.save_s_min, p.save_s_max),
-                "restore ms (min–max)": _spread(p.restore_s, p.restore_s_min, p.restore_s_max),
-                "save MB/s": round(p.save_mbps),
-                "restore MB/s": round(p.restore_mbps),
-                "save ×ssd": _x(p.speedup_save_vs_ssd),
-                "restore ×ssd": _x(p.speedup_restore_vs_ssd),
-                "save/raw AES": f"{p.save_vs_raw_seal:.0%}" if p.save_vs_raw_seal else "-",
-            }
-        )
-    return rows
-
-
-ENGINE_COLUMNS = [
-    "engine",
-    "raw encrypt MB/s",
-    "seal_into MB/s",
-    "seal/raw",
-    "raw decrypt MB/s",
-    "open_into MB/s",
-    "open/raw",
-]
-
-
-def engine_rows(engines: list[EngineFigures]) -> list[dict[str, Any]]:
-    return [
-        {
-            "engine": e.engine,
-            "raw encrypt MB/s": round(e.raw_encrypt_mbps),
-            "seal_into MB/s": round(e.seal_mbps),
-            "seal/raw": f"{e.seal_vs_raw:.0%}",
-            "raw decrypt MB/s": round(e.raw_decrypt_mbps),
-            "open_into MB/s": round(e.open_mbps),
-            "open/raw": f"{e.open_vs_raw:.0%}",
-        }
-        for e in engines
-    ]
-
-
-def _spread(med: float, lo: float, hi: float) -> str:
-    return f"{fmt_ms(med)} ({fmt_ms(lo)}–{fmt_ms(hi)})"
-
-
-def _x(v: float | None) -> str:
-    return f"{v:.2f}×" if v is not None else "-"
-
-
-def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
-    """report.md and the PNG figures of a bench results document (also used by report)."""
-    points = [Point(**p) for p in doc["results"]]
-    engines = [
-        EngineFigures(**{k: v for k, v in e.items() if k not in ("seal_vs_raw", "open_vs_raw")})
-        for e in doc.get("engines", [])
-    ]
-    written = [out / "report.md"]
-    written.append(plots.save_restore(doc["results"], out / "save_restore.png"))
-    if any(p.speedup_save_vs_ssd is not None for p in points):
-        written.append(plots.speedups(doc["results"], out / "speedup.png"))
-    (out / "report.md").write_text(render_markdown(doc, points, engines))
-    return written
-
-
-def render_markdown(doc: dict[str, Any], points: list[Point], engines: list[EngineFigures]) -> str:
-    params = doc["parameters"]
-    parts = [
-        "# plinius bench: encrypted mirror save/restore",
-        "",
-        f"Model sizes {params['sizes_mb']} MiB (3×3, 256-filter conv layers of 2.25 MiB), "
-        f"{params['repeats']} timed repeats after one warm-up, medians with min–max; "
-        f"crypto engine `{params['engine']}`. Speed-ups are versus the `ssd` backend in the "
-        "same run. Figures from emulated storage are labelled as such below: they are not "
-        "real persistent-memory or DAX figures.",
-        "",
-        md_table(table_rows(points), TABLE_COLUMNS),
-        "",
-        "### Save breakdown (median seconds: the paper's Table I)",
-        "",
-        md_table(
-            [
-                {
-                    "backend": p.backend,
-                    "MB": p.model_mb,
-                    **p.save_breakdown,
-                    "encrypt share": f"{p.save_breakdown['encrypt_s'] / p.save_s:.0%}",
-                }
-                for p in points
-            ],
-            ["backend", "MB", "encrypt_s", "write_s", "flush_s", "fsync_s", "encrypt share"],
-        ),
-        "",
-        "### AES-GCM engines on one 64 MiB buffer (best of the repeats)",
-        "",
-        "`seal_into`/`open_into` are plinius' calls into preallocated memory; raw is the "
-        "library's own one-shot call on the same bytes at the same address.",
-        "",
-        md_table(engine_rows(engines), ENGINE_COLUMNS),
-        "",
-        provenance_md(doc["provenance"], doc["backends"]),
-        "",
-    ]
-    return "\n".join(parts)
+    return 1 if failed else 0

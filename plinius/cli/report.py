@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot read {args.bench}: {exc}") from None
         if doc.get("schema") != "plinius-bench/1":
             raise ConfigError(f"{args.bench} is not a plinius bench results.json (schema)")
-        from plinius.cli.bench import write_outputs
+        from plinius.bench.render import write_outputs
 
         written = write_outputs(doc, out)
         print("wrote " + ", ".join(str(p) for p in written))
