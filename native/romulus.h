@@ -1,0 +1,243 @@
+/*
+ * romulus.h -- RomulusLog durable transactions over a memory-mapped pool file.
+ *
+ * After Correia, Felber, Ramalhete, "Romulus: Efficient Algorithms for Persistent Transactional
+ * Memory" (SPAA 2018), as used by Plinius (DSN 2021) to mirror encrypted models into PM.
+ *
+ * POOL FILE LAYOUT (all offsets are file offsets; the pool may be mapped at any address, so
+ * nothing persistent holds a raw pointer)
+ *
+ *   [0, 4096)              header page, NOT twinned:
+ *                            line 0: magic (written LAST at creation), creating-stamp (written
+ *                                    FIRST), version, pool size, region size, main/back offsets
+ *                            line 1: pid of the opener (informational, for "pool locked" errors)
+ *                            line 2: state word (IDLE / MUTATING / COPYING), used size, commits
+ *   [4096, 4096+R)         main: the live data, read and written in place by the application
+ *   [4096+R, 4096+2R)      back: the last committed copy of main
+ *
+ *   main starts with the allocator metadata and the table of named roots (name -> offset, size).
+ *   Being inside main, they are twinned like user data: an aborted or rolled-back transaction
+ *   also rolls back its allocations and root updates. The used size starts at the size of that
+ *   metadata, so full copies always include it.
+ *
+ *   Allocator: a top pointer; blocks under 64 KiB come in size classes (128..512 B by 64, then
+ *   four per doubling: at most 25 % slack) with one free list per class; larger blocks are whole
+ *   pages with page-aligned data, kept in one address-ordered free list that is split and
+ *   coalesced (and given back to the top), so a model growing one layer at a time reuses what
+ *   it frees. Every block has a 64-byte header; every allocator store is logged.
+ *
+ * TRANSACTIONS AND THE FOUR FENCES
+ *
+ *   Every store into main inside a transaction is declared with rom_log() (or made by the engine
+ *   itself through a logged store): the written range is added, at cache-line granularity and
+ *   without duplicates, to a volatile log (a dirty-line bitmap plus a list of line runs).
+ *   Nothing about the log is persistent: recovery never needs it, because `back` is a complete
+ *   copy of the last committed state and `main` is complete whenever the state says COPYING.
+ *
+ *   begin    state = MUTATING; flush(state)
+ *            FENCE 1: MUTATING must be durable before any store to main can reach PM. Otherwise
+ *                     a crash could leave main half-modified under IDLE, and nothing would undo it.
+ *   ...      application stores into main, each declared in the log (declare, then write)
+ *   commit   used = max(used, allocator top); flush(used)
+ *            flush every logged line of main (on log overflow: ALL of main [0, used))
+ *            FENCE 2: main must be complete in PM before we claim it is (COPYING makes recovery
+ *                     copy main -> back, so an incomplete main would be copied over good data).
+ *            state = COPYING; flush(state)
+ *            FENCE 3: COPYING must be durable before back is touched: while the state still reads
+ *                     MUTATING, recovery copies back -> main, so back must stay the old state.
+ *                     From here on the transaction is durable (recovery rolls it forward).
+ *            copy the logged ranges main -> back (on overflow: all of [0, used)); in pmem mode
+ *            with non-temporal stores, which bypass the cache and need no flush
+ *            FENCE 4: back must be complete before the state says IDLE, else the next
+ *                     transaction's rollback would copy a torn back into main.
+ *            state = IDLE, neither flushed nor fenced (as in the published RomulusLog): if it
+ *                     is lost, the state still reads COPYING and recovery redoes the idempotent
+ *                     copy main -> back. The next begin's store to the same word supersedes it.
+ *   abort    copy the logged ranges back -> main; flush them; fence; state = IDLE (unflushed:
+ *            if lost, recovery redoes the same rollback).
+ *
+ *   Exactly four fences per committed transaction, whatever its size (two per aborted one).
+ *   Flushes and copies of 8 MiB or more are split over helper threads (one per CPU): each ends
+ *   with its own sfence and is joined before the committing thread's next fence, so the order
+ *   above holds for their stores too.
+ *
+ *   Log overflow: once the logged lines exceed a quarter of the used size, logging stops and the
+ *   commit flushes all of main before FENCE 2 (the published code forgot this flush) and copies
+ *   [0, used) whole. Flush ranges always start at the cache line holding their first byte (the
+ *   published code started at the unaligned address and could miss the last line).
+ *
+ * RECOVERY (at open, under the pool lock)
+ *
+ *   IDLE      nothing to do
+ *   MUTATING  roll back:    copy back -> main over [0, used); flush; fence; IDLE; flush; fence
+ *   COPYING   roll forward: copy main -> back over [0, used); flush; fence; IDLE; flush; fence
+ *   Both are idempotent: a crash during recovery leaves the state word unchanged, and the next
+ *   open does the same copy again.
+ *
+ * CREATION
+ *
+ *   The creating-stamp is written (pwrite + fdatasync) before the file is even sized; then the
+ *   layout, the allocator metadata in main and its twin in back are written and fenced; the
+ *   magic is written last and fenced. A file with the stamp but no magic is an unfinished
+ *   creation and is created again; a file with neither is not a pool and is never touched.
+ *
+ * DURABILITY MODES (flush + fence)
+ *
+ *   ROM_MODE_PMEM   clwb / clflushopt / clflush per line + sfence: power-fail durable only on
+ *                   real PM or a DAX mapping with MAP_SYNC; on tmpfs it is the paper's emulated PM.
+ *   ROM_MODE_MSYNC  flush records the dirty pages; the fence msync()s them: power-fail durable on
+ *                   an ordinary file system.
+ *   ROM_MODE_NONE   no flush, the fence is a compiler barrier: process-crash durability only (the
+ *                   stores are in the page cache, in program order).
+ *
+ * THREADS
+ *
+ *   A write transaction holds the pool's mutex from begin to commit/abort: one writer at a time,
+ *   and the thread that began it ends it. Readers are not synchronised (a pool is used by one
+ *   trainer); the committed state is always readable in back.
+ *
+ * TUNING (environment, read at open): PLINIUS_PM_MODE, PLINIUS_PM_FLUSH (override the defaults,
+ * not explicit arguments), PLINIUS_PM_THREADS (helpers for big copies), PLINIUS_PM_NT_MIN
+ * (smallest copy to back that uses streaming stores; default 0 = all).
+ */
+#ifndef PLINIUS_ROMULUS_H
+#define PLINIUS_ROMULUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ROM_VERSION 1
+#define ROM_LINE 64
+#define ROM_MIN_POOL (256u * 1024u)
+#define ROM_ROOT_NAME_MAX 64 /* characters, without the NUL */
+#define ROM_MAX_ROOTS 128
+#define ROM_CRASH_EXIT 77 /* exit status of a simulated crash */
+
+/* durability modes */
+#define ROM_MODE_AUTO (-1)
+#define ROM_MODE_PMEM 0
+#define ROM_MODE_MSYNC 1
+#define ROM_MODE_NONE 2
+
+/* flush instructions */
+#define ROM_FLUSH_AUTO (-1)
+#define ROM_FLUSH_CLWB 0
+#define ROM_FLUSH_CLFLUSHOPT 1
+#define ROM_FLUSH_CLFLUSH 2
+#define ROM_FLUSH_NONE 3 /* a CPU without any (not x86): only msync/none modes work */
+
+/* state word */
+#define ROM_IDLE 0
+#define ROM_MUTATING 1
+#define ROM_COPYING 2
+
+/* what rom_open found */
+#define ROM_OPENED 0
+#define ROM_CREATED 1
+#define ROM_RECREATED 2   /* an unfinished creation was redone */
+#define ROM_ROLLED_BACK 3 /* MUTATING at open */
+#define ROM_ROLLED_FWD 4  /* COPYING at open */
+
+/* error codes (negative); rom_last_error() has the message */
+#define ROM_OK 0
+#define ROM_E_IO (-1)        /* a system call failed (errno in the message) */
+#define ROM_E_LOCKED (-2)    /* another opener holds the pool */
+#define ROM_E_BADMAGIC (-3)  /* not a pool */
+#define ROM_E_TRUNCATED (-4) /* shorter than its header says */
+#define ROM_E_VERSION (-5)   /* newer format */
+#define ROM_E_SIZE (-6)      /* opened with another size than it was created with */
+#define ROM_E_FULL (-7)      /* allocation does not fit */
+#define ROM_E_NOTXN (-8)     /* needs a transaction */
+#define ROM_E_INTXN (-9)     /* a transaction is already open in this thread */
+#define ROM_E_RANGE (-10)    /* offset/length outside main */
+#define ROM_E_BADOFF (-11)   /* not an allocated block */
+#define ROM_E_ROOTS (-12)    /* root table full or bad root name */
+#define ROM_E_FLUSH (-13)    /* flush instruction or mode not available */
+#define ROM_E_CORRUPT (-14)  /* inconsistent header */
+#define ROM_E_INVAL (-15)    /* bad argument */
+#define ROM_E_CLOSED (-16)   /* pool already closed */
+#define ROM_E_NOSPACE (-17)  /* the file system has no room for the pool */
+
+typedef struct rom_pool rom_pool;
+
+typedef struct rom_stats {
+    uint64_t pool_size;    /* bytes of the file */
+    uint64_t region_size;  /* bytes of main (= of back) */
+    uint64_t main_off;     /* file offset of main */
+    uint64_t back_off;     /* file offset of back */
+    uint64_t meta_size;    /* allocator + roots at the start of main */
+    uint64_t used;         /* bytes of main covered by full copies */
+    uint64_t top;          /* first never-allocated byte of main */
+    uint64_t free_bytes;   /* bytes available: above top plus free blocks */
+    uint64_t alloc_bytes;  /* bytes in allocated blocks (headers included) */
+    uint64_t nallocs;      /* allocated blocks */
+    uint64_t commits;      /* persistent commit counter */
+    uint64_t aborts;       /* this session */
+    uint64_t fences;       /* this session */
+    uint64_t flushed_lines;/* this session, lines passed to the flush primitive */
+    uint64_t last_log_lines;    /* lines logged by the last transaction */
+    uint64_t last_copy_bytes;   /* bytes copied main -> back by the last commit */
+    uint64_t last_fences;       /* fences of the last transaction */
+    uint64_t full_copies;       /* commits that overflowed the log (this session) */
+    int32_t state;
+    int32_t mode;
+    int32_t flush;
+    int32_t real_pm;       /* mapped with MAP_SYNC: a DAX file system, real PM */
+    int32_t opened_as;     /* ROM_OPENED / CREATED / RECREATED / ROLLED_BACK / ROLLED_FWD */
+    int32_t in_txn;
+} rom_stats;
+
+/* --- start-up ------------------------------------------------------------------------------- */
+int rom_cpu_flush(void);              /* best instruction this CPU has (cpuid), once */
+int rom_cpu_has(int flush);           /* 1 if the CPU has that instruction */
+const char *rom_flush_name(int flush);
+const char *rom_mode_name(int mode);
+const char *rom_last_error(void);     /* message of the last failure in this thread */
+
+/* --- pool ------------------------------------------------------------------------------------- */
+/* size: 0 = whatever the existing pool has (required to create). create: make it if absent.
+ * mode/flush: ROM_MODE_AUTO / ROM_FLUSH_AUTO = environment (PLINIUS_PM_MODE, PLINIUS_PM_FLUSH)
+ * or the default (pmem, best cpuid instruction). */
+int rom_open(const char *path, uint64_t size, int create, int mode, int flush, rom_pool **out);
+int rom_close(rom_pool *p);    /* abort an open txn, persist, unlock, close the file */
+void rom_release(rom_pool *p); /* unmap and free (after rom_close; views die here) */
+uint8_t *rom_base(rom_pool *p); /* start of the mapping (the header) */
+void rom_get_stats(rom_pool *p, rom_stats *out);
+
+/* --- transactions ----------------------------------------------------------------------------- */
+int rom_begin(rom_pool *p);
+int rom_commit(rom_pool *p);
+int rom_abort(rom_pool *p);
+int rom_log(rom_pool *p, uint64_t off, uint64_t len); /* declare main[off, off+len) written */
+int rom_store_u64(rom_pool *p, uint64_t off, uint64_t value); /* logged 8-byte store */
+
+/* --- allocator (offsets are relative to main; 0 means none) ----------------------------------- */
+int rom_alloc(rom_pool *p, uint64_t size, uint64_t *off);
+int rom_free(rom_pool *p, uint64_t off);
+int rom_capacity(rom_pool *p, uint64_t off, uint64_t *cap); /* usable bytes of a block */
+
+/* --- named roots ------------------------------------------------------------------------------ */
+/* committed: read the table of the last commit (in back), not main's. 1 found, 0 not */
+int rom_root_get(rom_pool *p, const char *name, int committed, uint64_t *off,
+                 uint64_t *size);
+int rom_root_set(rom_pool *p, const char *name, uint64_t off, uint64_t size);
+int rom_root_del(rom_pool *p, const char *name);
+int rom_root_at(rom_pool *p, int index, int committed, char *name, uint64_t *off,
+                uint64_t *size); /* 1 used, 0 free slot */
+
+/* --- benchmark: random swaps in a persistent uint64 array, the loop in C ------------------------ */
+int rom_bench_swaps(rom_pool *p, uint64_t arr_off, uint64_t nelems, uint64_t swaps_per_txn,
+                    uint64_t ntxn, uint64_t seed, double *elapsed_s);
+
+/* --- test hooks: simulated crashes at the Nth flush/fence event --------------------------------
+ * kind 1 = process crash (_exit at the event), kind 2 = power failure: a shadow of the pool keeps
+ * what has been flushed and fenced; at the event, the file is overwritten with the shadow plus a
+ * random subset of the lines still pending (flushed but not fenced, or written but not flushed).
+ * crash_at 0 only counts events. skip_fences: bitmask of fence numbers (1..4, bit n) within each
+ * transaction to skip, to show that the tests catch a broken protocol. Also armed by the
+ * environment at open: PLINIUS_ROMULUS_CRASH_AT, _CRASH_KIND (process|power), _CRASH_SEED. */
+int rom_sim_arm(rom_pool *p, uint64_t crash_at, int kind, uint64_t seed, uint32_t skip_fences);
+void rom_sim_disarm(void);
+uint64_t rom_sim_events(void);
+
+#endif /* PLINIUS_ROMULUS_H */

@@ -1,0 +1,262 @@
+"""``romulus``: blobs in a byte-addressable persistent-memory pool, replaced by RomulusLog txns.
+
+A blob is one allocation in the pool's ``main`` region, named by a root (the blob key). Writing
+a new version is ONE durable transaction: ``begin_write`` starts it and (re)points the root,
+``txn.view`` declares the range in the log and hands out memory straight inside ``main`` for the
+caller to encrypt into, ``commit`` runs the engine's flush + copy-to-back with its four fences.
+A crash or abort before commit rolls main back to the last committed state.
+
+Reads are zero-copy views into the pool: into ``main`` normally, into ``back`` (which holds the
+last committed state) while a write transaction is open, so a reader never sees a half-written
+version. Spec: ``romulus:/dev/shm/plinius.pool?size=1G&mode=pmem&flush=clwb``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from plinius.backends.base import Backend, Blob, Durability, IoStats, RunsOn, WriteTxn, check_key
+from plinius.backends.fsinfo import block_device_facts, mount_of
+from plinius.errors import BackendError, ConfigError, PoolFullError
+from plinius.pm.pool import FLUSHES, MODES, Pool
+from plinius.units import fmt_bytes, parse_size
+
+#: size of a pool created without ``size=``: room for a 100 MB mirror being replaced by a
+#: bigger one (old and new coexist inside the transaction) plus the MNIST record area
+DEFAULT_POOL_SIZE = 1 << 30
+_OPTIONS = ("size", "mode", "flush")
+
+
+class RomulusWriteTxn(WriteTxn):
+    """One durable transaction replacing one blob."""
+
+    def __init__(self, backend: RomulusBackend, key: str, size: int, offset: int) -> None:
+        super().__init__(key, size)
+        self._backend = backend
+        self._pool = backend.pool
+        self._offset = offset
+        self._t0 = time.perf_counter()
+        self._views: list[memoryview] = []
+
+    def view(self, offset: int, length: int) -> memoryview:
+        self._check_range(offset, length)
+        mv = self._pool.writable(self._offset + offset, length)
+        self._views.append(mv)
+        return mv
+
+    def _finish(self) -> None:
+        self._done = True
+        self._backend._txn = None
+        # Views die with the transaction: a store through one after commit would bypass the log.
+        for mv in self._views:
+            with contextlib.suppress(BufferError):  # still exported (e.g. a numpy array)
+                mv.release()
+        self._views.clear()
+
+    def commit(self) -> IoStats:
+        if self._done:
+            raise BackendError(f"write transaction on {self.key!r} is already finished")
+        t0 = time.perf_counter()
+        try:
+            self._pool.commit()
+        finally:
+            self._finish()
+        t1 = time.perf_counter()
+        # the data went straight into PM while it was encrypted: the commit is the flush of the
+        # logged lines plus the copy to back
+        return IoStats(bytes=self.size, write_s=0.0, flush_s=t1 - t0, total_s=t1 - self._t0)
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        try:
+            if not self._pool.closed:
+                self._pool.abort()
+        finally:
+            self._finish()
+
+
+class RomulusBackend(Backend):
+    """A RomulusLog pool file (emulated PM on /dev/shm by default, as in the paper)."""
+
+    name = "romulus"
+    byte_addressable = True
+    summary = "RomulusLog transactions in a byte-addressable PM pool (twin copies, 4 fences)"
+    example_location = "/dev/shm/plinius.pool"
+    default_root = "shm"
+    probe_options: ClassVar[dict[str, str]] = {"size": "4M"}
+
+    @classmethod
+    def location_in(cls, directory: str) -> str:
+        return f"{directory.rstrip('/')}/romulus.pool"
+
+    def __init__(self, location: str, **options: Any) -> None:
+        super().__init__(location, **options)
+        unknown = set(options) - set(_OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"romulus backend does not take option(s) {', '.join(sorted(unknown))}; it "
+                f"knows: size=1G (pool file size, at creation), mode={'|'.join(MODES)}, "
+                f"flush={'|'.join(FLUSHES)}"
+            )
+        size = parse_size(options["size"], "size") if "size" in options else None
+        mode = options.get("mode")
+        flush = options.get("flush")
+        if mode is not None and mode not in MODES:
+            raise ConfigError(f"romulus: mode={mode!r}; use one of {', '.join(MODES)}")
+        if flush is not None and flush not in FLUSHES:
+            raise ConfigError(f"romulus: flush={flush!r}; use one of {', '.join(FLUSHES)}")
+        path = Path(location)
+        if path.is_dir():
+            raise BackendError(
+                f"romulus: {path} is a directory; the location is the pool file, "
+                f"e.g. {path / 'plinius.pool'}"
+            )
+        if not path.parent.is_dir():
+            raise BackendError(
+                f"romulus: parent directory {path.parent} does not exist; create it first"
+            )
+        if size is None and not path.exists():
+            size = DEFAULT_POOL_SIZE
+        self.path = path
+        self.pool = Pool(path, size, create=True, mode=mode, flush=flush)
+        self._txn: RomulusWriteTxn | None = None
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _check_idle(self, what: str) -> None:
+        if self.pool.closed:
+            raise BackendError(f"romulus backend {self.spec} is closed")
+        if self._txn is not None:
+            raise BackendError(
+                f"cannot {what}: the write transaction on {self._txn.key!r} is still open; "
+                "commit or abort it first"
+            )
+
+    def _lookup(self, key: str) -> tuple[int, int, bool] | None:
+        """(offset, size, committed-region?) of the last committed version of ``key``."""
+        if self.pool.closed:
+            raise BackendError(f"romulus backend {self.spec} is closed")
+        committed = self._txn is not None  # main is being rewritten: the truth is in back
+        found = self.pool.root(check_key(key), committed=committed)
+        if found is None:
+            return None
+        return found[0], found[1], committed
+
+    # --- contract ------------------------------------------------------------------------------
+
+    def begin_write(self, key: str, size: int) -> WriteTxn:
+        check_key(key)
+        if size < 0:
+            raise BackendError(f"blob size must be >= 0, got {size}")
+        self._check_idle(f"start writing {key!r}")
+        pool = self.pool
+        pool.begin()
+        try:
+            current = pool.root(key)
+            old = current[0] if current else 0
+            if size == 0:
+                offset = 0
+            elif old and size <= pool.capacity(old) <= 2 * size + 4096:
+                offset = old  # the common case: a mirror of the same size, rewritten in place
+            else:
+                try:
+                    offset = pool.alloc(size)
+                except PoolFullError as exc:
+                    raise PoolFullError(
+                        f"{exc}: blob {key!r} of {fmt_bytes(size)} does not fit (the last "
+                        f"committed version is intact); create a bigger pool (size=) in a new "
+                        "file"
+                    ) from None
+            if old and offset != old:
+                pool.free(old)
+            pool.set_root(key, offset, size)
+        except BaseException:
+            pool.abort()
+            raise
+        self._txn = RomulusWriteTxn(self, key, size, offset)
+        return self._txn
+
+    def read(self, key: str) -> Blob | None:
+        t0 = time.perf_counter()
+        found = self._lookup(key)
+        if found is None:
+            return None
+        offset, size, committed = found
+        data = self.pool.view(offset, size, committed=committed)
+        elapsed = time.perf_counter() - t0
+        return Blob(data, IoStats(bytes=size, read_s=elapsed, total_s=elapsed))
+
+    def map(self, key: str) -> memoryview | None:
+        found = self._lookup(key)
+        if found is None:
+            return None
+        offset, size, committed = found
+        return self.pool.view(offset, size, committed=committed)
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        self._check_idle(f"delete {key!r}")
+        if self.pool.root(key) is None:
+            return
+        with self.pool.transaction():
+            current = self.pool.root(key)
+            if current is not None and current[0]:
+                self.pool.free(current[0])
+            self.pool.del_root(key)
+
+    def keys(self) -> list[str]:
+        if self.pool.closed:
+            raise BackendError(f"romulus backend {self.spec} is closed")
+        return sorted(self.pool.roots(committed=self._txn is not None))
+
+    def describe(self) -> RunsOn:
+        m = mount_of(self.path)
+        dev = block_device_facts(m.device)
+        pool = self.pool
+        notes: list[str] = []
+        durability: Durability = "process-crash"
+        if (pool.mode == "pmem" and pool.real_pm) or (pool.mode == "msync" and not m.volatile):
+            durability = "power-fail"
+        if not pool.real_pm:
+            notes.append(
+                f"emulated PM: the pool is a file on {m.fs_type} mapped without MAP_SYNC, so "
+                f"{pool.flush_instruction}+sfence only reach the page cache"
+            )
+        if m.volatile:
+            notes.append(f"{m.fs_type} is RAM-backed: the pool does not survive a reboot")
+        if pool.mode == "none":
+            notes.append("mode=none: no flushes, survives process crashes only")
+        if pool.mode == "msync" and not m.volatile:
+            notes.append("mode=msync: every fence msyncs the dirty pages to the device")
+        st = pool.stats() if not pool.closed else None
+        return RunsOn(
+            backend=self.name,
+            path=str(self.path.resolve()),
+            fs_type=m.fs_type,
+            mount_options=m.options,
+            device=m.device,
+            dax=m.dax,
+            byte_addressable=True,
+            durability=durability,
+            emulated=not pool.real_pm,
+            notes=notes,
+            extra={
+                "flush_instruction": pool.flush_instruction,
+                "durability_mode": pool.mode,
+                "real_pm": pool.real_pm,
+                "mount_point": m.mount_point,
+                "pool_size": pool.size,
+                "pool_free": st.free_bytes if st else None,
+                "pool_opened_as": pool.opened_as,
+                **{f"device_{k}": v for k, v in dev.items()},
+            },
+        )
+
+    def close(self) -> None:
+        if self._txn is not None:
+            self._txn.abort()
+        self.pool.close()

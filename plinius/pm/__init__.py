@@ -1,0 +1,31 @@
+"""Persistent memory: the native RomulusLog engine (``native/``) and its typed Python wrapper."""
+
+from plinius.pm.pool import (
+    CRASH_EXIT,
+    FLUSHES,
+    MAX_ROOTS,
+    MIN_POOL_SIZE,
+    MODES,
+    ROOT_NAME_MAX,
+    Pool,
+    PoolStats,
+    cpu_flush,
+    cpu_has,
+    sim_disarm,
+    sim_events,
+)
+
+__all__ = [
+    "CRASH_EXIT",
+    "FLUSHES",
+    "MAX_ROOTS",
+    "MIN_POOL_SIZE",
+    "MODES",
+    "ROOT_NAME_MAX",
+    "Pool",
+    "PoolStats",
+    "cpu_flush",
+    "cpu_has",
+    "sim_disarm",
+    "sim_events",
+]

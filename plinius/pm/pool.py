@@ -1,0 +1,415 @@
+"""A thin typed wrapper around the native Romulus engine (``plinius._romulus``).
+
+Everything that matters for crash consistency happens in C (see ``native/romulus.h`` for the
+protocol and its four fences); this module turns return codes into plinius errors and C memory
+into memoryviews. Offsets are relative to the start of the ``main`` region, as stored in roots.
+
+Views are slices of one ``ffi.buffer`` over the whole mapping. That buffer keeps the mapping
+alive, so a view that outlives :meth:`Pool.close` still points at mapped memory (the unmap waits
+for the last view) instead of at whatever the address space holds next.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from plinius.errors import (
+    BackendError,
+    ConfigError,
+    FormatError,
+    PliniusError,
+    PoolFullError,
+    PoolLockedError,
+    TruncatedError,
+    UnsupportedVersionError,
+)
+
+try:
+    from plinius._romulus import ffi, lib
+except ImportError as exc:  # pragma: no cover - only without a build
+    raise BackendError(
+        "the native Romulus engine (plinius._romulus) is not built: run `pip install -e .` "
+        f"or `python setup.py build_ext --inplace` ({exc})"
+    ) from exc
+
+Mode = Literal["pmem", "msync", "none"]
+MODES: tuple[Mode, ...] = ("pmem", "msync", "none")
+FLUSHES: tuple[str, ...] = ("clwb", "clflushopt", "clflush")
+CRASH_EXIT: int = lib.ROM_CRASH_EXIT
+ROOT_NAME_MAX: int = lib.ROM_ROOT_NAME_MAX
+MAX_ROOTS: int = lib.ROM_MAX_ROOTS
+MIN_POOL_SIZE: int = lib.ROM_MIN_POOL
+
+_STATES = {lib.ROM_IDLE: "idle", lib.ROM_MUTATING: "mutating", lib.ROM_COPYING: "copying"}
+_OPENED = {
+    lib.ROM_OPENED: "opened",
+    lib.ROM_CREATED: "created",
+    lib.ROM_RECREATED: "recreated",
+    lib.ROM_ROLLED_BACK: "rolled back",
+    lib.ROM_ROLLED_FWD: "rolled forward",
+}
+_ERRORS: dict[int, type[PliniusError]] = {
+    lib.ROM_E_LOCKED: PoolLockedError,
+    lib.ROM_E_BADMAGIC: FormatError,
+    lib.ROM_E_TRUNCATED: TruncatedError,
+    lib.ROM_E_VERSION: UnsupportedVersionError,
+    lib.ROM_E_CORRUPT: FormatError,
+    lib.ROM_E_FULL: PoolFullError,
+    lib.ROM_E_FLUSH: ConfigError,
+}
+
+
+def _raise(rc: int) -> None:
+    msg = ffi.string(lib.rom_last_error()).decode(errors="replace")
+    raise _ERRORS.get(rc, BackendError)(msg)
+
+
+def _name(text: str) -> bytes:
+    raw = text.encode()
+    if not 0 < len(raw) <= ROOT_NAME_MAX or b"\0" in raw:
+        raise BackendError(f"root name {text!r} must have 1 to {ROOT_NAME_MAX} bytes and no NUL")
+    return raw
+
+
+def cpu_flush() -> str:
+    """The best cache-line flush instruction this CPU has (cpuid), or ``"none"``."""
+    return str(ffi.string(lib.rom_flush_name(lib.rom_cpu_flush())).decode())
+
+
+def cpu_has(flush: str) -> bool:
+    return flush in FLUSHES and bool(lib.rom_cpu_has(FLUSHES.index(flush)))
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of the pool's persistent and per-session counters."""
+
+    pool_size: int
+    region_size: int
+    main_off: int
+    back_off: int
+    meta_size: int
+    used: int
+    top: int
+    free_bytes: int
+    alloc_bytes: int
+    nallocs: int
+    commits: int
+    aborts: int
+    fences: int
+    flushed_lines: int
+    last_log_lines: int
+    last_copy_bytes: int
+    last_fences: int
+    full_copies: int
+    state: str
+    mode: str
+    flush: str
+    real_pm: bool
+    opened_as: str
+    in_txn: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Pool:
+    """A Romulus pool file: open (creating or recovering it), transactions, allocator, roots.
+
+    ``size`` is the file size: required to create, checked against an existing pool when given.
+    ``mode`` (pmem/msync/none) and ``flush`` (clwb/clflushopt/clflush) default to the
+    ``PLINIUS_PM_MODE`` / ``PLINIUS_PM_FLUSH`` environment variables, then to pmem and the best
+    instruction the CPU has.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        size: int | None = None,
+        *,
+        create: bool = True,
+        mode: str | None = None,
+        flush: str | None = None,
+    ) -> None:
+        self.path = str(path)
+        if mode is not None and mode not in MODES:
+            raise ConfigError(f"mode={mode!r}: use one of {', '.join(MODES)}")
+        if flush is not None and flush not in FLUSHES:
+            raise ConfigError(f"flush={flush!r}: use one of {', '.join(FLUSHES)}")
+        if size is not None and size < 0:
+            raise ConfigError(f"pool size must be positive, got {size}")
+        out = ffi.new("rom_pool **")
+        rc = lib.rom_open(
+            os.fsencode(self.path),
+            size or 0,
+            1 if create else 0,
+            lib.ROM_MODE_AUTO if mode is None else MODES.index(mode),
+            lib.ROM_FLUSH_AUTO if flush is None else FLUSHES.index(flush),
+            out,
+        )
+        if rc:
+            _raise(rc)
+        handle = out[0]
+        self._h = handle
+        st = self._raw_stats()
+        self.size: int = st.pool_size
+        self.region_size: int = st.region_size
+        self.main_off: int = st.main_off
+        self.back_off: int = st.back_off
+        self.mode: str = MODES[st.mode]
+        self.flush_instruction: str = ffi.string(lib.rom_flush_name(st.flush)).decode()
+        self.real_pm: bool = bool(st.real_pm)
+        self.opened_as: str = _OPENED.get(st.opened_as, "?")
+        # The mapping lives as long as this cdata: the pool and every view hold it.
+        keep = ffi.gc(lib.rom_base(handle), lambda _base, h=handle: lib.rom_release(h))
+        self._mv: memoryview = memoryview(ffi.buffer(keep, self.size))
+        self._ro: memoryview = self._mv.toreadonly()
+        self._closed = False
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check(self) -> None:
+        if self._closed:
+            raise BackendError(f"pool {self.path} is closed")
+
+    def close(self) -> None:
+        """Abort an open transaction, persist, unlock. Idempotent; views stay readable."""
+        if self._closed:
+            return
+        self._closed = True
+        lib.rom_close(self._h)
+        # dropping our references unmaps now, or when the last view handed out dies
+        del self._mv, self._ro
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.mode}/{self.flush_instruction}"
+        return f"<Pool {self.path} {self.size} B {state}>"
+
+    # --- transactions -------------------------------------------------------------------------
+
+    @property
+    def in_txn(self) -> bool:
+        return not self._closed and bool(self._raw_stats().in_txn)
+
+    def begin(self) -> None:
+        """Start a durable transaction (takes the pool's writer lock; FENCE 1)."""
+        self._check()
+        rc = lib.rom_begin(self._h)
+        if rc:
+            _raise(rc)
+
+    def commit(self) -> None:
+        """Make every declared store durable and visible: fences 2, 3 and 4."""
+        self._check()
+        rc = lib.rom_commit(self._h)
+        if rc:
+            _raise(rc)
+
+    def abort(self) -> None:
+        """Roll main back to the last committed state."""
+        self._check()
+        rc = lib.rom_abort(self._h)
+        if rc:
+            _raise(rc)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Pool]:
+        """``with pool.transaction():`` commits on success, aborts on an exception."""
+        self.begin()
+        try:
+            yield self
+        except BaseException:
+            if not self._closed:
+                self.abort()
+            raise
+        self.commit()
+
+    def declare(self, offset: int, length: int) -> None:
+        """Add main[offset, offset+length) to the transaction's log (before writing it)."""
+        rc = lib.rom_log(self._h, offset, length)
+        if rc:
+            _raise(rc)
+
+    def store_u64(self, offset: int, value: int) -> None:
+        """A logged 8-byte store into main."""
+        rc = lib.rom_store_u64(self._h, offset, value)
+        if rc:
+            _raise(rc)
+
+    # --- memory -------------------------------------------------------------------------------
+
+    def _bounds(self, offset: int, length: int) -> None:
+        self._check()
+        if offset < 0 or length < 0 or offset + length > self.region_size:
+            raise BackendError(
+                f"range [{offset}, {offset + length}) is outside the {self.region_size}-byte "
+                f"main region of pool {self.path}"
+            )
+
+    def writable(self, offset: int, length: int) -> memoryview:
+        """Declare main[offset, offset+length) and return it writable (inside a transaction)."""
+        self._bounds(offset, length)
+        self.declare(offset, length)
+        at = self.main_off + offset
+        return self._mv[at : at + length]
+
+    def view(self, offset: int, length: int, *, committed: bool = False) -> memoryview:
+        """A read-only view of main, or of back (the last committed state) with ``committed``."""
+        self._bounds(offset, length)
+        at = (self.back_off if committed else self.main_off) + offset
+        return self._ro[at : at + length]
+
+    def raw(self) -> memoryview:
+        """The whole mapping, read-only (header, main, back): for tests and inspection."""
+        self._check()
+        return self._ro
+
+    # --- allocator ----------------------------------------------------------------------------
+
+    def alloc(self, size: int) -> int:
+        """Allocate ``size`` bytes in main (inside a transaction); returns the offset."""
+        if size < 0:
+            raise BackendError(f"allocation size must be >= 0, got {size}")
+        self._check()
+        off = ffi.new("uint64_t *")
+        rc = lib.rom_alloc(self._h, size, off)
+        if rc:
+            _raise(rc)
+        return int(off[0])
+
+    def free(self, offset: int) -> None:
+        self._check()
+        rc = lib.rom_free(self._h, offset)
+        if rc:
+            _raise(rc)
+
+    def capacity(self, offset: int) -> int:
+        """Usable bytes of the block at ``offset`` (at least what was asked for)."""
+        self._check()
+        cap = ffi.new("uint64_t *")
+        rc = lib.rom_capacity(self._h, offset, cap)
+        if rc:
+            _raise(rc)
+        return int(cap[0])
+
+    # --- roots --------------------------------------------------------------------------------
+
+    def root(self, name: str, *, committed: bool = False) -> tuple[int, int] | None:
+        """``(offset, size)`` stored under ``name``, or None. ``committed`` reads back's table."""
+        self._check()
+        off, size = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        rc = lib.rom_root_get(self._h, _name(name), 1 if committed else 0, off, size)
+        if rc < 0:
+            _raise(rc)
+        return (int(off[0]), int(size[0])) if rc == 1 else None
+
+    def set_root(self, name: str, offset: int, size: int) -> None:
+        self._check()
+        rc = lib.rom_root_set(self._h, _name(name), offset, size)
+        if rc:
+            _raise(rc)
+
+    def del_root(self, name: str) -> None:
+        self._check()
+        rc = lib.rom_root_del(self._h, _name(name))
+        if rc:
+            _raise(rc)
+
+    def roots(self, *, committed: bool = False) -> dict[str, tuple[int, int]]:
+        self._check()
+        name = ffi.new(f"char[{ROOT_NAME_MAX + 1}]")
+        off, size = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        out: dict[str, tuple[int, int]] = {}
+        for i in range(MAX_ROOTS):
+            if lib.rom_root_at(self._h, i, 1 if committed else 0, name, off, size) == 1:
+                out[ffi.string(name).decode(errors="replace")] = (int(off[0]), int(size[0]))
+        return out
+
+    # --- statistics, benchmark, crash simulation -----------------------------------------------
+
+    def _raw_stats(self) -> Any:
+        st = ffi.new("rom_stats *")
+        lib.rom_get_stats(self._h, st)
+        return st
+
+    def stats(self) -> PoolStats:
+        self._check()
+        st = self._raw_stats()
+        return PoolStats(
+            pool_size=st.pool_size,
+            region_size=st.region_size,
+            main_off=st.main_off,
+            back_off=st.back_off,
+            meta_size=st.meta_size,
+            used=st.used,
+            top=st.top,
+            free_bytes=st.free_bytes,
+            alloc_bytes=st.alloc_bytes,
+            nallocs=st.nallocs,
+            commits=st.commits,
+            aborts=st.aborts,
+            fences=st.fences,
+            flushed_lines=st.flushed_lines,
+            last_log_lines=st.last_log_lines,
+            last_copy_bytes=st.last_copy_bytes,
+            last_fences=st.last_fences,
+            full_copies=st.full_copies,
+            state=_STATES.get(st.state, "?"),
+            mode=MODES[st.mode],
+            flush=ffi.string(lib.rom_flush_name(st.flush)).decode(),
+            real_pm=bool(st.real_pm),
+            opened_as=_OPENED.get(st.opened_as, "?"),
+            in_txn=bool(st.in_txn),
+        )
+
+    def bench_swaps(
+        self, offset: int, nelems: int, swaps_per_txn: int, ntxn: int, seed: int = 1
+    ) -> float:
+        """Run ``ntxn`` transactions of random uint64 swaps in C; returns the elapsed seconds."""
+        self._check()
+        elapsed = ffi.new("double *")
+        rc = lib.rom_bench_swaps(self._h, offset, nelems, swaps_per_txn, ntxn, seed, elapsed)
+        if rc:
+            _raise(rc)
+        return float(elapsed[0])
+
+    def sim_arm(
+        self,
+        crash_at: int = 0,
+        kind: Literal["process", "power"] = "process",
+        seed: int = 1,
+        skip_fences: int = 0,
+    ) -> None:
+        """Test hook: exit with CRASH_EXIT at the ``crash_at``-th flush/fence (0: only count).
+
+        ``power`` first overwrites the file with what a power failure could leave: the flushed
+        and fenced lines plus a random subset of the pending ones. ``skip_fences`` (bit n = the
+        n-th fence of each transaction) breaks the protocol on purpose.
+        """
+        self._check()
+        rc = lib.rom_sim_arm(self._h, crash_at, 1 if kind == "process" else 2, seed, skip_fences)
+        if rc:
+            _raise(rc)
+
+
+def sim_disarm() -> None:
+    lib.rom_sim_disarm()
+
+
+def sim_events() -> int:
+    """Flush/fence events counted since the last :meth:`Pool.sim_arm`."""
+    return int(lib.rom_sim_events())
