@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
                 "device": ro.get("device", ""),
                 "dax": ro.get("dax", ""),
                 "flush": flush,
+                "mode": extra.get("durability_mode", ""),
                 "emulated": ro.get("emulated", ""),
                 "notes": "; ".join(ro.get("notes", [])) or r.get("error", ""),
             }
