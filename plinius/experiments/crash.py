@@ -37,13 +37,20 @@ class CrashOptions:
 
 
 def kill_points(iterations: int, kills: int, seed: int) -> list[int]:
-    """``kills`` distinct cumulative-iteration marks spread over the run (seeded)."""
+    """``kills`` cumulative-iteration marks, one at a random place in each of ``kills`` equal
+    stretches of the run (seeded), so consecutive kills are never next to each other."""
     if kills < 0 or iterations < 2:
         raise ConfigError("crash-test needs --kills >= 0 and --iterations >= 2")
     lo, hi = max(1, iterations // 20), max(2, iterations - iterations // 20)
-    if kills > hi - lo:
+    if kills > (hi - lo) // 2:
         raise ConfigError(f"{kills} kills do not fit in {iterations} iterations")
-    return sorted(random.Random(seed).sample(range(lo, hi), kills))
+    rng = random.Random(seed)
+    width = (hi - lo) / max(1, kills)
+    marks = []
+    for k in range(kills):
+        a = lo + k * width
+        marks.append(int(a + width / 4 + rng.random() * width / 2))
+    return marks
 
 
 def _drive(
@@ -63,7 +70,7 @@ def _drive(
             sup.last_iteration()
             return sup.executed >= mark or not sup.running()
 
-        if not wait_until(reached, deadline - time.monotonic()):
+        if not wait_until(reached, deadline - time.monotonic(), 0.005):
             raise TimeoutError(f"{sup.spec.backend}: no progress to iteration {mark}")
         if sup.executed > last_n:
             it_time = (time.monotonic() - last_t) / (sup.executed - last_n)

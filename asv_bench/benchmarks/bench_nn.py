@@ -1,0 +1,60 @@
+"""The numpy engine: one training iteration, inference, and accuracy after the paper's schedule.
+
+Figures: seconds per ``train_step`` (the paper's Fig. 8 axis) for the zoo models across batch
+sizes, seconds per inference batch, and held-out top-1 accuracy of the MNIST model after its
+500 iterations on the dataset ``plinius.datasets.load_dataset()`` picks (the report names it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from plinius.nn import load_model
+
+
+class TimeTrainStep:
+    """Seconds per SGD iteration (forward, backward, update)."""
+
+    params = (["tiny", "batch", "mnist"], [32, 128])
+    param_names = ["model", "batch"]
+    timeout = 300
+
+    def setup(self, model: str, batch: int) -> None:
+        self.net = load_model(model, batch=batch, seed=0)
+        rng = np.random.default_rng(0)
+        self.x = rng.random((batch, self.net.inputs), dtype=np.float32)
+        self.y = rng.integers(0, self.net.outputs, batch)
+        self.net.train_step(self.x, self.y)  # first touch of every buffer
+
+    def time_train_step(self, model: str, batch: int) -> None:
+        self.net.train_step(self.x, self.y)
+
+
+class TimeInference:
+    """Seconds to classify one batch (batch norm with rolling statistics, no dropout)."""
+
+    params = (["mnist"], [128])
+    param_names = ["model", "batch"]
+
+    def setup(self, model: str, batch: int) -> None:
+        self.net = load_model(model, batch=batch, seed=0)
+        self.x = np.random.default_rng(0).random((batch, self.net.inputs), dtype=np.float32)
+        self.net.forward(self.x)
+
+    def time_forward(self, model: str, batch: int) -> None:
+        self.net.forward(self.x)
+
+
+class TrackAccuracy:
+    """Held-out top-1 accuracy (%) of the paper's MNIST model after its 500 iterations."""
+
+    timeout = 1800
+    number = 1
+    repeat = 1
+
+    def track_mnist_top1(self) -> float:
+        from plinius.nn.bench import accuracy_run
+
+        return 100.0 * float(accuracy_run("mnist")["top1_accuracy"])
+
+    track_mnist_top1.unit = "%"  # type: ignore[attr-defined]
