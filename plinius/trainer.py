@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +32,8 @@ from plinius.owner import default_dataset, provision
 
 def model_source(spec: str) -> tuple[str, str]:
     """(label, cfg text) for a zoo name, ``size-N`` or a ``.cfg`` path."""
-    path = Path(spec)
-    if spec not in zoo.FIXED and (path.suffix == ".cfg" or path.exists()):
-        try:
-            return path.name, path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read model {spec}: {exc.strerror}") from None
-    if spec in zoo.FIXED:
-        text = resources.files("plinius").joinpath("zoo", f"{spec}.cfg").read_text("utf-8")
-        return spec, text
-    zoo.load_cfg(spec)  # validates size-N (or raises the zoo's clear error)
-    mb = float(spec.split("-", 1)[1])
-    return spec, zoo.size_model_cfg(zoo.layers_for_size(mb))
+    _, text = zoo.cfg_text(spec)
+    return (Path(spec).name if spec.endswith(".cfg") else spec), text
 
 
 @dataclass

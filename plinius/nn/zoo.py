@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from plinius.errors import ConfigError
-from plinius.nn.cfg import NetConfig, parse_cfg, parse_cfg_text
+from plinius.nn.cfg import NetConfig, parse_cfg_text
 from plinius.nn.layers import ConvLayer
 from plinius.nn.network import Network, build_layers, fingerprint_of
 
@@ -131,21 +131,35 @@ def _zoo_text(name: str) -> str:
     return resources.files("plinius").joinpath("zoo", f"{name}.cfg").read_text(encoding="utf-8")
 
 
-def load_cfg(spec: str) -> NetConfig:
-    """Resolve a zoo name, ``size-N`` or a ``.cfg`` path to a parsed config."""
+def cfg_text(spec: str) -> tuple[str, str]:
+    """``(label, cfg text)`` of a zoo name, ``size-N`` or ``.cfg`` path.
+
+    The text is what a mirror stores (sealed), so owner tools can rebuild the exact network.
+    """
     if spec in FIXED:
-        return parse_cfg_text(_zoo_text(spec), f"zoo:{spec}.cfg")
+        return f"zoo:{spec}.cfg", _zoo_text(spec)
     m = _SIZE.match(spec)
     if m:
         mb = float(m.group(1))
         if mb <= 0:
             raise ConfigError(f"{spec}: the size must be > 0 MiB")
-        return parse_cfg_text(size_model_cfg(layers_for_size(mb)), f"zoo:{spec}")
+        return f"zoo:{spec}", size_model_cfg(layers_for_size(mb))
     path = Path(spec)
     if path.suffix == ".cfg" or path.exists():
-        return parse_cfg(path)
+        try:
+            return str(path), path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"model file {path}: no such file") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read model {path}: {exc.strerror}") from None
     names = ", ".join([*FIXED, "size-N"])
     raise ConfigError(f"unknown model '{spec}': use one of {names} or a path to a .cfg file")
+
+
+def load_cfg(spec: str) -> NetConfig:
+    """Resolve a zoo name, ``size-N`` or a ``.cfg`` path to a parsed config."""
+    label, text = cfg_text(spec)
+    return parse_cfg_text(text, label)
 
 
 def load_model(
