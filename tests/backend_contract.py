@@ -386,7 +386,7 @@ class BackendContract:
         last_committed = 0
         for _ in range(KILLS):
             proc = subprocess.Popen(
-                [sys.executable, "-c", child], stdout=subprocess.PIPE, text=True
+                [sys.executable, "-P", "-c", child], stdout=subprocess.PIPE, text=True
             )
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "ready"

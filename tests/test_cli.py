@@ -17,7 +17,7 @@ from plinius.cli.main import main
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "plinius.cli.main", *args],
+        [sys.executable, "-P", "-m", "plinius.cli.main", *args],
         capture_output=True,
         text=True,
         cwd=cwd,

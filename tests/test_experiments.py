@@ -19,7 +19,7 @@ from plinius.spot.trace import SpotTrace, synthetic_trace
 
 def plinius(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "plinius.cli.main", *args],
+        [sys.executable, "-P", "-m", "plinius.cli.main", *args],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from plinius.datasets import load_embedded
-from plinius.nn.bench import accuracy_run, run_benchmark, time_torch
+from plinius.nn.bench import accuracy_run, run_benchmark
 
 
 def test_benchmark_figures_on_tiny_model() -> None:
@@ -22,9 +20,3 @@ def test_accuracy_run_names_its_dataset() -> None:
     assert [i for i, _ in res["loss_curve"]] == [20, 40, 60]
     assert res["test_images"] == 1000
     assert res["top1_accuracy"] > 0.5  # 60 steps of batch 32 on real digits: far above chance
-
-
-def test_torch_comparison_builds_the_same_model() -> None:
-    pytest.importorskip("torch")  # an optional benchmark extra, never a dependency
-    res = time_torch("tiny", batch=8, iterations=1, warmup=0)
-    assert res is not None and res["engine"].startswith("PyTorch")

@@ -270,7 +270,7 @@ def test_training_is_bit_identical_across_processes() -> None:
     """A resumed trainer runs in a new process, with its buffers at other addresses."""
     digests = {
         subprocess.run(
-            [sys.executable, "-c", _RUN, str(junk)],
+            [sys.executable, "-P", "-c", _RUN, str(junk)],
             capture_output=True,
             text=True,
             check=True,

@@ -438,6 +438,7 @@ def test_locked_in_this_and_in_another_process(path: Path) -> None:
     holder = subprocess.Popen(
         [
             sys.executable,
+            "-P",
             "-c",
             "import sys; from plinius.pm import Pool; p = Pool(sys.argv[1]); print('ok', "
             "flush=True); sys.stdin.read()",

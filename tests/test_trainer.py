@@ -19,7 +19,7 @@ ITER = 12
 
 def plinius(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "plinius.cli.main", *args],
+        [sys.executable, "-P", "-m", "plinius.cli.main", *args],
         capture_output=True,
         text=True,
         env=env,

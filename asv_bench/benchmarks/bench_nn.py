@@ -58,3 +58,36 @@ class TrackAccuracy:
         return 100.0 * float(accuracy_run("mnist")["top1_accuracy"])
 
     track_mnist_top1.unit = "%"  # type: ignore[attr-defined]
+
+
+class TrackTorchRatio:
+    """Our seconds per MNIST iteration (batch 128) over PyTorch CPU's, measured in one process.
+
+    Needs the ``torch`` package (the tox ``bench`` env installs it; it is never a dependency).
+    """
+
+    timeout = 600
+    number = 1
+    repeat = 1
+
+    def setup(self) -> None:
+        from plinius.nn.bench import run_benchmark
+
+        self.res = run_benchmark(
+            "mnist", batch=128, iterations=3, warmup=1, torch=True, accuracy=False
+        )
+        if self.res["torch"] is None:
+            raise RuntimeError("torch is not installed: pip install torch (benchmark only)")
+
+    def track_ratio_vs_torch(self) -> float:
+        return float(self.res["ratio_vs_torch"])
+
+    def track_ours_s_per_iter(self) -> float:
+        return float(self.res["ours"]["s_per_iter"])
+
+    def track_torch_s_per_iter(self) -> float:
+        return float(self.res["torch"]["s_per_iter"])
+
+    track_ratio_vs_torch.unit = "ratio"  # type: ignore[attr-defined]
+    track_ours_s_per_iter.unit = "s"  # type: ignore[attr-defined]
+    track_torch_s_per_iter.unit = "s"  # type: ignore[attr-defined]

@@ -50,7 +50,7 @@ class RunSpec:
 
     def argv(self, log: Path, report: Path, fresh: bool) -> list[str]:
         args = [
-            sys.executable, "-m", "plinius.cli.main", "train",
+            sys.executable, "-P", "-m", "plinius.cli.main", "train",
             "--model", self.model, "--backend", self.backend, "--key-file", self.key_file,
             "--iterations", str(self.iterations), "--seed", str(self.seed),
             "--mirror-every", str(self.mirror_every), "--log", str(log),
