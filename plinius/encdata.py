@@ -71,6 +71,18 @@ class DatasetInfo:
             before += self.counts[s]
         return HEADER_BYTES + (before + index) * self.sealed_bytes
 
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DatasetInfo:
+        c, h, w = doc["shape"]
+        return cls(
+            doc["name"],
+            bytes.fromhex(doc["id"]),
+            (c, h, w),
+            int(doc["classes"]),
+            {s: int(doc["counts"].get(s, 0)) for s in SPLITS},
+            bytes.fromhex(doc["key_id"]),
+        )
+
     def as_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT_VERSION,
@@ -154,15 +166,10 @@ def read_info(path: str | os.PathLike[str], engine: Engine | None = None) -> Dat
         raise FormatError(f"dataset {p} has a corrupt header") from None
     if doc.get("format", 0) > FORMAT_VERSION:
         raise UnsupportedVersionError(f"dataset {p} uses format {doc['format']}; upgrade plinius")
-    c, h, w = doc["shape"]
-    info = DatasetInfo(
-        doc["name"],
-        bytes.fromhex(doc["id"]),
-        (c, h, w),
-        int(doc["classes"]),
-        {s: int(doc["counts"].get(s, 0)) for s in SPLITS},
-        bytes.fromhex(doc["key_id"]),
-    )
+    try:
+        info = DatasetInfo.from_json(doc)
+    except (KeyError, ValueError, TypeError):
+        raise FormatError(f"dataset {p} has a corrupt header") from None
     need = info.offset("test", info.counts["test"])
     if size < need:
         raise TruncatedError(f"dataset {p} is truncated: {size} B of {need} B")

@@ -19,10 +19,10 @@ from plinius.enclave.channel import EphemeralKey, wrap
 from plinius.enclave.counter import SealedFileCounter, mirror_counter_name, mirror_identity
 from plinius.enclave.measure import measurement
 from plinius.enclave.platform import SimulatedPlatform
-from plinius.enclave.trusted import PROVISION_AAD, Enclave
-from plinius.errors import ModelMismatchError, NotFoundError, PliniusError
+from plinius.enclave.trusted import PROVISION_AAD, Enclave, network_from_mirror
+from plinius.errors import NotFoundError, PliniusError
 from plinius.mirror import MirrorInfo, MirrorStore
-from plinius.nn import Network, parse_cfg_text, save_weights
+from plinius.nn import Network, save_weights
 
 
 def provision(enclave: Enclave, key: bytes, quoting_public_pem: str, model_fp: bytes) -> bytes:
@@ -93,18 +93,8 @@ def open_mirror(
 ) -> tuple[Network, int, str]:
     """Decrypt the mirror into a fresh network outside any enclave (the owner holds the key)."""
     store = MirrorStore(backend, engine, None)
-    info = store.peek(min_version=committed_version(backend, engine, platform))
-    if info is None:
-        raise NotFoundError(f"no mirror in {backend.spec}")
-    meta = info.meta
-    net = Network(parse_cfg_text(meta["cfg"], f"mirror:{meta['model']}"), batch=meta["batch"])
-    if net.fingerprint() != info.fingerprint:
-        raise ModelMismatchError("the mirror's stored configuration does not match its records")
-    bufs = net.param_buffers() + net.optimizer_buffers()
-    got = store.load(into={(layer, name): arr for layer, name, arr in bufs})
-    assert got is not None
-    net.load_training_state(got.info.meta["net"])
-    return net, got.info.iteration, str(meta["model"])
+    net, info = network_from_mirror(store, committed_version(backend, engine, platform))
+    return net, info.iteration, str(info.meta["model"])
 
 
 def export_weights(

@@ -66,16 +66,7 @@ class PMData:
         blob = backend.read(_info_key(dataset_id))
         if blob is None:
             raise NotFoundError(f"dataset {dataset_id.hex()} is not stored in {backend.spec}")
-        doc = json.loads(bytes(blob.data))
-        c, h, w = doc["shape"]
-        info = DatasetInfo(
-            doc["name"],
-            bytes.fromhex(doc["id"]),
-            (c, h, w),
-            int(doc["classes"]),
-            dict(doc["counts"]),
-            bytes.fromhex(doc["key_id"]),
-        )
+        info = DatasetInfo.from_json(json.loads(bytes(blob.data)))
         return cls(backend, engine, info, split)
 
     @classmethod

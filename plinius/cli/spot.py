@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from plinius.cli.common import add_json_flag, print_json
-from plinius.crypto import generate_key, read_key_file, write_key_file
+from plinius.cli.common import add_json_flag
 from plinius.experiments.placement import run_specs
 from plinius.experiments.spot import RUNS, SpotOptions, markdown, plot, run_spot
-from plinius.owner import default_dataset
-from plinius.provenance import provenance
+from plinius.experiments.workspace import publish, workspace
 from plinius.spot.trace import load_trace, synthetic_trace
 
 
@@ -47,49 +42,28 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     trace = load_trace(args.trace) if args.trace else synthetic_trace(seed=args.seed)
-    with tempfile.TemporaryDirectory(prefix="plinius-spot-") as tmp:
-        key = args.key_file
-        if key is None:
-            key = str(Path(tmp) / "owner.key")
-            write_key_file(key, generate_key())
-        data = args.data
-        if data is None:  # the owner's step once, so no run pays for it
-            data = str(default_dataset(read_key_file(key), Path(tmp), args.seed)[0])
+    with workspace(args.key_file, args.data, args.seed, "spot") as ws:
         opts = SpotOptions(
             model=args.model or ("tiny" if args.quick else "batch"),
             backend=args.backend,
-            key_file=key,
+            key_file=ws.key_file,
             iterations=args.iterations or (200 if args.quick else 500),
             bid=args.bid,
             slot_seconds=args.slot_seconds or (0.15 if args.quick else 5.0),
             start=args.start,
             window=args.window or (32 if args.quick else 160),
             seed=args.seed,
-            data=data,
-            state_dir=str(Path(tmp) / "state"),
+            data=ws.data,
+            state_dir=ws.state_dir,
         )
 
         def tick(run: str, slot: int, on: bool) -> None:
-            console.print(
-                f"  {run}: slot {slot} {'running' if on else 'OFF (killed)'}", highlight=False
-            )
+            state = "running" if on else "OFF (killed)"
+            console.print(f"  {run}: slot {slot} {state}", highlight=False)
 
         with run_specs(args.backend, list(RUNS)) as specs:
-            result = run_spot(opts, trace, specs, Path(tmp) / "runs", tick)
-    doc = {
-        "schema": "plinius-spot/1",
-        "provenance": provenance(),
-        "parameters": {**opts.__dict__, "key_file": None, "state_dir": None},
-        "result": result,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(doc))
-    plot(doc, out / "spot.png")
-    if args.json:
-        print_json(doc)
-    else:
-        print(markdown(doc))
-        print(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'spot.png'}")
+            result = run_spot(opts, trace, specs, ws.tmp / "runs", tick)
+    publish(
+        "plinius-spot/1", opts.__dict__, result, args.out, "spot.png", markdown, plot, args.json
+    )
     return 0 if result["complete"] else 1

@@ -26,7 +26,7 @@ from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.sealing import SealedStore
 from plinius.errors import ConfigError, ModelMismatchError, NotFoundError, PliniusError
 from plinius.memory import aligned_empty
-from plinius.mirror import MirrorStore, Record
+from plinius.mirror import MirrorInfo, MirrorStore, Record
 from plinius.nn import Network
 from plinius.pmdata import LoadReport, PMData
 
@@ -48,6 +48,24 @@ class StepResult:
 
 def _data_seed(seed: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, 0x504C4E])  # a stream apart from the dropout one
+
+
+def network_from_mirror(store: MirrorStore, min_version: int) -> tuple[Network, MirrorInfo]:
+    """A new network built from the mirror's sealed configuration, restored from its records."""
+    from plinius.nn import parse_cfg_text
+
+    info = store.peek(min_version=min_version)
+    if info is None:
+        raise NotFoundError(f"no mirror in {store.backend.spec}")
+    meta = info.meta
+    net = Network(parse_cfg_text(meta["cfg"], f"mirror:{meta['model']}"), batch=meta["batch"])
+    if net.fingerprint() != info.fingerprint:
+        raise ModelMismatchError("the mirror's sealed configuration does not match its records")
+    bufs = net.param_buffers() + net.optimizer_buffers()
+    got = store.load(into={(layer, name): a for layer, name, a in bufs}, min_version=min_version)
+    assert got is not None
+    net.load_training_state(got.info.meta["net"])
+    return net, got.info
 
 
 class Enclave:
@@ -135,28 +153,15 @@ class Enclave:
 
     def ecall_model_from_mirror(self) -> tuple[str, int]:
         """Build the model the attached mirror describes (sealed cfg) and restore it."""
-        from plinius.nn import parse_cfg_text
-
         if self._store is None or self._counter is None:
             raise EnclaveStateError("attach a mirror first")
-        store = self._store
         fresh = self._counter.read(self._counter_name)
-        info = store.peek(min_version=fresh)
-        if info is None:
-            raise NotFoundError(f"no mirror in {store.backend.spec}")
+        net, info = network_from_mirror(self._store, fresh)
         meta = info.meta
-        net = Network(parse_cfg_text(meta["cfg"], f"mirror:{meta['model']}"), batch=meta["batch"])
-        if net.fingerprint() != self._fp:
-            raise ModelMismatchError("the mirror's sealed configuration does not match its records")
         self._net_or_none = net
         self._model_label, self._cfg_text = str(meta["model"]), str(meta["cfg"])
-        got = store.load(
-            into={(r.layer, r.name): r.array for r in self._records()}, min_version=fresh
-        )
-        assert got is not None
-        net.load_training_state(got.info.meta["net"])
         self._dataset_id = bytes.fromhex(meta["dataset_id"]) if meta.get("dataset_id") else None
-        return self._model_label, got.info.iteration
+        return self._model_label, info.iteration
 
     @property
     def _eng(self) -> Engine:

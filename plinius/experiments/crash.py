@@ -18,21 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from plinius.errors import ConfigError
-from plinius.experiments.supervisor import RunSpec, Supervisor, read_log, wait_until
+from plinius.experiments.supervisor import ExperimentOptions, Supervisor, read_log, wait_until
 
 RUNS = ("baseline", "resilient", "nonresilient")
 
 
 @dataclass
-class CrashOptions:
-    model: str = "batch"
-    backend: str = "tmpfs"
-    key_file: str = ""
-    iterations: int = 500
+class CrashOptions(ExperimentOptions):
     kills: int = 9
-    seed: int = 0
-    data: str | None = None
-    state_dir: str | None = None
     timeout_s: float = 3600.0
 
 
@@ -98,17 +91,7 @@ def run_crash_test(
     deadline = time.monotonic() + opts.timeout_s
     out: dict[str, Any] = {"kill_marks": marks}
     for run in RUNS:
-        spec = RunSpec(
-            model=opts.model,
-            backend=specs[run],
-            key_file=opts.key_file,
-            iterations=opts.iterations,
-            data=opts.data,
-            mirror=run != "nonresilient",
-            seed=opts.seed,
-            state_dir=opts.state_dir,
-        )
-        sup = Supervisor(spec, workdir / run)
+        sup = Supervisor(opts.run_spec(specs[run], run != "nonresilient"), workdir / run)
         try:
             _drive(
                 sup,

@@ -17,25 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from plinius.experiments.supervisor import RunSpec, Supervisor, read_log
+from plinius.experiments.supervisor import ExperimentOptions, Supervisor, read_log
 from plinius.spot.trace import SpotTrace, TraceError
 
 RUNS = ("resilient", "nonresilient")
 
 
 @dataclass
-class SpotOptions:
-    model: str = "batch"
-    backend: str = "tmpfs"
-    key_file: str = ""
-    iterations: int = 500
+class SpotOptions(ExperimentOptions):
     bid: float = 0.0955
     slot_seconds: float = 5.0
     start: int | None = None  # None: pick a window with interruptions
     window: int = 160
-    seed: int = 0
-    data: str | None = None
-    state_dir: str | None = None
 
 
 def pick_start(trace: SpotTrace, bid: float, window: int) -> int:
@@ -73,17 +66,7 @@ def run_spot(
         raise TraceError(f"--start {start} is outside the trace (0..{len(trace) - 1})")
     out: dict[str, Any] = {"start_slot": start, "trace": trace.source}
     for run in RUNS:
-        spec = RunSpec(
-            model=opts.model,
-            backend=specs[run],
-            key_file=opts.key_file,
-            iterations=opts.iterations,
-            data=opts.data,
-            mirror=run == "resilient",
-            seed=opts.seed,
-            state_dir=opts.state_dir,
-        )
-        sup = Supervisor(spec, workdir / run)
+        sup = Supervisor(opts.run_spec(specs[run], run == "resilient"), workdir / run)
         states: list[dict[str, Any]] = []
         done = False
         try:

@@ -67,6 +67,31 @@ class RunSpec:
         return args + self.extra
 
 
+@dataclass
+class ExperimentOptions:
+    """What every experiment's trainer runs share."""
+
+    model: str = "batch"
+    backend: str = "tmpfs"
+    key_file: str = ""
+    iterations: int = 500
+    seed: int = 0
+    data: str | None = None
+    state_dir: str | None = None
+
+    def run_spec(self, backend_spec: str, mirror: bool) -> RunSpec:
+        return RunSpec(
+            model=self.model,
+            backend=backend_spec,
+            key_file=self.key_file,
+            iterations=self.iterations,
+            data=self.data,
+            mirror=mirror,
+            seed=self.seed,
+            state_dir=self.state_dir,
+        )
+
+
 def read_log(path: Path) -> list[dict[str, float]]:
     """Rows of a CSV loss log (a half-written last line, left by a kill, is skipped)."""
     if not path.exists():

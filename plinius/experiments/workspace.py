@@ -1,0 +1,69 @@
+"""What every experiment command shares: a throw-away workspace, the owner's key and data, and
+writing results.json, report.md and the figure."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from plinius.cli.common import print_json
+from plinius.crypto import generate_key, read_key_file, write_key_file
+from plinius.owner import default_dataset
+from plinius.provenance import provenance
+
+
+@dataclass
+class Workspace:
+    tmp: Path
+    key_file: str
+    data: str
+    state_dir: str
+
+
+@contextmanager
+def workspace(key_file: str | None, data: str | None, seed: int, name: str) -> Iterator[Workspace]:
+    """A temporary directory with a key (the given one or a throw-away one) and the owner's
+    encrypted dataset made once up front, so no run pays for it."""
+    with tempfile.TemporaryDirectory(prefix=f"plinius-{name}-") as tmp:
+        root = Path(tmp)
+        key = key_file
+        if key is None:
+            key = str(root / "owner.key")
+            write_key_file(key, generate_key())
+        if data is None:
+            data = str(default_dataset(read_key_file(key), root, seed)[0])
+        yield Workspace(root, key, data, str(root / "state"))
+
+
+def publish(
+    schema: str,
+    parameters: dict[str, Any],
+    result: dict[str, Any],
+    out_dir: str,
+    figure: str,
+    markdown: Callable[[dict[str, Any]], str],
+    plot: Callable[[dict[str, Any], Path], None],
+    as_json: bool,
+) -> None:
+    """Write results.json, report.md and the PNG; print the report (or the JSON)."""
+    doc = {
+        "schema": schema,
+        "provenance": provenance(),
+        "parameters": {**parameters, "key_file": None, "state_dir": None},
+        "result": result,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(doc))
+    plot(doc, out / figure)
+    if as_json:
+        print_json(doc)
+    else:
+        print(markdown(doc))
+        print(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / figure}")
