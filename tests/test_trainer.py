@@ -301,3 +301,12 @@ def test_tampered_provisioning_leaves_no_key(tmp_path: Path) -> None:
     with pytest.raises(EnclaveStateError, match="no data key"):
         _ = enclave.engine_name
     assert not list((tmp_path / "sealed").iterdir())
+
+
+def test_full_pool_is_a_clear_error(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path
+) -> None:
+    spec = f"romulus:{shm_dir / 'small.pool'}?size=4M"  # 16 MB of training records do not fit
+    res = train(world, env, spec, iterations=2)
+    assert res.returncode == 2
+    assert "pool full" in res.stderr and "bytes needed" in res.stderr
