@@ -56,3 +56,10 @@ def all_backend_names() -> list[str]:
     names = registered()
     first = [n for n in DEFAULT_BACKENDS if n in names]
     return first + sorted(set(names) - set(first))
+
+
+@contextmanager
+def instances(names: list[str], explicit: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Fresh scratch instances of ``names`` plus the user's explicit specs (reused as given)."""
+    with scratch_specs(names) as scratch:
+        yield {**scratch, **explicit}

@@ -11,6 +11,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -154,23 +155,28 @@ def measure(
 
 
 def run_matrix(
-    specs: dict[str, str],
+    instances: Callable[[], AbstractContextManager[dict[str, str]]],
     sizes_mb: Sequence[float],
     engine: Engine,
     repeats: int,
     tick: Callable[[], None] | None = None,
 ) -> list[Point]:
-    """Every backend at every size; adds speed-ups versus ``ssd`` and the raw-seal ratio."""
+    """Every backend at every size; adds speed-ups versus ``ssd`` and the raw-seal ratio.
+
+    ``instances()`` gives the backend specs for one size; default instances are fresh for each
+    size, so no size inherits the allocations (or files) of the sizes measured before it.
+    """
     points: list[Point] = []
     for size in sizes_mb:
         records = synthetic_model(size)
         raw = raw_seal_seconds(engine, records, max(3, repeats))
         row = []
-        for spec in specs.values():
-            p = measure(spec, records, engine, repeats, tick, model_mb=size)
+        with instances() as specs:
+            for spec in specs.values():
+                row.append(measure(spec, records, engine, repeats, tick, model_mb=size))
+        for p in row:
             p.raw_seal_mbps = p.bytes / MIB / raw
             p.save_vs_raw_seal = p.save_mbps / p.raw_seal_mbps
-            row.append(p)
         base = next((p for p in row if p.backend == "ssd"), None)
         if base is not None:
             for p in row:

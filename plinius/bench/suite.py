@@ -18,6 +18,7 @@ from typing import Any
 from plinius.bench.engine import measure_engines
 from plinius.bench.saverestore import run_matrix, steps
 from plinius.crypto import Engine
+from plinius.defaults import instances
 from plinius.errors import PliniusError
 
 SECTIONS = ("save", "engines", "sps", "fio", "batch", "overhead")
@@ -26,7 +27,8 @@ QUICK_BATCHES = (8, 16, 32, 64, 128)
 
 @dataclass
 class SuiteOptions:
-    specs: dict[str, str]
+    names: list[str]  # backends placed on fresh scratch instances
+    explicit: dict[str, str]  # backends the user gave a spec for (reused as given)
     sizes: list[float]
     repeats: int
     engine: Engine
@@ -34,9 +36,13 @@ class SuiteOptions:
     sections: tuple[str, ...] = SECTIONS
     fio_options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def backends(self) -> list[str]:
+        return [*self.names, *self.explicit]
+
 
 def total_steps(opts: SuiteOptions) -> int:
-    n = steps(len(opts.specs), len(opts.sizes), opts.repeats) if "save" in opts.sections else 0
+    n = steps(len(opts.backends), len(opts.sizes), opts.repeats) if "save" in opts.sections else 0
     return n + sum(1 for s in opts.sections if s != "save")
 
 
@@ -64,7 +70,13 @@ def run_suite(opts: SuiteOptions, tick: Callable[[], None] = lambda: None) -> di
             "results",
             lambda: [
                 p.as_dict()
-                for p in run_matrix(opts.specs, opts.sizes, opts.engine, opts.repeats, tick)
+                for p in run_matrix(
+                    lambda: instances(opts.names, opts.explicit),
+                    opts.sizes,
+                    opts.engine,
+                    opts.repeats,
+                    tick,
+                )
             ],
             tick,
         )
@@ -103,7 +115,7 @@ def _fio(opts: SuiteOptions) -> dict[str, Any]:
     from plinius.fio import FioParams, run_fio
 
     params = FioParams.quick(**opts.fio_options) if opts.quick else FioParams(**opts.fio_options)
-    report = run_fio(backends=list(opts.specs), params=params)
+    report = run_fio(backends=opts.backends, params=params)
     return dict(report.as_dict())
 
 

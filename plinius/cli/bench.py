@@ -30,7 +30,7 @@ from plinius.bench.saverestore import PAPER_SIZES_MB
 from plinius.bench.suite import SECTIONS, SuiteOptions, run_suite, total_steps
 from plinius.cli.common import add_json_flag, print_json, print_table
 from plinius.crypto import generate_key, make_engine
-from plinius.defaults import all_backend_names, scratch_specs
+from plinius.defaults import all_backend_names, instances
 from plinius.errors import ConfigError, PliniusError
 from plinius.provenance import provenance
 
@@ -123,23 +123,22 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise PliniusError(f"cannot create the output directory {out}: {exc.strerror}") from None
     console = Console(stderr=True)
-    with scratch_specs(names) as scratch:
-        specs = {**scratch, **explicit}
-        runs_on: dict[str, dict[str, Any]] = {}
+    runs_on: dict[str, dict[str, Any]] = {}
+    with instances(names, explicit) as specs:
         for name, spec in specs.items():
             with open_backend(spec) as b:
                 runs_on[name] = b.describe().as_dict()
-        opts = SuiteOptions(specs, sizes, repeats, engine, args.quick, sections)
-        with Progress(
-            TextColumn("[bold]bench"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=args.json,
-        ) as bar:
-            task = bar.add_task("bench", total=total_steps(opts))
-            doc = run_suite(opts, tick=lambda: bar.advance(task))
+    opts = SuiteOptions(names, explicit, sizes, repeats, engine, args.quick, sections)
+    with Progress(
+        TextColumn("[bold]bench"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.json,
+    ) as bar:
+        task = bar.add_task("bench", total=total_steps(opts))
+        doc = run_suite(opts, tick=lambda: bar.advance(task))
     doc = {
         "schema": SCHEMA,
         "provenance": provenance(engine.name),
