@@ -141,3 +141,16 @@ def test_bench_bad_input(args: list[str], message: str, tmp_path: Path) -> None:
     res = run_cli(*args, "--out", str(tmp_path / "o"))
     assert res.returncode == 2
     assert message in res.stderr
+
+
+def test_bench_without_fio_marks_the_section_not_run(tmp_path: Path) -> None:
+    env = {**os.environ, "PLINIUS_FIO": str(tmp_path / "no-fio-here")}
+    res = subprocess.run(
+        [sys.executable, "-P", "-m", "plinius.cli.main", "bench", "--only", "fio",
+         "--out", str(tmp_path / "o"), "--json"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    section = json.loads(res.stdout)["sections"]["fio"]
+    assert section["status"] == "skipped" and "fio" in section["error"]
+    assert "Not run" in (tmp_path / "o" / "report.md").read_text()

@@ -150,11 +150,15 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
         md_table(target_rows(doc), TARGET_COLUMNS),
         "",
     ]
-    failed = {k: v for k, v in doc.get("sections", {}).items() if v["status"] != "ok"}
-    if failed:
-        parts += ["**Partial results** — sections that failed:", ""]
-        parts += [f"- `{k}`: {v['error']}" for k, v in failed.items()]
-        parts.append("")
+    for status, title in (
+        ("failed", "**Partial results** — sections that failed:"),
+        ("skipped", "**Not run** — a tool is missing:"),
+    ):
+        hit = {k: v for k, v in doc.get("sections", {}).items() if v["status"] == status}
+        if hit:
+            parts += [title, ""]
+            parts += [f"- `{k}`: {v['error']}" for k, v in hit.items()]
+            parts.append("")
     if doc.get("results"):
         parts += [
             "## Save and restore (Fig. 7)",

@@ -19,7 +19,7 @@ from plinius.bench.engine import measure_engines
 from plinius.bench.saverestore import run_matrix, steps
 from plinius.crypto import Engine
 from plinius.defaults import instances
-from plinius.errors import PliniusError
+from plinius.errors import PliniusError, ToolMissingError
 
 SECTIONS = ("save", "engines", "sps", "fio", "batch", "overhead")
 QUICK_BATCHES = (8, 16, 32, 64, 128)
@@ -52,6 +52,9 @@ def _section(
     try:
         doc[name] = fn()
         doc["sections"][name] = {"status": "ok"}
+    except ToolMissingError as exc:
+        # an optional external tool: the rest of the benchmark stands, the report says why not
+        doc["sections"][name] = {"status": "skipped", "error": str(exc)}
     except (PliniusError, OSError, ValueError, RuntimeError) as exc:
         doc["sections"][name] = {
             "status": "failed",

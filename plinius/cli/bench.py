@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     doc.setdefault("results", [])
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     write_outputs(doc, out)
-    failed = [k for k, v in doc["sections"].items() if v["status"] != "ok"]
+    failed = [k for k, v in doc["sections"].items() if v["status"] == "failed"]
+    skipped = [k for k, v in doc["sections"].items() if v["status"] == "skipped"]
     if args.json:
         print_json(doc)
         return 1 if failed else 0
@@ -173,5 +174,7 @@ def run(args: argparse.Namespace) -> int:
         )
     for k in failed:
         console.print(f"[red]section {k} failed[/red]: {doc['sections'][k]['error']}")
+    for k in skipped:
+        console.print(f"[yellow]section {k} not run[/yellow]: {doc['sections'][k]['error']}")
     console.print(f"wrote {out / 'results.json'}, {out / 'report.md'} and PNG figures")
     return 1 if failed else 0
