@@ -122,7 +122,7 @@ def test_embedded_mnist_is_real_split_and_deterministic() -> None:
 
 
 def test_digits_fallback_is_upscaled_to_mnist_geometry() -> None:
-    pytest.importorskip("sklearn")
+    # scikit-learn comes with mlxtend (a runtime dependency): a missing one must fail here
     d = load_embedded(seed=0, source="digits")
     assert d.name.startswith("sklearn-digits-8x8") and d.x_train.shape[1] == 784
     img = d.x_train[0].reshape(28, 28)
