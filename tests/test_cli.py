@@ -15,12 +15,15 @@ from plinius import __version__
 from plinius.cli.main import main
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-P", "-m", "plinius.cli.main", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
+        env=env,
         timeout=300,
         check=False,
     )
@@ -145,11 +148,7 @@ def test_bench_bad_input(args: list[str], message: str, tmp_path: Path) -> None:
 
 def test_bench_without_fio_marks_the_section_not_run(tmp_path: Path) -> None:
     env = {**os.environ, "PLINIUS_FIO": str(tmp_path / "no-fio-here")}
-    res = subprocess.run(
-        [sys.executable, "-P", "-m", "plinius.cli.main", "bench", "--only", "fio",
-         "--out", str(tmp_path / "o"), "--json"],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
-    )  # fmt: skip
+    res = run_cli("bench", "--only", "fio", "--out", str(tmp_path / "o"), "--json", env=env)
     assert res.returncode == 0, res.stderr
     section = json.loads(res.stdout)["sections"]["fio"]
     assert section["status"] == "skipped" and "fio" in section["error"]

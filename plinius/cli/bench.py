@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from plinius.backends.registry import open_backend
 from plinius.bench.render import (
@@ -28,7 +27,7 @@ from plinius.bench.render import (
 )
 from plinius.bench.saverestore import PAPER_SIZES_MB
 from plinius.bench.suite import SECTIONS, SuiteOptions, run_suite, total_steps
-from plinius.cli.common import add_json_flag, print_json, print_table
+from plinius.cli.common import add_json_flag, print_json, print_table, progress_bar
 from plinius.crypto import generate_key, make_engine
 from plinius.defaults import all_backend_names, instances
 from plinius.errors import ConfigError, PliniusError
@@ -129,14 +128,7 @@ def run(args: argparse.Namespace) -> int:
             with open_backend(spec) as b:
                 runs_on[name] = b.describe().as_dict()
     opts = SuiteOptions(names, explicit, sizes, repeats, engine, args.quick, sections)
-    with Progress(
-        TextColumn("[bold]bench"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=args.json,
-    ) as bar:
+    with progress_bar("bench", console, args.json) as bar:
         task = bar.add_task("bench", total=total_steps(opts))
         doc = run_suite(opts, tick=lambda: bar.advance(task))
     doc = {

@@ -8,11 +8,32 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 
 def add_json_flag(parser: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print exact JSON instead of a table")
+
+
+def progress_bar(label: str, console: Console, disable: bool, *fields: ProgressColumn) -> Progress:
+    """The one progress-bar look of every long command: label, bar, n/total, ``fields``, time."""
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *fields,
+        TimeElapsedColumn(),
+        console=console,
+        disable=disable,
+    )
 
 
 def print_json(obj: Any) -> None:

@@ -16,9 +16,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from plinius.cli.common import add_json_flag, print_json, print_table
+from plinius.cli.common import add_json_flag, print_json, print_table, progress_bar
 from plinius.errors import ConfigError, PliniusError
 from plinius.fio import FioParams, Target, find_fio, plan_targets, run_fio
 from plinius.fio.report import (
@@ -139,15 +138,7 @@ def run(args: argparse.Namespace) -> int:
     names, dirs = split_backends(args.backends)
     fio = find_fio()
     console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]fio"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-        disable=args.json,
-    ) as bar:
+    with progress_bar("fio", console, args.json) as bar:
         total = count_steps(plan_targets(names, dirs, params, fio), params)
         task = bar.add_task("fio", total=total)
         report = run_fio(

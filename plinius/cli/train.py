@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TextColumn
 
-from plinius.cli.common import add_json_flag, print_json
+from plinius.cli.common import add_json_flag, print_json, progress_bar
 from plinius.enclave.trusted import StepResult
 from plinius.trainer import TrainOptions, run_training
 
@@ -59,14 +59,11 @@ def run(args: argparse.Namespace) -> int:
         no_mirror=args.no_mirror,
     )
     console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
+    with progress_bar(
+        "train",
+        console,
+        args.json,
         TextColumn("loss {task.fields[loss]}  avg {task.fields[avg]}  mirror {task.fields[ms]} ms"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=args.json,
     ) as bar:
         task = bar.add_task("train", total=None, loss="-", avg="-", ms="-")
 
