@@ -1,0 +1,90 @@
+"""Shared fixtures of the attack suite: a victim's world and a way to run the real CLI.
+
+Every attack runs ``plinius`` in a real process (``python -P -m plinius.cli.main``), as a
+hostile operator would meet it, with its own state directory (attacker-controlled storage) and
+platform directory (the simulated CPU, which the attacker does not control).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from plinius.crypto import generate_key, write_key_file
+
+CliRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _run(
+    *args: str, env: dict[str, str], timeout: float = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "plinius.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=cwd,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def run_cli() -> CliRunner:
+    """``run_cli(*args, env=..., timeout=...)``: the real CLI in a fresh process."""
+    return _run
+
+
+def assert_refused(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """A deliberate refusal: exit 2, one line on stderr naming what was found, no traceback."""
+    assert res.returncode == 2, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
+    assert "Traceback" not in res.stderr, res.stderr
+    low = res.stderr.lower()
+    for n in needles:
+        assert n.lower() in low, (n, res.stderr)
+
+
+@dataclass
+class World:
+    """A victim: owner key, encrypted data set, state dir, platform dir, scratch dirs."""
+
+    root: Path
+    key: Path
+    data: Path
+    state: Path
+    platform: Path
+    shm: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PLINIUS_STATE_DIR": str(self.state),
+            "PLINIUS_PLATFORM_DIR": str(self.platform),
+        }
+
+
+@pytest.fixture
+def world(tmp_path: Path, shm_dir: Path) -> World:
+    key = tmp_path / "owner.key"
+    write_key_file(key, generate_key())
+    w = World(
+        root=tmp_path,
+        key=key,
+        data=tmp_path / "data.pld",
+        state=tmp_path / "state",
+        platform=tmp_path / "platform",
+        shm=shm_dir,
+    )
+    res = _run(
+        "owner", "encrypt-data", "--key-file", str(key), "--out", str(w.data), env=w.env
+    )
+    assert res.returncode == 0, res.stderr
+    return w
