@@ -34,8 +34,21 @@ class PoolLockedError(BackendError):
     """Another process holds the pool open."""
 
 
+class BackendLockedError(BackendError):
+    """Another process holds a file backend open (one process per backend directory)."""
+
+
 class FormatError(PliniusError):
     """Stored bytes are not what plinius wrote: foreign, truncated or corrupt file."""
+
+
+class PoolCorruptError(FormatError):
+    """A persistent pool's own structures (header, allocator, free lists, roots) are damaged.
+
+    A :class:`FormatError` rather than a :class:`BackendError`: the backend works, the stored
+    bytes are not what plinius wrote (possibly planted by an attacker). The message names the
+    pool and the field; the pool is refused, never repaired or re-created silently.
+    """
 
 
 class NotAMirrorError(FormatError):
@@ -87,6 +100,14 @@ class StaleMirrorError(IntegrityError):
             "an older copy of the mirror was put back (rollback refused)",
         )
         self.what = what
+
+
+class RollbackError(IntegrityError):
+    """A mirror other than the one the platform recorded as committed: rollback, fork, splice."""
+
+    def __init__(self, message: str) -> None:
+        PliniusError.__init__(self, message)
+        self.what = message
 
 
 class NotFoundError(PliniusError, FileNotFoundError):

@@ -8,17 +8,20 @@ The plaintext header names the format, key id, model fingerprint and version so 
 foreign models and newer formats get specific errors before any decryption. The manifest (JSON:
 iteration, metadata, and per record layer/name/dtype/shape/offset/length) is sealed with the whole
 header as associated data, so no header byte can change unnoticed. Each record is sealed with
-associated data binding it to (fingerprint, layer, name, version): records swapped between layers,
-models or mirror versions fail to open. Ciphertexts start on a page (or cache-line) boundary so
-both sealing and decrypting run on aligned memory.
+associated data binding it to (fingerprint, layer, name, version, run id, save id): records
+swapped between layers, models, mirror versions, runs or individual saves (a "frankenstein"
+spliced from two mirrors of the same version) fail to open. The run id and save id (random, see
+:mod:`plinius.enclave.counter`) are what the platform's freshness record names. Ciphertexts
+start on a page (or cache-line) boundary so both sealing and decrypting run on aligned memory.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +34,6 @@ from plinius.errors import (
     IntegrityError,
     ModelMismatchError,
     NotAMirrorError,
-    NotFoundError,
     StaleMirrorError,
     TruncatedError,
     UnsupportedVersionError,
@@ -39,11 +41,12 @@ from plinius.errors import (
 from plinius.memory import CACHE_LINE, PAGE, align_up, aligned_empty
 
 MAGIC = b"PLNMIRR\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER_SIZE = 128
+ID_BYTES = 16
 # magic, format, header size, flags, key id, version, fingerprint, blob size,
-# manifest offset, manifest sealed length, record count
-_HEADER = struct.Struct("<8sHHI8sQ32sQQII")
+# manifest offset, manifest sealed length, record count, run id, save id
+_HEADER = struct.Struct(f"<8sHHI8sQ32sQQII{ID_BYTES}s{ID_BYTES}s")
 MANIFEST_LAYER = -1
 MANIFEST_NAME = "__manifest__"
 DEFAULT_KEY = "mirror"
@@ -90,6 +93,8 @@ class MirrorInfo:
     meta: dict[str, Any]
     entries: list[Entry]
     size: int
+    run_id: bytes = bytes(ID_BYTES)
+    save_id: bytes = bytes(ID_BYTES)
 
     @property
     def metadata_bytes(self) -> int:
@@ -130,6 +135,16 @@ def _manifest_aad(fingerprint: bytes, header: bytes, version: int) -> bytes:
     return associated_data(fingerprint, MANIFEST_LAYER, MANIFEST_NAME, version) + header
 
 
+def record_aad(
+    fingerprint: bytes, layer: int, name: str, version: int, run_id: bytes, save_id: bytes
+) -> bytes:
+    """Associated data of one record: binds it to its model, place, version, run and save."""
+    return associated_data(fingerprint, layer, name, version) + run_id + save_id
+
+
+Freshness = Callable[[MirrorInfo], None]
+
+
 def _manifest_bytes(
     version: int, iteration: int, fp: bytes, meta: Mapping[str, Any], entries: Iterable[Entry]
 ) -> bytes:
@@ -142,17 +157,6 @@ def _manifest_bytes(
         "records": [e.as_json() for e in entries],
     }
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
-
-
-def read_header_fingerprint(backend: Backend, key: str = DEFAULT_KEY) -> bytes:
-    """The model fingerprint in a stored mirror's plaintext header (authenticated later)."""
-    blob = backend.read(key)
-    if blob is None:
-        raise NotFoundError(f"no mirror in {backend.spec}")
-    data = blob.data
-    if data.nbytes < HEADER_SIZE or bytes(data[: len(MAGIC)]) != MAGIC:
-        raise NotAMirrorError(f"{backend.spec}/{key} is not a plinius mirror")
-    return bytes(_HEADER.unpack(bytes(data[: _HEADER.size]))[6])
 
 
 class MirrorStore:
@@ -185,10 +189,21 @@ class MirrorStore:
         version: int,
         iteration: int = 0,
         meta: Mapping[str, Any] | None = None,
+        *,
+        run_id: bytes | None = None,
+        save_id: bytes | None = None,
     ) -> IoStats:
-        """Replace the stored mirror atomically by a new one at ``version``."""
+        """Replace the stored mirror atomically by a new one at ``version``.
+
+        ``run_id`` and ``save_id`` (random when not given) are the stamp the platform's
+        freshness record names; the enclave passes the ones it registered with ``begin``.
+        """
         if version < 0:
             raise ValueError("mirror version must be >= 0")
+        run_id = os.urandom(ID_BYTES) if run_id is None else run_id
+        save_id = os.urandom(ID_BYTES) if save_id is None else save_id
+        if len(run_id) != ID_BYTES or len(save_id) != ID_BYTES:
+            raise ValueError(f"run and save ids must be {ID_BYTES} bytes")
         if self.fingerprint is None:
             raise ValueError("saving needs the model fingerprint")
         fingerprint = self.fingerprint
@@ -208,13 +223,15 @@ class MirrorStore:
             manifest_at,
             len(manifest) + OVERHEAD,
             len(entries),
+            run_id,
+            save_id,
         ).ljust(HEADER_SIZE, b"\0")
         encrypt_s = 0.0
         with self.backend.begin_write(self.key, total) as txn:
             txn.view(0, HEADER_SIZE)[:] = header
             for rec, e in zip(records, entries, strict=True):
                 out = txn.view(e.offset, e.length + OVERHEAD)
-                aad = associated_data(fingerprint, e.layer, e.name, version)
+                aad = record_aad(fingerprint, e.layer, e.name, version, run_id, save_id)
                 ts = time.perf_counter()
                 self.engine.seal_into(aad, rec.array, out)
                 encrypt_s += time.perf_counter() - ts
@@ -232,7 +249,9 @@ class MirrorStore:
 
     # --- open --------------------------------------------------------------------------------
 
-    def _open_info(self, data: memoryview, min_version: int | None) -> MirrorInfo:
+    def _open_info(
+        self, data: memoryview, min_version: int | None, freshness: Freshness | None = None
+    ) -> MirrorInfo:
         what = f"mirror {self.backend.spec}/{self.key}"
         if data.nbytes < HEADER_SIZE:
             if data.nbytes >= len(MAGIC) and bytes(data[: len(MAGIC)]) == MAGIC:
@@ -241,15 +260,32 @@ class MirrorStore:
                 )
             raise NotAMirrorError(f"{what} is not a plinius mirror ({data.nbytes} B, no header)")
         header = bytes(data[:HEADER_SIZE])
-        (magic, fmt, hsize, _flags, kid, version, fp, total, m_at, m_len, count) = _HEADER.unpack(
-            header[: _HEADER.size]
-        )
+        (
+            magic,
+            fmt,
+            hsize,
+            _flags,
+            kid,
+            version,
+            fp,
+            total,
+            m_at,
+            m_len,
+            count,
+            run_id,
+            save_id,
+        ) = _HEADER.unpack(header[: _HEADER.size])
         if magic != MAGIC:
             raise NotAMirrorError(f"{what} is not a plinius mirror (magic {magic!r})")
         if fmt > FORMAT_VERSION:
             raise UnsupportedVersionError(
                 f"{what} uses mirror format {fmt}, this plinius reads up to {FORMAT_VERSION}: "
                 "upgrade plinius"
+            )
+        if fmt < FORMAT_VERSION:
+            raise UnsupportedVersionError(
+                f"{what} uses mirror format {fmt}, which binds no run or save id, so its "
+                "freshness cannot be proven: start over with --fresh"
             )
         if hsize != HEADER_SIZE or m_len < OVERHEAD or m_at + m_len != total:
             raise FormatError(f"{what} has an inconsistent header (corrupt file)")
@@ -277,26 +313,37 @@ class MirrorStore:
         for e in entries:
             if e.offset < HEADER_SIZE or e.offset + e.length + OVERHEAD > m_at:
                 raise IntegrityError(f"{what} manifest", f"record {e.name} out of bounds")
-        return MirrorInfo(version, doc["iteration"], fp, doc["meta"], entries, total)
+        info = MirrorInfo(
+            version, doc["iteration"], fp, doc["meta"], entries, total, run_id, save_id
+        )
+        if freshness is not None:
+            freshness(info)
+        return info
 
-    def peek(self, min_version: int | None = None) -> MirrorInfo | None:
+    def peek(
+        self, min_version: int | None = None, freshness: Freshness | None = None
+    ) -> MirrorInfo | None:
         """Authenticate the header and manifest only (records stay sealed); None if no mirror."""
         blob = self.backend.read(self.key)
         if blob is None:
             return None
-        return self._open_info(blob.data, min_version)
+        return self._open_info(blob.data, min_version, freshness)
 
-    def verify(self, min_version: int | None = None) -> MirrorInfo | None:
+    def verify(
+        self, min_version: int | None = None, freshness: Freshness | None = None
+    ) -> MirrorInfo | None:
         """Authenticate the whole mirror (every record's tag) without touching any model."""
         blob = self.backend.read(self.key)
         if blob is None:
             return None
-        info = self._open_info(blob.data, min_version)
+        info = self._open_info(blob.data, min_version, freshness)
         what = f"mirror {self.backend.spec}/{self.key}"
         scratch = aligned_empty(max((e.length for e in info.entries), default=0))
         for e in info.entries:
             self.engine.open_into(
-                associated_data(info.fingerprint, e.layer, e.name, info.version),
+                record_aad(
+                    info.fingerprint, e.layer, e.name, info.version, info.run_id, info.save_id
+                ),
                 blob.data[e.offset : e.offset + e.length + OVERHEAD],
                 scratch[: e.length],
                 f"{what} layer {e.layer} {e.name}",
@@ -307,6 +354,7 @@ class MirrorStore:
         self,
         into: Mapping[tuple[int, str], np.ndarray] | None = None,
         min_version: int | None = None,
+        freshness: Freshness | None = None,
     ) -> Restored | None:
         """Open the last committed mirror; decrypt every record into ``into`` (or new arrays).
 
@@ -318,7 +366,7 @@ class MirrorStore:
         blob = self.backend.read(self.key)
         if blob is None:
             return None
-        info = self._open_info(blob.data, min_version)
+        info = self._open_info(blob.data, min_version, freshness)
         what = f"mirror {self.backend.spec}/{self.key}"
         arrays: dict[tuple[int, str], np.ndarray] = {}
         if into is not None:
@@ -336,7 +384,9 @@ class MirrorStore:
                     f"{what}: record layer {e.layer} {e.name!r} is {e.dtype}{list(e.shape)}, "
                     f"the model has {dest.dtype.str}{list(dest.shape)}"
                 )
-            aad = associated_data(info.fingerprint, e.layer, e.name, info.version)
+            aad = record_aad(
+                info.fingerprint, e.layer, e.name, info.version, info.run_id, info.save_id
+            )
             ts = time.perf_counter()
             self.engine.open_into(
                 aad,

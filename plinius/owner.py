@@ -16,10 +16,10 @@ from plinius.datasets import load_dataset
 from plinius.encdata import DatasetInfo, encrypt_dataset, read_info
 from plinius.enclave.attestation import Quote, verify_quote
 from plinius.enclave.channel import EphemeralKey, wrap
-from plinius.enclave.counter import SealedFileCounter, mirror_counter_name, mirror_identity
+from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.measure import measurement
 from plinius.enclave.platform import SimulatedPlatform
-from plinius.enclave.trusted import PROVISION_AAD, Enclave, network_from_mirror
+from plinius.enclave.trusted import PROVISION_AAD, Enclave, mirror_guard, network_from_mirror
 from plinius.errors import NotFoundError, PliniusError
 from plinius.mirror import MirrorInfo, MirrorStore
 from plinius.nn import Network, save_weights
@@ -66,24 +66,13 @@ def default_dataset(key: bytes, state_dir: Path, seed: int = 0) -> tuple[Path, b
     return path, True
 
 
-def committed_version(backend: Backend, engine: Engine, platform: SimulatedPlatform) -> int:
-    """The freshness bound of the mirror in ``backend`` (0 when none was ever committed)."""
-    store = MirrorStore(backend, engine, None)
-    info = store.peek()
-    if info is None:
-        return 0
-    name = mirror_counter_name(
-        mirror_identity(backend.name, backend.location), info.fingerprint, engine.key_id
-    )
-    return SealedFileCounter(platform).read(name)
-
-
 def verify_mirror(backend: Backend, engine: Engine, platform: SimulatedPlatform) -> MirrorInfo:
-    """Authenticate every buffer of the stored mirror and check it is the newest committed one."""
-    info = MirrorStore(backend, engine, None).verify(
-        min_version=committed_version(backend, engine, platform)
-    )
+    """Authenticate every buffer of the stored mirror and check it is the one last committed."""
+    store = MirrorStore(backend, engine, None)
+    guard = mirror_guard(MirrorCounters(platform), store, settle=False)
+    info = store.verify(freshness=guard)
     if info is None:
+        guard.absent()
         raise NotFoundError(f"no mirror in {backend.spec}")
     return info
 
@@ -93,7 +82,9 @@ def open_mirror(
 ) -> tuple[Network, int, str]:
     """Decrypt the mirror into a fresh network outside any enclave (the owner holds the key)."""
     store = MirrorStore(backend, engine, None)
-    net, info = network_from_mirror(store, committed_version(backend, engine, platform))
+    net, info = network_from_mirror(
+        store, mirror_guard(MirrorCounters(platform), store, settle=False)
+    )
     return net, info.iteration, str(info.meta["model"])
 
 

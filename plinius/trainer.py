@@ -22,7 +22,7 @@ from typing import Any
 from plinius.backends.registry import open_backend
 from plinius.crypto import OVERHEAD, key_id, read_key_file
 from plinius.encdata import iter_sealed, read_info
-from plinius.enclave.counter import SealedFileCounter
+from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.trusted import Enclave, StepResult
 from plinius.errors import ConfigError
@@ -134,7 +134,7 @@ def run_training(
         raise ConfigError("--mirror-every must be >= 1")
     t_start = time.perf_counter()
     key = read_key_file(opts.key_file)
-    platform = SimulatedPlatform(opts.state_dir)
+    platform = SimulatedPlatform(state_dir=opts.state_dir)
     label, cfg_text = model_source(opts.model)
     net = Network(parse_cfg_text(cfg_text, label), batch=opts.batch, seed=opts.seed)
     enclave = Enclave(platform, net, label, cfg_text, opts.seed)
@@ -146,7 +146,7 @@ def run_training(
         notes.append("data key unsealed (sealed by this enclave earlier): no new provisioning")
 
     if opts.data is None:
-        path, made = default_dataset(key, platform.dir, opts.seed)
+        path, made = default_dataset(key, platform.state_dir, opts.seed)
         if made:
             say(
                 f"note: encrypted the embedded MNIST subset under your key into {path} "
@@ -178,7 +178,7 @@ def run_training(
     restore_ms = 0.0
     resumed_from: int | None = None
     if not opts.no_mirror:
-        enclave.ecall_attach_mirror(backend, SealedFileCounter(platform))
+        enclave.ecall_attach_mirror(backend, MirrorCounters(platform))
         enclave.ecall_set_async(opts.async_mirror)
         if opts.fresh:
             enclave.ecall_forget_mirror()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -10,6 +11,15 @@ from pathlib import Path
 import pytest
 
 from plinius.crypto import ENGINES
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests never touch the user's real simulated CPU: one throw-away platform location.
+
+    Subprocesses inherit it; tests that need their own (the attack suite) set it per test.
+    """
+    os.environ["PLINIUS_PLATFORM_DIR"] = tempfile.mkdtemp(prefix="plinius-test-platform-")
+    os.environ["PLINIUS_STATE_DIR"] = tempfile.mkdtemp(prefix="plinius-test-state-")
 
 
 @pytest.fixture(params=list(ENGINES))

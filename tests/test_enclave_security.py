@@ -16,10 +16,10 @@ from plinius.enclave.attestation import (
     verify_quote,
 )
 from plinius.enclave.channel import EphemeralKey, unwrap, wrap
-from plinius.enclave.counter import SealedFileCounter, counter_name
+from plinius.enclave.counter import MirrorCounters, Stamp
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.sealing import SealedStore, seal, unseal
-from plinius.errors import IntegrityError
+from plinius.errors import ConfigError, IntegrityError, RollbackError
 
 M1 = bytes(32 * [1])
 M2 = bytes(32 * [2])
@@ -27,14 +27,16 @@ M2 = bytes(32 * [2])
 
 @pytest.fixture
 def platform(tmp_path: Path) -> SimulatedPlatform:
-    return SimulatedPlatform(tmp_path / "platform")
+    return SimulatedPlatform(tmp_path / "platform", state_dir=tmp_path / "state")
 
 
 def test_platform_files_are_private_and_stable(tmp_path: Path) -> None:
-    p1 = SimulatedPlatform(tmp_path / "p")
+    p1 = SimulatedPlatform(tmp_path / "p", state_dir=tmp_path / "s")
+    assert stat.S_IMODE(os.stat(tmp_path / "p").st_mode) == 0o700
     for name in ("fuse.key", "quoting.pem"):
         assert stat.S_IMODE(os.stat(tmp_path / "p" / name).st_mode) == 0o600
-    p2 = SimulatedPlatform(tmp_path / "p")
+    assert not (tmp_path / "s" / "fuse.key").exists()  # the CPU secret is never in the state dir
+    p2 = SimulatedPlatform(tmp_path / "p", state_dir=tmp_path / "s")
     assert p1.derive(b"x", M1) == p2.derive(b"x", M1)
     assert p1.derive(b"x", M1) != p1.derive(b"x", M2)
     assert p1.quoting_public_pem == p2.quoting_public_pem
@@ -95,22 +97,48 @@ def test_sealing_is_bound_to_measurement_and_label(platform: SimulatedPlatform) 
         SealedStore(platform, M2).get("k")
 
 
-def test_counter_is_monotonic_persistent_and_sealed(platform: SimulatedPlatform) -> None:
-    c = SealedFileCounter(platform)
-    name = counter_name("romulus:/x", "mirror", M1)
-    assert c.read(name) == 0
-    c.advance(name, 3)
-    c.advance(name, 3)
-    c.advance(name, 7)
-    assert SealedFileCounter(platform).read(name) == 7
-    with pytest.raises(ValueError, match="monotonic"):
-        c.advance(name, 6)
-    assert c.read(name) == 7
-    other = counter_name("romulus:/y", "mirror", M1)
-    assert other != name and c.read(other) == 0
-    path = c.dir / name
+def _stamp(run: int, version: int, save: int) -> Stamp:
+    return Stamp(bytes([run]) * 16, version, bytes([save]) * 16)
+
+
+def test_slot_accepts_only_the_committed_or_in_flight_stamp(platform: SimulatedPlatform) -> None:
+    c = MirrorCounters(platform)
+    slot = "a" * 32
+    assert c.read(slot) is None
+    c.check(slot, "here", None, settle=True)  # nothing committed, nothing found: fine
+    with pytest.raises(RollbackError, match="never committed"):
+        c.check(slot, "here", _stamp(1, 1, 1), settle=False)  # a mirror claims a version
+    s1, s2 = _stamp(1, 1, 1), _stamp(1, 2, 2)
+    c.begin(slot, s1)
+    c.commit(slot, s1)
+    c.begin(slot, s2)  # crash here: both the old and the in-flight mirror are acceptable
+    assert MirrorCounters(platform).read(slot) is not None
+    c.check(slot, "here", s1, settle=False)
+    c.check(slot, "here", s2, settle=False)
+    c.check(slot, "here", s1, settle=True)  # found the old one: the in-flight one is burnt
+    with pytest.raises(RollbackError):
+        c.check(slot, "here", s2, settle=False)
+    with pytest.raises(ValueError):
+        c.begin(slot, _stamp(1, 2, 9))  # a burnt version is never issued again
+    for bad, word in (
+        (_stamp(1, 1, 7), "spliced"),  # same run and version, another save
+        (_stamp(2, 1, 1), "another run"),
+        (_stamp(1, 0, 1), "older"),
+    ):
+        with pytest.raises(RollbackError, match=word):
+            c.check(slot, "here", bad, settle=False)
+    with pytest.raises(RollbackError, match="deleted"):
+        c.check(slot, "here", None, settle=False)
+    path = c.dir / slot
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 1
     path.write_bytes(bytes(raw))
     with pytest.raises(IntegrityError):
-        c.read(name)
+        c.read(slot)
+
+
+def test_platform_location_must_be_apart_from_the_state_dir(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="overlap"):
+        SimulatedPlatform(tmp_path / "s" / "cpu", state_dir=tmp_path / "s")
+    with pytest.raises(ConfigError, match="overlap"):
+        SimulatedPlatform(tmp_path / "x", state_dir=tmp_path / "x")

@@ -288,7 +288,7 @@ def test_tampered_provisioning_leaves_no_key(tmp_path: Path) -> None:
     from plinius.nn import load_model
 
     net = load_model("tiny")
-    enclave = Enclave(SimulatedPlatform(tmp_path), net, "tiny", "")
+    enclave = Enclave(SimulatedPlatform(tmp_path / "p", state_dir=tmp_path / "s"), net, "tiny", "")
     quote, pub = enclave.ecall_attest()
     owner = EphemeralKey()
     chan = owner.channel_key(pub, quote + owner.public + pub)
@@ -300,7 +300,7 @@ def test_tampered_provisioning_leaves_no_key(tmp_path: Path) -> None:
         enclave.ecall_provision(owner.public, bytes(msg))  # the attestation is spent
     with pytest.raises(EnclaveStateError, match="no data key"):
         _ = enclave.engine_name
-    assert not list((tmp_path / "sealed").iterdir())
+    assert not list((tmp_path / "s" / "sealed").iterdir())
 
 
 def test_full_pool_is_a_clear_error(

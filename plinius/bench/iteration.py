@@ -21,7 +21,7 @@ from plinius.backends.registry import open_backend
 from plinius.crypto import generate_key, make_engine
 from plinius.datasets import load_dataset
 from plinius.encdata import encrypt_dataset
-from plinius.enclave.counter import SealedFileCounter
+from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.trusted import Enclave
 from plinius.nn import Network, parse_cfg_text
@@ -149,7 +149,7 @@ def mirror_overhead(
         encrypt_dataset(
             data_file, engine, ds.name, {"train": (ds.x_train, ds.y_train)}, ds.shape, ds.classes
         )
-        platform = SimulatedPlatform(Path(tmp) / "state")
+        platform = SimulatedPlatform(Path(tmp) / "platform", state_dir=Path(tmp) / "state")
         net = Network(parse_cfg_text(cfg, label), batch=batch)
         enclave = Enclave(platform, net, label, cfg)
         from plinius.owner import provision
@@ -157,7 +157,7 @@ def mirror_overhead(
         provision(enclave, key, platform.quoting_public_pem, net.fingerprint())
         with open_backend(spec) as backend:
             enclave.ecall_load_data(backend, data_file)
-            enclave.ecall_attach_mirror(backend, SealedFileCounter(platform))
+            enclave.ecall_attach_mirror(backend, MirrorCounters(platform))
             times: dict[str, list[float]] = {"none": [], "sync": [], "async": []}
             enclave.ecall_train_step(mirror=True)  # warm-up: pool allocation, first save
             for _ in range(iterations):  # interleaved, so load drift hits all three alike

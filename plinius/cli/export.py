@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     engine = make_engine(read_key_file(args.key_file))
     with open_backend(args.backend) as backend:
         iteration, label = export_weights(
-            backend, engine, SimulatedPlatform(args.state_dir), args.weights
+            backend, engine, SimulatedPlatform(state_dir=args.state_dir), args.weights
         )
     print(f"wrote {args.weights}: {label} at iteration {iteration} (Darknet .weights format)")
     return 0

@@ -7,12 +7,11 @@ from typing import Any
 
 from plinius.backends.registry import open_backend
 from plinius.cli.common import add_json_flag, print_json
-from plinius.crypto import key_id, read_key_file
-from plinius.enclave.counter import SealedFileCounter
+from plinius.crypto import key_id, make_engine, read_key_file
+from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.trusted import Enclave
-from plinius.mirror import read_header_fingerprint
-from plinius.owner import provision
+from plinius.owner import provision, verify_mirror
 
 
 def register(sub: Any) -> None:
@@ -30,13 +29,16 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     key = read_key_file(args.key_file)
-    platform = SimulatedPlatform(args.state_dir)
+    platform = SimulatedPlatform(state_dir=args.state_dir)
     with open_backend(args.backend) as backend:
-        fp = read_header_fingerprint(backend)
+        # Check first, provision after: the owner authenticates the whole mirror and its
+        # freshness with the key it holds, so the enclave it provisions is measured from an
+        # authenticated model fingerprint, never from a header the attacker wrote.
+        fp = verify_mirror(backend, make_engine(key), platform).fingerprint
         enclave = Enclave(platform, None, fingerprint=fp)
         if not enclave.ecall_unseal_key(key_id(key)):
             provision(enclave, key, platform.quoting_public_pem, fp)
-        enclave.ecall_attach_mirror(backend, SealedFileCounter(platform))
+        enclave.ecall_attach_mirror(backend, MirrorCounters(platform))
         label, iteration = enclave.ecall_model_from_mirror()
         acc, n = enclave.ecall_infer(backend, args.split)
     doc = {

@@ -63,7 +63,7 @@ def run_encrypt(args: argparse.Namespace) -> int:
 def run_provision(args: argparse.Namespace) -> int:
     label, cfg = model_source(args.model)
     net = Network(parse_cfg_text(cfg, label))
-    platform = SimulatedPlatform(args.state_dir)
+    platform = SimulatedPlatform(state_dir=args.state_dir)
     enclave = Enclave(platform, net, label, cfg)
     kid = provision(
         enclave, read_key_file(args.key_file), platform.quoting_public_pem, net.fingerprint()

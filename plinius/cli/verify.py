@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     engine = make_engine(read_key_file(args.key_file))
     with open_backend(args.backend) as backend:
-        info = verify_mirror(backend, engine, SimulatedPlatform(args.state_dir))
+        info = verify_mirror(backend, engine, SimulatedPlatform(state_dir=args.state_dir))
     doc = {
         "ok": True,
         "iteration": info.iteration,

@@ -1,11 +1,24 @@
-"""Monotonic counters kept outside the backend: the rollback guard for mirrors.
+"""Freshness: platform-kept monotonic state per mirror slot, the rollback guard for mirrors.
 
-The trainer saves mirror version v, then advances the counter bound to that mirror's identity to
-v; a restore demands version >= counter. Putting back an older copy of every backend file is then
-refused. (A crash between the save and the advance leaves a window of one version, the price of
-never refusing the newest real mirror.) The default counter is sealed into the platform state
-directory, which stands in for SGX's tamper-resistant counter storage; anything with ``read`` and
-``advance`` can replace it.
+A *slot* is where a mirror lives, named the way the user names it: backend kind, the location
+as given (made absolute lexically, never resolved through symlinks, so re-pointing a path at an
+older copy does not yield a new slot) and the blob key. Every mirror carries, in its header and
+in the associated data of every record, a *stamp*: the run id (random, fixed when a run starts),
+its version and a random save id (one per save). The platform keeps for each slot the stamp of
+the last committed mirror and of at most one save in flight::
+
+    begin(stamp)   pending := stamp          (durable before the mirror is written)
+    ...            the backend commits the mirror atomically
+    commit(stamp)  committed := stamp, pending := none
+
+A restore accepts exactly the committed stamp, or the pending one (a crash after the backend
+committed but before ``commit``), and settles the slot to what it found; the other stamp is
+burnt for ever (``high`` only grows), so neither an older mirror nor a mirror of another run,
+model, slot or a spliced "frankenstein" is ever accepted. A slot without state but with a
+mirror claiming a version is refused: the state is never read as 0.
+
+The state lives in the platform location (:mod:`plinius.enclave.platform`), which stands in for
+SGX's tamper-resistant counter storage; the attacker is assumed not to control it.
 """
 
 from __future__ import annotations
@@ -13,86 +26,219 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from dataclasses import dataclass
 from typing import Protocol
 
 from plinius.enclave.platform import SimulatedPlatform
-from plinius.enclave.sealing import atomic_write, seal, unseal
-from plinius.errors import IntegrityError
+from plinius.enclave.sealing import seal, unseal
+from plinius.errors import IntegrityError, NotFoundError, RollbackError
+from plinius.fsutil import create_exclusive, private_dir, read_regular
 
+ID_BYTES = 16
 PLATFORM_MEASUREMENT = hashlib.sha256(b"plinius platform counter service").digest()
+_MAGIC = b"PLNSLOT1"
+_STAMP = struct.Struct(f"<{ID_BYTES}sQ{ID_BYTES}s")
+_STATE = struct.Struct(f"<8sQB{_STAMP.size}sB{_STAMP.size}s")
 
 
-class MonotonicCounter(Protocol):
-    def read(self, name: str) -> int:
-        """Current value (0 if never advanced)."""
-        ...
+@dataclass(frozen=True)
+class Stamp:
+    """What identifies one committed mirror: run, version, save."""
 
-    def advance(self, name: str, value: int) -> None:
-        """Set to ``value``, which must not be lower than the current value."""
-        ...
+    run_id: bytes
+    version: int
+    save_id: bytes
 
-
-def mirror_identity(backend_name: str, location: str) -> str:
-    """What a mirror's counter is bound to: the backend kind and the real path of its storage."""
-    return f"{backend_name}:{os.path.realpath(location)}"
+    def short(self) -> str:
+        return f"run {self.run_id.hex()[:8]} version {self.version} save {self.save_id.hex()[:8]}"
 
 
-def mirror_counter_name(identity: str, fingerprint: bytes, key_id: bytes) -> str:
-    return counter_name(identity, "mirror", fingerprint, key_id)
+_ZERO = Stamp(bytes(ID_BYTES), 0, bytes(ID_BYTES))
 
 
-def counter_name(*parts: bytes | str) -> str:
-    """A counter name bound to a mirror's identity (backend, key, model fingerprint, key id)."""
-    h = hashlib.sha256()
-    for p in parts:
-        raw = p.encode() if isinstance(p, str) else p
+@dataclass(frozen=True)
+class SlotState:
+    """The platform's record of one slot."""
+
+    high: int
+    committed: Stamp | None
+    pending: Stamp | None
+
+    def pack(self) -> bytes:
+        c, p = self.committed or _ZERO, self.pending or _ZERO
+        return _STATE.pack(
+            _MAGIC,
+            self.high,
+            self.committed is not None,
+            _STAMP.pack(c.run_id, c.version, c.save_id),
+            self.pending is not None,
+            _STAMP.pack(p.run_id, p.version, p.save_id),
+        )
+
+    @classmethod
+    def unpack(cls, raw: bytes, what: str) -> SlotState:
+        if len(raw) != _STATE.size:
+            raise IntegrityError(what, "bad length")
+        magic, high, has_c, c, has_p, p = _STATE.unpack(raw)
+        if magic != _MAGIC:
+            raise IntegrityError(what, "not a slot state")
+        return cls(
+            high,
+            Stamp(*_STAMP.unpack(c)) if has_c else None,
+            Stamp(*_STAMP.unpack(p)) if has_p else None,
+        )
+
+    @property
+    def current_run(self) -> bytes | None:
+        s = self.pending or self.committed
+        return s.run_id if s else None
+
+
+def logical_location(location: str) -> str:
+    """The location as the user names it: absolute, but symlinks deliberately not resolved."""
+    if "://" in location:
+        return location
+    return os.path.abspath(os.path.expanduser(location))
+
+
+def slot_name(backend_name: str, location: str, key: str) -> str:
+    """The one place a mirror slot's identity is computed."""
+    h = hashlib.sha256(b"plinius-slot-v1")
+    for part in (backend_name, logical_location(location), key):
+        raw = part.encode()
         h.update(struct.pack("<I", len(raw)) + raw)
     return h.hexdigest()[:32]
 
 
-class SealedFileCounter:
-    """Counters as sealed files ``<state>/counters/<name>`` (AES-GCM, name bound)."""
+class MirrorCounters:
+    """Slot states as sealed, fixed-size files ``<platform>/counters/<slot>``."""
 
     def __init__(self, platform: SimulatedPlatform) -> None:
         self.platform = platform
-        self.dir = platform.dir / "counters"
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.dir = private_dir(platform.dir / "counters", "platform counter directory")
 
-    def read(self, name: str) -> int:
-        try:
-            blob = (self.dir / name).read_bytes()
-        except FileNotFoundError:
-            return 0
-        raw = unseal(self.platform, PLATFORM_MEASUREMENT, f"counter:{name}", blob)
-        if len(raw) != 8:
-            raise IntegrityError(f"counter {name}", "bad length")
-        return int(struct.unpack("<Q", raw)[0])
+    def _what(self, slot: str) -> str:
+        return f"platform counter {slot}"
 
-    def advance(self, name: str, value: int) -> None:
-        current = self.read(name)
-        if value < current:
-            raise ValueError(f"counter {name} is monotonic: {value} < {current}")
-        if value == current and (self.dir / name).exists():
-            return
-        raw = struct.pack("<Q", value)
-        blob = seal(self.platform, PLATFORM_MEASUREMENT, f"counter:{name}", raw)
-        path = self.dir / name
+    def read(self, slot: str) -> SlotState | None:
+        """The slot's state, or None if no mirror was ever committed to it on this platform."""
         try:
-            fd = os.open(path, os.O_WRONLY)
+            blob = read_regular(self.dir / slot, self._what(slot), nofollow=True, max_bytes=4096)
+        except NotFoundError:
+            return None
+        raw = unseal(self.platform, PLATFORM_MEASUREMENT, f"slot:{slot}", blob)
+        return SlotState.unpack(raw, self._what(slot))
+
+    def _write(self, slot: str, state: SlotState) -> None:
+        blob = seal(self.platform, PLATFORM_MEASUREMENT, f"slot:{slot}", state.pack())
+        path = self.dir / slot
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            atomic_write(path, blob)  # first value: create the file durably
+            create_exclusive(path, blob)
             return
         try:
-            # Same size every time and far below one 512-byte sector: one in-place write is
-            # atomic on disk, and one fdatasync (instead of tmp + fsync + rename + dir fsync)
-            # keeps the per-mirror cost to a single flush.
-            if os.fstat(fd).st_size != len(blob):
-                os.close(fd)
-                fd = -1
-                atomic_write(path, blob)
-                return
+            # Always the same size and far below one 512-byte sector: an in-place write is
+            # atomic on disk, and one fdatasync keeps the per-mirror cost to a single flush.
             os.pwrite(fd, blob, 0)
+            os.ftruncate(fd, len(blob))
             os.fdatasync(fd)
         finally:
-            if fd >= 0:
-                os.close(fd)
+            os.close(fd)
+
+    def begin(self, slot: str, stamp: Stamp) -> None:
+        """Record a save in flight: durable before the backend writes the mirror."""
+        state = self.read(slot)
+        high = state.high if state else 0
+        if stamp.version <= high:
+            raise ValueError(f"slot {slot}: version {stamp.version} is not above {high}")
+        committed = state.committed if state else None
+        self._write(slot, SlotState(stamp.version, committed, stamp))
+
+    def commit(self, slot: str, stamp: Stamp) -> None:
+        """The backend committed ``stamp``'s mirror: it is now the only fresh one."""
+        state = self.read(slot)
+        if state is None or state.pending != stamp:
+            raise ValueError(f"slot {slot}: commit of {stamp.short()} without its begin")
+        self._write(slot, SlotState(state.high, stamp, None))
+
+    def check(
+        self, slot: str, where: str, stamp: Stamp | None, *, settle: bool
+    ) -> SlotState | None:
+        """Refuse anything but the committed (or in-flight) mirror; settle the slot if asked.
+
+        ``stamp`` is the authenticated stamp of the mirror found (None: no mirror there).
+        """
+        state = self.read(slot)
+        if stamp is None:
+            if state is not None and state.committed is not None:
+                c = state.committed
+                raise RollbackError(
+                    f"no mirror in {where}, but the platform recorded a committed one "
+                    f"({c.short()}): the mirror was deleted or the location re-pointed; "
+                    "restore it, or start over with --fresh"
+                )
+            if settle and state is not None and state.pending is not None:
+                self._write(slot, SlotState(state.high, None, None))
+            return state
+        if state is None:
+            raise RollbackError(
+                f"{where} holds a mirror ({stamp.short()}) that was never committed there on "
+                "this platform: it was copied from elsewhere, or the platform location was "
+                "reset; refusing it (start over with --fresh)"
+            )
+        if stamp == state.committed:
+            if settle and state.pending is not None:
+                self._write(slot, SlotState(state.high, stamp, None))
+            return state
+        if stamp == state.pending:
+            if settle:
+                self._write(slot, SlotState(state.high, stamp, None))
+            return state
+        expected = state.pending or state.committed
+        assert expected is not None
+        if stamp.run_id != (state.current_run or b""):
+            why = (
+                "it belongs to another run (another model, an earlier run of this slot, or "
+                "another slot's mirror copied here)"
+            )
+        elif stamp.version < expected.version:
+            why = "an older copy of the mirror was put back"
+        else:
+            why = "it is not the mirror this save committed (records spliced or re-used)"
+        raise RollbackError(
+            f"{where} holds {stamp.short()}, but the platform committed {expected.short()}: "
+            f"{why}; rollback refused"
+        )
+
+    def guard(self, slot: str, where: str, *, settle: bool) -> FreshnessGuard:
+        """A callback for :class:`plinius.mirror.MirrorStore` that checks the stamp it found."""
+        return FreshnessGuard(self, slot, where, settle)
+
+
+class _Stamped(Protocol):
+    run_id: bytes
+    version: int
+    save_id: bytes
+
+
+@dataclass
+class FreshnessGuard:
+    """Called with a mirror's authenticated header: refuses all but the committed mirror."""
+
+    counters: MirrorCounters
+    slot: str
+    where: str
+    settle: bool
+
+    def __call__(self, info: _Stamped) -> None:
+        self.counters.check(
+            self.slot,
+            self.where,
+            Stamp(info.run_id, info.version, info.save_id),
+            settle=self.settle,
+        )
+
+    def absent(self) -> None:
+        """No mirror was found: refused if the platform recorded a committed one."""
+        self.counters.check(self.slot, self.where, None, settle=self.settle)

@@ -1,10 +1,18 @@
-"""The simulated SGX platform: its fused root secret, quoting key and trusted storage.
+"""The simulated SGX platform: the CPU's fused root secret, quoting key and monotonic counters.
 
-On real hardware the root secret is fused into the CPU and never leaves it; here it is a file
-``fuse.key`` (mode 0600) in the platform directory, which stands in for the CPU. Everything an
-enclave seals is derived from it with HKDF and the enclave's measurement, so another enclave (a
-changed binary or model configuration) cannot unseal it. The quoting key signs quotes; its public
-half is what an owner trusts (the stand-in for Intel's attestation service).
+On real hardware the root secret is fused into the CPU and never leaves it, and monotonic
+counters live in tamper-resistant platform storage. Here both live in the **platform
+location** (``$PLINIUS_PLATFORM_DIR``, default ``$XDG_DATA_HOME/plinius-platform``), created
+0700 with files 0600. It stands in for the CPU's fuses and monotonic counters: the threat model
+assumes the attacker does not control it. Whoever does control it *is* the simulated CPU and can
+do everything: derive every sealing key, unseal the data key, decrypt every mirror and forge
+counters. It is therefore never the state directory (``$PLINIUS_STATE_DIR``: sealed keys, the
+sealed data set cache, which the attacker may own) and never a backend.
+
+Everything an enclave seals is derived from the secret with HKDF and the enclave's measurement,
+so another enclave (a changed binary or model configuration) cannot unseal it. The quoting key
+signs quotes; its public half is what an owner trusts (the stand-in for Intel's attestation
+service).
 """
 
 from __future__ import annotations
@@ -16,61 +24,86 @@ from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
 from Crypto.PublicKey import ECC
 
-from plinius.errors import ConfigError
+from plinius.errors import ConfigError, NotFoundError
+from plinius.fsutil import create_exclusive, private_dir, read_regular
 
 FUSE_BYTES = 32
 
 
+def _xdg(var: str, fallback: str) -> Path:
+    env = os.environ.get(var)
+    return Path(env) if env else Path.home() / fallback
+
+
 def default_state_dir() -> Path:
-    """``$PLINIUS_STATE_DIR``, else ``$XDG_STATE_HOME/plinius``, else ``~/.local/state/plinius``."""
+    """``$PLINIUS_STATE_DIR``, else ``$XDG_STATE_HOME/plinius``: untrusted, attacker-owned."""
     env = os.environ.get("PLINIUS_STATE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
-    return base / "plinius"
+    return Path(env) if env else _xdg("XDG_STATE_HOME", ".local/state") / "plinius"
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` exclusively with mode 0600 and make it durable."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def default_platform_dir() -> Path:
+    """``$PLINIUS_PLATFORM_DIR``, else ``$XDG_DATA_HOME/plinius-platform``: the simulated CPU."""
+    env = os.environ.get("PLINIUS_PLATFORM_DIR")
+    return Path(env) if env else _xdg("XDG_DATA_HOME", ".local/share") / "plinius-platform"
+
+
+def _nested(a: Path, b: Path) -> bool:
+    ra, rb = os.path.realpath(a), os.path.realpath(b)
+    return ra == rb or ra.startswith(rb + os.sep) or rb.startswith(ra + os.sep)
 
 
 class SimulatedPlatform:
-    """One machine's simulated SGX platform, kept in a state directory."""
+    """One machine's simulated SGX platform.
 
-    def __init__(self, state_dir: str | os.PathLike[str] | None = None) -> None:
-        self.dir = Path(state_dir) if state_dir is not None else default_state_dir()
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
+    ``dir`` is the platform location (trusted: fuses, quoting key, counters); ``state_dir`` is
+    where untrusted sealed state goes (sealed keys, the data set cache).
+    """
+
+    def __init__(
+        self,
+        platform_dir: str | os.PathLike[str] | None = None,
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        plat = Path(platform_dir) if platform_dir is not None else default_platform_dir()
+        state = Path(state_dir) if state_dir is not None else default_state_dir()
+        if _nested(plat, state):
             raise ConfigError(
-                f"cannot create the platform state directory {self.dir}: {exc.strerror}; "
-                "set PLINIUS_STATE_DIR to a writable directory"
-            ) from None
+                f"the platform location {plat} and the state directory {state} overlap: the "
+                "platform location stands in for the CPU and must be apart from all storage "
+                "(set PLINIUS_PLATFORM_DIR and PLINIUS_STATE_DIR to separate directories)"
+            )
+        self.dir = private_dir(plat, "platform location")
+        self.state_dir = private_dir(state, "state directory")
         self._fuse = self._load_or_create(self.dir / "fuse.key", lambda: os.urandom(FUSE_BYTES))
+        if len(self._fuse) != FUSE_BYTES:
+            raise ConfigError(
+                f"{self.dir / 'fuse.key'} is {len(self._fuse)} B, not {FUSE_BYTES}: the "
+                "platform location is damaged (it stands in for the CPU: restore or reset it)"
+            )
         pem = self._load_or_create(
             self.dir / "quoting.pem",
             lambda: ECC.generate(curve="ed25519").export_key(format="PEM").encode(),
         )
-        self._quoting = ECC.import_key(pem)
+        try:
+            self._quoting = ECC.import_key(pem)
+        except (ValueError, IndexError, TypeError):
+            raise ConfigError(
+                f"{self.dir / 'quoting.pem'} is not a quoting key: the platform location is damaged"
+            ) from None
 
     @staticmethod
     def _load_or_create(path: Path, make: object) -> bytes:
+        what = "platform file"
         try:
-            return path.read_bytes()
-        except FileNotFoundError:
+            return read_regular(path, what, nofollow=True, max_bytes=1 << 16)
+        except NotFoundError:
             pass
         data = make()  # type: ignore[operator]
         try:
-            _write_private(path, data)
+            create_exclusive(path, data)
         except FileExistsError:  # another process created it first: use theirs
-            return path.read_bytes()
+            return read_regular(path, what, nofollow=True, max_bytes=1 << 16)
         return bytes(data)
 
     def derive(self, purpose: bytes, measurement: bytes, length: int = 16) -> bytes:

@@ -13,7 +13,8 @@ from pathlib import Path
 from Crypto.Cipher import AES
 
 from plinius.enclave.platform import SimulatedPlatform
-from plinius.errors import ConfigError, IntegrityError
+from plinius.errors import ConfigError, IntegrityError, NotFoundError
+from plinius.fsutil import atomic_write, private_dir, read_regular
 
 MAGIC = b"PLNSEAL1"
 _LABEL_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -47,13 +48,17 @@ def unseal(platform: SimulatedPlatform, measurement: bytes, label: str, blob: by
 
 
 class SealedStore:
-    """Sealed blobs as files ``<state>/sealed/<label>``; writes are atomic and durable."""
+    """Sealed blobs as files ``<state>/sealed/<label>``; writes are atomic and durable.
+
+    They live in the untrusted state directory: the attacker may read, delete or replace them,
+    which at worst forces a new provisioning (a sealed blob opens only on this platform, in an
+    enclave with this measurement, under its own label).
+    """
 
     def __init__(self, platform: SimulatedPlatform, measurement: bytes) -> None:
         self.platform = platform
         self.measurement = measurement
-        self.dir = platform.dir / "sealed"
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.dir = private_dir(platform.state_dir / "sealed", "sealed-data directory")
 
     def _path(self, label: str) -> Path:
         if not _LABEL_RE.match(label):
@@ -65,24 +70,7 @@ class SealedStore:
 
     def get(self, label: str) -> bytes | None:
         try:
-            blob = self._path(label).read_bytes()
-        except FileNotFoundError:
+            blob = read_regular(self._path(label), "sealed data", nofollow=True, max_bytes=1 << 20)
+        except NotFoundError:
             return None
         return unseal(self.platform, self.measurement, label, blob)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new content."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

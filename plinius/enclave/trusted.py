@@ -20,7 +20,7 @@ from plinius.backends.base import Backend, IoStats
 from plinius.crypto import Engine, make_engine
 from plinius.enclave.attestation import make_quote, report_data_for
 from plinius.enclave.channel import EphemeralKey, unwrap
-from plinius.enclave.counter import MonotonicCounter, mirror_counter_name, mirror_identity
+from plinius.enclave.counter import ID_BYTES, FreshnessGuard, MirrorCounters, Stamp, slot_name
 from plinius.enclave.measure import measurement
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.sealing import SealedStore
@@ -50,19 +50,30 @@ def _data_seed(seed: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, 0x504C4E])  # a stream apart from the dropout one
 
 
-def network_from_mirror(store: MirrorStore, min_version: int) -> tuple[Network, MirrorInfo]:
-    """A new network built from the mirror's sealed configuration, restored from its records."""
+def mirror_guard(counters: MirrorCounters, store: MirrorStore, *, settle: bool) -> FreshnessGuard:
+    """The freshness guard of the slot ``store`` writes to (identity computed in one place)."""
+    backend = store.backend
+    slot = slot_name(backend.name, backend.location, store.key)
+    return counters.guard(slot, f"mirror {backend.spec}/{store.key}", settle=settle)
+
+
+def network_from_mirror(store: MirrorStore, guard: FreshnessGuard) -> tuple[Network, MirrorInfo]:
+    """A new network built from the mirror's sealed configuration, restored from its records.
+
+    Everything is authenticated and checked fresh before the configuration is parsed.
+    """
     from plinius.nn import parse_cfg_text
 
-    info = store.peek(min_version=min_version)
+    info = store.peek(freshness=guard)
     if info is None:
+        guard.absent()
         raise NotFoundError(f"no mirror in {store.backend.spec}")
     meta = info.meta
     net = Network(parse_cfg_text(meta["cfg"], f"mirror:{meta['model']}"), batch=meta["batch"])
     if net.fingerprint() != info.fingerprint:
         raise ModelMismatchError("the mirror's sealed configuration does not match its records")
     bufs = net.param_buffers() + net.optimizer_buffers()
-    got = store.load(into={(layer, name): a for layer, name, a in bufs}, min_version=min_version)
+    got = store.load(into={(layer, name): a for layer, name, a in bufs}, freshness=guard)
     assert got is not None
     net.load_training_state(got.info.meta["net"])
     return net, got.info
@@ -99,8 +110,9 @@ class Enclave:
         self._batches_drawn = 0
         self._train: PMData | None = None
         self._store: MirrorStore | None = None
-        self._counter: MonotonicCounter | None = None
-        self._counter_name = ""
+        self._counters: MirrorCounters | None = None
+        self._slot = ""
+        self._run_id = os.urandom(ID_BYTES)
         self._version = 0
         self._net_or_none = network
         self._x = np.empty((0, 0), np.float32)
@@ -153,10 +165,10 @@ class Enclave:
 
     def ecall_model_from_mirror(self) -> tuple[str, int]:
         """Build the model the attached mirror describes (sealed cfg) and restore it."""
-        if self._store is None or self._counter is None:
+        if self._store is None or self._counters is None:
             raise EnclaveStateError("attach a mirror first")
-        fresh = self._counter.read(self._counter_name)
-        net, info = network_from_mirror(self._store, fresh)
+        guard = mirror_guard(self._counters, self._store, settle=False)
+        net, info = network_from_mirror(self._store, guard)
         meta = info.meta
         self._net_or_none = net
         self._model_label, self._cfg_text = str(meta["model"]), str(meta["cfg"])
@@ -192,13 +204,13 @@ class Enclave:
 
     # --- mirror ----------------------------------------------------------------------------
 
-    def ecall_attach_mirror(self, backend: Backend, counter: MonotonicCounter) -> None:
-        """Bind the mirror store and its freshness counter (named after backend, model, key)."""
+    def ecall_attach_mirror(self, backend: Backend, counters: MirrorCounters) -> None:
+        """Bind the mirror store and the platform's freshness record of its slot."""
         self._store = MirrorStore(backend, self._eng, self._fp)
-        self._counter = counter
-        identity = mirror_identity(backend.name, backend.location)
-        self._counter_name = mirror_counter_name(identity, self._fp, self._eng.key_id)
-        self._version = counter.read(self._counter_name)
+        self._counters = counters
+        self._slot = slot_name(backend.name, backend.location, self._store.key)
+        state = counters.read(self._slot)
+        self._version = state.high if state else 0
 
     def _records(self) -> list[Record]:
         bufs = self._net.param_buffers() + self._net.optimizer_buffers()
@@ -218,16 +230,13 @@ class Enclave:
 
     def ecall_restore(self) -> int | None:
         """Restore model, optimizer, RNGs and data cursor from the last mirror; its iteration."""
-        if self._store is None or self._counter is None:
+        if self._store is None or self._counters is None:
             raise EnclaveStateError("attach a mirror first")
         into = {(r.layer, r.name): r.array for r in self._records()}
-        fresh = self._counter.read(self._counter_name)
-        got = self._store.load(into=into, min_version=fresh)
+        guard = mirror_guard(self._counters, self._store, settle=True)
+        got = self._store.load(into=into, freshness=guard)
         if got is None:
-            if fresh > 0:
-                from plinius.errors import StaleMirrorError
-
-                raise StaleMirrorError(f"mirror in {self._store.backend.spec}", 0, fresh)
+            guard.absent()
             return None
         meta = got.info.meta
         if self._train is not None and meta.get("dataset_id") not in (
@@ -242,26 +251,29 @@ class Enclave:
         self._data_rng.bit_generator.state = meta["data_rng"]
         self._batches_drawn = int(meta["batches_drawn"])
         self._version = max(self._version, got.info.version)
+        self._run_id = got.info.run_id  # the run goes on
         self.last_restore = got.stats
         return self._net.iteration
 
     def ecall_forget_mirror(self) -> None:
-        """``--fresh``: train from scratch; the next mirror still gets a newer version."""
-        if self._store is not None:
-            info = None
-            try:
-                info = self._store.peek()
-            except PliniusError:
-                info = None  # unreadable (other key or model): it will simply be replaced
-            if info is not None:
-                self._version = max(self._version, info.version)
+        """``--fresh``: a new run from scratch; its first mirror makes every older one stale."""
+        self._run_id = os.urandom(ID_BYTES)
 
     def _persist(
         self, records: list[Record], version: int, iteration: int, meta: dict[str, Any]
     ) -> IoStats:
-        assert self._store is not None and self._counter is not None
-        stats = self._store.save(records, version=version, iteration=iteration, meta=meta)
-        self._counter.advance(self._counter_name, version)
+        assert self._store is not None and self._counters is not None
+        stamp = Stamp(self._run_id, version, os.urandom(ID_BYTES))
+        self._counters.begin(self._slot, stamp)
+        stats = self._store.save(
+            records,
+            version=version,
+            iteration=iteration,
+            meta=meta,
+            run_id=stamp.run_id,
+            save_id=stamp.save_id,
+        )
+        self._counters.commit(self._slot, stamp)
         return stats
 
     def ecall_set_async(self, enabled: bool) -> None:
