@@ -1,3 +1,3 @@
 """plinius: secure, crash-resilient ML training with encrypted model mirrors."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
