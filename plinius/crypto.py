@@ -16,13 +16,15 @@ import hashlib
 import hmac
 import os
 import struct
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from plinius.errors import ConfigError, IntegrityError, WrongKeyError
+from plinius.errors import ConfigError, IntegrityError, NotFoundError, WrongKeyError
+from plinius.fsutil import create_exclusive, opened_regular
 
 KEY_BYTES = 16
 IV_BYTES = 12
@@ -228,10 +230,13 @@ def generate_key() -> bytes:
 
 
 def write_key_file(path: str | Path, key: bytes) -> None:
-    """Create a new key file with mode 0600; refuse to overwrite an existing one."""
+    """Create a new key file with mode 0600; refuse to overwrite an existing one.
+
+    ``O_EXCL | O_NOFOLLOW``: a file or symlink planted at ``path`` is refused, never written.
+    """
     p = Path(path)
     try:
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_exclusive(p, f"{KEY_FILE_HEADER} {key.hex()}\n".encode(), mode=0o600)
     except FileExistsError:
         raise ConfigError(
             f"{p} already exists: refusing to overwrite a key (a lost key makes its mirrors "
@@ -239,23 +244,34 @@ def write_key_file(path: str | Path, key: bytes) -> None:
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot create key file {p}: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{KEY_FILE_HEADER} {key.hex()}\n")
-        f.flush()
-        os.fsync(f.fileno())
+
+
+_warned_key_modes: set[str] = set()
 
 
 def read_key_file(path: str | Path) -> bytes:
-    """Read a key file written by :func:`write_key_file` (or 16 raw bytes, or 32 hex digits)."""
+    """Read a key file written by :func:`write_key_file` (or 16 raw bytes, or 32 hex digits).
+
+    Warns once per file on stderr when group or others may read it: the key is the owner's data.
+    """
     p = Path(path)
     try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
+        with opened_regular(p, "key file") as fd:
+            mode = os.fstat(fd).st_mode
+            raw = os.read(fd, 4096)
+    except NotFoundError:
         raise ConfigError(
             f"key file {p} does not exist: create one with `plinius keygen`"
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read key file {p}: {exc.strerror}") from None
+    if mode & 0o077 and str(p) not in _warned_key_modes:
+        _warned_key_modes.add(str(p))
+        print(
+            f"warning: key file {p} is readable by others (mode {mode & 0o777:04o}); "
+            f"run `chmod 600 {p}`",
+            file=sys.stderr,
+        )
     if len(raw) == KEY_BYTES:
         return raw
     text = raw.decode("ascii", errors="replace").strip()

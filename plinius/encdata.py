@@ -2,22 +2,26 @@
 
 A record is one image (``C*H*W`` float32 in [0, 1]) followed by its one-hot label (``classes``
 float32), sealed with AES-GCM under the owner's data key; the associated data binds it to the
-dataset id, split and index, so records cannot be swapped, moved between splits or between
-datasets unnoticed. The enclave decrypts only the records of each batch.
+dataset id, split, index and the split's record count, so records cannot be swapped, moved
+between splits or datasets, or a split cut short unnoticed. The enclave decrypts only the
+records of each batch.
 
-Layout: a 4096-byte header (magic ``PLNDATA1``, JSON description: name, id, shape, classes,
-counts per split, key id), then the sealed records of the ``train`` split, then ``test``.
+Layout (format 2): a 4096-byte header (magic ``PLNDATA1``, JSON description: name, id, shape,
+classes, counts per split, key id; its last 28 bytes an AES-GCM tag over all the bytes before
+it), then the sealed records of the ``train`` split, then ``test``. The header stays readable
+without the key (for display), but every field that changes behaviour is authenticated before
+use: the host storing the file cannot cut a split, change the shape or point at other records.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,15 +34,28 @@ from plinius.errors import (
     TruncatedError,
     UnsupportedVersionError,
 )
+from plinius.fsutil import atomic_writer, opened_regular
 
 MAGIC = b"PLNDATA1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER_BYTES = 4096
+#: the header tag: AES-GCM of no plaintext, associated data = domain + header bytes before it
+HEADER_TAG_AT = HEADER_BYTES - OVERHEAD
+HEADER_AAD = b"plinius-dataset-header-v2"
 SPLITS = ("train", "test")
+_MAX_DIM = 1 << 16
+_MAX_COUNT = 1 << 40
 
 
-def record_aad(dataset_id: bytes, split: str, index: int) -> bytes:
-    return b"plinius-record-v1" + dataset_id + split.encode() + struct.pack("<Q", index)
+def record_aad(dataset_id: bytes, split: str, index: int, count: int) -> bytes:
+    """Associated data of one sealed record: dataset, split, index and the split's size."""
+    return b"plinius-record-v2" + dataset_id + split.encode() + struct.pack("<QQ", index, count)
+
+
+def _int(value: Any, low: int, high: int, what: str) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{what} {value!r} outside {low}..{high}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -72,15 +89,31 @@ class DatasetInfo:
         return HEADER_BYTES + (before + index) * self.sealed_bytes
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> DatasetInfo:
-        c, h, w = doc["shape"]
+    def from_json(cls, doc: Any) -> DatasetInfo:
+        """Parse a header document; ``ValueError`` for anything malformed or out of range."""
+        if not isinstance(doc, dict):
+            raise ValueError("header is not a JSON object")
+        shape = doc["shape"]
+        if not isinstance(shape, list) or len(shape) != 3:
+            raise ValueError("shape must be [C, H, W]")
+        c, h, w = (_int(v, 1, _MAX_DIM, "shape") for v in shape)
+        counts = doc["counts"]
+        if not isinstance(counts, dict) or set(counts) - set(SPLITS):
+            raise ValueError("counts must map train/test to record counts")
+        name = doc["name"]
+        if not isinstance(name, str):
+            raise ValueError("name must be a string")
+        dataset_id = bytes.fromhex(doc["id"])
+        key_id = bytes.fromhex(doc["key_id"])
+        if len(dataset_id) != 16 or len(key_id) != 8:
+            raise ValueError("id and key_id have the wrong length")
         return cls(
-            doc["name"],
-            bytes.fromhex(doc["id"]),
+            name,
+            dataset_id,
             (c, h, w),
-            int(doc["classes"]),
-            {s: int(doc["counts"].get(s, 0)) for s in SPLITS},
-            bytes.fromhex(doc["key_id"]),
+            _int(doc["classes"], 1, _MAX_DIM, "classes"),
+            {s: _int(counts.get(s, 0), 0, _MAX_COUNT, "count") for s in SPLITS},
+            key_id,
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -116,14 +149,11 @@ def encrypt_dataset(
             digest.update(np.ascontiguousarray(x, np.float32).tobytes())
             digest.update(np.asarray(y, np.int64).tobytes())
     info = DatasetInfo(name, digest.digest()[:16], shape, classes, counts, engine.key_id)
-    head = json.dumps(info.as_json()).encode()
-    header = (MAGIC + struct.pack("<I", len(head)) + head).ljust(HEADER_BYTES, b"\0")
-    p = Path(path)
-    tmp = p.with_name(f"{p.name}.tmp-{os.getpid()}")
+    header = seal_header(info, engine)
     plain = np.empty(info.features + classes, np.float32)
     sealed = bytearray(info.sealed_bytes)
     out = memoryview(sealed)
-    with open(tmp, "wb") as f:
+    with atomic_writer(path, mode=0o600) as f:
         f.write(header)
         for s in SPLITS:
             if s not in splits:
@@ -136,54 +166,109 @@ def encrypt_dataset(
                 plain[: info.features] = x[i]
                 plain[info.features :] = 0.0
                 plain[info.features + int(y[i])] = 1.0
-                engine.seal_into(record_aad(info.dataset_id, s, i), plain, out)
+                engine.seal_into(record_aad(info.dataset_id, s, i, counts[s]), plain, out)
                 f.write(sealed)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, p)
     return info
+
+
+def seal_header(info: DatasetInfo, engine: Engine) -> bytes:
+    """The 4096-byte header of ``info``, its last 28 bytes a tag over the rest (fixed AAD)."""
+    head = json.dumps(info.as_json(), sort_keys=True).encode()
+    body = MAGIC + struct.pack("<I", len(head)) + head
+    if len(body) > HEADER_TAG_AT:
+        raise ValueError(f"dataset header of {len(body)} B does not fit in {HEADER_TAG_AT} B")
+    body = body.ljust(HEADER_TAG_AT, b"\0")
+    tag = bytearray(OVERHEAD)
+    engine.seal_into(HEADER_AAD + body, b"", memoryview(tag))
+    return body + bytes(tag)
+
+
+def parse_header(header: bytes, what: str, engine: Engine | None) -> DatasetInfo:
+    """Check and parse a dataset header (from the file or the backend's copy of it).
+
+    With an ``engine`` the tag over every header byte is checked before anything is used:
+    a modified count, shape, id or name raises :class:`IntegrityError` naming ``what``. Without
+    one (host-side display only) the fields are parsed but not authenticated.
+    """
+    if len(header) < len(MAGIC) or header[: len(MAGIC)] != MAGIC:
+        raise NotAMirrorError(f"{what} is not a plinius encrypted dataset (bad magic)")
+    if len(header) < HEADER_BYTES:
+        raise TruncatedError(f"{what} is truncated inside its header")
+    if len(header) > HEADER_BYTES:
+        raise FormatError(f"{what} has a {len(header)} B header, expected {HEADER_BYTES} B")
+    (n,) = struct.unpack("<I", header[8:12])
+    doc: Any = None
+    if 12 + n <= HEADER_TAG_AT:
+        try:
+            doc = json.loads(header[12 : 12 + n])
+        except ValueError:
+            doc = None
+    version = doc.get("format", 0) if isinstance(doc, dict) else None
+    if type(version) is int and version > FORMAT_VERSION:
+        raise UnsupportedVersionError(f"{what} uses format {version}; upgrade plinius")
+    if type(version) is int and version < FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f"{what} uses format {version}, whose header is not authenticated: re-encrypt the "
+            "data with `plinius owner encrypt-data`"
+        )
+    if engine is not None:
+        if isinstance(doc, dict) and isinstance(doc.get("key_id"), str):
+            with contextlib.suppress(ValueError):
+                check_key_matches(what, bytes.fromhex(doc["key_id"]), engine)
+        empty = bytearray(0)
+        engine.open_into(
+            HEADER_AAD + header[:HEADER_TAG_AT],
+            header[HEADER_TAG_AT:],
+            memoryview(empty),
+            f"header of {what} (name, id, shape, classes, counts)",
+        )
+    if version != FORMAT_VERSION:
+        raise FormatError(f"{what} has a corrupt header")
+    try:
+        return DatasetInfo.from_json(doc)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise FormatError(f"{what} has a corrupt header: {exc}") from None
+
+
+def _read_header(path: str | os.PathLike[str]) -> tuple[bytes, int]:
+    try:
+        with opened_regular(path, "dataset") as fd:
+            return os.pread(fd, HEADER_BYTES, 0), os.fstat(fd).st_size
+    except NotFoundError:
+        raise NotFoundError(
+            f"dataset {os.fspath(path)} does not exist: create it with `plinius owner encrypt-data`"
+        ) from None
+
+
+def read_header(
+    path: str | os.PathLike[str], engine: Engine | None = None
+) -> tuple[DatasetInfo, bytes]:
+    """:func:`read_info` and the raw header bytes (what the backend keeps a copy of)."""
+    header, size = _read_header(path)
+    what = f"dataset {os.fspath(path)}"
+    info = parse_header(header, what, engine)
+    need = info.offset("test", info.counts["test"])
+    if size < need:
+        raise TruncatedError(f"{what} is truncated: {size} B of {need} B")
+    if size > need and engine is not None:  # unauthenticated counts prove nothing either way
+        raise FormatError(f"{what} has {size - need} B after its last record")
+    return info, header
 
 
 def read_info(path: str | os.PathLike[str], engine: Engine | None = None) -> DatasetInfo:
-    """Parse and check the header (and the key id, when an engine is given)."""
-    p = Path(path)
-    try:
-        with open(p, "rb") as f:
-            header = f.read(HEADER_BYTES)
-            size = os.fstat(f.fileno()).st_size
-    except FileNotFoundError:
-        raise NotFoundError(
-            f"dataset {p} does not exist: create it with `plinius owner encrypt-data`"
-        ) from None
-    if not header.startswith(MAGIC):
-        raise NotAMirrorError(f"{p} is not a plinius encrypted dataset (bad magic)")
-    if len(header) < HEADER_BYTES:
-        raise TruncatedError(f"dataset {p} is truncated inside its header")
-    (n,) = struct.unpack("<I", header[8:12])
-    try:
-        doc = json.loads(header[12 : 12 + n])
-    except ValueError:
-        raise FormatError(f"dataset {p} has a corrupt header") from None
-    if doc.get("format", 0) > FORMAT_VERSION:
-        raise UnsupportedVersionError(f"dataset {p} uses format {doc['format']}; upgrade plinius")
-    try:
-        info = DatasetInfo.from_json(doc)
-    except (KeyError, ValueError, TypeError):
-        raise FormatError(f"dataset {p} has a corrupt header") from None
-    need = info.offset("test", info.counts["test"])
-    if size < need:
-        raise TruncatedError(f"dataset {p} is truncated: {size} B of {need} B")
-    if engine is not None:
-        check_key_matches(f"dataset {p}", info.key_id, engine)
-    return info
+    """Parse and check the header; with an engine also the key id and the header's tag.
+
+    Without an engine nothing is authenticated: use the result for display only.
+    """
+    return read_header(path, engine)[0]
 
 
 def iter_sealed(path: str | os.PathLike[str], info: DatasetInfo, split: str) -> Iterator[bytes]:
     """The sealed records of one split, in order, read sequentially (never decrypted here)."""
-    with open(path, "rb") as f:
+    with opened_regular(path, "dataset") as fd, os.fdopen(os.dup(fd), "rb") as f:
         f.seek(info.offset(split, 0))
         for _ in range(info.counts[split]):
             rec = f.read(info.sealed_bytes)
             if len(rec) != info.sealed_bytes:
-                raise TruncatedError(f"dataset {path} ends inside a {split} record")
+                raise TruncatedError(f"dataset {os.fspath(path)} ends inside a {split} record")
             yield rec

@@ -11,11 +11,14 @@ reads goes through :func:`read_regular` / :func:`open_regular` (``O_NOFOLLOW`` w
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from plinius.errors import ConfigError, NotFoundError
 
@@ -114,12 +117,13 @@ def fsync_dir(directory: StrPath) -> None:
         os.close(dfd)
 
 
-def atomic_write(path: StrPath, data: bytes, *, mode: int = 0o600, durable: bool = True) -> None:
-    """Replace ``path`` by ``data`` so a crash leaves the old or the new content, never a mix.
+@contextlib.contextmanager
+def atomic_writer(path: StrPath, *, mode: int = 0o600, durable: bool = True) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` atomically when the block exits without error.
 
-    The temporary file is made by ``mkstemp`` in the target directory (unpredictable name,
-    ``O_EXCL``), so a planted symlink can neither receive the data nor be truncated. The final
-    rename replaces a symlink at ``path`` itself rather than writing through it.
+    For outputs too large to build in memory (an encrypted data set): the same ``mkstemp`` in
+    the target directory, fsync, rename, directory fsync as :func:`atomic_write`; an exception
+    removes the temporary file and leaves ``path`` untouched.
     """
     p = Path(check_path(path, "output"))
     directory = p.parent
@@ -129,28 +133,35 @@ def atomic_write(path: StrPath, data: bytes, *, mode: int = 0o600, durable: bool
         raise NotFoundError(f"directory {directory} does not exist (writing {p})") from None
     except OSError as exc:
         raise ConfigError(f"cannot write {p}: {exc.strerror}") from None
+    f = os.fdopen(fd, "wb")
     try:
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        yield f
+        f.flush()
         if durable:
             os.fsync(fd)
-    except OSError as exc:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise ConfigError(f"cannot write {p}: {exc.strerror}") from None
-    os.close(fd)
-    try:
+        f.close()
         os.replace(tmp, p)
-    except OSError as exc:
+    except BaseException as exc:
+        f.close()
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise ConfigError(f"cannot write {p}: {exc.strerror}") from None
+        if isinstance(exc, OSError):
+            raise ConfigError(f"cannot write {p}: {exc.strerror}") from None
+        raise
     if durable:
         fsync_dir(directory)
+
+
+def atomic_write(path: StrPath, data: bytes, *, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace ``path`` by ``data`` so a crash leaves the old or the new content, never a mix.
+
+    The temporary file is made by ``mkstemp`` in the target directory (unpredictable name,
+    ``O_EXCL``), so a planted symlink can neither receive the data nor be truncated. The final
+    rename replaces a symlink at ``path`` itself rather than writing through it.
+    """
+    with atomic_writer(path, mode=mode, durable=durable) as f:
+        f.write(data)
 
 
 def create_exclusive(path: StrPath, data: bytes, *, mode: int = 0o600) -> None:
@@ -194,3 +205,62 @@ def opened_regular(path: StrPath, what: str, *, nofollow: bool = False) -> Itera
         yield fd
     finally:
         os.close(fd)
+
+
+class HeldLock:
+    """An ``flock`` held on an open lock file; closing the descriptor releases it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (idempotent); the lock file stays for the next holder."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def try_lock(name: str, what: str, *, dir_fd: int | None = None) -> tuple[HeldLock | None, int]:
+    """Take an exclusive ``flock`` on lock file ``name``: ``(lock, 0)`` or ``(None, holder pid)``.
+
+    The lock file is opened with ``O_NOFOLLOW`` (a planted symlink is refused, never followed)
+    and must be a regular file of ours with one link, so a planted hard link to another file
+    (the owner key) is refused before anything is written into it. The holder writes its pid
+    into it, which is how a second process can say who is in the way (0 when not yet written).
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(
+                f"lock file {what} is a symbolic link; refusing to follow it (remove it)"
+            ) from None
+        raise ConfigError(f"cannot open lock file {what}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"lock file {what} is a {_kind(st.st_mode)}, not a regular file")
+        if st.st_nlink != 1 or st.st_uid != os.geteuid():
+            raise ConfigError(
+                f"lock file {what} has {st.st_nlink} links and owner uid {st.st_uid}; "
+                "refusing a planted file (remove it)"
+            )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raw = os.pread(fd, 32, 0)
+            os.close(fd)
+            text = raw.decode("ascii", errors="replace").strip()
+            return None, int(text) if text.isdigit() else 0
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+    return HeldLock(fd), 0

@@ -21,6 +21,7 @@ from plinius.enclave.measure import measurement
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.trusted import PROVISION_AAD, Enclave, mirror_guard, network_from_mirror
 from plinius.errors import NotFoundError, PliniusError
+from plinius.fsutil import private_dir
 from plinius.mirror import MirrorInfo, MirrorStore
 from plinius.nn import Network, save_weights
 
@@ -53,8 +54,7 @@ def encrypt_data(
 def default_dataset(key: bytes, state_dir: Path, seed: int = 0) -> tuple[Path, bool]:
     """The embedded MNIST subset sealed under ``key`` (made on first use); (path, made now)."""
     engine = make_engine(key)
-    d = state_dir / "datasets"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    d = private_dir(state_dir / "datasets", "data set cache directory")
     path = d / f"embedded-seed{seed}-{engine.key_id.hex()}.pld"
     if path.exists():
         try:

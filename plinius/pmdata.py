@@ -3,11 +3,15 @@
 Loaded once from the owner's file into the backend's record area (in the pool for ``romulus``),
 still sealed record by record; each iteration reads and decrypts only the records of its batch.
 After a crash the area is already there: a restart reloads nothing from disk.
+
+The backend keeps, under ``dataset.<id>``, a byte copy of the file's authenticated 4096-byte
+header; it is re-authenticated with the data key whenever it is used, and each record area's
+header (record size, count, name) must match it, so storage cannot shorten a split or point the
+reader at other records.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -16,8 +20,8 @@ import numpy as np
 
 from plinius.backends.base import Backend
 from plinius.crypto import Engine
-from plinius.encdata import DatasetInfo, iter_sealed, read_info, record_aad
-from plinius.errors import FormatError, NotFoundError
+from plinius.encdata import DatasetInfo, iter_sealed, parse_header, read_header, record_aad
+from plinius.errors import IntegrityError, NotFoundError
 from plinius.records import RecordArea, area_key, put_records
 
 
@@ -51,10 +55,20 @@ class PMData:
         self.info = info
         self.split = split
         self.area = RecordArea(backend, _area_name(info, split))
-        if self.area.record_size != info.sealed_bytes or len(self.area) != info.counts[split]:
-            raise FormatError(
-                f"record area of dataset {info.name} in {backend.spec} does not match its header"
+        what = f"{split} record area of dataset {info.name} in {backend.spec}"
+        if self.area.record_size != info.sealed_bytes:
+            raise IntegrityError(
+                what,
+                f"record size {self.area.record_size} B differs from the authenticated dataset "
+                f"header ({info.sealed_bytes} B)",
             )
+        if len(self.area) != info.counts[split]:
+            raise IntegrityError(
+                what,
+                f"record count {len(self.area)} differs from the authenticated dataset header "
+                f"({info.counts[split]})",
+            )
+        self._count = info.counts[split]
         self._rows = np.empty((0, info.features + info.classes), np.float32)
 
     def __len__(self) -> int:
@@ -66,7 +80,10 @@ class PMData:
         blob = backend.read(_info_key(dataset_id))
         if blob is None:
             raise NotFoundError(f"dataset {dataset_id.hex()} is not stored in {backend.spec}")
-        info = DatasetInfo.from_json(json.loads(bytes(blob.data)))
+        what = f"dataset {dataset_id.hex()} header in {backend.spec}"
+        info = parse_header(bytes(blob.data), what, engine)
+        if info.dataset_id != dataset_id:
+            raise IntegrityError(what, f"it describes dataset {info.dataset_id.hex()}")
         return cls(backend, engine, info, split)
 
     @classmethod
@@ -80,10 +97,15 @@ class PMData:
     ) -> tuple[dict[str, PMData], LoadReport]:
         """Put the file's splits into the backend unless they are already there."""
         t0 = time.perf_counter()
-        info = read_info(path, engine)
+        info, header = read_header(path, engine)
         keys = set(backend.keys())
-        present = _info_key(info.dataset_id) in keys and all(
-            area_key(_area_name(info, s)) in keys for s in splits
+        stored = backend.read(_info_key(info.dataset_id))
+        # present only when the backend holds this very (authenticated) header: anything else,
+        # an older format, another copy or a modified one, is replaced from the owner's file
+        present = (
+            stored is not None
+            and bytes(stored.data) == header
+            and all(area_key(_area_name(info, s)) in keys for s in splits)
         )
         moved = 0
         if force or not present:
@@ -96,9 +118,8 @@ class PMData:
                     info.counts[s],
                 )
                 moved += info.counts[s]
-            raw = json.dumps(info.as_json()).encode()
-            with backend.begin_write(_info_key(info.dataset_id), len(raw)) as txn:
-                txn.view(0, len(raw))[:] = raw
+            with backend.begin_write(_info_key(info.dataset_id), len(header)) as txn:
+                txn.view(0, len(header))[:] = header
                 txn.commit()
         out = {s: cls(backend, engine, info, s) for s in splits}
         report = LoadReport(
@@ -118,7 +139,7 @@ class PMData:
         for j, i in enumerate(indices):
             i = int(i)
             self.engine.open_into(
-                record_aad(self.info.dataset_id, self.split, i),
+                record_aad(self.info.dataset_id, self.split, i, self._count),
                 self.area[i],
                 rows[j],
                 f"{self.split} record {i} of dataset {self.info.name}",

@@ -7,6 +7,11 @@ this layer adds a small header and fixed stride, never plaintext.
 
 Layout: ``[magic 8][format u16][pad u16][record_size u32][count u64][name_len u16][name][pad to
 64]`` then ``count`` records of ``record_size`` bytes each.
+
+The header is plaintext that storage can edit, so it is parsed strictly (reserved and padding
+bytes must be zero, the name must match) and its record size and count are worth nothing on their
+own: :mod:`plinius.pmdata` checks them against the authenticated dataset header, and each record's
+AES-GCM associated data binds its index and the split's count.
 """
 
 from __future__ import annotations
@@ -76,13 +81,22 @@ class RecordArea:
             raise NotFoundError(f"{what} does not exist; load the dataset first")
         if view.nbytes < _HEAD.size or bytes(view[:8]) != MAGIC:
             raise NotAMirrorError(f"{what} is not a plinius record area")
-        _, fmt, _, size, count, name_len = _HEAD.unpack(bytes(view[: _HEAD.size]))
+        _, fmt, pad, size, count, name_len = _HEAD.unpack(bytes(view[: _HEAD.size]))
         if fmt > FORMAT_VERSION:
             raise UnsupportedVersionError(f"{what} uses format {fmt}; upgrade plinius")
-        stored_name = bytes(view[_HEAD.size : _HEAD.size + name_len]).decode(errors="replace")
+        if fmt != FORMAT_VERSION or pad != 0:
+            raise FormatError(f"{what} has a corrupt header (format {fmt}, reserved {pad})")
+        self._start = align_up(_HEAD.size + name_len, CACHE_LINE)
+        if view.nbytes < self._start:
+            raise TruncatedError(f"{what} is truncated inside its header")
+        try:
+            stored_name = bytes(view[_HEAD.size : _HEAD.size + name_len]).decode()
+        except UnicodeDecodeError:
+            raise FormatError(f"{what} has a corrupt header (name is not UTF-8)") from None
         if stored_name != name:
             raise FormatError(f"{what} holds records named {stored_name!r}")
-        self._start = align_up(_HEAD.size + name_len, CACHE_LINE)
+        if any(view[_HEAD.size + name_len : self._start]):
+            raise FormatError(f"{what} has a corrupt header (non-zero padding)")
         need = self._start + size * count
         if view.nbytes < need:
             raise TruncatedError(f"{what} is truncated: {view.nbytes} B of {need} B")

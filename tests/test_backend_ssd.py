@@ -43,11 +43,14 @@ def test_truncated_file_on_disk(tmp_path: Path) -> None:
 
 
 def test_no_temp_files_left_and_stale_ones_cleaned(tmp_path: Path) -> None:
-    stale = tmp_path / "mirror.tmp-999999999"
-    stale.write_bytes(b"junk from a dead process")
+    """Old-style and current staging names of dead processes go; the lock file stays."""
+    for name in ("mirror.tmp-999999999", ".mirror.0123456789abcdef.tmp"):
+        (tmp_path / name).write_bytes(b"junk from a dead process")
     b = open_backend(f"ssd:{tmp_path}")
     MirrorStore(b, make_engine(KEY), FP).save(model_records(1), version=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "mirror"]
+    assert b.keys() == ["mirror"]
+    b.close()
 
 
 def test_missing_parent_and_not_a_directory(tmp_path: Path) -> None:

@@ -1,9 +1,19 @@
 """The one file-I/O path shared by the ``ssd``, ``dax`` and ``tmpfs`` backends.
 
 A blob is a file ``<dir>/<key>``. A new version is encrypted into reusable page-aligned staging
-memory, written with ``write(2)`` to ``<key>.tmp-<pid>``, fsynced (unless the backend's durability
-does not need it), renamed over ``<key>`` and the directory fsynced: at every instant ``<key>``
-names one complete committed version, so a crash mid-save leaves the previous one loadable.
+memory, written with ``write(2)`` to a fresh ``.<key>.<random>.tmp`` created ``O_EXCL |
+O_NOFOLLOW`` (a planted symlink or file can neither receive nor lose data), fsynced (unless the
+backend's durability does not need it), renamed over ``<key>`` and the directory fsynced: at every
+instant ``<key>`` names one complete committed version, so a crash mid-save leaves the previous
+one loadable. Every name is resolved relative to the directory opened once with ``O_NOFOLLOW``,
+and every file is opened ``O_NOFOLLOW`` and checked to be a regular file.
+
+One process at a time: opening a backend takes an exclusive ``flock`` on ``<dir>/.lock`` (the
+holder's pid written inside), so two trainers cannot interleave versions and a reader (verify,
+infer, export) never pairs a blob with a freshness counter advanced under its feet. Readers take
+the same exclusive lock: the directory holds one mirror and saves are short, so waiting for the
+trainer to stop is the simple, safe rule.
+
 The three backends differ only in class attributes (fsync or not, what they expect underneath).
 """
 
@@ -13,21 +23,35 @@ import contextlib
 import errno
 import mmap
 import os
+import secrets
+import stat
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 from plinius.backends.base import Backend, Blob, Durability, IoStats, RunsOn, WriteTxn, check_key
 from plinius.backends.fsinfo import block_device_facts, mount_of
-from plinius.errors import BackendError, ConfigError
+from plinius.errors import BackendError, BackendLockedError, ConfigError
+from plinius.fsutil import HeldLock, check_path, try_lock
 from plinius.memory import PAGE, StagingBuffer, align_up
 
-_TMP_MARK = ".tmp-"
+LOCK_NAME = ".lock"
+_TMP_SUFFIX = ".tmp"
+_OLD_TMP_MARK = ".tmp-"  # temp names of plinius <= 0.x: <key>.tmp-<pid>
 _CHUNK = 1 << 30  # write(2) moves at most ~2 GiB per call
+_ZEROS = memoryview(bytes(1 << 16))  # source for zeroing staging gaps without allocating
 
 
 def _truthy(value: Any) -> bool:
     return str(value).lower() in {"1", "true", "yes", "on"}
+
+
+def _is_tmp_name(name: str) -> bool:
+    """Our staging names (current and old style); never a committed blob key."""
+    if name.startswith(".") and name.endswith(_TMP_SUFFIX) and name != LOCK_NAME:
+        return True
+    mark = name.rfind(_OLD_TMP_MARK)
+    return mark > 0 and name[mark + len(_OLD_TMP_MARK) :].isdigit()
 
 
 class FileWriteTxn(WriteTxn):
@@ -37,15 +61,34 @@ class FileWriteTxn(WriteTxn):
         super().__init__(key, size)
         self._backend = backend
         self._stage = backend._write_stage.view(align_up(size, PAGE) if backend.direct else size)
+        self._spans: list[tuple[int, int]] = []
 
     def view(self, offset: int, length: int) -> memoryview:
         self._check_range(offset, length)
+        self._spans.append((offset, offset + length))
         return self._stage[offset : offset + length]
+
+    def _zero_gaps(self) -> None:
+        """Zero the staged bytes no view covered (alignment padding, the O_DIRECT tail).
+
+        The staging memory is reused across saves and keys, so without this the padding of the
+        file would carry stale bytes of earlier blobs. Only the gaps are written: the views are
+        about to be written in full by the caller, and touching them twice costs save time.
+        """
+        stage = self._stage
+        pos = 0
+        for start, end in sorted(self._spans):
+            if start > pos:
+                _zero(stage, pos, start)
+            pos = max(pos, end)
+        if pos < stage.nbytes:
+            _zero(stage, pos, stage.nbytes)
 
     def commit(self) -> IoStats:
         if self._done:
             raise BackendError(f"write transaction on {self.key!r} is already finished")
         self._done = True
+        self._zero_gaps()
         stats = self._backend._commit_file(self.key, self._stage, self.size)
         self._stage.release()
         return stats
@@ -53,6 +96,13 @@ class FileWriteTxn(WriteTxn):
     def abort(self) -> None:
         self._done = True
         self._stage.release()
+
+
+def _zero(buf: memoryview, start: int, end: int) -> None:
+    while start < end:
+        n = min(end - start, _ZEROS.nbytes)
+        buf[start : start + n] = _ZEROS[:n]
+        start += n
 
 
 class FileBackend(Backend):
@@ -73,19 +123,24 @@ class FileBackend(Backend):
                 "it knows: direct=1 (O_DIRECT writes)"
             )
         self.direct = _truthy(options.get("direct", "0"))
-        self.dir = Path(location)
-        self._prepare_dir()
+        self.dir = Path(check_path(location, f"{self.name} backend directory"))
+        self._dfd = -1
+        self._lock: HeldLock | None = None
+        self._maps: dict[str, tuple[int, mmap.mmap]] = {}
         self._write_stage = StagingBuffer()
         self._read_stage = StagingBuffer()
-        self._maps: dict[str, tuple[int, mmap.mmap]] = {}
+        try:
+            self._open_dir()
+        except BaseException:
+            self.close()
+            raise
 
     # --- set-up --------------------------------------------------------------------------------
 
-    def _prepare_dir(self) -> None:
+    def _open_dir(self) -> None:
+        """Open (create) the directory without following a symlink, lock it, clear stale temps."""
         d = self.dir
-        if d.exists() and not d.is_dir():
-            raise BackendError(f"{self.name}: {d} exists and is not a directory")
-        if not d.exists():
+        if not d.exists() and not d.is_symlink():
             if not d.parent.is_dir():
                 raise BackendError(
                     f"{self.name}: parent directory {d.parent} does not exist; create it first"
@@ -96,31 +151,64 @@ class FileBackend(Backend):
                 pass
             except OSError as exc:
                 raise BackendError(f"{self.name}: cannot create {d}: {exc.strerror}") from None
-        probe = d / f".probe{_TMP_MARK}{os.getpid()}"
         try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.close(fd)
-            probe.unlink()
+            self._dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
+            if d.is_symlink():
+                raise BackendError(
+                    f"{self.name}: {d} is a symbolic link; refusing to follow it "
+                    "(give the real directory)"
+                ) from None
+            if exc.errno == errno.ENOTDIR:
+                raise BackendError(f"{self.name}: {d} exists and is not a directory") from None
+            raise BackendError(f"{self.name}: cannot open {d}: {exc.strerror}") from None
+        try:
+            lock, holder = try_lock(LOCK_NAME, f"{d / LOCK_NAME}", dir_fd=self._dfd)
+        except ConfigError as exc:
+            if "cannot open" in str(exc):
+                raise BackendError(
+                    f"{self.name}: directory {d} is not writable ({exc}); "
+                    "choose a directory you can write to"
+                ) from None
+            raise
+        if lock is None:
+            who = f"pid {holder}" if holder else "another process"
+            raise BackendLockedError(
+                f"backend {self.spec} is in use by {who}; wait for it to finish or stop it"
+            )
+        self._lock = lock
+        # we hold the directory alone: every staging file left here is from a dead process
+        for name in os.listdir(self._dfd):
+            if _is_tmp_name(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=self._dfd)
+        if not os.access(d, os.W_OK):
             raise BackendError(
-                f"{self.name}: directory {d} is not writable ({exc.strerror}); "
-                "choose a directory you can write to"
+                f"{self.name}: directory {d} is not writable; choose a directory you can write to"
+            )
+
+    def _open_file(self, key: str) -> int | None:
+        """A read descriptor of committed blob ``key`` (never through a symlink), or None."""
+        check_key(key)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(key, flags, dir_fd=self._dfd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise BackendError(
+                    f"{self.name}: {self.dir / key} is a symbolic link; refusing to follow it"
+                ) from None
+            raise BackendError(
+                f"{self.name}: cannot open {self.dir / key}: {exc.strerror}"
             ) from None
-
-    def _path(self, key: str) -> Path:
-        return self.dir / check_key(key)
-
-    def _clean_stale_tmp(self, key: str) -> None:
-        """Remove temp files left by processes that died mid-save (never a committed file)."""
-        for p in self.dir.glob(f"{key}{_TMP_MARK}*"):
-            pid_text = p.name.rsplit(_TMP_MARK, 1)[-1]
-            if not pid_text.isdigit():
-                continue
-            pid = int(pid_text)
-            if pid != os.getpid() and _pid_alive(pid):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise BackendError(f"{self.name}: {self.dir / key} is not a regular file")
+        os.set_blocking(fd, True)
+        return fd
 
     # --- contract ------------------------------------------------------------------------------
 
@@ -128,23 +216,37 @@ class FileBackend(Backend):
         check_key(key)
         if size < 0:
             raise BackendError(f"blob size must be >= 0, got {size}")
+        self._check_open()
         return FileWriteTxn(self, key, size)
 
-    def _commit_file(self, key: str, data: memoryview, size: int) -> IoStats:
-        self._clean_stale_tmp(key)
-        final = self._path(key)
-        tmp = self.dir / f"{key}{_TMP_MARK}{os.getpid()}"
-        stats = IoStats(bytes=size)
-        t0 = time.perf_counter()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    def _check_open(self) -> None:
+        if self._dfd < 0:
+            raise BackendError(f"backend {self.spec} is closed")
+
+    def _create_tmp(self, key: str) -> tuple[str, int]:
+        """A new staging file with an unpredictable name, created O_EXCL | O_NOFOLLOW."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         if self.direct:
             flags |= getattr(os, "O_DIRECT", 0)
+        for _ in range(16):
+            name = f".{key}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
+            try:
+                return name, os.open(name, flags, 0o600, dir_fd=self._dfd)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise BackendError(
+                    f"{self.name}: cannot create a staging file in {self.dir}: {exc.strerror}"
+                ) from None
+        raise BackendError(f"{self.name}: cannot create a staging file in {self.dir}")
+
+    def _commit_file(self, key: str, data: memoryview, size: int) -> IoStats:
+        self._check_open()
+        stats = IoStats(bytes=size)
+        t0 = time.perf_counter()
+        tmp, fd = self._create_tmp(key)
         try:
-            fd = os.open(tmp, flags, 0o600)
-        except OSError as exc:
-            raise BackendError(f"{self.name}: cannot create {tmp}: {exc.strerror}") from None
-        try:
-            _write_all(fd, data, tmp)
+            _write_all(fd, data, self.dir / key)
             if self.direct and data.nbytes != size:
                 os.ftruncate(fd, size)
             t1 = time.perf_counter()
@@ -152,16 +254,23 @@ class FileBackend(Backend):
             if self.fsync:
                 os.fsync(fd)
             stats.fsync_s = time.perf_counter() - t1
-        except BaseException:
             os.close(fd)
+            fd = -1
+            t2 = time.perf_counter()
+            os.rename(tmp, key, src_dir_fd=self._dfd, dst_dir_fd=self._dfd)
+        except BaseException as exc:
+            if fd >= 0:
+                os.close(fd)
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                os.unlink(tmp, dir_fd=self._dfd)
+            if isinstance(exc, OSError):
+                raise BackendError(
+                    f"{self.name}: cannot replace {self.dir / key}: {exc.strerror}; "
+                    "the previous version is untouched"
+                ) from None
             raise
-        os.close(fd)
-        t2 = time.perf_counter()
-        os.rename(tmp, final)
         if self.fsync:
-            _fsync_dir(self.dir)
+            os.fsync(self._dfd)
             stats.fsync_s += time.perf_counter() - t2
         else:
             stats.write_s += time.perf_counter() - t2
@@ -169,14 +278,11 @@ class FileBackend(Backend):
         return stats
 
     def read(self, key: str) -> Blob | None:
-        path = self._path(key)
+        self._check_open()
         t0 = time.perf_counter()
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+        fd = self._open_file(key)
+        if fd is None:
             return None
-        except OSError as exc:
-            raise BackendError(f"{self.name}: cannot open {path}: {exc.strerror}") from None
         try:
             size = os.fstat(fd).st_size
             view = self._read_stage.view(size)
@@ -192,10 +298,9 @@ class FileBackend(Backend):
         return Blob(view[:got].toreadonly(), IoStats(bytes=got, read_s=elapsed, total_s=elapsed))
 
     def map(self, key: str) -> memoryview | None:
-        path = self._path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+        self._check_open()
+        fd = self._open_file(key)
+        if fd is None:
             return None
         try:
             st = os.fstat(fd)
@@ -211,20 +316,29 @@ class FileBackend(Backend):
         return memoryview(mm).toreadonly()
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
+        check_key(key)
+        self._check_open()
         try:
-            path.unlink()
+            os.unlink(key, dir_fd=self._dfd)
         except FileNotFoundError:
             return
+        except OSError as exc:
+            raise BackendError(
+                f"{self.name}: cannot delete {self.dir / key}: {exc.strerror}"
+            ) from None
         if self.fsync:
-            _fsync_dir(self.dir)
+            os.fsync(self._dfd)
 
     def keys(self) -> list[str]:
-        return sorted(
-            p.name
-            for p in self.dir.iterdir()
-            if p.is_file() and _TMP_MARK not in p.name and not p.name.startswith(".")
-        )
+        self._check_open()
+        out: list[str] = []
+        with os.scandir(self._dfd) as it:
+            for e in it:
+                if e.name.startswith(".") or _is_tmp_name(e.name):
+                    continue
+                if e.is_file(follow_symlinks=False):
+                    out.append(e.name)
+        return sorted(out)
 
     def describe(self) -> RunsOn:
         m = mount_of(self.dir)
@@ -278,6 +392,17 @@ class FileBackend(Backend):
         self._maps.clear()
         self._write_stage.close()
         self._read_stage.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._dfd >= 0:
+            os.close(self._dfd)
+            self._dfd = -1
+
+    def __del__(self) -> None:
+        # an instance dropped without close() must not keep the directory locked
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 def _write_all(fd: int, data: memoryview, path: Path) -> None:
@@ -294,21 +419,3 @@ def _write_all(fd: int, data: memoryview, path: Path) -> None:
                 ) from None
             raise BackendError(f"write to {path} failed: {exc.strerror}") from None
         done += n
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from plinius.errors import FormatError, TruncatedError
+from plinius.errors import FormatError, NotFoundError, TruncatedError
+from plinius.fsutil import atomic_writer, read_regular
 
 if TYPE_CHECKING:
     from plinius.nn.network import Network
@@ -68,11 +69,15 @@ def read_header(data: bytes | memoryview, path: str = "<weights>") -> WeightsHea
 
 
 def save_weights(net: Network, path: str | Path) -> int:
-    """Write ``net``'s parameters as a Darknet ``.weights`` file; returns the bytes written."""
+    """Write ``net``'s parameters as a Darknet ``.weights`` file; returns the bytes written.
+
+    The file holds the model in plaintext, so it is created 0600 (never readable by others) and
+    atomically: a planted symlink at ``path`` is replaced, not written through, and a crash
+    leaves the old file or the whole new one.
+    """
     header = WeightsHeader(MAJOR, MINOR, REVISION, net.seen)
-    p = Path(path)
     total = 0
-    with open(p, "wb") as f:
+    with atomic_writer(path, mode=0o600) as f:
         total += f.write(_header_bytes(header))
         for _, _, arr in net.param_buffers():
             total += f.write(np.ascontiguousarray(arr, dtype="<f4").data)
@@ -92,8 +97,8 @@ def load_weights(net: Network, path: str | Path, *, set_seen: bool = True) -> We
     """
     p = Path(path)
     try:
-        data = p.read_bytes()
-    except FileNotFoundError:
+        data = read_regular(p, "weights file")
+    except NotFoundError:
         raise FormatError(f"{p}: no such weights file") from None
     header = read_header(data, str(p))
     at = header.nbytes

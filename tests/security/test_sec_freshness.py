@@ -57,7 +57,9 @@ def train(
 
 
 def verify(run_cli: CliRunner, world: World, spec: str) -> dict[str, object]:
-    res = run_cli("verify", "--backend", spec, "--key-file", str(world.key), "--json", env=world.env)
+    res = run_cli(
+        "verify", "--backend", spec, "--key-file", str(world.key), "--json", env=world.env
+    )
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert isinstance(doc, dict)
