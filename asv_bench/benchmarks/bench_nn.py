@@ -16,6 +16,7 @@ class TimeTrainStep:
     """Seconds per SGD iteration (forward, backward, update)."""
 
     params = (["tiny", "batch", "mnist"], [32, 128])
+    repeat = (5, 10, 30.0)
     param_names = ["model", "batch"]
     timeout = 300
 
@@ -60,34 +61,25 @@ class TrackAccuracy:
     track_mnist_top1.unit = "%"  # type: ignore[attr-defined]
 
 
-class TrackTorchRatio:
-    """Our seconds per MNIST iteration (batch 128) over PyTorch CPU's, measured in one process.
+class TimeTorchTrainStep:
+    """The same MNIST iteration (batch 128) in PyTorch on the CPU, beside ``TimeTrainStep``.
 
-    Needs the ``torch`` package (the tox ``bench`` env installs it; it is never a dependency).
+    A timing benchmark with asv's samples (the ratio to ours is computed in reports, never
+    stored as a single-sample figure). Needs torch (the tox ``bench`` env installs it).
     """
 
+    params = (["mnist"], [128])
+    param_names = ["model", "batch"]
     timeout = 600
-    number = 1
-    repeat = 1
 
-    def setup(self) -> None:
-        from plinius.nn.bench import run_benchmark
+    def setup(self, model: str, batch: int) -> None:
+        from plinius.nn.bench import torch_step
 
-        self.res = run_benchmark(
-            "mnist", batch=128, iterations=3, warmup=1, torch=True, accuracy=False
-        )
-        if self.res["torch"] is None:
-            raise RuntimeError("torch is not installed: pip install torch (benchmark only)")
+        try:
+            self.step = torch_step(model, batch)
+        except ImportError as exc:
+            raise NotImplementedError("torch is not installed (pip install torch)") from exc
+        self.step()
 
-    def track_ratio_vs_torch(self) -> float:
-        return float(self.res["ratio_vs_torch"])
-
-    def track_ours_s_per_iter(self) -> float:
-        return float(self.res["ours"]["s_per_iter"])
-
-    def track_torch_s_per_iter(self) -> float:
-        return float(self.res["torch"]["s_per_iter"])
-
-    track_ratio_vs_torch.unit = "ratio"  # type: ignore[attr-defined]
-    track_ours_s_per_iter.unit = "s"  # type: ignore[attr-defined]
-    track_torch_s_per_iter.unit = "s"  # type: ignore[attr-defined]
+    def time_torch_train_step(self, model: str, batch: int) -> None:
+        self.step()

@@ -36,7 +36,10 @@ def kill_points(iterations: int, kills: int, seed: int) -> list[int]:
         raise ConfigError("crash-test needs --kills >= 0 and --iterations >= 2")
     lo, hi = max(1, iterations // 20), max(2, iterations - iterations // 20)
     if kills > (hi - lo) // 2:
-        raise ConfigError(f"{kills} kills do not fit in {iterations} iterations")
+        raise ConfigError(
+            f"--kills {kills} do not fit in --iterations {iterations}: at most "
+            f"{(hi - lo) // 2} kills, or more iterations"
+        )
     rng = random.Random(seed)
     width = (hi - lo) / max(1, kills)
     marks = []
@@ -128,19 +131,21 @@ def markdown(doc: dict[str, Any]) -> str:
         "# plinius crash-test",
         "",
         f"Model `{p['model']}`, {p['iterations']} iterations, {p['kills']} SIGKILLs at random "
-        f"moments (after {doc['result']['kill_marks']} executed iterations), backend "
+        f"moments (planned after {doc['result']['kill_marks']} executed iterations; the "
+        "table gives where each kill really landed, from the logs), backend "
         f"`{p['backend']}`, seed {p['seed']}. Every restart is a new process.",
         "",
-        "| run | starts | kills | iterations executed | extra vs no crash | wall s | "
-        "median mirror ms |",
-        "|---|---|---|---|---|---|---|",
+        "| run | starts | kills | killed after (executed) | iterations executed | "
+        "extra vs no crash | wall s | median mirror ms |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     res = doc["result"]
     for run in RUNS:
         r = res[run]
         extra = r["iterations_executed"] - p["iterations"]
         lines.append(
-            f"| {run} | {r['starts']} | {r['kills']} | {r['iterations_executed']} | {extra} | "
+            f"| {run} | {r['starts']} | {r['kills']} | {r.get('kills_after', [])} | "
+            f"{r['iterations_executed']} | {extra} | "
             f"{r['wall_s']:.1f} | {r['mirror_ms_median']:.2f} |"
         )
     lines += [

@@ -121,6 +121,8 @@ class Supervisor:
         self.starts = 0
         self._rows_seen = 0
         self.executed = 0  # iterations run by all processes together
+        self.finished = False  # the run reached its target: final, never restarted
+        self.kills_after: list[int] = []  # executed iterations at each kill, as logged
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -133,6 +135,15 @@ class Supervisor:
         return int(rows[-1]["iteration"]) if rows else 0
 
     def start(self) -> None:
+        """Start (or restart) the trainer unless it runs, or the run already finished.
+
+        A trainer that exited by itself since the last look (say, right at a slot boundary)
+        is collected first: a finished run is final and is never started again.
+        """
+        if self.finished:
+            return
+        if self.proc is not None and self.proc.poll() is not None and self.poll_exit():
+            return
         if self.running():
             return
         fresh = self.starts == 0
@@ -153,19 +164,26 @@ class Supervisor:
     def kill(self, why: str) -> bool:
         """SIGKILL the running trainer; False when it had already exited by itself."""
         if not self.running():
+            if self.proc is not None:
+                self.poll_exit()  # it ended by itself: record that exit, never lose it
             return False
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         code = self.proc.wait()
         if code != -signal.SIGKILL:  # it exited on its own just before the signal
             self.proc.returncode = code
+            self.poll_exit()
             return False
-        self.events.append(Event(self.now(), "kill", self.last_iteration(), why))
+        it = self.last_iteration()
+        self.kills_after.append(self.executed)
+        self.events.append(Event(self.now(), "kill", it, why))
         self.proc = None
         return True
 
     def poll_exit(self) -> bool:
         """True once the trainer exited by itself having finished; raises if it failed."""
+        if self.finished:
+            return True
         if self.proc is None or self.proc.poll() is None:
             return False
         code = self.proc.returncode
@@ -176,6 +194,7 @@ class Supervisor:
         if code != 0:
             last = err.strip().splitlines()[-1] if err.strip() else f"exit code {code}"
             raise TrainerFailed(f"the trainer failed ({self.spec.backend}): {last}")
+        self.finished = True
         return True
 
     def final_report(self) -> dict[str, Any]:
@@ -188,6 +207,7 @@ class Supervisor:
         return {
             "starts": self.starts,
             "kills": sum(e.kind == "kill" for e in self.events),
+            "kills_after": list(self.kills_after),
             "iterations_executed": self.executed,
             "events": [asdict(e) for e in self.events],
             "wall_s": self.now(),

@@ -135,14 +135,13 @@ def _torch_model(net: Network) -> Any:
     return tnn.Sequential(*mods)
 
 
-def time_torch(
-    model: str = "mnist", batch: int = 128, iterations: int = 5, warmup: int = 2, seed: int = 0
-) -> dict[str, Any] | None:
-    """The same architecture and optimiser in PyTorch on the CPU, or None without torch."""
-    try:
-        import torch
-    except ImportError:
-        return None
+def torch_step(model: str = "mnist", batch: int = 128, seed: int = 0) -> Any:
+    """One SGD iteration of the same architecture and optimiser in PyTorch (CPU), as a closure.
+
+    Raises ImportError without torch. Shared by :func:`time_torch` and the asv benchmark.
+    """
+    import torch
+
     torch.set_num_threads(parallel.threads())
     torch.manual_seed(seed)
     net = Network(load_cfg(model), batch=batch, seed=seed, col_budget=0)
@@ -158,13 +157,30 @@ def time_torch(
     c, h, w = net.input_shape
     tx = torch.from_numpy(x).reshape(batch, c, h, w)
     ty = torch.from_numpy(y.astype(np.int64))
-    times = []
-    for i in range(warmup + iterations):
-        t0 = time.perf_counter()
+
+    def step() -> None:
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(tmodel(tx), ty)
         loss.backward()
         opt.step()
+
+    return step
+
+
+def time_torch(
+    model: str = "mnist", batch: int = 128, iterations: int = 5, warmup: int = 2, seed: int = 0
+) -> dict[str, Any] | None:
+    """The same architecture and optimiser in PyTorch on the CPU, or None without torch."""
+    try:
+        import torch
+
+        step = torch_step(model, batch, seed)
+    except ImportError:
+        return None
+    times = []
+    for i in range(warmup + iterations):
+        t0 = time.perf_counter()
+        step()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return {
