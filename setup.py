@@ -1,6 +1,41 @@
 """Build hook: compiles the native Romulus engine (cffi) and ships fio_jobs/ inside the package."""
 
+import subprocess
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).resolve().parent
+
+
+def _git_commit() -> str | None:
+    """The commit being built (with "-dirty" for local changes), or None outside a checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(HERE), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(HERE), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "") if head else None
+
+
+class BuildPyWithCommit(build_py):
+    """Records the git commit inside the built package, so every report of an installed
+    (non-editable) plinius names the code that produced it."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return  # an editable install reads the live checkout instead
+        commit = _git_commit()
+        if commit:
+            (Path(self.build_lib) / "plinius" / "_build_commit.txt").write_text(commit + "\n")
 
 setup(
     packages=[*find_packages(include=["plinius", "plinius.*"]), "plinius.fio_jobs"],
@@ -9,5 +44,6 @@ setup(
         "plinius": ["py.typed", "zoo/*.cfg"],
         "plinius.fio_jobs": ["*.fio", "README.md"],
     },
+    cmdclass={"build_py": BuildPyWithCommit},
     cffi_modules=["native/build_romulus.py:ffibuilder"],
 )

@@ -64,7 +64,17 @@ def package_versions() -> dict[str, str | None]:
 
 @cache
 def git_commit() -> str | None:
+    """The commit recorded when this package was built, else the live checkout's (editable)."""
+    built = Path(plinius.__file__).resolve().parent / "_build_commit.txt"
+    try:
+        recorded = built.read_text().strip()
+    except OSError:
+        recorded = ""
+    if recorded:
+        return recorded
     here = Path(plinius.__file__).resolve().parent.parent
+    if not (here / ".git").exists():
+        return None  # an installed copy without a record: do not guess from a parent repo
     try:
         res = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "HEAD"],
