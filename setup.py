@@ -14,11 +14,17 @@ def _git_commit() -> str | None:
     try:
         head = subprocess.run(
             ["git", "-C", str(HERE), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(HERE), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -36,6 +42,7 @@ class BuildPyWithCommit(build_py):
         commit = _git_commit()
         if commit:
             (Path(self.build_lib) / "plinius" / "_build_commit.txt").write_text(commit + "\n")
+
 
 setup(
     packages=[*find_packages(include=["plinius", "plinius.*"]), "plinius.fio_jobs"],

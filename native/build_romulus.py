@@ -21,6 +21,10 @@ CDEF = """
 #define ROM_VERSION ...
 #define ROM_LINE ...
 #define ROM_MIN_POOL ...
+#define ROM_MAX_POOL ...
+#define ROM_CREATE_NEVER ...
+#define ROM_CREATE_AUTO ...
+#define ROM_CREATE_FORCE ...
 #define ROM_ROOT_NAME_MAX ...
 #define ROM_MAX_ROOTS ...
 #define ROM_CRASH_EXIT ...
@@ -100,7 +104,8 @@ const char *rom_flush_name(int flush);
 const char *rom_mode_name(int mode);
 const char *rom_last_error(void);
 
-int rom_open(const char *path, uint64_t size, int create, int mode, int flush, rom_pool **out);
+int rom_open(const char *path, size_t path_len, uint64_t size, int create, int mode, int flush,
+             rom_pool **out);
 int rom_close(rom_pool *p);
 void rom_release(rom_pool *p);
 uint8_t *rom_base(rom_pool *p);
@@ -115,6 +120,7 @@ int rom_store_u64(rom_pool *p, uint64_t off, uint64_t value);
 int rom_alloc(rom_pool *p, uint64_t size, uint64_t *off);
 int rom_free(rom_pool *p, uint64_t off);
 int rom_capacity(rom_pool *p, uint64_t off, uint64_t *cap);
+int rom_block_cap(rom_pool *p, uint64_t off, int committed, uint64_t *cap);
 
 int rom_root_get(rom_pool *p, const char *name, int committed, uint64_t *off,
                  uint64_t *size);
@@ -137,6 +143,17 @@ def _rel(path: Path) -> str:
     return os.path.relpath(path, Path.cwd())
 
 
+#: ``PLINIUS_SANITIZE=1`` builds the engine with AddressSanitizer + UndefinedBehaviorSanitizer
+#: (tox env ``sanitize``): any out-of-bounds access or UB aborts the process instead of passing
+#: silently. The interpreter is not instrumented, so libasan must be LD_PRELOADed at run time.
+SANITIZE = os.environ.get("PLINIUS_SANITIZE", "") not in ("", "0")
+SANITIZE_FLAGS = [
+    "-fsanitize=address,undefined",
+    "-fno-omit-frame-pointer",
+    "-fno-sanitize-recover=all",
+    "-g",
+]
+
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
@@ -145,7 +162,15 @@ ffibuilder.set_source(
     sources=[_rel(HERE / "romulus.c")],
     include_dirs=[_rel(HERE)],
     depends=[_rel(HERE / "romulus.h")],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-fno-strict-aliasing"],
+    extra_compile_args=[
+        "-O2",
+        "-std=gnu11",
+        "-Wall",
+        "-Wextra",
+        "-fno-strict-aliasing",
+        *(SANITIZE_FLAGS if SANITIZE else []),
+    ],
+    extra_link_args=SANITIZE_FLAGS[:1] if SANITIZE else [],
 )
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@
 #define HDR_PAGE PAGE
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
+/* one load of a word of the (attacker-controlled) pool: checked and used as the same value */
+#define LD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 
 /* "PLNROMUL" and "PLNCREAT" as little-endian words: readable in a hex dump */
 #define POOL_MAGIC 0x4c554d4f524e4c50ULL
@@ -134,6 +136,7 @@ struct rom_pool {
     uint8_t *back;
     struct rom_meta *meta;
     uint64_t region;
+    uint64_t used; /* the header's used size, validated at open; the header is only written */
     int mode;
     int flush;
     int real_pm;
@@ -173,6 +176,18 @@ static int fail(int code, const char *fmt, ...) {
 }
 
 const char *rom_last_error(void) { return g_err; }
+
+/* "pool PATH is corrupt: DETAIL": every value read from the pool that fails a check */
+static int corrupt(rom_pool *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int corrupt(rom_pool *p, const char *fmt, ...) {
+    char detail[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    snprintf(g_err, sizeof g_err, "pool %s is corrupt: %s", p->path, detail);
+    return ROM_E_CORRUPT;
+}
 
 static uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) & ~(a - 1); }
 
@@ -689,7 +704,7 @@ int rom_begin(rom_pool *p) {
     p->in_txn = 1;
     p->owner = pthread_self();
     p->txn_fences = 0;
-    p->log_limit = p->hdr->used / 4 / LINE;
+    p->log_limit = p->used / 4 / LINE;
     p->hdr->state = ROM_MUTATING;
     pm_flush(p, &p->hdr->state, 8);
     pm_fence(p); /* FENCE 1: MUTATING durable before any store to main */
@@ -710,11 +725,15 @@ int rom_commit(rom_pool *p) {
     if (rc)
         return rc;
     struct rom_hdr *h = p->hdr;
-    if (p->meta->top > h->used) { /* full copies and recovery must cover new allocations */
-        h->used = p->meta->top;
+    /* full copies and recovery must cover new allocations; a top that is not sane (restored
+     * from a hostile back by an abort) is not followed: the next allocation reports it */
+    uint64_t top = LD(p->meta->top);
+    if (top > p->used && top <= p->region && top % LINE == 0) {
+        p->used = top;
+        h->used = top;
         pm_flush(p, &h->used, 8);
     }
-    uint64_t used = h->used;
+    uint64_t used = p->used;
     if (p->overflow) {
         pm_flush(p, p->main, used); /* ALL of main, not just what was logged */
     } else {
@@ -757,7 +776,7 @@ int rom_commit(rom_pool *p) {
 
 static void abort_txn(rom_pool *p) {
     if (p->overflow) {
-        copy_persist(p, p->main, p->back, p->hdr->used, 0);
+        copy_persist(p, p->main, p->back, p->used, 0);
     } else {
         for (size_t i = 0; i < p->nruns; i++) {
             uint64_t off = p->runs[i].first * LINE, n = p->runs[i].n * LINE;
@@ -804,6 +823,12 @@ int rom_store_u64(rom_pool *p, uint64_t off, uint64_t value) {
 
 /* ---------------------------------------------------------------------------------------------
  * Allocator (all its state in main, every store logged)
+ *
+ * Every offset, size, class and link read from the pool is hostile until checked (the attacker
+ * owns the file, and an abort restores logged lines from `back`, which may differ from `main`).
+ * Each is loaded once (LD), checked against the validated top of the heap, and only then used;
+ * list walks are address-ordered or bounded by how many blocks fit. A violation is
+ * ROM_E_CORRUPT naming the field, never a wild access or an endless loop.
  * ------------------------------------------------------------------------------------------- */
 
 static uint64_t class_size(unsigned c) {
@@ -821,7 +846,10 @@ static int class_of(uint64_t total) {
     return -1;
 }
 
-static struct rom_blk *blk_at(rom_pool *p, uint64_t off) { return (struct rom_blk *)(p->main + off); }
+static struct rom_blk *blk_in(uint8_t *region, uint64_t off) {
+    return (struct rom_blk *)(region + off);
+}
+static struct rom_blk *blk_at(rom_pool *p, uint64_t off) { return blk_in(p->main, off); }
 
 static void blk_init(rom_pool *p, uint64_t b, uint64_t size, uint64_t cls, uint64_t magic) {
     struct rom_blk *k = blk_at(p, b);
@@ -832,69 +860,174 @@ static void blk_init(rom_pool *p, uint64_t b, uint64_t size, uint64_t cls, uint6
     k->cls = cls;
 }
 
-static uint64_t avail(rom_pool *p) { return p->region - p->meta->top + p->meta->free_bytes; }
+static uint64_t avail(rom_pool *p) {
+    uint64_t top = LD(p->meta->top), fr = LD(p->meta->free_bytes);
+    return (top <= p->region ? p->region - top : 0) + fr; /* statistics only */
+}
 
 /* large blocks start one header before a page boundary, so user data is page-aligned */
 static uint64_t large_start(uint64_t top) { return align_up(top + BLK_HDR, PAGE) - BLK_HDR; }
 
-static uint64_t alloc_large(rom_pool *p, uint64_t total) {
+static const char *region_name(rom_pool *p, const uint8_t *region) {
+    return region == p->back ? " (committed copy)" : "";
+}
+
+/* the validated top of the heap of `region` (main or back) */
+static int top_of(rom_pool *p, uint8_t *region, uint64_t *out) {
+    uint64_t top = LD(((struct rom_meta *)region)->top);
+    if (top < META_SIZE || top > p->region || top % LINE)
+        return corrupt(p,
+                       "allocator top%s 0x%llx is outside the heap [0x%llx, 0x%llx] or not "
+                       "%u-byte aligned",
+                       region_name(p, region), (unsigned long long)top,
+                       (unsigned long long)META_SIZE, (unsigned long long)p->region, LINE);
+    *out = top;
+    return ROM_OK;
+}
+
+/* "free-list head of size class 3" / "link of free block 0x... in size class 3" */
+static void list_field(char *buf, size_t n, uint64_t c, uint64_t from) {
+    if (c == LARGE_CLASS && !from)
+        snprintf(buf, n, "large free-list head");
+    else if (c == LARGE_CLASS)
+        snprintf(buf, n, "link of large free block 0x%llx", (unsigned long long)from);
+    else if (!from)
+        snprintf(buf, n, "free-list head of size class %u", (unsigned)c);
+    else
+        snprintf(buf, n, "link of free block 0x%llx in size class %u", (unsigned long long)from,
+                 (unsigned)c);
+}
+
+static int bad_link(rom_pool *p, uint8_t *region, uint64_t c, uint64_t from, uint64_t b,
+                    const char *why) {
+    char field[96];
+    list_field(field, sizeof field, c, from);
+    return corrupt(p, "%s%s %s (offset 0x%llx)", field, region_name(p, region), why,
+                   (unsigned long long)b);
+}
+
+/* b, read from a small free list of class c, is a free block of that class under top */
+static int chk_small(rom_pool *p, uint8_t *region, unsigned c, uint64_t from, uint64_t b,
+                     uint64_t top) {
+    uint64_t cs = class_size(c);
+    if (b < META_SIZE || b % LINE || b > top || top - b < cs)
+        return bad_link(p, region, c, from, b, "points outside the heap");
+    struct rom_blk *k = blk_in(region, b);
+    if (LD(k->magic) != BLK_FREE)
+        return bad_link(p, region, c, from, b, "points at a block that is not free");
+    if (LD(k->size) != cs || LD(k->cls) != c)
+        return bad_link(p, region, c, from, b, "points at a block of another size");
+    return ROM_OK;
+}
+
+/* b, read from the large free list, is a free large block in [lo, top); its size in *size */
+static int chk_large(rom_pool *p, uint8_t *region, uint64_t from, uint64_t b, uint64_t lo,
+                     uint64_t top, uint64_t *size) {
+    if (b < META_SIZE || (b + BLK_HDR) % PAGE || b > top || top - b < PAGE)
+        return bad_link(p, region, LARGE_CLASS, from, b, "points outside the heap");
+    if (b < lo)
+        return bad_link(p, region, LARGE_CLASS, from, b,
+                        "goes backwards (the list must be address-ordered)");
+    struct rom_blk *k = blk_in(region, b);
+    uint64_t s = LD(k->size);
+    if (LD(k->magic) != BLK_FREE || LD(k->cls) != LARGE_CLASS)
+        return bad_link(p, region, LARGE_CLASS, from, b, "points at a block that is not free");
+    if (s < PAGE || s % PAGE || s > top - b)
+        return bad_link(p, region, LARGE_CLASS, from, b,
+                        "points at a block whose size runs past the heap");
+    *size = s;
+    return ROM_OK;
+}
+
+/* first fit in the address-ordered large list, else from the top; *out 0 when full */
+static int alloc_large(rom_pool *p, uint64_t total, uint64_t *out) {
     struct rom_meta *m = p->meta;
-    uint64_t prev = 0, cur = m->large_free;
-    while (cur) { /* first fit, address order */
+    uint64_t top;
+    int rc = top_of(p, p->main, &top);
+    if (rc)
+        return rc;
+    *out = 0;
+    uint64_t prev = 0, cur = LD(m->large_free), lo = META_SIZE;
+    while (cur) { /* strictly increasing addresses: at most region / PAGE steps */
+        uint64_t ksize;
+        if ((rc = chk_large(p, p->main, prev, cur, lo, top, &ksize)))
+            return rc;
         struct rom_blk *k = blk_at(p, cur);
-        if (k->size >= total) {
-            uint64_t next = k->next;
-            if (k->size - total >= LARGE_MIN) { /* split: the tail stays free in place */
+        uint64_t next = LD(k->next);
+        if (ksize >= total) {
+            if (ksize - total >= LARGE_MIN) { /* split: the tail stays free in place */
                 uint64_t tail = cur + total;
-                blk_init(p, tail, k->size - total, LARGE_CLASS, BLK_FREE);
+                blk_init(p, tail, ksize - total, LARGE_CLASS, BLK_FREE);
                 st64(p, &blk_at(p, tail)->next, next);
                 next = tail;
             } else {
-                total = k->size;
+                total = ksize;
             }
             if (prev)
                 st64(p, &blk_at(p, prev)->next, next);
             else
                 st64(p, &m->large_free, next);
-            st64(p, &m->free_bytes, m->free_bytes - total);
+            st64(p, &m->free_bytes, LD(m->free_bytes) - total);
             blk_init(p, cur, total, LARGE_CLASS, BLK_USED);
-            return cur;
+            *out = cur;
+            return ROM_OK;
         }
         prev = cur;
-        cur = k->next;
+        lo = cur + ksize;
+        cur = next;
     }
-    uint64_t b = large_start(m->top);
-    if (b + total > p->region || b + total < b)
-        return 0;
+    uint64_t b = large_start(top);
+    if (b > p->region || total > p->region - b)
+        return ROM_OK;
     st64(p, &m->top, b + total);
     blk_init(p, b, total, LARGE_CLASS, BLK_USED);
-    return b;
+    *out = b;
+    return ROM_OK;
 }
 
-static uint64_t alloc_small(rom_pool *p, unsigned c) {
+/* pop the head of small list c after checking it */
+static int pop_small(rom_pool *p, unsigned c, uint64_t top, uint64_t *out) {
     struct rom_meta *m = p->meta;
-    uint64_t cs = class_size(c);
-    uint64_t b = m->free_head[c];
-    if (b) {
-        st64(p, &m->free_head[c], blk_at(p, b)->next);
-        st64(p, &m->free_bytes, m->free_bytes - cs);
-    } else if (m->top + cs <= p->region) {
-        b = m->top;
+    uint64_t b = LD(m->free_head[c]);
+    int rc = chk_small(p, p->main, c, 0, b, top);
+    if (rc)
+        return rc;
+    uint64_t next = LD(blk_at(p, b)->next);
+    if (next == b)
+        return bad_link(p, p->main, c, b, next, "points at itself");
+    st64(p, &m->free_head[c], next);
+    st64(p, &m->free_bytes, LD(m->free_bytes) - class_size(c));
+    *out = b;
+    return ROM_OK;
+}
+
+static int alloc_small(rom_pool *p, unsigned c, uint64_t *out) {
+    struct rom_meta *m = p->meta;
+    uint64_t cs = class_size(c), top, b = 0;
+    int rc = top_of(p, p->main, &top);
+    if (rc)
+        return rc;
+    *out = 0;
+    if (LD(m->free_head[c])) {
+        if ((rc = pop_small(p, c, top, &b)))
+            return rc;
+    } else if (cs <= p->region - top) {
+        b = top;
         st64(p, &m->top, b + cs);
     } else {
         for (unsigned d = c + 1; d < NCLASSES && !b; d++) /* a bigger free block, whole */
-            if (m->free_head[d]) {
-                b = m->free_head[d];
-                st64(p, &m->free_head[d], blk_at(p, b)->next);
-                st64(p, &m->free_bytes, m->free_bytes - class_size(d));
+            if (LD(m->free_head[d])) {
+                if ((rc = pop_small(p, d, top, &b)))
+                    return rc;
                 c = d;
                 cs = class_size(d);
             }
         if (!b) /* last resort: carve it from the coalesced large free blocks */
-            return alloc_large(p, align_up(cs, PAGE));
+            return alloc_large(p, align_up(cs, PAGE), out);
     }
     blk_init(p, b, cs, c, BLK_USED);
-    return b;
+    *out = b;
+    return ROM_OK;
 }
 
 int rom_alloc(rom_pool *p, uint64_t size, uint64_t *off) {
@@ -907,8 +1040,10 @@ int rom_alloc(rom_pool *p, uint64_t size, uint64_t *off) {
         return fail(ROM_E_FULL, "pool full: %llu bytes needed, %llu free in %s",
                     (unsigned long long)size, (unsigned long long)avail(p), p->path);
     int c = total < LARGE_MIN ? class_of(total) : -1;
-    uint64_t need = c >= 0 ? class_size((unsigned)c) : align_up(total, PAGE);
-    uint64_t b = c >= 0 ? alloc_small(p, (unsigned)c) : alloc_large(p, need);
+    uint64_t need = c >= 0 ? class_size((unsigned)c) : align_up(total, PAGE), b;
+    rc = c >= 0 ? alloc_small(p, (unsigned)c, &b) : alloc_large(p, need, &b);
+    if (rc)
+        return rc;
     if (!b) {
         uint64_t fr = avail(p);
         return fail(ROM_E_FULL, "pool full: %llu bytes needed, %llu free in %s%s",
@@ -916,62 +1051,83 @@ int rom_alloc(rom_pool *p, uint64_t size, uint64_t *off) {
                     fr >= need ? " (free space is fragmented)" : "");
     }
     struct rom_meta *m = p->meta;
-    st64(p, &m->alloc_bytes, m->alloc_bytes + blk_at(p, b)->size);
-    st64(p, &m->nallocs, m->nallocs + 1);
+    st64(p, &m->alloc_bytes, LD(m->alloc_bytes) + blk_at(p, b)->size);
+    st64(p, &m->nallocs, LD(m->nallocs) + 1);
     *off = b + BLK_HDR;
     return ROM_OK;
 }
 
-static int valid_block(rom_pool *p, uint64_t off, struct rom_blk **out) {
-    if (off < META_SIZE + BLK_HDR || off % LINE || off > p->meta->top)
+/* off (a user offset, from the caller or a root) is an allocated block of `region` under its
+ * top: 1 with its header's checked size and class, 0 if not (an error only for a bad top) */
+static int block_of(rom_pool *p, uint8_t *region, uint64_t off, uint64_t *size, uint64_t *cls,
+                    int *rc) {
+    uint64_t top;
+    *rc = top_of(p, region, &top);
+    if (*rc)
         return 0;
-    struct rom_blk *k = blk_at(p, off - BLK_HDR);
-    if (k->magic != BLK_USED || k->size < 2 * BLK_HDR || k->size > p->meta->top ||
-        off - BLK_HDR + k->size > p->meta->top)
+    if (off < META_SIZE + BLK_HDR || off % LINE || off > top)
         return 0;
-    if (k->cls != LARGE_CLASS && (k->cls >= NCLASSES || class_size((unsigned)k->cls) != k->size))
+    uint64_t b = off - BLK_HDR;
+    struct rom_blk *k = blk_in(region, b);
+    uint64_t s = LD(k->size), c = LD(k->cls);
+    if (LD(k->magic) != BLK_USED || s < 2 * BLK_HDR || s > top - b)
         return 0;
-    *out = k;
+    if (c == LARGE_CLASS) {
+        if (s % PAGE || off % PAGE)
+            return 0;
+    } else if (c >= NCLASSES || class_size((unsigned)c) != s) {
+        return 0;
+    }
+    *size = s;
+    *cls = c;
     return 1;
 }
 
-static void free_large(rom_pool *p, uint64_t b, uint64_t size) {
+static int free_large(rom_pool *p, uint64_t b, uint64_t size, uint64_t top) {
     struct rom_meta *m = p->meta;
-    uint64_t prev = 0, cur = m->large_free;
-    while (cur && cur < b) {
+    uint64_t pp = 0, prev = 0, psize = 0, cur = LD(m->large_free), csize = 0, lo = META_SIZE;
+    int rc;
+    while (cur) { /* find the neighbours of [b, b+size) in the address-ordered list */
+        if ((rc = chk_large(p, p->main, prev, cur, lo, top, &csize)))
+            return rc;
+        if (cur >= b)
+            break;
+        if (cur + csize > b)
+            return bad_link(p, p->main, LARGE_CLASS, prev, cur,
+                            "points at a free block overlapping an allocated one");
+        pp = prev;
         prev = cur;
-        cur = blk_at(p, cur)->next;
+        psize = csize;
+        lo = cur + csize;
+        cur = LD(blk_at(p, cur)->next);
     }
+    if (cur && cur < b + size)
+        return bad_link(p, p->main, LARGE_CLASS, prev, cur,
+                        "points at a free block overlapping an allocated one");
+    uint64_t fb = LD(m->free_bytes);
     /* merge with the following free block */
     if (cur && b + size == cur) {
-        uint64_t csize = blk_at(p, cur)->size;
-        cur = blk_at(p, cur)->next;
-        st64(p, &m->free_bytes, m->free_bytes - csize);
+        cur = LD(blk_at(p, cur)->next);
+        fb -= csize;
         size += csize;
     }
     /* merge into the preceding free block */
-    if (prev && prev + blk_at(p, prev)->size == b) {
-        uint64_t psize = blk_at(p, prev)->size;
-        st64(p, &m->free_bytes, m->free_bytes - psize);
+    if (prev && prev + psize == b) {
+        fb -= psize;
         b = prev;
         size += psize;
-        /* unlink prev: find its predecessor again (the list is short: large blocks only) */
-        uint64_t pp = 0, x = m->large_free;
-        while (x != prev) {
-            pp = x;
-            x = blk_at(p, x)->next;
-        }
         prev = pp;
     }
-    if (b + size == m->top) { /* give it back to the top */
+    if (b + size == top) { /* give it back to the top */
         st64(p, &m->top, b);
         if (prev)
             st64(p, &blk_at(p, prev)->next, cur);
         else
             st64(p, &m->large_free, cur);
+        st64(p, &m->free_bytes, fb);
         log_range(p, b, BLK_HDR);
         blk_at(p, b)->magic = BLK_FREE;
-        return;
+        return ROM_OK;
     }
     blk_init(p, b, size, LARGE_CLASS, BLK_FREE);
     st64(p, &blk_at(p, b)->next, cur);
@@ -979,42 +1135,110 @@ static void free_large(rom_pool *p, uint64_t b, uint64_t size) {
         st64(p, &blk_at(p, prev)->next, b);
     else
         st64(p, &m->large_free, b);
-    st64(p, &m->free_bytes, m->free_bytes + size);
+    st64(p, &m->free_bytes, fb + size);
+    return ROM_OK;
 }
 
 int rom_free(rom_pool *p, uint64_t off) {
     int rc = check_txn(p);
     if (rc)
         return rc;
-    struct rom_blk *k;
-    if (!valid_block(p, off, &k))
-        return fail(ROM_E_BADOFF, "pool %s: offset %llu is not an allocated block", p->path,
-                    (unsigned long long)off);
+    uint64_t size, cls, top;
+    if (!block_of(p, p->main, off, &size, &cls, &rc))
+        return rc ? rc
+                  : fail(ROM_E_BADOFF, "pool %s: offset %llu is not an allocated block", p->path,
+                         (unsigned long long)off);
+    if ((rc = top_of(p, p->main, &top)))
+        return rc;
     struct rom_meta *m = p->meta;
-    uint64_t b = off - BLK_HDR, size = k->size;
-    st64(p, &m->alloc_bytes, m->alloc_bytes - size);
-    st64(p, &m->nallocs, m->nallocs - 1);
-    if (k->cls == LARGE_CLASS) {
-        free_large(p, b, size);
-        return ROM_OK;
+    uint64_t b = off - BLK_HDR;
+    if (cls == LARGE_CLASS) {
+        if ((rc = free_large(p, b, size, top)))
+            return rc;
+    } else {
+        struct rom_blk *k = blk_at(p, b);
+        st64(p, &k->magic, BLK_FREE);
+        if (b + size == top) {
+            st64(p, &m->top, b);
+        } else {
+            st64(p, &k->next, LD(m->free_head[cls]));
+            st64(p, &m->free_head[cls], b);
+            st64(p, &m->free_bytes, LD(m->free_bytes) + size);
+        }
     }
-    st64(p, &k->magic, BLK_FREE);
-    if (b + size == m->top) {
-        st64(p, &m->top, b);
-        return ROM_OK;
-    }
-    st64(p, &k->next, m->free_head[k->cls]);
-    st64(p, &m->free_head[k->cls], b);
-    st64(p, &m->free_bytes, m->free_bytes + size);
+    st64(p, &m->alloc_bytes, LD(m->alloc_bytes) - size);
+    st64(p, &m->nallocs, LD(m->nallocs) - 1);
     return ROM_OK;
 }
 
-int rom_capacity(rom_pool *p, uint64_t off, uint64_t *cap) {
-    struct rom_blk *k;
-    if (!valid_block(p, off, &k))
-        return fail(ROM_E_BADOFF, "pool %s: offset %llu is not an allocated block", p->path,
-                    (unsigned long long)off);
-    *cap = k->size - BLK_HDR;
+int rom_block_cap(rom_pool *p, uint64_t off, int committed, uint64_t *cap) {
+    uint64_t size, cls;
+    int rc;
+    if (!block_of(p, committed ? p->back : p->main, off, &size, &cls, &rc))
+        return rc ? rc
+                  : fail(ROM_E_BADOFF, "pool %s: offset %llu is not an allocated block%s",
+                         p->path, (unsigned long long)off, committed ? " (committed)" : "");
+    *cap = size - BLK_HDR;
+    return ROM_OK;
+}
+
+int rom_capacity(rom_pool *p, uint64_t off, uint64_t *cap) { return rom_block_cap(p, off, 0, cap); }
+
+/* The allocator metadata of `region` (main or back) before it is trusted at open: magic,
+ * top, counters, every free list walked with a bound and summed against free_bytes, and the
+ * root table's names. Reads only. */
+static int check_meta(rom_pool *p, uint8_t *region) {
+    struct rom_meta *m = (struct rom_meta *)region;
+    const char *rn = region_name(p, region);
+    if (LD(m->magic) != META_MAGIC)
+        return corrupt(p, "allocator metadata magic%s is 0x%llx, not 0x%llx", rn,
+                       (unsigned long long)LD(m->magic), (unsigned long long)META_MAGIC);
+    uint64_t top;
+    int rc = top_of(p, region, &top);
+    if (rc)
+        return rc;
+    if (top > p->used)
+        return corrupt(p, "allocator top%s 0x%llx is above the used size 0x%llx", rn,
+                       (unsigned long long)top, (unsigned long long)p->used);
+    uint64_t heap = top - META_SIZE, sum = 0;
+    if (LD(m->alloc_bytes) > heap || LD(m->nallocs) > heap / class_size(0))
+        return corrupt(p, "allocation counters%s (%llu bytes in %llu blocks) exceed the heap", rn,
+                       (unsigned long long)LD(m->alloc_bytes), (unsigned long long)LD(m->nallocs));
+    for (unsigned c = 0; c < NCLASSES; c++) {
+        uint64_t cs = class_size(c), max = heap / cs, n = 0, from = 0;
+        for (uint64_t b = LD(m->free_head[c]); b; b = LD(blk_in(region, b)->next)) {
+            if ((rc = chk_small(p, region, c, from, b, top)))
+                return rc;
+            if (++n > max)
+                return corrupt(p, "free list of size class %u%s has more blocks than the heap "
+                                  "holds (a cycle)", c, rn);
+            sum += cs;
+            from = b;
+        }
+    }
+    uint64_t lo = META_SIZE, from = 0, size;
+    for (uint64_t b = LD(m->large_free); b; b = LD(blk_in(region, b)->next)) {
+        if ((rc = chk_large(p, region, from, b, lo, top, &size)))
+            return rc;
+        sum += size;
+        lo = b + size;
+        from = b;
+    }
+    if (sum != LD(m->free_bytes))
+        return corrupt(p, "free_bytes%s is %llu, but the free lists hold %llu", rn,
+                       (unsigned long long)LD(m->free_bytes), (unsigned long long)sum);
+    for (int i = 0; i < ROM_MAX_ROOTS; i++) {
+        const struct rom_root *r = &m->roots[i];
+        if (!r->name[0])
+            continue;
+        size_t n = strnlen(r->name, sizeof r->name);
+        if (n > ROM_ROOT_NAME_MAX)
+            return corrupt(p, "name of root %d%s is not terminated within %d bytes", i, rn,
+                           ROM_ROOT_NAME_MAX);
+        for (int j = 0; j < i; j++)
+            if (strncmp(m->roots[j].name, r->name, sizeof r->name) == 0)
+                return corrupt(p, "roots %d and %d%s have the same name", j, i, rn);
+    }
     return ROM_OK;
 }
 
@@ -1156,6 +1380,7 @@ static void create_pool(rom_pool *p) {
     h->state = ROM_IDLE;
     h->used = META_SIZE; /* from creation on, full copies include the allocator metadata */
     h->commits = 0;
+    p->used = META_SIZE;
     memset(p->main, 0, META_SIZE);
     p->meta->magic = META_MAGIC;
     p->meta->top = META_SIZE;
@@ -1167,17 +1392,22 @@ static void create_pool(rom_pool *p) {
     h->magic = POOL_MAGIC; /* last: only a complete pool carries it */
     pm_flush(p, &h->magic, 8);
     pm_fence(p);
+    /* then the stamp goes: a pool whose magic is later damaged must not pass for an unfinished
+     * creation (which is re-created automatically) */
+    h->creating = 0;
+    pm_flush(p, &h->creating, 8);
+    pm_fence(p);
     fsync(p->fd); /* the file's size and blocks, for msync mode on a disk file system */
     fsync_dir(p->path);
 }
 
-static void recover(rom_pool *p) {
+/* state and used come from the validated header copy, never re-read from the file */
+static void recover(rom_pool *p, uint64_t state, uint64_t used) {
     struct rom_hdr *h = p->hdr;
-    uint64_t used = h->used;
-    if (h->state == ROM_MUTATING) { /* roll back */
+    if (state == ROM_MUTATING) { /* roll back */
         copy_persist(p, p->main, p->back, used, used >= p->nt_min);
         p->opened_as = ROM_ROLLED_BACK;
-    } else if (h->state == ROM_COPYING) { /* roll forward */
+    } else if (state == ROM_COPYING) { /* roll forward */
         copy_persist(p, p->back, p->main, used, used >= p->nt_min);
         p->opened_as = ROM_ROLLED_FWD;
     } else {
@@ -1187,6 +1417,64 @@ static void recover(rom_pool *p) {
     h->state = ROM_IDLE;
     pm_flush(p, &h->state, 8);
     pm_fence(p);
+}
+
+/* what is wrong with a header that carries the magic, or NULL */
+static const char *header_problem(const struct rom_hdr *h) {
+    if (h->version == 0)
+        return "version 0";
+    if (h->hdr_size != sizeof *h)
+        return "header size";
+    if (h->pool_size < ROM_MIN_POOL || h->pool_size > ROM_MAX_POOL || h->pool_size % PAGE)
+        return "pool size";
+    if (h->region_size != region_of(h->pool_size))
+        return "region size";
+    if (h->main_off != HDR_PAGE || h->back_off != HDR_PAGE + h->region_size)
+        return "main/back offsets";
+    if (h->state > ROM_COPYING)
+        return "state word";
+    if (h->used < META_SIZE || h->used > h->region_size || h->used % LINE)
+        return "used size";
+    return NULL;
+}
+
+/* A file stamped "creating" but without the magic is re-created only if it never held data:
+ * no commit, and the allocator metadata of main and back (where the file has them) as
+ * creation leaves it, zeros or a fresh table. Anything else is a damaged pool. */
+static int unfinished_is_pristine(int fd, uint64_t fsize, const struct rom_hdr *h, char *why,
+                                  size_t n) {
+    if (h->commits || h->state) {
+        snprintf(why, n, "its header records %llu commits, state %llu",
+                 (unsigned long long)h->commits, (unsigned long long)h->state);
+        return 0;
+    }
+    struct rom_meta *m = malloc(sizeof *m);
+    if (!m) {
+        snprintf(why, n, "out of memory");
+        return 0;
+    }
+    uint64_t at[2] = {HDR_PAGE, fsize >= ROM_MIN_POOL ? HDR_PAGE + region_of(fsize) : 0};
+    int ok = 1;
+    for (int i = 0; i < 2 && ok && at[i]; i++) {
+        memset(m, 0, sizeof *m);
+        if (at[i] < fsize && pread(fd, m, sizeof *m, (off_t)at[i]) < 0) {
+            snprintf(why, n, "cannot read it: %s", strerror(errno));
+            ok = 0;
+            break;
+        }
+        uint64_t magic = m->magic, top = m->top;
+        m->magic = 0;
+        m->top = 0;
+        static const struct rom_meta zero;
+        if ((magic && magic != META_MAGIC) || (top && top != META_SIZE) ||
+            memcmp(m, &zero, sizeof *m) != 0) {
+            snprintf(why, n, "the allocator metadata of %s holds allocations or roots",
+                     i ? "back" : "main");
+            ok = 0;
+        }
+    }
+    free(m);
+    return ok;
 }
 
 static int resolve_env(int *mode, int *flush) {
@@ -1258,11 +1546,20 @@ static void sim_arm_from_env(rom_pool *p) {
                 seed ? strtoull(seed, NULL, 10) : 1, 0);
 }
 
-int rom_open(const char *path, uint64_t size, int create, int mode, int flush, rom_pool **out) {
+int rom_open(const char *path, size_t path_len, uint64_t size, int create, int mode, int flush,
+             rom_pool **out) {
     *out = NULL;
+    /* a path is a counted string: a NUL inside it would silently open another file */
+    if (!path || path_len == 0 || strnlen(path, path_len + 1) != path_len)
+        return fail(ROM_E_INVAL, "pool path is empty or contains a NUL byte");
+    if (create < ROM_CREATE_NEVER || create > ROM_CREATE_FORCE)
+        return fail(ROM_E_INVAL, "unknown create policy %d", create);
     int rc = resolve_env(&mode, &flush);
     if (rc)
         return rc;
+    if (size > ROM_MAX_POOL) /* before align_up, which would wrap near 2^64 */
+        return fail(ROM_E_INVAL, "pool size %llu is too large: at most %llu bytes",
+                    (unsigned long long)size, (unsigned long long)ROM_MAX_POOL);
     if (size)
         size = align_up(size, PAGE);
     if (size && size < ROM_MIN_POOL)
@@ -1275,6 +1572,8 @@ int rom_open(const char *path, uint64_t size, int create, int mode, int flush, r
     p->mode = mode;
     p->flush = flush;
     p->path = strdup(path);
+    if (!p->path)
+        return open_fail(p, fail(ROM_E_IO, "out of memory"));
     const char *nt = getenv("PLINIUS_PM_NT_MIN");
     p->nt_min = (nt && *nt) ? strtoull(nt, NULL, 10) : NT_MIN_DEFAULT;
     const char *thr = getenv("PLINIUS_PM_THREADS");
@@ -1295,10 +1594,12 @@ int rom_open(const char *path, uint64_t size, int create, int mode, int flush, r
         int e = errno;
         return open_fail(p, fail(ROM_E_IO, "cannot open pool %s: %s", path, strerror(e)));
     }
+    struct stat st;
+    if (fstat(p->fd, &st) != 0 || !S_ISREG(st.st_mode))
+        return open_fail(p, fail(ROM_E_IO, "pool %s is not a regular file", path));
     if (flock(p->fd, LOCK_EX | LOCK_NB) != 0) {
         int e = errno;
         struct rom_hdr h;
-        struct stat st;
         unsigned long long pid = 0;
         if (fstat(p->fd, &st) == 0 && read_hdr(p->fd, &h, (uint64_t)st.st_size) == 0 &&
             h.magic == POOL_MAGIC)
@@ -1317,16 +1618,27 @@ int rom_open(const char *path, uint64_t size, int create, int mode, int flush, r
         }
         return open_fail(p, fail(ROM_E_IO, "cannot lock pool %s: %s", path, strerror(e)));
     }
-    struct stat st;
-    if (fstat(p->fd, &st) != 0 || !S_ISREG(st.st_mode))
-        return open_fail(p, fail(ROM_E_IO, "pool %s is not a regular file", path));
+    if (fstat(p->fd, &st) != 0)
+        return open_fail(p, fail(ROM_E_IO, "cannot stat pool %s: %s", path, strerror(errno)));
     uint64_t fsize = (uint64_t)st.st_size;
     struct rom_hdr h;
     if (read_hdr(p->fd, &h, fsize) != 0)
         return open_fail(p, fail(ROM_E_IO, "cannot read pool %s: %s", path, strerror(errno)));
 
+    /* Decide from the header copy alone (nothing is mapped or written yet) whether this is an
+     * empty file, a creation that never finished, a damaged pool or a foreign file: only the
+     * first two are ever (re)created without create=force. */
     int creating = 0;
-    if (fsize == 0) {
+    static const char force_hint[] = "; to overwrite it with a new empty pool, open it once "
+                                     "with create=force (spec option ?create=force)";
+    if (create == ROM_CREATE_FORCE) {
+        if (!size) {
+            if (fsize < ROM_MIN_POOL || fsize > ROM_MAX_POOL)
+                return open_fail(p, fail(ROM_E_INVAL, "creating pool %s needs a size", path));
+            size = align_up(fsize, PAGE);
+        }
+        creating = ROM_CREATED;
+    } else if (fsize == 0) {
         if (!create)
             return open_fail(p, fail(ROM_E_BADMAGIC,
                                      "%s is not a plinius pool (empty file)", path));
@@ -1334,17 +1646,36 @@ int rom_open(const char *path, uint64_t size, int create, int mode, int flush, r
             return open_fail(p, fail(ROM_E_INVAL, "creating pool %s needs a size", path));
         creating = ROM_CREATED;
     } else if (h.magic != POOL_MAGIC) {
-        if (fsize >= 16 && h.creating == CREATING_MAGIC) {
+        char why[160];
+        if (fsize >= 16 && h.magic == 0 && h.creating == CREATING_MAGIC) {
+            if (!unfinished_is_pristine(p->fd, fsize, &h, why, sizeof why))
+                return open_fail(p, fail(ROM_E_CORRUPT,
+                                         "pool %s is corrupt: it has no magic but is not an "
+                                         "unfinished creation (%s)%s",
+                                         path, why, force_hint));
+            if (!create)
+                return open_fail(p, fail(ROM_E_BADMAGIC,
+                                         "%s is an unfinished pool creation (opened without "
+                                         "create)", path));
             creating = ROM_RECREATED; /* a creation that died before writing the magic */
             if (!size)
-                size = align_up(fsize, PAGE);
+                size = fsize <= ROM_MAX_POOL ? align_up(fsize, PAGE) : 0;
             if (size < ROM_MIN_POOL)
                 return open_fail(p, fail(ROM_E_INVAL, "pool %s is an unfinished creation of "
                                                       "unknown size: open it with a size",
                                          path));
+        } else if (fsize >= sizeof h && h.version >= 1 && h.version <= ROM_VERSION &&
+                   h.hdr_size == sizeof h && h.main_off == HDR_PAGE) {
+            return open_fail(p, fail(ROM_E_CORRUPT,
+                                     "pool %s is corrupt: its magic is 0x%llx, not 0x%llx, but "
+                                     "the rest of its header is a pool's; refusing to touch it%s",
+                                     path, (unsigned long long)h.magic,
+                                     (unsigned long long)POOL_MAGIC, force_hint));
         } else {
-            return open_fail(p, fail(ROM_E_BADMAGIC, "%s is not a plinius pool (bad magic)",
-                                     path));
+            return open_fail(p, fail(ROM_E_BADMAGIC,
+                                     "%s is not a plinius pool (bad magic); refusing to touch "
+                                     "it%s",
+                                     path, force_hint));
         }
     } else {
         if (fsize < sizeof h)
@@ -1356,12 +1687,10 @@ int rom_open(const char *path, uint64_t size, int create, int mode, int flush, r
                                      "pool %s has format version %u, this plinius reads up to "
                                      "%u: upgrade plinius",
                                      path, h.version, ROM_VERSION));
-        if (h.version == 0 || h.hdr_size != sizeof h || h.pool_size < ROM_MIN_POOL ||
-            h.pool_size % PAGE || h.region_size != region_of(h.pool_size) ||
-            h.main_off != HDR_PAGE || h.back_off != HDR_PAGE + h.region_size ||
-            h.state > ROM_COPYING || h.used < META_SIZE || h.used > h.region_size)
-            return open_fail(p, fail(ROM_E_CORRUPT, "pool %s has an inconsistent header "
-                                                    "(corrupt pool)", path));
+        const char *bad = header_problem(&h);
+        if (bad)
+            return open_fail(p, fail(ROM_E_CORRUPT,
+                                     "pool %s is corrupt: inconsistent header (%s)", path, bad));
         if (fsize < h.pool_size)
             return open_fail(p, fail(ROM_E_TRUNCATED,
                                      "pool %s is truncated: %llu bytes, created with %llu",
@@ -1369,7 +1698,7 @@ int rom_open(const char *path, uint64_t size, int create, int mode, int flush, r
                                      (unsigned long long)h.pool_size));
         if (fsize > h.pool_size)
             return open_fail(p, fail(ROM_E_CORRUPT,
-                                     "pool %s is %llu bytes, but was created with %llu",
+                                     "pool %s is corrupt: %llu bytes, but was created with %llu",
                                      path, (unsigned long long)fsize,
                                      (unsigned long long)h.pool_size));
         if (size && size != h.pool_size)
@@ -1382,6 +1711,12 @@ int rom_open(const char *path, uint64_t size, int create, int mode, int flush, r
         size = h.pool_size;
     }
     if (creating) {
+        /* A forced creation first empties the file: a crash from here on leaves an empty file
+         * or an unfinished (pristine) one, never old data under a creating-stamp. */
+        if (creating == ROM_CREATED && fsize && (ftruncate(p->fd, 0) != 0 || fsync(p->fd) != 0)) {
+            int e = errno;
+            return open_fail(p, fail(ROM_E_IO, "cannot empty pool %s: %s", path, strerror(e)));
+        }
         /* The stamp goes to the file before it is sized or mapped: from here on a crash, even
          * a power failure, leaves a file recognisable as an unfinished pool, never a file of
          * zeros that could not be told from someone else's. */
@@ -1397,16 +1732,24 @@ int rom_open(const char *path, uint64_t size, int create, int mode, int flush, r
                                      "cannot size pool %s to %llu bytes: %s", path,
                                      (unsigned long long)size, strerror(e)));
         }
-        int e = posix_fallocate(p->fd, 0, (off_t)size); /* no SIGBUS later on a full disk */
-        if (e == ENOSPC || e == EFBIG) {
-            if (creating == ROM_CREATED && ftruncate(p->fd, 0) != 0) { /* leave it empty */
-            }
-            fsync(p->fd);
-            return open_fail(p, fail(ROM_E_NOSPACE,
-                                     "no room for a %llu-byte pool at %s: %s",
-                                     (unsigned long long)size, path, strerror(e)));
-        }
     }
+    /* Every page of the file gets its blocks now, for an existing pool too (a sparse copy):
+     * a hole that cannot be filled later would be a SIGBUS at a store, not an error here. */
+    int e = 0;
+    if (creating)
+        e = posix_fallocate(p->fd, 0, (off_t)size);
+    else if (fallocate(p->fd, 0, 0, (off_t)size) != 0) /* no slow emulation: EOPNOTSUPP is ok */
+        e = errno;
+    if (e == ENOSPC || e == EFBIG || e == EDQUOT) {
+        if (creating == ROM_CREATED && ftruncate(p->fd, 0) != 0) { /* leave it empty */
+        }
+        fsync(p->fd);
+        return open_fail(p, fail(ROM_E_NOSPACE, "no room for a %llu-byte pool at %s: %s",
+                                 (unsigned long long)size, path, strerror(e)));
+    }
+    if (fstat(p->fd, &st) != 0 || (uint64_t)st.st_size != size) /* changed under the lock */
+        return open_fail(p, fail(ROM_E_TRUNCATED, "pool %s changed size while being opened",
+                                 path));
     p->map_size = size;
     void *m = mmap(NULL, size, PROT_READ | PROT_WRITE,
                    MAP_SHARED_VALIDATE | MAP_SYNC | MAP_POPULATE, p->fd, 0);
@@ -1415,8 +1758,8 @@ int rom_open(const char *path, uint64_t size, int create, int mode, int flush, r
     } else {
         m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, p->fd, 0);
         if (m == MAP_FAILED) {
-            int e = errno;
-            return open_fail(p, fail(ROM_E_IO, "cannot map pool %s: %s", path, strerror(e)));
+            int e2 = errno;
+            return open_fail(p, fail(ROM_E_IO, "cannot map pool %s: %s", path, strerror(e2)));
         }
     }
     p->base = m;
@@ -1427,18 +1770,30 @@ int rom_open(const char *path, uint64_t size, int create, int mode, int flush, r
     p->runs = malloc(p->cap_runs * sizeof *p->runs);
     p->cap_sync = 256;
     p->sync = malloc(p->cap_sync * sizeof *p->sync);
-    if (!p->bitmap || !p->runs || !p->sync || !p->path)
+    if (!p->bitmap || !p->runs || !p->sync)
         return open_fail(p, fail(ROM_E_IO, "out of memory opening pool %s", path));
     sim_arm_from_env(p); /* before creation and recovery, so crashes there can be tested */
     if (creating) {
         create_pool(p);
         p->opened_as = creating;
     } else {
+        /* the header copy was validated above: use it, not the mapping, from here on */
+        p->used = h.used;
         p->opened_as = ROM_OPENED;
-        recover(p);
+        /* what recovery copies from must be sound before it overwrites the other copy */
+        rc = check_meta(p, h.state == ROM_MUTATING ? p->back : p->main);
+        if (rc)
+            return open_fail(p, rc);
+        recover(p, h.state, h.used);
+        if (memcmp(p->main, p->back, META_SIZE) != 0)
+            return open_fail(p, corrupt(p, "the committed copy of the allocator metadata and "
+                                           "root table (back) differs from main"));
+        if (h.creating) { /* pools of older versions kept their creating-stamp */
+            p->hdr->creating = 0;
+            pm_flush(p, &p->hdr->creating, 8);
+            pm_fence(p);
+        }
     }
-    if (p->meta->magic != META_MAGIC || p->meta->top < META_SIZE || p->meta->top > p->region)
-        return open_fail(p, fail(ROM_E_CORRUPT, "pool %s: allocator metadata is corrupt", path));
     p->hdr->holder_pid = (uint64_t)getpid();
     *out = p;
     return ROM_OK;
@@ -1482,8 +1837,8 @@ void rom_get_stats(rom_pool *p, rom_stats *s) {
     s->main_off = HDR_PAGE;
     s->back_off = HDR_PAGE + p->region;
     s->meta_size = META_SIZE;
-    s->used = p->hdr->used;
-    s->top = p->meta->top;
+    s->used = p->used;
+    s->top = LD(p->meta->top);
     s->free_bytes = avail(p);
     s->alloc_bytes = p->meta->alloc_bytes;
     s->nallocs = p->meta->nallocs;

@@ -78,8 +78,26 @@
  *
  *   The creating-stamp is written (pwrite + fdatasync) before the file is even sized; then the
  *   layout, the allocator metadata in main and its twin in back are written and fenced; the
- *   magic is written last and fenced. A file with the stamp but no magic is an unfinished
- *   creation and is created again; a file with neither is not a pool and is never touched.
+ *   magic is written and fenced; last the stamp is cleared and fenced. A file with the stamp
+ *   but no magic is an unfinished creation: it is created again automatically, but only if it
+ *   never held data (no commit, allocator tables as creation leaves them). Any other file with
+ *   content is never written over: a damaged pool (e.g. a zeroed magic under an otherwise valid
+ *   header, or a stamp over committed data) is ROM_E_CORRUPT, a foreign file ROM_E_BADMAGIC.
+ *   Only ROM_CREATE_FORCE empties a file and creates a new pool in it.
+ *
+ * VALIDATION (the pool file is attacker-controlled; the process memory is not)
+ *
+ *   At open, before anything is mapped or written: the size (not past ROM_MAX_POOL, the file
+ *   exactly as long as its header says: never mapped past EOF), then every header field. After
+ *   mapping, before recovery copies anything: the allocator metadata of the copy recovery reads
+ *   from (magic, top, counters, every free list walked with a bound and summed against
+ *   free_bytes, root names), and after recovery main's and back's metadata must be equal. At
+ *   use: every offset, size, class and link the allocator reads is loaded once and checked
+ *   against the validated top before it is followed or written through (an abort restores
+ *   lines from back, which the attacker may have changed alone); the large free list must be
+ *   strictly address-ordered, so no walk can cycle. The used size lives in process memory after
+ *   open. Any violation is ROM_E_CORRUPT with a message naming the field. There is no
+ *   persistent log to validate: the log is volatile (see above).
  *
  * DURABILITY MODES (flush + fence)
  *
@@ -109,9 +127,15 @@
 #define ROM_VERSION 1
 #define ROM_LINE 64
 #define ROM_MIN_POOL (256u * 1024u)
+#define ROM_MAX_POOL (1ULL << 46) /* 64 TiB: more than any mapping gets, far from wrapping */
 #define ROM_ROOT_NAME_MAX 64 /* characters, without the NUL */
 #define ROM_MAX_ROOTS 128
 #define ROM_CRASH_EXIT 77 /* exit status of a simulated crash */
+
+/* create policy of rom_open */
+#define ROM_CREATE_NEVER 0 /* the pool must exist */
+#define ROM_CREATE_AUTO 1  /* create a missing or empty file, redo an unfinished creation */
+#define ROM_CREATE_FORCE 2 /* empty whatever the file holds and create a new pool */
 
 /* durability modes */
 #define ROM_MODE_AUTO (-1)
@@ -195,10 +219,15 @@ const char *rom_mode_name(int mode);
 const char *rom_last_error(void);     /* message of the last failure in this thread */
 
 /* --- pool ------------------------------------------------------------------------------------- */
-/* size: 0 = whatever the existing pool has (required to create). create: make it if absent.
+/* path: path_len bytes, no NUL inside (checked: a NUL would silently name another file).
+ * size: 0 = whatever the existing pool has (required to create).
+ * create: ROM_CREATE_NEVER / _AUTO / _FORCE. AUTO never writes over a file with content except
+ * an unfinished creation that holds no data; a damaged pool is refused (ROM_E_CORRUPT), a
+ * foreign file too (ROM_E_BADMAGIC). FORCE empties the file first.
  * mode/flush: ROM_MODE_AUTO / ROM_FLUSH_AUTO = environment (PLINIUS_PM_MODE, PLINIUS_PM_FLUSH)
  * or the default (pmem, best cpuid instruction). */
-int rom_open(const char *path, uint64_t size, int create, int mode, int flush, rom_pool **out);
+int rom_open(const char *path, size_t path_len, uint64_t size, int create, int mode, int flush,
+             rom_pool **out);
 int rom_close(rom_pool *p);    /* abort an open txn, persist, unlock, close the file */
 void rom_release(rom_pool *p); /* unmap and free (after rom_close; views die here) */
 uint8_t *rom_base(rom_pool *p); /* start of the mapping (the header) */
@@ -215,6 +244,8 @@ int rom_store_u64(rom_pool *p, uint64_t off, uint64_t value); /* logged 8-byte s
 int rom_alloc(rom_pool *p, uint64_t size, uint64_t *off);
 int rom_free(rom_pool *p, uint64_t off);
 int rom_capacity(rom_pool *p, uint64_t off, uint64_t *cap); /* usable bytes of a block */
+/* the same for the committed copy (back) when committed is 1 */
+int rom_block_cap(rom_pool *p, uint64_t off, int committed, uint64_t *cap);
 
 /* --- named roots ------------------------------------------------------------------------------ */
 /* committed: read the table of the last commit (in back), not main's. 1 found, 0 not */

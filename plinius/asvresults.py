@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plinius import fsutil
 from plinius.errors import ConfigError
 
 SCHEMA = 2
+FILE_MAX_BYTES = 64 << 20  # asv result files are KiB to a few MiB
 
 
 @dataclass
@@ -32,52 +35,126 @@ def _param_value(text: str) -> Any:
         return text
 
 
+def _read_json(f: Path) -> Any:
+    """The JSON in ``f``; a :class:`ConfigError` (kept as a skip reason) if it is not one."""
+    raw = fsutil.read_regular(f, "asv result file", max_bytes=FILE_MAX_BYTES)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"not JSON ({exc})") from None
+
+
+def _rows_of(doc: dict[str, Any], f: Path) -> list[dict[str, Any]]:
+    """The rows of one schema-2 result file; ``ConfigError`` when its structure is off."""
+    cols, results = doc.get("result_columns"), doc.get("results")
+    if not isinstance(cols, list) or not isinstance(results, dict):
+        raise ConfigError("result_columns is not a list or results is not an object")
+    params_doc = doc.get("params")
+    machine = f.parent.name
+    if isinstance(params_doc, dict) and "machine" in params_doc:
+        machine = str(params_doc["machine"])
+    rows: list[dict[str, Any]] = []
+    for name, entry in results.items():
+        if not isinstance(entry, list):
+            raise ConfigError(f"results.{name} is not a list")
+        rec = dict(zip(cols, entry, strict=False))
+        values = rec.get("result")
+        params = rec.get("params") or []
+        if values is None:
+            continue
+        if (
+            not isinstance(values, list)
+            or not isinstance(params, list)
+            or not all(isinstance(p, list) for p in params)
+        ):
+            raise ConfigError(f"results.{name}: result or params is not a list")
+        combos = list(itertools.product(*params)) if params else [()]
+        for combo, value in zip(combos, values, strict=False):
+            rows.append(
+                {
+                    "machine": machine,
+                    "commit": str(doc.get("commit_hash", ""))[:10],
+                    "env": str(doc.get("env_name", "")),
+                    "benchmark": str(name),
+                    "params": [_param_value(str(p)) for p in combo],
+                    "value": value,
+                }
+            )
+    return rows
+
+
+def find_results_dir(given: str | None, cwd: Path | None = None) -> Path:
+    """The asv results directory meant by ``given``.
+
+    ``given`` may be the results directory itself, a directory holding ``asv.conf.json`` (such
+    as ``asv_bench``), or None: then ``asv.conf.json`` is looked for in the current directory
+    and in ``asv_bench/`` below it, so the command works from the repository root and from
+    inside ``asv_bench/`` alike. The results directory is the config's ``results_dir``.
+    """
+    here = cwd or Path.cwd()
+    if given is not None:
+        p = Path(fsutil.check_path(given, "asv results directory (--asv)"))
+        p = p if p.is_absolute() else here / p
+        if (p / "asv.conf.json").is_file():
+            return _results_dir_of(p / "asv.conf.json")
+        return p
+    for conf in (here / "asv.conf.json", here / "asv_bench" / "asv.conf.json"):
+        if conf.is_file():
+            return _results_dir_of(conf)
+    raise ConfigError(
+        f"no asv.conf.json in {here} or {here / 'asv_bench'}: give the results directory "
+        "with --asv DIR (e.g. asv_bench/results)"
+    )
+
+
+def _results_dir_of(conf: Path) -> Path:
+    doc = _read_json(conf)
+    rel = doc.get("results_dir", "results") if isinstance(doc, dict) else "results"
+    if not isinstance(rel, str):
+        raise ConfigError(f"{conf}: results_dir is not a string")
+    return conf.parent / rel
+
+
 def load(results_dir: str | Path) -> AsvRows:
-    """All benchmark values under an asv ``results`` directory (one sub-directory per machine)."""
-    root = Path(results_dir)
+    """All benchmark values under an asv ``results`` directory (one sub-directory per machine).
+
+    A file that is not a regular file, not JSON or not of schema 2 is listed in ``skipped`` with
+    the reason, never guessed at; the rows of the readable ones are kept.
+    """
+    root = Path(fsutil.check_path(results_dir, "asv results directory (--asv)"))
     if not root.is_dir():
         raise ConfigError(f"{root} is not a directory of asv results (asv_bench/results)")
     out = AsvRows()
     for f in sorted(root.glob("*/*.json")):
-        if f.name == "machine.json":
-            try:
-                out.machines[f.parent.name] = json.loads(f.read_text())
-            except ValueError:
-                out.skipped.append(f"{f}: unreadable machine.json")
-            continue
         try:
-            doc = json.loads(f.read_text())
-        except ValueError as exc:
-            out.skipped.append(f"{f}: not JSON ({exc})")
+            doc = _read_json(f)
+        except ConfigError as exc:
+            out.skipped.append(f"{f}: {exc}")
             continue
-        if doc.get("version") != SCHEMA or "result_columns" not in doc:
+        if f.name == "machine.json":
+            if isinstance(doc, dict):
+                out.machines[f.parent.name] = doc
+            else:
+                out.skipped.append(f"{f}: unreadable machine.json (not an object)")
+            continue
+        if not isinstance(doc, dict) or doc.get("version") != SCHEMA:
+            version = doc.get("version") if isinstance(doc, dict) else None
             out.skipped.append(
-                f"{f}: asv results schema {doc.get('version')!r}, this reader knows {SCHEMA} "
+                f"{f}: asv results schema {version!r}, this reader knows {SCHEMA} "
                 "(re-run the benchmarks with asv >= 0.6)"
             )
             continue
-        cols = doc["result_columns"]
-        machine = str(doc.get("params", {}).get("machine", f.parent.name))
-        for name, entry in doc["results"].items():
-            rec = dict(zip(cols, entry, strict=False))
-            values = rec.get("result")
-            params = rec.get("params") or []
-            if values is None:
-                continue
-            combos = list(itertools.product(*params)) if params else [()]
-            for combo, value in zip(combos, values, strict=False):
-                out.rows.append(
-                    {
-                        "machine": machine,
-                        "commit": doc.get("commit_hash", "")[:10],
-                        "env": doc.get("env_name", ""),
-                        "benchmark": name,
-                        "params": [_param_value(str(p)) for p in combo],
-                        "value": value,
-                    }
-                )
+        try:
+            out.rows += _rows_of(doc, f)
+        except ConfigError as exc:
+            out.skipped.append(f"{f}: malformed asv results ({exc})")
     if not out.rows and not out.skipped:
         raise ConfigError(f"no asv results under {root}: run `asv run` first")
+    if not out.rows:
+        raise ConfigError(
+            f"no readable asv results under {root}: {len(out.skipped)} file(s) skipped, the "
+            f"first {out.skipped[0]}"
+        )
     return out
 
 
@@ -91,21 +168,28 @@ def save_restore_rows(data: AsvRows, engine: str | None = None) -> list[dict[str
         kind = bench[1]
         if kind not in ("time_save", "time_restore") or r["value"] is None:
             continue
+        if len(r["params"]) != 3:
+            continue  # not the (backend, size, engine) benchmark this report plots
         backend, mb, eng = r["params"]
         if engine is not None and eng != engine:
             continue
-        key = (r["machine"], r["commit"], backend, float(mb), eng)
+        try:
+            size_mb, sec = float(mb), float(r["value"])
+        except (TypeError, ValueError):
+            continue  # asv writes NaN/null for failed points; nothing to plot
+        if not (math.isfinite(size_mb) and math.isfinite(sec)):
+            continue
+        key = (r["machine"], r["commit"], backend, size_mb, eng)
         row = by_key.setdefault(
             key,
             {
                 "machine": r["machine"],
                 "commit": r["commit"],
                 "backend": backend,
-                "model_mb": float(mb),
+                "model_mb": size_mb,
                 "engine": eng,
             },
         )
-        sec = float(r["value"])
         field_name = "save" if kind == "time_save" else "restore"
         row[f"{field_name}_s"] = sec
         row[f"{field_name}_s_min"] = sec

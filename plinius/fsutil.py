@@ -117,6 +117,18 @@ def fsync_dir(directory: StrPath) -> None:
         os.close(dfd)
 
 
+def _refuse_special_target(p: Path) -> None:
+    """Never rename over a directory, FIFO, socket or device (``/dev/full`` as root)."""
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot write {p}: {exc.strerror}") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        raise ConfigError(f"output {p} is a {_kind(st.st_mode)}, not a regular file")
+
+
 @contextlib.contextmanager
 def atomic_writer(path: StrPath, *, mode: int = 0o600, durable: bool = True) -> Iterator[BinaryIO]:
     """A binary file that replaces ``path`` atomically when the block exits without error.
@@ -127,6 +139,7 @@ def atomic_writer(path: StrPath, *, mode: int = 0o600, durable: bool = True) -> 
     """
     p = Path(check_path(path, "output"))
     directory = p.parent
+    _refuse_special_target(p)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name[:40]}.", suffix=".tmp", dir=directory)
     except FileNotFoundError:

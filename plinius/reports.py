@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from plinius.errors import ConfigError
+
 
 def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     def cell(v: Any) -> str:
@@ -70,3 +72,120 @@ def provenance_md(prov: dict[str, Any], backends: dict[str, dict[str, Any]]) -> 
     ]
     lines.append(md_table(rows, cols))
     return "\n".join(lines)
+
+
+# -- checking saved documents before rendering them -----------------------------------------------
+# A results file handed to ``plinius report`` may be anything; the renderers index it freely, so
+# its shape is checked first and a wrong one is named by its JSON path.
+
+_NUMBER = "number"
+_OPT_NUMBER = "number or null"
+_KINDS: dict[str, tuple[type, ...]] = {
+    "object": (dict,),
+    "list": (list,),
+    "string": (str,),
+    "bool": (bool,),
+}
+
+BENCH_ITEMS: dict[str, dict[str, str]] = {
+    "results": {
+        "backend": "string",
+        "model_mb": _NUMBER,
+        "save_s": _NUMBER,
+        "save_s_min": _NUMBER,
+        "save_s_max": _NUMBER,
+        "restore_s": _NUMBER,
+        "restore_s_min": _NUMBER,
+        "restore_s_max": _NUMBER,
+        "save_mbps": _NUMBER,
+        "restore_mbps": _NUMBER,
+        "save_breakdown": "object",
+    },
+    "engines": {
+        "engine": "string",
+        "raw_encrypt_mbps": _NUMBER,
+        "seal_mbps": _NUMBER,
+        "seal_vs_raw": _NUMBER,
+        "raw_decrypt_mbps": _NUMBER,
+        "open_mbps": _NUMBER,
+        "open_vs_raw": _NUMBER,
+    },
+    "batch": {
+        "model": "string",
+        "batch": _NUMBER,
+        "encrypted_s": _NUMBER,
+        "plaintext_s": _NUMBER,
+        "ratio": _NUMBER,
+        "decrypt_s": _NUMBER,
+    },
+    "overhead": {"sync_overhead": _NUMBER, "async_overhead": _NUMBER},
+}
+SPS_ROW = {"mode": "string", "swaps_per_txn": _NUMBER, "sps_c": _NUMBER}
+
+
+class ShapeError(ConfigError):
+    """A saved document whose structure is not what plinius wrote."""
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind in (_NUMBER, _OPT_NUMBER):
+        if value is None:
+            return kind == _OPT_NUMBER
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, _KINDS[kind])
+
+
+def need(obj: Any, where: str, kind: str, source: str) -> Any:
+    """``obj`` if it is of ``kind``; else a :class:`ShapeError` naming ``source`` and ``where``."""
+    if not _is(obj, kind):
+        found = "null" if obj is None else type(obj).__name__
+        raise ShapeError(
+            f"{source} is not a plinius results document: {where} should be a {kind}, found {found}"
+        )
+    return obj
+
+
+def _fields(item: Any, where: str, spec: dict[str, str], source: str) -> None:
+    need(item, where, "object", source)
+    for key, kind in spec.items():
+        if key not in item:
+            raise ShapeError(f"{source} is not a plinius results document: {where} lacks {key!r}")
+        need(item[key], f"{where}.{key}", kind, source)
+
+
+def check_bench_doc(doc: Any, source: str, schema: str) -> dict[str, Any]:
+    """``doc`` if it has the shape of a ``plinius bench`` results.json (what the report reads)."""
+    need(doc, "the top level", "object", source)
+    if doc.get("schema") != schema:
+        raise ShapeError(
+            f"{source} is not a plinius bench results.json (schema {doc.get('schema')!r}, "
+            f"expected {schema!r})"
+        )
+    params = doc.get("parameters")
+    _fields(params, "parameters", {"sizes_mb": "list", "repeats": _NUMBER}, source)
+    need(params.get("engine"), "parameters.engine", "string", source)
+    prov = need(doc.get("provenance"), "provenance", "object", source)
+    for key in ("cpu", "packages"):
+        if key in prov:
+            need(prov[key], f"provenance.{key}", "object", source)
+    cpu_flags = prov.get("cpu", {}).get("flags", [])
+    need(cpu_flags, "provenance.cpu.flags", "list", source)
+    for name, ro in need(doc.get("backends"), "backends", "object", source).items():
+        need(ro, f"backends.{name}", "object", source)
+        for key, kind in (("extra", "object"), ("notes", "list")):
+            if key in ro:
+                need(ro[key], f"backends.{name}.{key}", kind, source)
+    for name, sec in need(doc.get("sections", {}), "sections", "object", source).items():
+        _fields(sec, f"sections.{name}", {"status": "string"}, source)
+    for key, spec in BENCH_ITEMS.items():
+        for i, item in enumerate(need(doc.get(key) or [], key, "list", source)):
+            _fields(item, f"{key}[{i}]", spec, source)
+    sps = need(doc.get("sps") or {}, "sps", "object", source)
+    for i, row in enumerate(need(sps.get("rows") or [], "sps.rows", "list", source)):
+        _fields(row, f"sps.rows[{i}]", SPS_ROW, source)
+    txn = sps.get("txn_cost")
+    if txn:
+        _fields(txn, "sps.txn_cost", {"txn_over_seal": _NUMBER}, source)
+    if doc.get("fio"):
+        need(doc["fio"], "fio", "object", source)
+    return doc

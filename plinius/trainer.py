@@ -7,10 +7,12 @@ experiments start again and again in fresh processes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import signal
+import stat
 import statistics
 import sys
 import time
@@ -19,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plinius.backends.registry import open_backend
-from plinius.crypto import OVERHEAD, key_id, read_key_file
+from plinius import fsutil
+from plinius.backends.registry import open_backend, parse_spec
+from plinius.crypto import OVERHEAD, key_id, make_engine, read_key_file
 from plinius.encdata import iter_sealed, read_info
 from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import SimulatedPlatform
@@ -81,25 +84,38 @@ class TrainReport:
 
 
 class LossLog:
-    """Appends one row per iteration to a CSV or JSON-lines file (kept across restarts)."""
+    """Appends one row per iteration to a CSV or JSON-lines file (kept across restarts).
+
+    Opened as a regular file only (a FIFO would block, a device would swallow or refuse rows);
+    a failed write (disk full) stops training with one line naming the log.
+    """
 
     FIELDS = ("iteration", "loss", "avg_loss", "mirror_ms", "time", "pid", "resumed_from")
 
     def __init__(self, path: str | None) -> None:
-        self.path = Path(path) if path else None
+        self.path = Path(path) if path is not None else None
         self._f: Any = None
         if self.path is None:
             return
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        try:
-            self._f = open(self.path, "a", newline="")  # noqa: SIM115 - closed by close()
-        except OSError as exc:
-            raise ConfigError(f"cannot write the loss log {self.path}: {exc.strerror}") from None
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        fd = fsutil.open_regular(self.path, "loss log", flags=flags)
+        new = os.fstat(fd).st_size == 0
+        self._f = os.fdopen(fd, "a", newline="")
         self._csv = self.path.suffix != ".json" and self.path.suffix != ".jsonl"
         if self._csv:
             self._w = csv.writer(self._f)
             if new:
-                self._w.writerow(self.FIELDS)
+                self._put(lambda: self._w.writerow(self.FIELDS))
+
+    def _put(self, emit: Callable[[], object]) -> None:
+        try:
+            emit()
+            self._f.flush()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the loss log {self.path}: {exc.strerror}; free space or give "
+                "another --log"
+            ) from None
 
     def write(self, step: StepResult, mirror_ms: float, resumed_from: int | None) -> None:
         if self._f is None:
@@ -114,14 +130,69 @@ class LossLog:
             -1 if resumed_from is None else resumed_from,
         )
         if self._csv:
-            self._w.writerow(row)
+            self._put(lambda: self._w.writerow(row))
         else:
-            self._f.write(json.dumps(dict(zip(self.FIELDS, row, strict=True))) + "\n")
-        self._f.flush()
+            line = json.dumps(dict(zip(self.FIELDS, row, strict=True))) + "\n"
+            self._put(lambda: self._f.write(line))
 
     def close(self) -> None:
         if self._f is not None:
-            self._f.close()
+            f, self._f = self._f, None
+            # a failed write was reported already; its unflushed rest is lost with the disk space
+            with contextlib.suppress(OSError):
+                f.close()
+
+
+MAX_COUNT = (1 << 31) - 1  # Darknet keeps iterations and batch sizes in C ints
+MAX_SEED = (1 << 32) - 1
+KEY_FILE_MAX = 4096
+
+
+def check_options(opts: TrainOptions) -> None:
+    """Refuse bad options before anything is read, allocated or trained (one clear line each).
+
+    ``iterations`` is the total to reach, so 0 (and negatives) could only ever train nothing: an
+    error rather than a silent success.
+    """
+    for flag, value, lo in (
+        ("--iterations", opts.iterations, 1),
+        ("--mirror-every", opts.mirror_every, 1),
+        ("--crash-at", opts.crash_at, 1),
+        ("--batch", opts.batch, 1),
+        ("--seed", opts.seed, 0),
+    ):
+        hi = MAX_SEED if flag == "--seed" else MAX_COUNT
+        if value is not None and not lo <= value <= hi:
+            raise ConfigError(f"{flag} {value} is outside {lo}..{hi}")
+    for what, path in (("key file", opts.key_file), ("--data", opts.data), ("--log", opts.log)):
+        if path == "":
+            raise ConfigError(f"{what} path is empty: give a file")
+    name, location, _ = parse_spec(opts.backend)
+    fsutil.check_path(location, f"backend {name} location")
+    fd = fsutil.open_regular(opts.key_file, "key file")
+    try:
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if size > KEY_FILE_MAX:
+        raise ConfigError(f"key file {opts.key_file} is {size} B: not a key file (48 B)")
+    if opts.data is not None:
+        os.close(fsutil.open_regular(opts.data, "dataset (--data)"))
+    if opts.log is not None:
+        fsutil.check_path(opts.log, "loss log")
+        try:
+            mode = os.stat(opts.log).st_mode
+        except FileNotFoundError:
+            mode = stat.S_IFREG
+        except OSError as exc:
+            raise ConfigError(f"cannot use the loss log {opts.log}: {exc.strerror}") from None
+        if not stat.S_ISREG(mode):
+            raise ConfigError(
+                f"loss log {opts.log} is a directory, FIFO or device, not a regular file"
+            )
+        parent = Path(opts.log).parent
+        if not parent.is_dir():
+            raise ConfigError(f"directory {parent} of the loss log {opts.log} does not exist")
 
 
 def run_training(
@@ -130,8 +201,7 @@ def run_training(
     say: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> TrainReport:
     """Train ``opts.model`` to ``opts.iterations`` with a mirror in ``opts.backend``."""
-    if opts.mirror_every < 1:
-        raise ConfigError("--mirror-every must be >= 1")
+    check_options(opts)
     t_start = time.perf_counter()
     key = read_key_file(opts.key_file)
     platform = SimulatedPlatform(state_dir=opts.state_dir)
@@ -155,7 +225,7 @@ def run_training(
         data_path = str(path)
     else:
         data_path = opts.data
-    info = read_info(data_path)
+    info = read_info(data_path, make_engine(key))  # authenticated before the backend opens
 
     backend = open_backend(opts.backend)
     runs_on = backend.describe().as_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from plinius.errors import ConfigError
@@ -17,7 +18,10 @@ def parse_size(text: str | int, what: str = "size") -> int:
     m = _SIZE_RE.match(text)
     if not m:
         raise ConfigError(f"{what}={text!r} is not a size; use e.g. 4096, 64M or 1G")
-    return int(float(m.group(1)) * _FACTORS[m.group(2).lower()])
+    value = float(m.group(1)) * _FACTORS[m.group(2).lower()]
+    if not math.isfinite(value) or value > 2**63 - 1:
+        raise ConfigError(f"{what}={text[:40]!r} is too large (at most 8 EiB)")
+    return int(value)
 
 
 def fmt_bytes(n: float) -> str:

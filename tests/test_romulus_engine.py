@@ -19,6 +19,7 @@ from plinius.errors import (
     BackendError,
     ConfigError,
     FormatError,
+    PoolCorruptError,
     PoolFullError,
     PoolLockedError,
     TruncatedError,
@@ -531,3 +532,76 @@ def test_small_allocations_use_freed_large_blocks_when_the_top_is_full(path: Pat
         with p.transaction():
             small = p.alloc(100)
         assert big - 64 <= small < big + 200_000
+
+
+# --- hostile pool files (the attacker owns the storage) -----------------------------------------
+
+
+def test_a_damaged_magic_is_refused_never_recreated(path: Path) -> None:
+    _committed_pool(path)
+    poke(path, OFF_MAGIC, bytes(8))
+    before = path.read_bytes()
+    with pytest.raises(PoolCorruptError, match=r"engine.pool is corrupt: its magic is 0x0"):
+        Pool(path, 2 * MiB)
+    poke(path, OFF_CREATING, struct.pack("<Q", int.from_bytes(b"PLNCREAT", "little")))
+    with pytest.raises(PoolCorruptError, match=r"not an unfinished creation.*1 commits"):
+        Pool(path)  # a stamp over committed data is damage, not an interrupted creation
+    poke(path, OFF_CREATING, bytes(8))
+    assert path.read_bytes() == before
+    with Pool(path, create="force") as p:  # only on request
+        assert p.opened_as == "created" and p.roots() == {} and p.size == 2 * MiB
+
+
+def test_create_policies(path: Path, shm_dir: Path) -> None:
+    with pytest.raises(BackendError, match="No such file"):
+        Pool(path, MiB, create=False)
+    stamp = struct.pack("<QQ", 0, int.from_bytes(b"PLNCREAT", "little")) + bytes(MiB)
+    path.write_bytes(stamp)
+    with pytest.raises(FormatError, match="unfinished pool creation"):
+        Pool(path, create=False)
+    assert path.read_bytes() == stamp
+    with pytest.raises(ConfigError, match="create='yes'"):
+        Pool(path, create="yes")  # type: ignore[arg-type]
+
+
+def test_nul_in_the_path_and_absurd_sizes(shm_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="NUL"):
+        Pool(str(shm_dir / "a\0b"), MiB)
+    assert not (shm_dir / "a").exists()
+    with pytest.raises(ConfigError, match="too large"):
+        Pool(shm_dir / "big.pool", 1 << 70)
+    # the engine checks too, for callers other than Pool: a counted path, a size that would
+    # wrap when rounded up to a page
+    from plinius.pm.pool import ffi, lib
+
+    out = ffi.new("rom_pool **")
+    for raw, size, needle in [
+        (os.fsencode(shm_dir / "a") + b"\0b", MiB, b"NUL"),
+        (os.fsencode(shm_dir / "big.pool"), (1 << 64) - 1 - 4096, b"too large"),
+    ]:
+        rc = lib.rom_open(raw, len(raw), size, lib.ROM_CREATE_AUTO, -1, -1, out)
+        assert rc == lib.ROM_E_INVAL and needle in ffi.string(lib.rom_last_error())
+    assert not (shm_dir / "a").exists() and not (shm_dir / "big.pool").exists()
+
+
+def test_damage_while_open_is_caught_at_use(path: Path) -> None:
+    """Words changed through the file while the pool is mapped skip the checks at open."""
+    with Pool(path, 2 * MiB) as p:
+        put(p, "a", b"x" * 300)
+        put(p, "b", b"y" * 300)
+        with p.transaction():
+            p.free(p.root("a")[0])  # type: ignore[index]
+            p.del_root("a")
+        main = p.main_off
+        poke(path, main + 64 + 3 * 8, struct.pack("<Q", (1 << 64) - 64))  # class-3 head
+        p.begin()
+        with pytest.raises(PoolCorruptError, match="free-list head of size class 3 points"):
+            p.alloc(200)
+        p.abort()
+        poke(path, main + 40, struct.pack("<Q", p.region_size - 64))  # large head into back
+        with (
+            pytest.raises(PoolCorruptError, match="large free-list head points outside"),
+            p.transaction(),
+        ):
+            p.alloc(100_000)
+        assert get(p, "b") == b"y" * 300

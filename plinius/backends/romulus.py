@@ -9,6 +9,19 @@ A crash or abort before commit rolls main back to the last committed state.
 Reads are zero-copy views into the pool: into ``main`` normally, into ``back`` (which holds the
 last committed state) while a write transaction is open, so a reader never sees a half-written
 version. Spec: ``romulus:/dev/shm/plinius.pool?size=1G&mode=pmem&flush=clwb``.
+
+Creation never overwrites: ``create=auto`` (the default) creates the pool only when the file is
+missing or empty, or when it is an unfinished creation (killed before the pool's magic was
+written, so it never held data). A file with any other content is refused: a damaged pool with
+:class:`~plinius.errors.PoolCorruptError`, a foreign file with
+:class:`~plinius.errors.FormatError`; its bytes are left untouched. ``create=force`` empties the
+file and creates a new pool over it (once, deliberately: it destroys what the file held);
+``create=never`` requires an existing pool.
+
+The pool file is attacker-controlled storage: the engine validates every header field,
+allocator pointer, size and free-list walk it reads, and this backend checks that each root
+names an allocated block large enough for its blob, so damage is a ``PoolCorruptError`` naming
+the field, never a crash, hang or stray write.
 """
 
 from __future__ import annotations
@@ -20,14 +33,35 @@ from typing import Any, ClassVar
 
 from plinius.backends.base import Backend, Blob, Durability, IoStats, RunsOn, WriteTxn, check_key
 from plinius.backends.fsinfo import block_device_facts, mount_of
-from plinius.errors import BackendError, ConfigError, PoolFullError
-from plinius.pm.pool import FLUSHES, MODES, Pool
+from plinius.errors import BackendError, ConfigError, PoolCorruptError, PoolFullError
+from plinius.fsutil import check_path
+from plinius.pm.pool import FLUSHES, MAX_POOL_SIZE, MIN_POOL_SIZE, MODES, CreatePolicy, Pool
 from plinius.units import fmt_bytes, parse_size
 
 #: size of a pool created without ``size=``: room for a 100 MB mirror being replaced by a
 #: bigger one (old and new coexist inside the transaction) plus the MNIST record area
 DEFAULT_POOL_SIZE = 1 << 30
-_OPTIONS = ("size", "mode", "flush")
+_OPTIONS = ("size", "mode", "flush", "create")
+_CREATE: dict[str, CreatePolicy] = {"auto": True, "never": False, "force": "force"}
+
+
+def _pool_size(text: str) -> int:
+    """``size=`` as bytes, within what a pool can be (a clear error, never an overflow)."""
+    try:
+        size = parse_size(text, "size")
+    except (OverflowError, ValueError):  # e.g. 400 digits: float() gives inf
+        raise ConfigError(f"romulus: size={text!r} is not a usable size") from None
+    if size <= 0:
+        raise ConfigError(f"romulus: size={text!r} must be positive, e.g. size=1G")
+    if size < MIN_POOL_SIZE:
+        raise ConfigError(
+            f"romulus: size={text!r} is too small: a pool needs at least {fmt_bytes(MIN_POOL_SIZE)}"
+        )
+    if size > MAX_POOL_SIZE:
+        raise ConfigError(
+            f"romulus: size={text!r} is too large: at most {fmt_bytes(MAX_POOL_SIZE)}"
+        )
+    return size
 
 
 class RomulusWriteTxn(WriteTxn):
@@ -100,16 +134,22 @@ class RomulusBackend(Backend):
             raise ConfigError(
                 f"romulus backend does not take option(s) {', '.join(sorted(unknown))}; it "
                 f"knows: size=1G (pool file size, at creation), mode={'|'.join(MODES)}, "
-                f"flush={'|'.join(FLUSHES)}"
+                f"flush={'|'.join(FLUSHES)}, create={'|'.join(_CREATE)}"
             )
-        size = parse_size(options["size"], "size") if "size" in options else None
+        size = _pool_size(str(options["size"])) if "size" in options else None
+        create = str(options.get("create", "auto"))
+        if create not in _CREATE:
+            raise ConfigError(
+                f"romulus: create={create!r}; use auto (missing or empty file only), never, or "
+                "force (empties the file and creates a new pool)"
+            )
         mode = options.get("mode")
         flush = options.get("flush")
         if mode is not None and mode not in MODES:
             raise ConfigError(f"romulus: mode={mode!r}; use one of {', '.join(MODES)}")
         if flush is not None and flush not in FLUSHES:
             raise ConfigError(f"romulus: flush={flush!r}; use one of {', '.join(FLUSHES)}")
-        path = Path(location)
+        path = Path(check_path(location, "romulus pool"))
         if path.is_dir():
             raise BackendError(
                 f"romulus: {path} is a directory; the location is the pool file, "
@@ -119,13 +159,28 @@ class RomulusBackend(Backend):
             raise BackendError(
                 f"romulus: parent directory {path.parent} does not exist; create it first"
             )
-        if size is None and not path.exists():
+        if size is None and (create == "force" or not path.exists()):
             size = DEFAULT_POOL_SIZE
         self.path = path
-        self.pool = Pool(path, size, create=True, mode=mode, flush=flush)
+        self.pool = Pool(path, size, create=_CREATE[create], mode=mode, flush=flush)
         self._txn: RomulusWriteTxn | None = None
+        try:
+            for key in self.pool.roots():  # every root must name a block of its blob's size
+                self._check_root_name(key)
+                self.pool.blob_root(key)
+        except BaseException:
+            self.pool.close()
+            raise
 
     # --- helpers -------------------------------------------------------------------------------
+
+    def _check_root_name(self, key: str) -> None:
+        try:
+            check_key(key)
+        except ConfigError:
+            raise PoolCorruptError(
+                f"pool {self.path} is corrupt: root name {key!r} is not a blob key"
+            ) from None
 
     def _check_idle(self, what: str) -> None:
         if self.pool.closed:
@@ -141,7 +196,7 @@ class RomulusBackend(Backend):
         if self.pool.closed:
             raise BackendError(f"romulus backend {self.spec} is closed")
         committed = self._txn is not None  # main is being rewritten: the truth is in back
-        found = self.pool.root(check_key(key), committed=committed)
+        found = self.pool.blob_root(check_key(key), committed=committed)
         if found is None:
             return None
         return found[0], found[1], committed
@@ -156,7 +211,7 @@ class RomulusBackend(Backend):
         pool = self.pool
         pool.begin()
         try:
-            current = pool.root(key)
+            current = pool.blob_root(key)
             old = current[0] if current else 0
             if size == 0:
                 offset = 0
@@ -200,10 +255,10 @@ class RomulusBackend(Backend):
     def delete(self, key: str) -> None:
         check_key(key)
         self._check_idle(f"delete {key!r}")
-        if self.pool.root(key) is None:
+        if self.pool.blob_root(key) is None:
             return
         with self.pool.transaction():
-            current = self.pool.root(key)
+            current = self.pool.blob_root(key)
             if current is not None and current[0]:
                 self.pool.free(current[0])
             self.pool.del_root(key)
@@ -211,7 +266,10 @@ class RomulusBackend(Backend):
     def keys(self) -> list[str]:
         if self.pool.closed:
             raise BackendError(f"romulus backend {self.spec} is closed")
-        return sorted(self.pool.roots(committed=self._txn is not None))
+        keys = sorted(self.pool.roots(committed=self._txn is not None))
+        for key in keys:  # names come from the pool file: only what check_key allows is ours
+            self._check_root_name(key)
+        return keys
 
     def describe(self) -> RunsOn:
         m = mount_of(self.path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import math
 from typing import Any
 
 from rich.console import Console
@@ -27,10 +27,20 @@ from plinius.bench.render import (
 )
 from plinius.bench.saverestore import PAPER_SIZES_MB
 from plinius.bench.suite import SECTIONS, SuiteOptions, run_suite, total_steps
-from plinius.cli.common import add_json_flag, print_json, print_table, progress_bar
+from plinius.cli.common import (
+    add_json_flag,
+    check_backend,
+    int_arg,
+    output_dir,
+    print_json,
+    print_table,
+    progress_bar,
+    write_text,
+)
 from plinius.crypto import generate_key, make_engine
 from plinius.defaults import all_backend_names, instances
-from plinius.errors import ConfigError, PliniusError
+from plinius.errors import ConfigError
+from plinius.nn.zoo import layers_for_size
 from plinius.provenance import provenance
 
 SCHEMA = "plinius-bench/1"
@@ -57,7 +67,9 @@ def register(sub: Any) -> None:
         "registered, on their default roots)",
     )
     p.add_argument("--sizes", help="comma-separated model sizes in MiB (default: paper + 64)")
-    p.add_argument("--repeats", type=int, help="timed repeats per point (default 5, quick 3)")
+    p.add_argument(
+        "--repeats", type=int_arg(1, 1000), help="timed repeats per point (default 5, quick 3)"
+    )
     p.add_argument("--engine", default="auto", help="auto, cryptography or pycryptodome")
     p.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
     p.add_argument("--skip", help="comma-separated sections to leave out")
@@ -67,14 +79,19 @@ def register(sub: Any) -> None:
 
 
 def _parse_sizes(text: str | None, quick: bool) -> list[float]:
-    if not text:
+    if text is None:
         return [float(s) for s in (QUICK_SIZES if quick else DEFAULT_SIZES)]
     try:
         sizes = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--sizes {text!r}: expected comma-separated numbers of MiB") from None
-    if not sizes or any(s <= 0 for s in sizes):
-        raise ConfigError(f"--sizes {text!r}: sizes must be positive")
+    if not sizes or any(not math.isfinite(s) or s <= 0 for s in sizes):
+        raise ConfigError(f"--sizes {text!r}: sizes must be finite numbers of MiB > 0")
+    for s in sizes:
+        try:
+            layers_for_size(s)
+        except ConfigError as exc:
+            raise ConfigError(f"--sizes {text!r}: {exc}") from None
     return sizes
 
 
@@ -82,27 +99,38 @@ def _sections(only: str | None, skip: str | None) -> tuple[str, ...]:
     def parse(text: str, flag: str) -> set[str]:
         names = {x.strip() for x in text.split(",") if x.strip()}
         bad = names - set(SECTIONS)
-        if bad:
+        if bad or not names:
             raise ConfigError(
-                f"{flag}: unknown section(s) {', '.join(sorted(bad))}; "
+                f"{flag} {text!r}: unknown section(s) {', '.join(sorted(bad)) or '(none)'}; "
                 f"choose from {', '.join(SECTIONS)}"
             )
         return names
 
-    chosen = parse(only, "--only") if only else set(SECTIONS)
-    if skip:
+    chosen = parse(only, "--only") if only is not None else set(SECTIONS)
+    if skip is not None:
         chosen -= parse(skip, "--skip")
+    if not chosen:
+        raise ConfigError("--only/--skip leave no section to run")
     return tuple(s for s in SECTIONS if s in chosen)
 
 
 def _split_backends(text: str | None) -> tuple[list[str], dict[str, str]]:
     """Names to place on default roots, and explicit specs given by the user."""
-    if not text:
+    if text is None:
         return all_backend_names(), {}
     names, specs = [], {}
-    for item in (x.strip() for x in text.split(",") if x.strip()):
+    items = [x.strip() for x in text.split(",")]
+    if not any(items) or not all(items):
+        raise ConfigError(
+            f"--backends {text!r}: expected comma-separated backend names or specs, "
+            f"e.g. tmpfs,ssd or ssd:/var/tmp/p (registered: {', '.join(all_backend_names())})"
+        )
+    for item in items:
         if ":" in item:
-            specs[item.split(":", 1)[0]] = item
+            name = item.split(":", 1)[0]
+            if name in specs:
+                raise ConfigError(f"--backends {text!r}: {name} is given twice")
+            specs[name] = check_backend(item)
         else:
             names.append(item)
     return names, specs
@@ -110,17 +138,11 @@ def _split_backends(text: str | None) -> tuple[list[str], dict[str, str]]:
 
 def run(args: argparse.Namespace) -> int:
     sizes = _parse_sizes(args.sizes, args.quick)
-    repeats = args.repeats or (3 if args.quick else 5)
-    if repeats < 1:
-        raise ConfigError("--repeats must be >= 1")
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 5)
     sections = _sections(args.only, args.skip)
     engine = make_engine(generate_key(), None if args.engine == "auto" else args.engine)
     names, explicit = _split_backends(args.backends)
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PliniusError(f"cannot create the output directory {out}: {exc.strerror}") from None
+    out = output_dir(args.out)
     console = Console(stderr=True)
     runs_on: dict[str, dict[str, Any]] = {}
     with instances(names, explicit) as specs:
@@ -145,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         **doc,
     }
     doc.setdefault("results", [])
-    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    write_text(out / "results.json", json.dumps(doc, indent=2) + "\n", "results")
     write_outputs(doc, out)
     failed = [k for k, v in doc["sections"].items() if v["status"] == "failed"]
     skipped = [k for k, v in doc["sections"].items() if v["status"] == "skipped"]

@@ -1,10 +1,16 @@
-"""Output helpers shared by subcommands: human tables by default, exact JSON with ``--json``."""
+"""Helpers shared by subcommands: tables or exact JSON out, and checked inputs and outputs in."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import os
+import stat
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -17,6 +23,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+
+from plinius import fsutil
+from plinius.backends.registry import parse_spec
+from plinius.crypto import read_key_file
+from plinius.errors import ConfigError, PliniusError
 
 
 def add_json_flag(parser: Any) -> None:
@@ -59,3 +70,163 @@ def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
+
+
+# -- input checking ------------------------------------------------------------------------------
+# Every path and number an operator gives is checked where the CLI first meets it, so a mistake
+# (a FIFO, a device, a 4 GiB sparse file, a missing directory, a negative count) ends in one line
+# naming the input and exit 2, never a traceback or a hang.
+
+KEY_FILE_MAX = 4096  # a key file is 48 bytes; anything far bigger is not one
+JSON_MAX = 64 << 20  # results documents plinius writes are a few MiB at most
+INT32_MAX = (1 << 31) - 1  # Darknet keeps iteration counts and batch sizes in C ints
+
+
+def input_file(path: str, what: str, max_bytes: int | None = None) -> str:
+    """``path`` if it is a regular file of at most ``max_bytes`` (FIFOs never block here)."""
+    if not path:
+        raise ConfigError(f"{what} path is empty: give a file")
+    fd = fsutil.open_regular(path, what)
+    try:
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if max_bytes is not None and size > max_bytes:
+        raise ConfigError(
+            f"{what} {path} is {fsize(size)}, more than the {fsize(max_bytes)} a {what} can be: "
+            "give the right file"
+        )
+    return path
+
+
+def check_backend(spec: str) -> str:
+    """``spec`` if it parses and its location is a usable path (no NUL, no name over 255 B)."""
+    name, location, _ = parse_spec(spec)
+    fsutil.check_path(location, f"backend {name} location")
+    return spec
+
+
+def read_key(path: str) -> bytes:
+    """The owner's key from ``path``, refusing directories, FIFOs, devices and huge files."""
+    return read_key_file(input_file(path, "key file", KEY_FILE_MAX))
+
+
+def read_json(path: str, what: str, max_bytes: int = JSON_MAX) -> Any:
+    """The JSON document in the regular file ``path``, with a one-line error for bad content."""
+    raw = fsutil.read_regular(path, what, max_bytes=max_bytes)
+    if not raw.strip():
+        raise ConfigError(f"{what} {path} is empty: give the file plinius wrote")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{what} {path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"{what} {path} is nested too deeply to be a plinius document") from None
+
+
+def _probe_dir(directory: Path, what: str) -> None:
+    """Create and remove a file in ``directory``: a writability test that also holds for root."""
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".plinius-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {what} in {directory}: {exc.strerror}; choose a writable directory"
+        ) from None
+
+
+def output_file(path: str, what: str) -> str:
+    """``path`` if a regular file can be written there: its directory exists and is writable,
+    and whatever is at ``path`` already is a regular file (never a FIFO, device or directory)."""
+    p = Path(fsutil.check_path(path, what))
+    if not p.name or path.endswith(os.sep):
+        raise ConfigError(f"{what} {path!r} names a directory; give a file name")
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise ConfigError(f"cannot use {what} {path}: {exc.strerror}") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = "directory" if stat.S_ISDIR(st.st_mode) else "special file (FIFO, socket or device)"
+        raise ConfigError(f"{what} {path} is a {kind}; give a regular file path")
+    parent = p.parent
+    if not parent.is_dir():
+        raise ConfigError(f"directory {parent} of {what} {path} does not exist: create it first")
+    _probe_dir(parent, what)
+    return path
+
+
+def output_dir(path: str, what: str = "output directory") -> Path:
+    """``path`` as a writable directory, created if missing."""
+    p = Path(fsutil.check_path(path, what))
+    if not path:
+        raise ConfigError(f"{what} is empty; give a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{what} {path} exists and is not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {what} {path}: {exc.strerror}") from None
+    if not p.is_dir():
+        raise ConfigError(f"{what} {path} exists and is not a directory")
+    _probe_dir(p, what)
+    return p
+
+
+def write_text(path: Path, text: str, what: str) -> None:
+    """Write an output file (atomically), turning an I/O error into one line naming it."""
+    try:
+        fsutil.atomic_write(path, text.encode(), mode=0o644, durable=False)
+    except PliniusError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def fsize(n: int) -> str:
+    """Bytes as a short human size (GiB when big)."""
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):,.1f} GiB"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f} MiB"
+    return f"{n} B"
+
+
+def int_arg(lo: int, hi: int = INT32_MAX) -> Callable[[str], int]:
+    """An argparse type: an integer in ``lo..hi`` (argparse reports the flag and the range)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo}..{hi}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_arg(lo: float, hi: float = math.inf, *, lo_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``lo..hi`` (``(lo..hi`` when ``lo_open``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        low_ok = value > lo if lo_open else value >= lo
+        if not math.isfinite(value) or not low_ok or value > hi:
+            bound = f"> {lo:g}" if lo_open else f">= {lo:g}"
+            upper = f" and <= {hi:g}" if math.isfinite(hi) else ""
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number {bound}{upper}")
+        return value
+
+    parse.__name__ = "number"
+    return parse

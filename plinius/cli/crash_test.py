@@ -7,10 +7,25 @@ from typing import Any
 
 from rich.console import Console
 
-from plinius.cli.common import add_json_flag
-from plinius.experiments.crash import RUNS, CrashOptions, markdown, plot, run_crash_test
+from plinius.cli.common import (
+    add_json_flag,
+    check_backend,
+    input_file,
+    int_arg,
+    output_dir,
+    read_key,
+)
+from plinius.experiments.crash import (
+    RUNS,
+    CrashOptions,
+    kill_points,
+    markdown,
+    plot,
+    run_crash_test,
+)
 from plinius.experiments.placement import run_specs
 from plinius.experiments.workspace import publish, workspace
+from plinius.trainer import MAX_SEED
 
 
 def register(sub: Any) -> None:
@@ -25,9 +40,9 @@ def register(sub: Any) -> None:
         help="backend name, or NAME:DIRECTORY to keep the run instances there",
     )
     p.add_argument("--key-file", help="owner key (default: a throw-away key)")
-    p.add_argument("--iterations", type=int, help="default 500 (quick: 60)")
-    p.add_argument("--kills", type=int, help="default 9 (quick: 3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=int_arg(2), help="default 500 (quick: 60), >= 2")
+    p.add_argument("--kills", type=int_arg(0), help="default 9 (quick: 3), >= 0")
+    p.add_argument("--seed", type=int_arg(0, MAX_SEED), default=0)
     p.add_argument("--data", help="owner's encrypted dataset (default: embedded MNIST)")
     p.add_argument("--quick", action="store_true", help="tiny model, 60 iterations, 3 kills")
     p.add_argument("--out", default="crash-out", help="directory for results.json, report.md, PNG")
@@ -37,13 +52,23 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
+    output_dir(args.out)
+    if ":" in args.backend:
+        check_backend(args.backend)
+    if args.key_file is not None:
+        read_key(args.key_file)
+    if args.data is not None:
+        input_file(args.data, "dataset (--data)")
+    iterations = args.iterations if args.iterations is not None else (60 if args.quick else 500)
+    kills = args.kills if args.kills is not None else (3 if args.quick else 9)
+    kill_points(iterations, kills, args.seed)  # refuse kills that do not fit before any work
     with workspace(args.key_file, args.data, args.seed, "crash") as ws:
         opts = CrashOptions(
             model=args.model or ("tiny" if args.quick else "batch"),
             backend=args.backend,
             key_file=ws.key_file,
-            iterations=args.iterations or (60 if args.quick else 500),
-            kills=args.kills if args.kills is not None else (3 if args.quick else 9),
+            iterations=iterations,
+            kills=kills,
             seed=args.seed,
             data=ws.data,
             state_dir=ws.state_dir,

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from plinius.backends.registry import open_backend
-from plinius.crypto import make_engine, read_key_file
+from plinius.cli.common import check_backend, output_file, read_key
+from plinius.crypto import make_engine
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.owner import export_weights
 
@@ -21,8 +22,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    engine = make_engine(read_key_file(args.key_file))
-    with open_backend(args.backend) as backend:
+    output_file(args.weights, "weights file (--weights)")
+    engine = make_engine(read_key(args.key_file))
+    with open_backend(check_backend(args.backend)) as backend:
         iteration, label = export_weights(
             backend, engine, SimulatedPlatform(state_dir=args.state_dir), args.weights
         )

@@ -17,7 +17,14 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from plinius.cli.common import add_json_flag, print_json, print_table, progress_bar
+from plinius.cli.common import (
+    add_json_flag,
+    int_arg,
+    output_dir,
+    print_json,
+    print_table,
+    progress_bar,
+)
 from plinius.errors import ConfigError, PliniusError
 from plinius.fio import FioParams, Target, find_fio, plan_targets, run_fio
 from plinius.fio.report import (
@@ -29,6 +36,7 @@ from plinius.fio.report import (
     table_rows,
 )
 from plinius.fio.runner import count_steps
+from plinius.fsutil import check_path
 from plinius.units import parse_size
 
 
@@ -51,13 +59,15 @@ def register(sub: Any) -> None:
         "measure NAME in a scratch directory inside DIR",
     )
     p.add_argument("--jobs", default="fig2,mirror", help="job files to run (default fig2,mirror)")
-    p.add_argument("--runs", type=int, help="runs averaged per job (default 3, quick 1)")
+    p.add_argument(
+        "--runs", type=int_arg(1, 100), help="runs averaged per job (default 3, quick 1)"
+    )
     p.add_argument("--threads", help="comma-separated thread counts (default 1,2,4,8; quick 1,2)")
     p.add_argument("--size", help="fig2 file size per thread (default 512M, quick 16M)")
     p.add_argument("--model-size", help="mirror job size (default 100M, quick 16M)")
     p.add_argument(
         "--runtime",
-        type=int,
+        type=int_arg(0, 86400),
         help="cap per job in seconds, 0 = none (default 5, quick 2)",
     )
     p.add_argument(
@@ -79,6 +89,9 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+MAX_THREADS = 1024  # fio threads per job; more is a typo, not a machine
+
+
 def _ints(text: str, what: str) -> tuple[int, ...]:
     try:
         vals = tuple(int(x) for x in text.split(",") if x.strip())
@@ -86,7 +99,17 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
         raise ConfigError(f"{what} {text!r}: expected comma-separated integers") from None
     if not vals:
         raise ConfigError(f"{what} {text!r}: give at least one value")
+    if any(not 1 <= v <= MAX_THREADS for v in vals):
+        raise ConfigError(f"{what} {text!r}: each value must be in 1..{MAX_THREADS}")
     return vals
+
+
+def _size(text: str, flag: str) -> int:
+    """``parse_size`` for a flag, also refusing numbers too big to be sizes at all."""
+    try:
+        return parse_size(text, flag)
+    except OverflowError:
+        raise ConfigError(f"{flag}={text[:40]!r} is not a size; use e.g. 4096, 64M or 1G") from None
 
 
 def params_from_args(args: argparse.Namespace) -> FioParams:
@@ -99,12 +122,12 @@ def params_from_args(args: argparse.Namespace) -> FioParams:
     }
     if args.runs is not None:
         over["runs"] = args.runs
-    if args.threads:
+    if args.threads is not None:
         over["threads"] = _ints(args.threads, "--threads")
-    if args.size:
-        over["size"] = parse_size(args.size, "--size")
-    if args.model_size:
-        over["model_size"] = parse_size(args.model_size, "--model-size")
+    if args.size is not None:
+        over["size"] = _size(args.size, "--size")
+    if args.model_size is not None:
+        over["model_size"] = _size(args.model_size, "--model-size")
     if args.runtime is not None:
         over["runtime_s"] = args.runtime
     params = replace(base, **over)
@@ -114,11 +137,14 @@ def params_from_args(args: argparse.Namespace) -> FioParams:
 
 def split_backends(text: str | None) -> tuple[list[str] | None, dict[str, str]]:
     """Names placed on their default roots, and NAME:DIR pairs the user chose."""
-    if not text:
+    if text is None:
         return None, {}
     names: list[str] = []
     dirs: dict[str, str] = {}
-    for item in (x.strip() for x in text.split(",") if x.strip()):
+    items = [x.strip() for x in text.split(",")]
+    if not all(items):
+        raise ConfigError(f"--backends {text!r}: expected comma-separated NAME or NAME:DIR items")
+    for item in items:
         name, sep, where = item.partition(":")
         if sep:
             if not where:
@@ -136,7 +162,10 @@ def _print_targets(console: Console, targets: list[Target]) -> None:
 def run(args: argparse.Namespace) -> int:
     params = params_from_args(args)
     names, dirs = split_backends(args.backends)
-    fio = find_fio()
+    if args.jobs_dir is not None and not Path(check_path(args.jobs_dir, "--jobs-dir")).is_dir():
+        raise ConfigError(f"--jobs-dir {args.jobs_dir} is not a directory of *.fio job files")
+    fio = find_fio()  # before anything is created: a missing fio leaves no trace
+    out = output_dir(args.out)
     console = Console(stderr=True)
     with progress_bar("fio", console, args.json) as bar:
         total = count_steps(plan_targets(names, dirs, params, fio), params)
@@ -150,7 +179,6 @@ def run(args: argparse.Namespace) -> int:
             tick=lambda: bar.advance(task),
         )
     doc = report.as_dict()
-    out = Path(args.out)
     plot_note = ""
     plotted = False
     try:

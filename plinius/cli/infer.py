@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from plinius.backends.registry import open_backend
-from plinius.cli.common import add_json_flag, print_json
-from plinius.crypto import key_id, make_engine, read_key_file
+from plinius.cli.common import add_json_flag, check_backend, print_json, read_key
+from plinius.crypto import key_id, make_engine
 from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.trusted import Enclave
@@ -28,9 +28,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    key = read_key_file(args.key_file)
+    key = read_key(args.key_file)
     platform = SimulatedPlatform(state_dir=args.state_dir)
-    with open_backend(args.backend) as backend:
+    with open_backend(check_backend(args.backend)) as backend:
         # Check first, provision after: the owner authenticates the whole mirror and its
         # freshness with the key it holds, so the enclave it provisions is measured from an
         # authenticated model fingerprint, never from a header the attacker wrote.

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from plinius.crypto import generate_key, key_id, write_key_file
+from plinius.fsutil import check_path
 
 
 def register(sub: Any) -> None:
@@ -15,6 +16,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_path(args.out, "key file (--out)")
     key = generate_key()
     write_key_file(args.out, key)
     print(f"wrote {args.out} (key id {key_id(key).hex()}); keep it secret and backed up")

@@ -1,25 +1,38 @@
 """Entry point of the ``plinius`` command: discovers subcommand modules and maps errors to exits.
 
 Each module in ``plinius.cli`` that defines ``register(subparsers)`` adds one subcommand whose
-parser sets ``func=run`` with ``run(args) -> int``. Deliberate errors (``PliniusError``) print one
-clear line on stderr and exit 2; anything else is a bug and keeps its traceback.
+parser sets ``func=run`` with ``run(args) -> int``. Deliberate errors (``PliniusError``) and
+malformed arguments print one clear line on stderr and exit 2. Anything else is a bug: as a last
+resort it prints one "internal error" line and exits 70; ``PLINIUS_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 import plinius.cli
 from plinius import __version__
 from plinius.errors import PliniusError
 
+EX_SOFTWARE = 70  # sysexits.h: an internal software error
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (usage stays in ``--help``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="plinius",
         description="Secure, crash-resilient ML training with encrypted model mirrors.",
     )
@@ -54,6 +67,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"plinius {args.command}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(
+            f"plinius {args.command}: error: out of memory; use a smaller model, batch or size",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as exc:
+        # Last resort only: every expected failure is a PliniusError raised where it happens.
+        if os.environ.get("PLINIUS_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"plinius {args.command}: internal error (a bug in plinius): "
+            f"{type(exc).__name__}: {exc}; rerun with PLINIUS_DEBUG=1 for the traceback",
+            file=sys.stderr,
+        )
+        return EX_SOFTWARE
 
 
 if __name__ == "__main__":

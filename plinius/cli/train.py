@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import TextColumn
 
-from plinius.cli.common import add_json_flag, print_json, progress_bar
+from plinius.cli.common import (
+    add_json_flag,
+    int_arg,
+    output_file,
+    print_json,
+    progress_bar,
+    write_text,
+)
 from plinius.enclave.trusted import StepResult
-from plinius.trainer import TrainOptions, run_training
+from plinius.trainer import MAX_SEED, TrainOptions, run_training
 
 
 def register(sub: Any) -> None:
@@ -25,15 +33,19 @@ def register(sub: Any) -> None:
     p.add_argument("--model", required=True, help="zoo name (mnist, tiny, batch, size-N) or .cfg")
     p.add_argument("--backend", required=True, help="backend spec, e.g. romulus:/dev/shm/p.pool")
     p.add_argument("--key-file", required=True, help="the owner's key file (plinius keygen)")
-    p.add_argument("--iterations", type=int, help="total iterations to reach (default: cfg)")
-    p.add_argument("--mirror-every", type=int, default=1, help="mirror every K iterations")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--iterations",
+        type=int_arg(1),
+        help="total iterations to reach, >= 1 (default: the cfg's max_batches)",
+    )
+    p.add_argument("--mirror-every", type=int_arg(1), default=1, help="mirror every K iterations")
+    p.add_argument("--seed", type=int_arg(0, MAX_SEED), default=0, help="0..2^32-1")
     p.add_argument("--fresh", action="store_true", help="ignore an existing mirror")
-    p.add_argument("--crash-at", type=int, help="SIGKILL this process at iteration K")
+    p.add_argument("--crash-at", type=int_arg(1), help="SIGKILL this process at iteration K")
     p.add_argument("--log", help="append per-iteration losses to FILE (.csv or .jsonl)")
     p.add_argument("--data", help="the owner's encrypted dataset (plinius owner encrypt-data)")
     p.add_argument("--async-mirror", action="store_true", help="seal and persist in background")
-    p.add_argument("--batch", type=int, help="override the cfg's batch size")
+    p.add_argument("--batch", type=int_arg(1), help="override the cfg's batch size")
     p.add_argument("--state-dir", help="simulated platform state (default $PLINIUS_STATE_DIR)")
     p.add_argument("--no-mirror", action="store_true", help="train without any mirror")
     p.add_argument("--report", help="write the run report as JSON to FILE")
@@ -58,30 +70,41 @@ def run(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         no_mirror=args.no_mirror,
     )
+    if args.report is not None:
+        output_file(args.report, "run report (--report)")
     console = Console(stderr=True)
-    with progress_bar(
+    # The bar starts with the first step, so an error before training stays one line.
+    bar = progress_bar(
         "train",
         console,
         args.json,
         TextColumn("loss {task.fields[loss]}  avg {task.fields[avg]}  mirror {task.fields[ms]} ms"),
-    ) as bar:
-        task = bar.add_task("train", total=None, loss="-", avg="-", ms="-")
+    )
+    task = bar.add_task("train", total=None, loss="-", avg="-", ms="-")
+    started = False
 
-        def on_step(step: StepResult, target: int) -> None:
-            bar.update(
-                task,
-                total=target,
-                completed=step.iteration,
-                loss=f"{step.loss:.4f}",
-                avg=f"{step.avg_loss:.4f}",
-                ms=f"{step.mirror_s * 1e3:.1f}",
-            )
+    def on_step(step: StepResult, target: int) -> None:
+        nonlocal started
+        if not started:
+            bar.start()
+            started = True
+        bar.update(
+            task,
+            total=target,
+            completed=step.iteration,
+            loss=f"{step.loss:.4f}",
+            avg=f"{step.avg_loss:.4f}",
+            ms=f"{step.mirror_s * 1e3:.1f}",
+        )
 
+    try:
         report = run_training(opts, on_step=on_step, say=lambda m: console.print(m))
+    finally:
+        if started:
+            bar.stop()
     doc = report.as_dict()
     if args.report:
-        with open(args.report, "w") as f:
-            json.dump(doc, f, indent=2)
+        write_text(Path(args.report), json.dumps(doc, indent=2), "run report (--report)")
     if args.json:
         print_json(doc)
         return 0

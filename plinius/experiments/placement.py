@@ -10,6 +10,8 @@ from pathlib import Path
 
 from plinius.backends.registry import backend_class, parse_spec
 from plinius.defaults import root_dir
+from plinius.errors import ConfigError
+from plinius.fsutil import check_path
 
 
 @contextmanager
@@ -18,8 +20,11 @@ def run_specs(backend: str, runs: list[str], keep: bool = False) -> Iterator[dic
     afterwards) or ``NAME:DIRECTORY[?opts]`` (instances created inside DIRECTORY and kept)."""
     if ":" in backend:
         name, location, options = parse_spec(backend)
-        base = Path(location)
-        base.mkdir(parents=True, exist_ok=True)
+        base = Path(check_path(location, f"backend {name} directory"))
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create backend directory {base}: {exc.strerror}") from None
         made = None
     else:
         name, options = backend, {}

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plinius.cli.common import print_json
-from plinius.crypto import generate_key, read_key_file, write_key_file
+from plinius.cli.common import output_dir, print_json, read_key, write_text
+from plinius.crypto import generate_key, write_key_file
 from plinius.owner import default_dataset
 from plinius.provenance import provenance
 
@@ -36,7 +36,7 @@ def workspace(key_file: str | None, data: str | None, seed: int, name: str) -> I
             key = str(root / "owner.key")
             write_key_file(key, generate_key())
         if data is None:
-            data = str(default_dataset(read_key_file(key), root, seed)[0])
+            data = str(default_dataset(read_key(key), root, seed)[0])
         yield Workspace(root, key, data, str(root / "state"))
 
 
@@ -57,10 +57,9 @@ def publish(
         "parameters": {**parameters, "key_file": None, "state_dir": None},
         "result": result,
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(doc))
+    out = output_dir(out_dir)
+    write_text(out / "results.json", json.dumps(doc, indent=2) + "\n", "results")
+    write_text(out / "report.md", markdown(doc), "report")
     plot(doc, out / figure)
     if as_json:
         print_json(doc)

@@ -13,8 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plinius.errors import ConfigError
+from plinius import fsutil
+from plinius.errors import ConfigError, NotFoundError
 
+CFG_MAX_BYTES = 1 << 20  # real Darknet cfgs are a few KiB; this bounds what a hostile one costs
 _SECTION = re.compile(r"^\[([A-Za-z_]+)\]$")
 
 
@@ -183,13 +185,20 @@ def parse_cfg_text(text: str, path: str = "<cfg>") -> NetConfig:
     return NetConfig(path, sections)
 
 
+def read_cfg_file(path: str | Path) -> str:
+    """The text of a ``.cfg`` file: a regular file (a FIFO never blocks), bounded, UTF-8."""
+    try:
+        raw = fsutil.read_regular(path, "model cfg", max_bytes=CFG_MAX_BYTES)
+    except NotFoundError:
+        raise ConfigError(f"model cfg {path}: no such file") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"model cfg {path} is not UTF-8 text (byte {exc.start}): give a Darknet .cfg file"
+        ) from None
+
+
 def parse_cfg(path: str | Path) -> NetConfig:
     """Read and parse a ``.cfg`` file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such model file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read model file: {exc}") from None
-    return parse_cfg_text(text, str(p))
+    return parse_cfg_text(read_cfg_file(path), str(path))

@@ -18,8 +18,10 @@ import hashlib
 import json
 import math
 import os
+import resource
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,7 @@ ARCH_FORMAT = "plinius.nn/arch-1"
 BUFFER_ALIGN = 64
 DEFAULT_COL_BUDGET = 1 << 30  # bytes of im2col matrices kept between forward and backward
 MOMENTUM_SUFFIX = "_momentum"
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,60 @@ def build_layers(cfg: NetConfig, dtype: Any = np.float32) -> tuple[NetParams, li
         if isinstance(layer, _LossLayer) and layer.kind == "cost":
             raise ConfigError(f"{cfg.path}: [cost] must be the last layer")
     return net, layers
+
+
+def memory_needed(layers: list[Layer], mini_batch: int, itemsize: int) -> int:
+    """A lower bound of the bytes a network takes: parameters, momentum, and for one mini-batch
+    every layer's output and input gradient (computed from shapes, nothing allocated)."""
+    total = 0
+    for layer in layers:
+        for spec in layer.param_specs():
+            total += spec.size * itemsize * (2 if spec.trainable else 1)
+        total += (math.prod(layer.in_shape) + math.prod(layer.out_shape)) * mini_batch * itemsize
+    return total
+
+
+def memory_limit() -> tuple[int, str]:
+    """Bytes this process can still get, and where the bound comes from: the address-space
+    limit, the cgroup's limit, or the memory and swap the machine has available now."""
+    limits: list[tuple[int, str]] = []
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append((soft, "allowed by the address-space limit (ulimit -v)"))
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if text.isdigit():
+            limits.append((int(text), "allowed by this cgroup (memory.max)"))
+    except OSError:
+        pass
+    try:
+        info = {
+            k: int(v.split()[0]) * 1024
+            for k, v in (
+                line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines()
+            )
+            if k in ("MemAvailable", "SwapFree")
+        }
+        if "MemAvailable" in info:
+            limits.append((sum(info.values()), "this machine has available (memory and swap)"))
+    except (OSError, ValueError):
+        pass
+    if not limits:
+        return 1 << 62, "addressable"
+    return min(limits)
+
+
+def check_memory(path: str, layers: list[Layer], mini_batch: int, itemsize: int) -> None:
+    """Refuse, before allocating anything, a model that cannot fit: a clear error instead of a
+    MemoryError traceback or the OOM killer."""
+    need = memory_needed(layers, mini_batch, itemsize)
+    avail, source = memory_limit()
+    if need > avail:
+        raise ConfigError(
+            f"model {path} at mini-batch {mini_batch} needs at least {need / GIB:,.1f} GiB of "
+            f"memory, more than the {avail / GIB:,.1f} GiB {source}: use fewer or smaller "
+            "layers (filters, size) or a smaller batch"
+        )
 
 
 class Network:
@@ -95,6 +152,7 @@ class Network:
         self.net = net
         self.layers = layers
         self.dtype = np.dtype(dtype)
+        check_memory(cfg.path, layers, net.mini_batch, self.dtype.itemsize)
         self.seed = seed
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.seen = 0

@@ -8,6 +8,7 @@ N MiB). Anything else is taken as a path to a Darknet ``.cfg`` file.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -16,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from plinius import fsutil
 from plinius.errors import ConfigError
-from plinius.nn.cfg import NetConfig, parse_cfg_text
+from plinius.nn.cfg import NetConfig, parse_cfg_text, read_cfg_file
 from plinius.nn.layers import ConvLayer
 from plinius.nn.network import Network, build_layers, fingerprint_of
 
@@ -144,14 +146,11 @@ def cfg_text(spec: str) -> tuple[str, str]:
         if mb <= 0:
             raise ConfigError(f"{spec}: the size must be > 0 MiB")
         return f"zoo:{spec}", size_model_cfg(layers_for_size(mb))
-    path = Path(spec)
-    if path.suffix == ".cfg" or path.exists():
-        try:
-            return str(path), path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"model file {path}: no such file") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read model {path}: {exc.strerror}") from None
+    if not spec:
+        raise ConfigError("the model name is empty: give a zoo name or a path to a .cfg file")
+    path = Path(fsutil.check_path(spec, "model cfg"))
+    if path.suffix == ".cfg" or os.path.lexists(path):
+        return str(path), read_cfg_file(path)
     names = ", ".join([*FIXED, "size-N"])
     raise ConfigError(f"unknown model '{spec}': use one of {names} or a path to a .cfg file")
 

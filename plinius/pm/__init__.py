@@ -3,6 +3,7 @@
 from plinius.pm.pool import (
     CRASH_EXIT,
     FLUSHES,
+    MAX_POOL_SIZE,
     MAX_ROOTS,
     MIN_POOL_SIZE,
     MODES,
@@ -18,6 +19,7 @@ from plinius.pm.pool import (
 __all__ = [
     "CRASH_EXIT",
     "FLUSHES",
+    "MAX_POOL_SIZE",
     "MAX_ROOTS",
     "MIN_POOL_SIZE",
     "MODES",

@@ -22,11 +22,13 @@ from plinius.errors import (
     ConfigError,
     FormatError,
     PliniusError,
+    PoolCorruptError,
     PoolFullError,
     PoolLockedError,
     TruncatedError,
     UnsupportedVersionError,
 )
+from plinius.fsutil import check_path
 
 try:
     from plinius._romulus import ffi, lib
@@ -43,6 +45,10 @@ CRASH_EXIT: int = lib.ROM_CRASH_EXIT
 ROOT_NAME_MAX: int = lib.ROM_ROOT_NAME_MAX
 MAX_ROOTS: int = lib.ROM_MAX_ROOTS
 MIN_POOL_SIZE: int = lib.ROM_MIN_POOL
+MAX_POOL_SIZE: int = lib.ROM_MAX_POOL
+#: ``create=`` of :class:`Pool`: False never creates, True creates a missing or empty file (and
+#: redoes an unfinished creation that holds no data), "force" empties any file and creates anew
+CreatePolicy = bool | Literal["force"]
 
 _STATES = {lib.ROM_IDLE: "idle", lib.ROM_MUTATING: "mutating", lib.ROM_COPYING: "copying"}
 _OPENED = {
@@ -57,7 +63,7 @@ _ERRORS: dict[int, type[PliniusError]] = {
     lib.ROM_E_BADMAGIC: FormatError,
     lib.ROM_E_TRUNCATED: TruncatedError,
     lib.ROM_E_VERSION: UnsupportedVersionError,
-    lib.ROM_E_CORRUPT: FormatError,
+    lib.ROM_E_CORRUPT: PoolCorruptError,
     lib.ROM_E_FULL: PoolFullError,
     lib.ROM_E_FLUSH: ConfigError,
 }
@@ -121,9 +127,14 @@ class Pool:
     """A Romulus pool file: open (creating or recovering it), transactions, allocator, roots.
 
     ``size`` is the file size: required to create, checked against an existing pool when given.
-    ``mode`` (pmem/msync/none) and ``flush`` (clwb/clflushopt/clflush) default to the
-    ``PLINIUS_PM_MODE`` / ``PLINIUS_PM_FLUSH`` environment variables, then to pmem and the best
-    instruction the CPU has.
+    ``create`` (:data:`CreatePolicy`): a file with content is never overwritten unless it is
+    ``"force"``; a damaged pool raises :class:`PoolCorruptError`, a foreign file
+    :class:`FormatError`. ``mode`` (pmem/msync/none) and ``flush`` (clwb/clflushopt/clflush)
+    default to the ``PLINIUS_PM_MODE`` / ``PLINIUS_PM_FLUSH`` environment variables, then to
+    pmem and the best instruction the CPU has.
+
+    Every value the engine reads from the file is validated (the file is attacker-controlled
+    storage): a violation is a :class:`PoolCorruptError` naming the field, never a crash.
     """
 
     def __init__(
@@ -131,22 +142,35 @@ class Pool:
         path: str | os.PathLike[str],
         size: int | None = None,
         *,
-        create: bool = True,
+        create: CreatePolicy = True,
         mode: str | None = None,
         flush: str | None = None,
     ) -> None:
-        self.path = str(path)
+        self.path = check_path(path, "pool")  # a NUL would name another file in C
+        if create not in (True, False, "force"):
+            raise ConfigError(f"create={create!r}: use True, False or 'force'")
         if mode is not None and mode not in MODES:
             raise ConfigError(f"mode={mode!r}: use one of {', '.join(MODES)}")
         if flush is not None and flush not in FLUSHES:
             raise ConfigError(f"flush={flush!r}: use one of {', '.join(FLUSHES)}")
         if size is not None and size < 0:
             raise ConfigError(f"pool size must be positive, got {size}")
+        if size is not None and size > MAX_POOL_SIZE:
+            raise ConfigError(f"pool size {size} is too large: at most {MAX_POOL_SIZE} bytes")
+        raw = os.fsencode(self.path)
+        policy = (
+            lib.ROM_CREATE_FORCE
+            if create == "force"
+            else lib.ROM_CREATE_AUTO
+            if create
+            else lib.ROM_CREATE_NEVER
+        )
         out = ffi.new("rom_pool **")
         rc = lib.rom_open(
-            os.fsencode(self.path),
+            raw,
+            len(raw),
             size or 0,
-            1 if create else 0,
+            policy,
             lib.ROM_MODE_AUTO if mode is None else MODES.index(mode),
             lib.ROM_FLUSH_AUTO if flush is None else FLUSHES.index(flush),
             out,
@@ -297,14 +321,47 @@ class Pool:
         if rc:
             _raise(rc)
 
-    def capacity(self, offset: int) -> int:
-        """Usable bytes of the block at ``offset`` (at least what was asked for)."""
+    def capacity(self, offset: int, *, committed: bool = False) -> int:
+        """Usable bytes of the block at ``offset`` (at least what was asked for).
+
+        ``committed`` checks the block header in back (the last commit) instead of main.
+        """
         self._check()
+        if not 0 <= offset < 1 << 64:
+            raise BackendError(f"pool {self.path}: offset {offset} is not an allocated block")
         cap = ffi.new("uint64_t *")
-        rc = lib.rom_capacity(self._h, offset, cap)
+        rc = lib.rom_block_cap(self._h, offset, 1 if committed else 0, cap)
         if rc:
             _raise(rc)
         return int(cap[0])
+
+    def blob_root(self, name: str, *, committed: bool = False) -> tuple[int, int] | None:
+        """A root that names an allocated block: ``(offset, size)``, or None when absent.
+
+        Roots are plain numbers to the engine; a blob root must be ``(0, 0)`` (empty) or the
+        offset of an allocated block at least ``size`` bytes long. Anything else was not written
+        by plinius: :class:`PoolCorruptError` naming the root.
+        """
+        found = self.root(name, committed=committed)
+        if found is None:
+            return None
+        off, size = found
+        if off == 0:
+            if size == 0:
+                return found
+            cap = -1
+        else:
+            try:
+                cap = self.capacity(off, committed=committed)
+            except BackendError:  # not a block (a bad top is a PoolCorruptError: passes)
+                cap = -1
+        if cap < size:
+            where = "committed root" if committed else "root"
+            raise PoolCorruptError(
+                f"pool {self.path} is corrupt: {where} {name!r} points at offset {off:#x} "
+                f"with size {size}, which is not an allocated block that large"
+            )
+        return found
 
     # --- roots --------------------------------------------------------------------------------
 

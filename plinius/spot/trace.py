@@ -10,14 +10,20 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from plinius.errors import ConfigError
+from plinius import fsutil
+from plinius.errors import ConfigError, NotFoundError
 
 AWS_SLOT_SECONDS = 300
+MAX_SLOTS = 2 * 366 * 24 * 3600 // AWS_SLOT_SECONDS  # two years of 5-minute slots
+MAX_SLOT_NUMBER = 1 << 53  # exact in a float64
+MAX_PRICE = 1e6  # USD/hour: far above any instance, far below where sums lose meaning
+TRACE_MAX_BYTES = 64 << 20
 
 
 class TraceError(ConfigError):
@@ -35,6 +41,8 @@ class SpotTrace:
             raise TraceError(f"trace {self.source} is empty")
         if not np.all(np.isfinite(self.prices)) or np.any(self.prices < 0):
             raise TraceError(f"trace {self.source} has negative or non-numeric prices")
+        if self.prices.size > MAX_SLOTS:
+            raise _too_long(self.source, int(self.prices.size))
 
     def __len__(self) -> int:
         return int(self.prices.size)
@@ -51,6 +59,8 @@ class SpotTrace:
         )
 
     def check_bid(self, bid: float) -> None:
+        if not (math.isfinite(bid) and 0 <= bid <= MAX_PRICE):
+            raise TraceError(f"bid {bid} is not a finite USD/hour price in 0..{MAX_PRICE:g}")
         if not self.running(bid).any():
             raise TraceError(
                 f"bid {bid} is below every price of {self.source} (min {self.prices.min():.4f}): "
@@ -69,20 +79,50 @@ class SpotTrace:
 
 
 def load_trace(path: str | Path) -> SpotTrace:
-    """Read a CSV ``price,slot`` trace or an ``aws ec2 describe-spot-price-history`` JSON file."""
+    """Read a CSV ``price,slot`` trace or an ``aws ec2 describe-spot-price-history`` JSON file.
+
+    Only a regular file of at most ``TRACE_MAX_BYTES`` is read (a FIFO cannot block us), and
+    every price and slot is checked: finite, within bounds, slots strictly increasing, the whole
+    trace at most ``MAX_SLOTS`` slots long.
+    """
     p = Path(path)
     try:
-        text = p.read_text()
-    except FileNotFoundError:
+        raw = fsutil.read_regular(p, "trace file", max_bytes=TRACE_MAX_BYTES)
+    except NotFoundError:
         raise TraceError(f"trace file {p} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(f"cannot read trace {p}: {exc}") from None
+    except ConfigError as exc:
+        raise TraceError(str(exc)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"trace file {p} is not UTF-8 text (byte {exc.start})") from None
     stripped = text.lstrip()
     if not stripped:
         raise TraceError(f"trace {p} is empty")
     if stripped[0] in "{[":
         return _from_aws_json(stripped, str(p))
     return _from_csv(text, str(p))
+
+
+def _price(text: object, where: str) -> float:
+    """A price in USD/hour: finite, >= 0 and at most ``MAX_PRICE``."""
+    try:
+        value = float(str(text))
+    except ValueError:
+        raise TraceError(f"{where}: price {str(text)[:40]!r} is not a number") from None
+    if not (math.isfinite(value) and 0 <= value <= MAX_PRICE):
+        raise TraceError(
+            f"{where}: price {str(text)[:40]} is negative, not finite or above "
+            f"{MAX_PRICE:g} USD/hour"
+        )
+    return value
+
+
+def _too_long(source: str, slots: int) -> TraceError:
+    return TraceError(
+        f"trace {source} spans {slots:,} slots of {AWS_SLOT_SECONDS // 60} minutes, more than "
+        f"the {MAX_SLOTS:,} (two years) a replay can use: cut the trace"
+    )
 
 
 def _from_csv(text: str, source: str) -> SpotTrace:
@@ -92,24 +132,33 @@ def _from_csv(text: str, source: str) -> SpotTrace:
         if not row or row[0].strip().startswith("#"):
             continue
         if len(row) != 2:
-            raise TraceError(f"{source}:{lineno}: expected 'price,slot', got {','.join(row)!r}")
+            raise TraceError(
+                f"{source}:{lineno}: expected 'price,slot', got {','.join(row)[:60]!r}"
+            )
         try:
-            prices.append(float(row[0]))
-            slots.append(int(float(row[1])))
+            price, slot = float(row[0]), float(row[1])
         except ValueError:
             if lineno == 1:  # a header line
                 continue
-            raise TraceError(f"{source}:{lineno}: not numbers: {','.join(row)!r}") from None
+            raise TraceError(f"{source}:{lineno}: not numbers: {','.join(row)[:60]!r}") from None
+        where = f"{source}:{lineno}"
+        prices.append(_price(price, where))
+        if not (math.isfinite(slot) and slot.is_integer() and abs(slot) <= MAX_SLOT_NUMBER):
+            raise TraceError(f"{where}: slot {row[1].strip()[:40]!r} is not a whole slot number")
+        slots.append(int(slot))
     if not prices:
         raise TraceError(f"trace {source} has no price rows")
-    s = np.asarray(slots)
+    s = np.asarray(slots, dtype=np.int64)
     if np.any(np.diff(s) <= 0):
         bad = int(np.flatnonzero(np.diff(s) <= 0)[0])
+        what = "repeats" if s[bad + 1] == s[bad] else "follows"
         raise TraceError(
-            f"{source}: slots must increase: slot {s[bad + 1]} follows {s[bad]} (row {bad + 2})"
+            f"{source}: slots must increase: slot {s[bad + 1]} {what} {s[bad]} (row {bad + 2})"
         )
     # a gap in slot numbers means the price held: repeat it
     idx = s - s[0]
+    if int(idx[-1]) + 1 > MAX_SLOTS:
+        raise _too_long(source, int(idx[-1]) + 1)
     full = np.empty(int(idx[-1]) + 1)
     starts = idx
     vals = np.asarray(prices)
@@ -124,6 +173,8 @@ def _from_aws_json(text: str, source: str) -> SpotTrace:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TraceError(f"{source} is neither CSV nor valid JSON: {exc}") from None
+    except RecursionError:
+        raise TraceError(f"{source}: JSON nested too deeply to be a price history") from None
     items = doc.get("SpotPriceHistory") if isinstance(doc, dict) else doc
     if not isinstance(items, list):
         raise TraceError(
@@ -135,13 +186,26 @@ def _from_aws_json(text: str, source: str) -> SpotTrace:
     points: list[tuple[float, float]] = []
     for i, it in enumerate(items):
         try:
-            when = dt.datetime.fromisoformat(str(it["Timestamp"]).replace("Z", "+00:00"))
-            points.append((when.timestamp(), float(it["SpotPrice"])))
+            stamp = str(it["Timestamp"]).replace("Z", "+00:00")
+            when = dt.datetime.fromisoformat(stamp)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.UTC)
+            price = it["SpotPrice"]
         except (KeyError, ValueError, TypeError):
             raise TraceError(f"{source}: entry {i} lacks a valid Timestamp/SpotPrice") from None
+        points.append((when.timestamp(), _price(price, f"{source}: entry {i}")))
+    times = [t for t, _ in points]
+    # AWS pages are not in one order, so the points are sorted; a repeated time is not one trace
+    if len(set(times)) != len(times):
+        raise TraceError(
+            f"{source}: a timestamp appears twice (several zones or products mixed?): filter the "
+            "history to one availability zone and product"
+        )
     points.sort()
     t0 = points[0][0]
     n = int((points[-1][0] - t0) // AWS_SLOT_SECONDS) + 1
+    if n > MAX_SLOTS:
+        raise _too_long(source, n)
     prices = np.empty(n)
     for i, (ts, price) in enumerate(points):
         start = int((ts - t0) // AWS_SLOT_SECONDS)

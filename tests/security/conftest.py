@@ -83,8 +83,6 @@ def world(tmp_path: Path, shm_dir: Path) -> World:
         platform=tmp_path / "platform",
         shm=shm_dir,
     )
-    res = _run(
-        "owner", "encrypt-data", "--key-file", str(key), "--out", str(w.data), env=w.env
-    )
+    res = _run("owner", "encrypt-data", "--key-file", str(key), "--out", str(w.data), env=w.env)
     assert res.returncode == 0, res.stderr
     return w
