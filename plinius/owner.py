@@ -69,7 +69,7 @@ def default_dataset(key: bytes, state_dir: Path, seed: int = 0) -> tuple[Path, b
 def verify_mirror(backend: Backend, engine: Engine, platform: SimulatedPlatform) -> MirrorInfo:
     """Authenticate every buffer of the stored mirror and check it is the one last committed."""
     store = MirrorStore(backend, engine, None)
-    guard = mirror_guard(MirrorCounters(platform), store, settle=False)
+    guard = mirror_guard(MirrorCounters(platform, create=False), store, settle=False)
     info = store.verify(freshness=guard)
     if info is None:
         guard.absent()
@@ -83,7 +83,7 @@ def open_mirror(
     """Decrypt the mirror into a fresh network outside any enclave (the owner holds the key)."""
     store = MirrorStore(backend, engine, None)
     net, info = network_from_mirror(
-        store, mirror_guard(MirrorCounters(platform), store, settle=False)
+        store, mirror_guard(MirrorCounters(platform, create=False), store, settle=False)
     )
     return net, info.iteration, str(info.meta["model"])
 

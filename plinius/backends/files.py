@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 from plinius.backends.base import Backend, Blob, Durability, IoStats, RunsOn, WriteTxn, check_key
 from plinius.backends.fsinfo import block_device_facts, mount_of
-from plinius.errors import BackendError, BackendLockedError, ConfigError
+from plinius.errors import BackendError, BackendLockedError, ConfigError, NotFoundError
 from plinius.fsutil import HeldLock, check_path, try_lock
 from plinius.memory import PAGE, StagingBuffer, align_up
 
@@ -116,13 +116,16 @@ class FileBackend(Backend):
 
     def __init__(self, location: str, **options: Any) -> None:
         super().__init__(location, **options)
-        unknown = set(options) - {"direct"}
+        unknown = set(options) - {"direct", "create"}
         if unknown:
             raise ConfigError(
                 f"{self.name} backend does not take option(s) {', '.join(sorted(unknown))}; "
-                "it knows: direct=1 (O_DIRECT writes)"
+                "it knows: direct=1 (O_DIRECT writes), create=auto|never"
             )
         self.direct = _truthy(options.get("direct", "0"))
+        self.create = str(options.get("create", "auto"))
+        if self.create not in ("auto", "never"):
+            raise ConfigError(f"{self.name}: create={self.create!r}; use create=auto or never")
         self.dir = Path(check_path(location, f"{self.name} backend directory"))
         self._dfd = -1
         self._lock: HeldLock | None = None
@@ -141,6 +144,8 @@ class FileBackend(Backend):
         """Open (create) the directory without following a symlink, lock it, clear stale temps."""
         d = self.dir
         if not d.exists() and not d.is_symlink():
+            if self.create == "never":  # read-only commands never create anything
+                raise NotFoundError(f"{self.name}: no backend at {d}: nothing to read there")
             if not d.parent.is_dir():
                 raise BackendError(
                     f"{self.name}: parent directory {d.parent} does not exist; create it first"

@@ -230,3 +230,10 @@ def float_arg(lo: float, hi: float = math.inf, *, lo_open: bool = False) -> Call
 
     parse.__name__ = "number"
     return parse
+
+
+STATE_DIR_HELP = (
+    "untrusted sealed state: sealed data keys, the sealed data set cache (default "
+    "$PLINIUS_STATE_DIR); the simulated CPU (root secret, freshness counters) is "
+    "$PLINIUS_PLATFORM_DIR"
+)

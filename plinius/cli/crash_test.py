@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             data=ws.data,
             state_dir=ws.state_dir,
+            platform_dir=ws.platform_dir,
         )
         console.print(
             f"crash-test: {opts.model}, {opts.iterations} iterations, "

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from plinius.backends.registry import open_backend
-from plinius.cli.common import add_json_flag, check_backend, print_json, read_key
+from plinius.cli.common import STATE_DIR_HELP, add_json_flag, check_backend, print_json, read_key
 from plinius.crypto import key_id, make_engine
 from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import SimulatedPlatform
@@ -22,15 +22,15 @@ def register(sub: Any) -> None:
     p.add_argument("--backend", required=True, help="backend spec holding mirror and data")
     p.add_argument("--key-file", required=True, help="the owner's key file (for provisioning)")
     p.add_argument("--split", default="test", help="stored split to evaluate (default test)")
-    p.add_argument("--state-dir", help="simulated platform state")
+    p.add_argument("--state-dir", help=STATE_DIR_HELP)
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     key = read_key(args.key_file)
-    platform = SimulatedPlatform(state_dir=args.state_dir)
-    with open_backend(check_backend(args.backend)) as backend:
+    with open_backend(check_backend(args.backend), create="never") as backend:
+        platform = SimulatedPlatform(state_dir=args.state_dir, create=False)
         # Check first, provision after: the owner authenticates the whole mirror and its
         # freshness with the key it holds, so the enclave it provisions is measured from an
         # authenticated model fingerprint, never from a header the attacker wrote.
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         enclave = Enclave(platform, None, fingerprint=fp)
         if not enclave.ecall_unseal_key(key_id(key)):
             provision(enclave, key, platform.quoting_public_pem, fp)
-        enclave.ecall_attach_mirror(backend, MirrorCounters(platform))
+        enclave.ecall_attach_mirror(backend, MirrorCounters(platform, create=False))
         label, iteration = enclave.ecall_model_from_mirror()
         acc, n = enclave.ecall_infer(backend, args.split)
     doc = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from plinius.cli.common import int_arg, output_file, read_key
+from plinius.cli.common import STATE_DIR_HELP, int_arg, output_file, read_key
 from plinius.crypto import generate_key, key_id, write_key_file
 from plinius.enclave.measure import measurement
 from plinius.enclave.platform import SimulatedPlatform
@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
     )
     a.add_argument("--model", required=True)
     a.add_argument("--key-file", required=True)
-    a.add_argument("--state-dir", help="simulated platform state")
+    a.add_argument("--state-dir", help=STATE_DIR_HELP)
     a.set_defaults(func=run_provision)
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import TextColumn
 
 from plinius.cli.common import (
+    STATE_DIR_HELP,
     add_json_flag,
     int_arg,
     output_file,
@@ -46,7 +47,7 @@ def register(sub: Any) -> None:
     p.add_argument("--data", help="the owner's encrypted dataset (plinius owner encrypt-data)")
     p.add_argument("--async-mirror", action="store_true", help="seal and persist in background")
     p.add_argument("--batch", type=int_arg(1), help="override the cfg's batch size")
-    p.add_argument("--state-dir", help="simulated platform state (default $PLINIUS_STATE_DIR)")
+    p.add_argument("--state-dir", help=STATE_DIR_HELP)
     p.add_argument("--no-mirror", action="store_true", help="train without any mirror")
     p.add_argument("--report", help="write the run report as JSON to FILE")
     add_json_flag(p)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from plinius.backends.registry import open_backend
-from plinius.cli.common import add_json_flag, check_backend, print_json, read_key
+from plinius.cli.common import STATE_DIR_HELP, add_json_flag, check_backend, print_json, read_key
 from plinius.crypto import make_engine
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.owner import verify_mirror
@@ -21,15 +21,17 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--backend", required=True, help="backend spec")
     p.add_argument("--key-file", required=True, help="the owner's key file")
-    p.add_argument("--state-dir", help="simulated platform state (freshness counters)")
+    p.add_argument("--state-dir", help=STATE_DIR_HELP)
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     engine = make_engine(read_key(args.key_file))
-    with open_backend(check_backend(args.backend)) as backend:
-        info = verify_mirror(backend, engine, SimulatedPlatform(state_dir=args.state_dir))
+    with open_backend(check_backend(args.backend), create="never") as backend:
+        info = verify_mirror(
+            backend, engine, SimulatedPlatform(state_dir=args.state_dir, create=False)
+        )
     doc = {
         "ok": True,
         "iteration": info.iteration,

@@ -113,9 +113,11 @@ def slot_name(backend_name: str, location: str, key: str) -> str:
 class MirrorCounters:
     """Slot states as sealed, fixed-size files ``<platform>/counters/<slot>``."""
 
-    def __init__(self, platform: SimulatedPlatform) -> None:
+    def __init__(self, platform: SimulatedPlatform, *, create: bool = True) -> None:
+        """``create=False``: read-only use; a missing directory simply holds no state."""
         self.platform = platform
-        self.dir = private_dir(platform.dir / "counters", "platform counter directory")
+        d = platform.dir / "counters"
+        self.dir = private_dir(d, "platform counter directory") if create or d.exists() else d
 
     def _what(self, slot: str) -> str:
         return f"platform counter {slot}"

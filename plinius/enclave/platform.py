@@ -64,7 +64,10 @@ class SimulatedPlatform:
         platform_dir: str | os.PathLike[str] | None = None,
         *,
         state_dir: str | os.PathLike[str] | None = None,
+        create: bool = True,
     ) -> None:
+        """``create=False`` for read-only commands: nothing is created; a missing platform
+        location is an error (nothing was ever committed on this simulated CPU)."""
         plat = Path(platform_dir) if platform_dir is not None else default_platform_dir()
         state = Path(state_dir) if state_dir is not None else default_state_dir()
         if _nested(plat, state):
@@ -73,8 +76,13 @@ class SimulatedPlatform:
                 "platform location stands in for the CPU and must be apart from all storage "
                 "(set PLINIUS_PLATFORM_DIR and PLINIUS_STATE_DIR to separate directories)"
             )
-        self.dir = private_dir(plat, "platform location")
-        self.state_dir = private_dir(state, "state directory")
+        if not create and not plat.exists():
+            raise NotFoundError(
+                f"no platform location at {plat}: this simulated CPU never committed a mirror "
+                "(set PLINIUS_PLATFORM_DIR to the one the trainer used)"
+            )
+        self.dir = private_dir(plat, "platform location", create=create)
+        self.state_dir = private_dir(state, "state directory") if create else state
         self._fuse = self._load_or_create(self.dir / "fuse.key", lambda: os.urandom(FUSE_BYTES))
         if len(self._fuse) != FUSE_BYTES:
             raise ConfigError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -47,6 +48,14 @@ class RunSpec:
     mirror_every: int = 1
     state_dir: str | None = None
     extra: list[str] = field(default_factory=list)
+    #: the simulated CPU of this run (None: the user's); experiments use a throw-away one
+    platform_dir: str | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.platform_dir:
+            env["PLINIUS_PLATFORM_DIR"] = self.platform_dir
+        return env
 
     def argv(self, log: Path, report: Path, fresh: bool) -> list[str]:
         args = [
@@ -78,6 +87,7 @@ class ExperimentOptions:
     seed: int = 0
     data: str | None = None
     state_dir: str | None = None
+    platform_dir: str | None = None
 
     def run_spec(self, backend_spec: str, mirror: bool) -> RunSpec:
         return RunSpec(
@@ -89,6 +99,7 @@ class ExperimentOptions:
             mirror=mirror,
             seed=self.seed,
             state_dir=self.state_dir,
+            platform_dir=self.platform_dir,
         )
 
 
@@ -149,6 +160,7 @@ class Supervisor:
         fresh = self.starts == 0
         self.proc = subprocess.Popen(
             self.spec.argv(self.log, self.report, fresh),
+            env=self.spec.env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

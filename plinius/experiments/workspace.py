@@ -23,6 +23,7 @@ class Workspace:
     key_file: str
     data: str
     state_dir: str
+    platform_dir: str  # a throw-away simulated CPU: experiments leave no slot records behind
 
 
 @contextmanager
@@ -37,7 +38,7 @@ def workspace(key_file: str | None, data: str | None, seed: int, name: str) -> I
             write_key_file(key, generate_key())
         if data is None:
             data = str(default_dataset(read_key(key), root, seed)[0])
-        yield Workspace(root, key, data, str(root / "state"))
+        yield Workspace(root, key, data, str(root / "state"), str(root / "platform"))
 
 
 def publish(
@@ -54,7 +55,7 @@ def publish(
     doc = {
         "schema": schema,
         "provenance": provenance(),
-        "parameters": {**parameters, "key_file": None, "state_dir": None},
+        "parameters": {**parameters, "key_file": None, "state_dir": None, "platform_dir": None},
         "result": result,
     }
     out = output_dir(out_dir)
