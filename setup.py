@@ -50,6 +50,7 @@ setup(
     package_data={
         "plinius": ["py.typed", "zoo/*.cfg"],
         "plinius.fio_jobs": ["*.fio", "README.md"],
+        "plinius.spot": ["data/*.csv.gz", "data/README.md"],
     },
     cmdclass={"build_py": BuildPyWithCommit},
     cffi_modules=["native/build_romulus.py:ffibuilder"],

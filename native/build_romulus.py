@@ -68,6 +68,7 @@ CDEF = """
 #define ROM_E_INVAL ...
 #define ROM_E_CLOSED ...
 #define ROM_E_NOSPACE ...
+#define ROM_E_NOENT ...
 
 typedef struct rom_pool rom_pool;
 
@@ -96,7 +97,19 @@ typedef struct rom_stats {
     int32_t real_pm;
     int32_t opened_as;
     int32_t in_txn;
+    int32_t dev_on;
+    uint64_t dev_write_bytes;
+    uint64_t dev_write_wait_ns;
+    uint64_t dev_read_bytes;
+    uint64_t dev_read_wait_ns;
 } rom_stats;
+
+typedef struct rom_device {
+    double write_bps;
+    double read_bps;
+    uint64_t fence_ns;
+    uint64_t read_ns;
+} rom_device;
 
 int rom_cpu_flush(void);
 int rom_cpu_has(int flush);
@@ -106,6 +119,9 @@ const char *rom_last_error(void);
 
 int rom_open(const char *path, size_t path_len, uint64_t size, int create, int mode, int flush,
              rom_pool **out);
+int rom_open_dev(const char *path, size_t path_len, uint64_t size, int create, int mode,
+                 int flush, const rom_device *dev, rom_pool **out);
+void rom_model_read(rom_pool *p, uint64_t n);
 int rom_close(rom_pool *p);
 void rom_release(rom_pool *p);
 uint8_t *rom_base(rom_pool *p);

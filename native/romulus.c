@@ -162,6 +162,14 @@ struct rom_pool {
 
     uint64_t aborts, fences, flushed_lines, full_copies;
     uint64_t last_log_lines, last_copy_bytes, last_fences, txn_fences;
+
+    /* device model (romulus.h, rom_device): off unless dev_on */
+    int dev_on;
+    double dev_w_bpns, dev_r_bpns; /* bytes per nanosecond */
+    uint64_t dev_fence_ns, dev_read_ns;
+    uint64_t dev_pending;  /* bytes charged since the last drain point */
+    uint64_t dev_drain_at; /* CLOCK_MONOTONIC ns of the last drain point */
+    uint64_t dev_write_bytes, dev_write_wait_ns, dev_read_bytes, dev_read_wait_ns;
 };
 
 static __thread char g_err[768];
@@ -516,6 +524,56 @@ static void par_run(rom_pool *p, int op, uint8_t *dst, const uint8_t *src, uint6
     }
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Device model: busy waits on the monotonic clock (romulus.h, rom_device)
+ * ------------------------------------------------------------------------------------------- */
+
+static uint64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#if ROM_X86
+    __builtin_ia32_pause();
+#endif
+}
+
+/* spin until `until`; returns the time it was reached */
+static uint64_t spin_until(uint64_t until) {
+    uint64_t now = mono_ns();
+    while (now < until) {
+        cpu_relax();
+        now = mono_ns();
+    }
+    return now;
+}
+
+/* a fence drains the write-pending queue: the bytes charged since the last drain point cannot
+ * have reached the media faster than the modelled bandwidth, and the drain itself has a cost */
+static void dev_drain(rom_pool *p) {
+    uint64_t now = mono_ns();
+    uint64_t target = p->dev_drain_at + (uint64_t)((double)p->dev_pending / p->dev_w_bpns);
+    if (target < now)
+        target = now;
+    target += p->dev_fence_ns;
+    uint64_t done = spin_until(target);
+    p->dev_write_wait_ns += done - now;
+    p->dev_write_bytes += p->dev_pending;
+    p->dev_pending = 0;
+    p->dev_drain_at = done;
+}
+
+void rom_model_read(rom_pool *p, uint64_t n) {
+    if (!p || !p->dev_on)
+        return;
+    uint64_t now = mono_ns();
+    uint64_t done = spin_until(now + p->dev_read_ns + (uint64_t)((double)n / p->dev_r_bpns));
+    p->dev_read_bytes += n;
+    p->dev_read_wait_ns += done - now;
+}
+
 /* Write back [addr, addr+len): from the line holding addr (rounded DOWN) to the one holding the
  * last byte. */
 static void pm_flush(rom_pool *p, const void *addr, uint64_t len) {
@@ -525,7 +583,10 @@ static void pm_flush(rom_pool *p, const void *addr, uint64_t len) {
         sim_flush(p, addr, len);
     uintptr_t a = (uintptr_t)addr & ~(uintptr_t)(LINE - 1);
     uintptr_t end = (uintptr_t)addr + len;
-    p->flushed_lines += (end - a + LINE - 1) / LINE;
+    uint64_t lines = (end - a + LINE - 1) / LINE;
+    p->flushed_lines += lines;
+    if (UNLIKELY(p->dev_on))
+        p->dev_pending += lines * LINE;
     if (p->mode == ROM_MODE_MSYNC) {
         sync_add(p, a, end);
         return;
@@ -538,11 +599,7 @@ static void pm_flush(rom_pool *p, const void *addr, uint64_t len) {
         flush_raw(p->flush, a, end);
 }
 
-static void pm_fence(rom_pool *p) {
-    p->fences++;
-    p->txn_fences++;
-    if (UNLIKELY(g_sim.pool == p) && sim_fence(p))
-        return;
+static void hw_fence(rom_pool *p) {
     if (p->mode == ROM_MODE_MSYNC) {
         for (size_t i = 0; i < p->nsync; i++)
             msync((void *)p->sync[i].lo, p->sync[i].hi - p->sync[i].lo, MS_SYNC);
@@ -559,6 +616,16 @@ static void pm_fence(rom_pool *p) {
     __asm__ volatile("" ::: "memory"); /* none: program order is enough against process crashes */
 }
 
+static void pm_fence(rom_pool *p) {
+    p->fences++;
+    p->txn_fences++;
+    if (UNLIKELY(g_sim.pool == p) && sim_fence(p))
+        return;
+    hw_fence(p);
+    if (UNLIKELY(p->dev_on))
+        dev_drain(p); /* after the real fence: the model only ever adds time */
+}
+
 /* Copy and make persistent (after the next fence). In pmem mode the copy streams past the cache
  * with non-temporal stores, which need no flush and no read-for-ownership of the destination
  * (measured faster than copy + clwb at every size here); src/dst/n are line-aligned. */
@@ -569,6 +636,8 @@ static void copy_persist(rom_pool *p, uint8_t *dst, const uint8_t *src, uint64_t
         else
             nt_copy_raw(dst, src, n);
         p->flushed_lines += n / LINE;
+        if (UNLIKELY(p->dev_on))
+            p->dev_pending += n;
         if (UNLIKELY(g_sim.pool == p))
             sim_flush(p, dst, n);
         return;
@@ -1548,7 +1617,33 @@ static void sim_arm_from_env(rom_pool *p) {
 
 int rom_open(const char *path, size_t path_len, uint64_t size, int create, int mode, int flush,
              rom_pool **out) {
+    return rom_open_dev(path, path_len, size, create, mode, flush, NULL, out);
+}
+
+/* a finite, positive rate no faster than 1 PB/s and no slower than 1 kB/s, or a latency under
+ * one second: anything else is a caller's mistake, not a device */
+static int check_device(const rom_device *d) {
+    if (!(d->write_bps >= 1e3 && d->write_bps <= 1e15))
+        return fail(ROM_E_INVAL, "device model: write bandwidth %g B/s is not in [1e3, 1e15]",
+                    d->write_bps);
+    if (!(d->read_bps >= 1e3 && d->read_bps <= 1e15))
+        return fail(ROM_E_INVAL, "device model: read bandwidth %g B/s is not in [1e3, 1e15]",
+                    d->read_bps);
+    if (d->fence_ns > 1000000000ULL || d->read_ns > 1000000000ULL)
+        return fail(ROM_E_INVAL, "device model: latencies must be under one second");
+    return ROM_OK;
+}
+
+int rom_open_dev(const char *path, size_t path_len, uint64_t size, int create, int mode,
+                 int flush, const rom_device *dev, rom_pool **out) {
     *out = NULL;
+    if (dev && dev->write_bps != 0.0) {
+        int drc = check_device(dev);
+        if (drc)
+            return drc;
+    } else {
+        dev = NULL;
+    }
     /* a path is a counted string: a NUL inside it would silently open another file */
     if (!path || path_len == 0 || strnlen(path, path_len + 1) != path_len)
         return fail(ROM_E_INVAL, "pool path is empty or contains a NUL byte");
@@ -1571,6 +1666,14 @@ int rom_open(const char *path, size_t path_len, uint64_t size, int create, int m
     p->fd = -1;
     p->mode = mode;
     p->flush = flush;
+    if (dev) {
+        p->dev_on = 1;
+        p->dev_w_bpns = dev->write_bps / 1e9;
+        p->dev_r_bpns = dev->read_bps / 1e9;
+        p->dev_fence_ns = dev->fence_ns;
+        p->dev_read_ns = dev->read_ns;
+        p->dev_drain_at = mono_ns();
+    }
     p->path = strdup(path);
     if (!p->path)
         return open_fail(p, fail(ROM_E_IO, "out of memory"));
@@ -1592,6 +1695,9 @@ int rom_open(const char *path, size_t path_len, uint64_t size, int create, int m
     p->fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
     if (p->fd < 0) {
         int e = errno;
+        if (e == ENOENT && create == ROM_CREATE_NEVER) /* nothing created, nothing to open */
+            return open_fail(p, fail(ROM_E_NOENT, "no pool at %s (not created: create=never)",
+                                     path));
         return open_fail(p, fail(ROM_E_IO, "cannot open pool %s: %s", path, strerror(e)));
     }
     struct stat st;
@@ -1856,6 +1962,11 @@ void rom_get_stats(rom_pool *p, rom_stats *s) {
     s->real_pm = p->real_pm;
     s->opened_as = p->opened_as;
     s->in_txn = p->in_txn;
+    s->dev_on = p->dev_on;
+    s->dev_write_bytes = p->dev_write_bytes;
+    s->dev_write_wait_ns = p->dev_write_wait_ns;
+    s->dev_read_bytes = p->dev_read_bytes;
+    s->dev_read_wait_ns = p->dev_read_wait_ns;
 }
 
 /* ---------------------------------------------------------------------------------------------

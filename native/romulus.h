@@ -116,7 +116,8 @@
  *
  * TUNING (environment, read at open): PLINIUS_PM_MODE, PLINIUS_PM_FLUSH (override the defaults,
  * not explicit arguments), PLINIUS_PM_THREADS (helpers for big copies), PLINIUS_PM_NT_MIN
- * (smallest copy to back that uses streaming stores; default 0 = all).
+ * (smallest copy to back that uses streaming stores; default 0 = all). The device model
+ * (rom_device) is chosen by the caller: the Python wrapper reads PLINIUS_PM_DEVICE.
  */
 #ifndef PLINIUS_ROMULUS_H
 #define PLINIUS_ROMULUS_H
@@ -181,6 +182,7 @@
 #define ROM_E_INVAL (-15)    /* bad argument */
 #define ROM_E_CLOSED (-16)   /* pool already closed */
 #define ROM_E_NOSPACE (-17)  /* the file system has no room for the pool */
+#define ROM_E_NOENT (-18)    /* no pool file, and the create policy is ROM_CREATE_NEVER */
 
 typedef struct rom_pool rom_pool;
 
@@ -209,7 +211,32 @@ typedef struct rom_stats {
     int32_t real_pm;       /* mapped with MAP_SYNC: a DAX file system, real PM */
     int32_t opened_as;     /* ROM_OPENED / CREATED / RECREATED / ROLLED_BACK / ROLLED_FWD */
     int32_t in_txn;
+    int32_t dev_on;             /* a device model throttles this pool (rom_open_dev) */
+    uint64_t dev_write_bytes;   /* this session: bytes charged to the modelled media at fences */
+    uint64_t dev_write_wait_ns; /* this session: ns spent waiting for the modelled media */
+    uint64_t dev_read_bytes;    /* this session: bytes charged by rom_model_read */
+    uint64_t dev_read_wait_ns;  /* this session: ns spent in rom_model_read */
 } rom_stats;
+
+/* A persistent-memory DEVICE MODEL (optional; all zero = none, DRAM speed).
+ *
+ * Emulated PM (a file on tmpfs) runs at DRAM speed. With a model, every byte the protocol makes
+ * persistent (each line passed to the flush primitive, each byte streamed to back) is charged
+ * to the modelled media, and each fence (the sfence that drains the write-pending queue) waits,
+ * busy on CLOCK_MONOTONIC, until
+ *       max(now, last drain point + bytes charged since then / write_bps) + fence_ns
+ * so the bytes persisted between two drain points never exceed the modelled write bandwidth.
+ * Work done between the drain points (e.g. encrypting into main) overlaps with the media time,
+ * as stores evicted to real PM would. rom_model_read(n) waits read_ns + n / read_bps: a floor
+ * for reading n bytes out of the pool (sequential bandwidth, one access latency). A model only
+ * ever adds waiting: it never changes what is written, where, or in which order; the crash
+ * protocol and its tests are unchanged. Off, it costs one predictable branch per flush/fence. */
+typedef struct rom_device {
+    double write_bps; /* bytes per second the media absorbs (> 0 when on) */
+    double read_bps;  /* bytes per second read from the media (> 0 when on) */
+    uint64_t fence_ns; /* added to every fence (drain of the write-pending queue) */
+    uint64_t read_ns;  /* added to every rom_model_read (one random-access latency) */
+} rom_device;
 
 /* --- start-up ------------------------------------------------------------------------------- */
 int rom_cpu_flush(void);              /* best instruction this CPU has (cpuid), once */
@@ -228,6 +255,12 @@ const char *rom_last_error(void);     /* message of the last failure in this thr
  * or the default (pmem, best cpuid instruction). */
 int rom_open(const char *path, size_t path_len, uint64_t size, int create, int mode, int flush,
              rom_pool **out);
+/* rom_open with a device model (NULL or write_bps == 0: none), applied from creation/recovery on.
+ * With ROM_CREATE_NEVER a missing file is ROM_E_NOENT and nothing is created. */
+int rom_open_dev(const char *path, size_t path_len, uint64_t size, int create, int mode,
+                 int flush, const rom_device *dev, rom_pool **out);
+/* device model: wait as reading n bytes from the modelled media would (no-op without a model) */
+void rom_model_read(rom_pool *p, uint64_t n);
 int rom_close(rom_pool *p);    /* abort an open txn, persist, unlock, close the file */
 void rom_release(rom_pool *p); /* unmap and free (after rom_close; views die here) */
 uint8_t *rom_base(rom_pool *p); /* start of the mapping (the header) */

@@ -195,6 +195,17 @@ def check_options(opts: TrainOptions) -> None:
             raise ConfigError(f"directory {parent} of the loss log {opts.log} does not exist")
 
 
+def _pool_size_hint(spec: str, net: Network, data_path: str) -> dict[str, Any]:
+    """A new romulus pool sized from what it will hold (mirror twice + the sealed records),
+    instead of a fixed 1 GiB; an existing pool keeps its size."""
+    if parse_spec(spec)[0] != "romulus":
+        return {}
+    from plinius.backends.romulus import suggested_pool_size
+
+    mirror = sum(a.nbytes for _, _, a in net.param_buffers() + net.optimizer_buffers())
+    return {"size_hint": suggested_pool_size(mirror + (64 << 10), os.path.getsize(data_path))}
+
+
 def run_training(
     opts: TrainOptions,
     on_step: Callable[[StepResult, int], None] | None = None,
@@ -227,7 +238,7 @@ def run_training(
         data_path = opts.data
     info = read_info(data_path, make_engine(key))  # authenticated before the backend opens
 
-    backend = open_backend(opts.backend)
+    backend = open_backend(opts.backend, **_pool_size_hint(opts.backend, net, data_path))
     runs_on = backend.describe().as_dict()
     load = enclave.ecall_load_data(backend, data_path)
     data = load.as_dict()

@@ -9,10 +9,23 @@ import pytest
 from backend_contract import FP, KEY, BackendContract, model_records, raw_get, raw_put
 
 from plinius.backends import open_backend
-from plinius.backends.romulus import RomulusBackend
+from plinius.backends.romulus import (
+    DEFAULT_POOL_SIZE,
+    MIN_SUGGESTED_SIZE,
+    RomulusBackend,
+    suggested_pool_size,
+)
 from plinius.crypto import make_engine
-from plinius.errors import BackendError, ConfigError, FormatError, PoolFullError, PoolLockedError
+from plinius.errors import (
+    BackendError,
+    ConfigError,
+    FormatError,
+    NotFoundError,
+    PoolFullError,
+    PoolLockedError,
+)
 from plinius.mirror import MirrorStore
+from plinius.pm import Pool
 
 
 class TestRomulus(BackendContract):
@@ -170,3 +183,97 @@ def test_bad_pools_give_a_clear_cli_error(
     assert err.count("\n") == 1  # one clear line, no traceback
     if case != "locked":
         assert pool.read_bytes() == before  # nothing touched, nothing lost
+
+
+# --- read-only opens: create=never ------------------------------------------------------------
+
+
+def test_create_never_on_a_missing_pool_creates_nothing(shm_dir: Path) -> None:
+    pool = shm_dir / "p.pool"
+    with pytest.raises(NotFoundError, match=rf"no pool at {pool}: nothing to verify"):
+        open_backend(f"romulus:{pool}", create="never")  # the registry's override
+    with pytest.raises(NotFoundError, match="no pool at"):
+        open_backend(f"romulus:{pool}?create=never&size=4M")
+    nested = shm_dir / "no" / "such" / "p.pool"
+    with pytest.raises(NotFoundError, match=rf"no pool at {nested}"):
+        open_backend(f"romulus:{nested}", create="never")
+    assert list(shm_dir.iterdir()) == []  # no file, no directory
+    # the engine itself refuses too (a pool removed between the backend's check and the open)
+    with pytest.raises(NotFoundError, match="no pool at"):
+        Pool(pool, create=False)
+    assert list(shm_dir.iterdir()) == []
+    # an existing pool opens with create=never and keeps its content
+    with open_backend(f"romulus:{pool}?size=4M") as b:
+        raw_put(b, "k", b"kept")
+    with open_backend(f"romulus:{pool}", create="never") as b:
+        assert raw_get(b, "k") == b"kept"
+
+
+def test_read_only_cli_commands_on_a_missing_pool_create_nothing(
+    shm_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from plinius.cli.main import main
+    from plinius.crypto import generate_key, write_key_file
+
+    key_file = tmp_path / "owner.key"
+    write_key_file(key_file, generate_key())
+    pool = shm_dir / "p.pool"
+    code = main(["verify", "--backend", f"romulus:{pool}", "--key-file", str(key_file)])
+    err = capsys.readouterr().err
+    assert code != 0 and f"no pool at {pool}" in err
+    assert not pool.exists() and list(shm_dir.iterdir()) == []
+
+
+# --- pool size: from what will be stored --------------------------------------------------------
+
+
+def test_suggested_pool_size_fits_the_need_and_not_a_gigabyte(shm_dir: Path) -> None:
+    mirror, data = 1_500_000, 2_000_000  # a small model and an MNIST subset
+    size = suggested_pool_size(mirror, data)
+    assert size <= 16 << 20 < DEFAULT_POOL_SIZE  # was 1 GiB for this
+    assert size % (1 << 20) == 0 and size >= MIN_SUGGESTED_SIZE
+    assert MIN_SUGGESTED_SIZE <= suggested_pool_size(0) <= 8 << 20
+    assert suggested_pool_size(100 << 20, 50 << 20) > suggested_pool_size(100 << 20)
+    with pytest.raises(ConfigError, match="mirror_bytes"):
+        suggested_pool_size(-1)
+    # what it promises: the data area, and the mirror replaced by a version of another size
+    # (old and new coexist inside the transaction)
+    with open_backend(f"romulus:{shm_dir / 'p.pool'}", size_hint=size) as b:
+        assert isinstance(b, RomulusBackend) and b.pool.size == size
+        raw_put(b, "records", bytes(data))
+        raw_put(b, "mirror", bytes(mirror))
+        raw_put(b, "mirror", bytes(mirror // 3))  # a new allocation while the old one lives
+        raw_put(b, "mirror", bytes(mirror))
+        raw_put(b, "data.info", bytes(200))
+        assert raw_get(b, "mirror") == bytes(mirror)
+
+
+def test_size_hint_sizes_new_pools_only(shm_dir: Path) -> None:
+    pool = shm_dir / "p.pool"
+    with open_backend(f"romulus:{pool}", size_hint="8M") as b:
+        assert isinstance(b, RomulusBackend) and b.pool.size == 8 << 20
+        assert b.describe().extra["pool_size_source"] == "size_hint="
+    # an existing pool keeps its size: a different hint is not a size mismatch
+    with open_backend(f"romulus:{pool}", size_hint="16M") as b:
+        assert isinstance(b, RomulusBackend) and b.pool.size == 8 << 20
+        assert b.describe().extra["pool_size_source"] == "existing pool"
+    # an explicit size= wins over the hint
+    with open_backend(f"romulus:{shm_dir / 'q.pool'}?size=4M", size_hint="16M") as b:
+        assert isinstance(b, RomulusBackend) and b.pool.size == 4 << 20
+    with pytest.raises(ConfigError, match="size_hint='tiny' is not a size"):
+        open_backend(f"romulus:{shm_dir / 'r.pool'}", size_hint="tiny")
+    with pytest.raises(ConfigError, match=r"size_hint=.*too small"):
+        open_backend(f"romulus:{shm_dir / 'r.pool'}", size_hint=4096)
+    assert not (shm_dir / "r.pool").exists()
+
+
+def test_describe_reports_the_real_pool_size_and_allocation(shm_dir: Path) -> None:
+    pool = shm_dir / "p.pool"
+    with open_backend(f"romulus:{pool}?size=6M") as b:
+        extra = b.describe().extra
+    assert extra["pool_size"] == pool.stat().st_size == 6 << 20
+    assert extra["pool_size_source"] == "size="
+    assert extra["pool_size_default"] == DEFAULT_POOL_SIZE
+    assert "real size" in extra["pool_size_note"]
+    # tmpfs: the allocated blocks are RAM (the engine allocates every page at open)
+    assert extra["pool_file_allocated_bytes"] == pool.stat().st_blocks * 512 > 0

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_spot_trace import PAPER_CSV
+from test_spot_trace import PAPER, PAPER_SOURCE
 
 from plinius.errors import ConfigError
 from plinius.experiments.crash import kill_points
 from plinius.experiments.spot import pick_start
-from plinius.spot.trace import SpotTrace, synthetic_trace
+from plinius.spot.trace import SpotTrace, load_trace, synthetic_trace
 
 
 def plinius(*args: str) -> subprocess.CompletedProcess[str]:
@@ -42,10 +42,12 @@ def test_crash_test_quick(tmp_path: Path) -> None:
 
 
 def test_spot_quick_on_the_paper_trace(tmp_path: Path) -> None:
-    res = plinius("spot", "--quick", "--trace", str(PAPER_CSV), "--out", str(tmp_path), "--json")
+    res = plinius("spot", "--quick", "--out", str(tmp_path), "--json")  # the paper's by default
     assert res.returncode == 0, res.stderr
     r = json.loads(res.stdout)["result"]
     assert r["complete"]
+    assert r["trace"] == PAPER_SOURCE
+    assert r["start_slot"] == pick_start(load_trace(PAPER), 0.0955, 32)
     for run in ("resilient", "nonresilient"):
         assert r[run]["finished"] and r[run]["cost_usd"] > 0
         assert [s["on"] for s in r[run]["states"]].count(False) >= 1  # it was interrupted
@@ -57,7 +59,15 @@ def test_spot_quick_on_the_paper_trace(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--bid", "0.001"], "never run"),
+        (["--bid", "0.001"], f"below every price of {PAPER_SOURCE} (min 0.0640)"),
+        (
+            ["--trace", "paper", "--bid", "0.001"],
+            f"below every price of {PAPER_SOURCE} (min 0.0640)",
+        ),
+        (
+            ["--trace", "synthetic", "--seed", "5", "--bid", "0.001"],
+            "below every price of synthetic(seed=5, slots=8064)",
+        ),
         (["--trace", "/nonexistent.csv"], "does not exist"),
     ],
 )

@@ -19,6 +19,7 @@ from plinius.errors import (
     BackendError,
     ConfigError,
     FormatError,
+    NotFoundError,
     PoolCorruptError,
     PoolFullError,
     PoolLockedError,
@@ -399,8 +400,9 @@ def test_not_a_pool(shm_dir: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(FormatError, match="empty file"):
         Pool(empty, create=False)
-    with pytest.raises(BackendError, match="No such file"):
+    with pytest.raises(NotFoundError, match=r"no pool at .*absent \(not created: create=never\)"):
         Pool(shm_dir / "absent", MiB, create=False)
+    assert not (shm_dir / "absent").exists()
 
 
 def test_truncated_pool(path: Path) -> None:
@@ -553,8 +555,9 @@ def test_a_damaged_magic_is_refused_never_recreated(path: Path) -> None:
 
 
 def test_create_policies(path: Path, shm_dir: Path) -> None:
-    with pytest.raises(BackendError, match="No such file"):
+    with pytest.raises(NotFoundError, match="no pool at"):
         Pool(path, MiB, create=False)
+    assert not path.exists()
     stamp = struct.pack("<QQ", 0, int.from_bytes(b"PLNCREAT", "little")) + bytes(MiB)
     path.write_bytes(stamp)
     with pytest.raises(FormatError, match="unfinished pool creation"):

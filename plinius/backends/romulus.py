@@ -8,7 +8,21 @@ A crash or abort before commit rolls main back to the last committed state.
 
 Reads are zero-copy views into the pool: into ``main`` normally, into ``back`` (which holds the
 last committed state) while a write transaction is open, so a reader never sees a half-written
-version. Spec: ``romulus:/dev/shm/plinius.pool?size=1G&mode=pmem&flush=clwb``.
+version. Spec: ``romulus:/dev/shm/plinius.pool?size=1G&mode=pmem&flush=clwb&device=optane-2dimm``.
+
+POOL SIZE. A pool has a fixed size, chosen at creation: ``size=`` if given, else the caller's
+``size_hint=`` (what it is about to store, as computed by :func:`suggested_pool_size`; ``plinius
+train`` passes it), else :data:`DEFAULT_POOL_SIZE`. Both are ignored for an existing pool, which
+keeps its size. A pool that turns out too small fails a save with a clear
+:class:`~plinius.errors.PoolFullError` and keeps the last committed version. Pools do not grow:
+growing means moving the twin copy (``back``) and changing the layout in place, a new
+crash-recovery protocol for a rare event, while the caller can say up front what it stores.
+
+DEVICE MODEL. ``device=optane-1dimm`` (2, 4, 6 DIMMs; ``none`` = DRAM speed; default
+``PLINIUS_PM_DEVICE``) makes the engine wait as modelled Optane DIMMs would: write bandwidth
+and a per-fence cost at every fence, read bandwidth and latency once per blob handed out by
+:meth:`RomulusBackend.read`. ``map`` (random record reads) is not modelled. See
+:mod:`plinius.pm.device`; ``describe()`` reports the model, labelled as a model.
 
 Creation never overwrites: ``create=auto`` (the default) creates the pool only when the file is
 missing or empty, or when it is an unfinished creation (killed before the pool's magic was
@@ -16,7 +30,11 @@ written, so it never held data). A file with any other content is refused: a dam
 :class:`~plinius.errors.PoolCorruptError`, a foreign file with
 :class:`~plinius.errors.FormatError`; its bytes are left untouched. ``create=force`` empties the
 file and creates a new pool over it (once, deliberately: it destroys what the file held);
-``create=never`` requires an existing pool.
+``create=never`` requires an existing pool and creates nothing, no file and no directory: a
+missing pool is :class:`~plinius.errors.NotFoundError` ("no pool at PATH: nothing to verify"),
+for the read-only commands (verify, infer, export). It still runs recovery on an existing pool
+(a pool interrupted mid-commit is rolled back or forward, as at every open) and records the
+holder's pid in the header: it does not create, it is not a read-only mapping.
 
 The pool file is attacker-controlled storage: the engine validates every header field,
 allocator pointer, size and free-list walk it reads, and this backend checks that each root
@@ -27,39 +45,85 @@ the field, never a crash, hang or stray write.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 from plinius.backends.base import Backend, Blob, Durability, IoStats, RunsOn, WriteTxn, check_key
 from plinius.backends.fsinfo import block_device_facts, mount_of
-from plinius.errors import BackendError, ConfigError, PoolCorruptError, PoolFullError
+from plinius.errors import (
+    BackendError,
+    ConfigError,
+    NotFoundError,
+    PoolCorruptError,
+    PoolFullError,
+)
 from plinius.fsutil import check_path
+from plinius.pm.device import DEVICES, NOTE, DeviceModel, device_model
 from plinius.pm.pool import FLUSHES, MAX_POOL_SIZE, MIN_POOL_SIZE, MODES, CreatePolicy, Pool
 from plinius.units import fmt_bytes, parse_size
 
 #: size of a pool created without ``size=``: room for a 100 MB mirror being replaced by a
 #: bigger one (old and new coexist inside the transaction) plus the MNIST record area
 DEFAULT_POOL_SIZE = 1 << 30
-_OPTIONS = ("size", "mode", "flush", "create")
+_OPTIONS = ("size", "size_hint", "mode", "flush", "create", "device")
 _CREATE: dict[str, CreatePolicy] = {"auto": True, "never": False, "force": "force"}
+_MIB = 1 << 20
+_PAGE = 4096
+#: smallest pool :func:`suggested_pool_size` returns
+MIN_SUGGESTED_SIZE = 4 * _MIB
 
 
-def _pool_size(text: str) -> int:
+def _block(nbytes: int) -> int:
+    """Room one blob of ``nbytes`` takes in main: 64-byte header, page-aligned data, a page."""
+    return 0 if nbytes == 0 else (nbytes + 64 + 2 * _PAGE - 1) // _PAGE * _PAGE
+
+
+def suggested_pool_size(mirror_bytes: int, data_bytes: int = 0, extra_bytes: int = 0) -> int:
+    """A pool file size with room for what a trainer stores, for ``size_hint=``.
+
+    ``mirror_bytes``: the encrypted mirror (a save replacing it by one of another size holds
+    both inside the transaction, so it counts twice); ``data_bytes``: the training-set record
+    area (the sealed data file's size is a safe estimate); ``extra_bytes``: anything else.
+    Main gets that, the allocator metadata and 1 MiB for small blobs (headers, freshness),
+    plus 1/8 for fragmentation, rounded up to a MiB; the file holds main twice (its committed
+    twin, ``back``) plus the header page. At least :data:`MIN_SUGGESTED_SIZE`.
+    """
+    for name, n in (("mirror_bytes", mirror_bytes), ("data_bytes", data_bytes)):
+        if n < 0:
+            raise ConfigError(f"suggested_pool_size: {name}={n} must be >= 0")
+    if extra_bytes < 0:
+        raise ConfigError(f"suggested_pool_size: extra_bytes={extra_bytes} must be >= 0")
+    need = 2 * _block(mirror_bytes) + _block(data_bytes) + _block(extra_bytes)
+    need += 64 * 1024 + _MIB  # allocator metadata + root table, small blobs
+    need += need // 8
+    region = -(-need // _MIB) * _MIB
+    size = -(-(_PAGE + 2 * region) // _MIB) * _MIB
+    if size > MAX_POOL_SIZE:
+        raise ConfigError(
+            f"suggested_pool_size: {fmt_bytes(size)} is more than a pool can be "
+            f"({fmt_bytes(MAX_POOL_SIZE)})"
+        )
+    return max(size, MIN_SUGGESTED_SIZE)
+
+
+def _pool_size(text: str, option: str = "size") -> int:
     """``size=`` as bytes, within what a pool can be (a clear error, never an overflow)."""
     try:
-        size = parse_size(text, "size")
+        size = parse_size(text, option)
     except (OverflowError, ValueError):  # e.g. 400 digits: float() gives inf
-        raise ConfigError(f"romulus: size={text!r} is not a usable size") from None
+        raise ConfigError(f"romulus: {option}={text!r} is not a usable size") from None
     if size <= 0:
-        raise ConfigError(f"romulus: size={text!r} must be positive, e.g. size=1G")
+        raise ConfigError(f"romulus: {option}={text!r} must be positive, e.g. {option}=1G")
     if size < MIN_POOL_SIZE:
         raise ConfigError(
-            f"romulus: size={text!r} is too small: a pool needs at least {fmt_bytes(MIN_POOL_SIZE)}"
+            f"romulus: {option}={text!r} is too small: a pool needs at least "
+            f"{fmt_bytes(MIN_POOL_SIZE)}"
         )
     if size > MAX_POOL_SIZE:
         raise ConfigError(
-            f"romulus: size={text!r} is too large: at most {fmt_bytes(MAX_POOL_SIZE)}"
+            f"romulus: {option}={text!r} is too large: at most {fmt_bytes(MAX_POOL_SIZE)}"
         )
     return size
 
@@ -133,10 +197,22 @@ class RomulusBackend(Backend):
         if unknown:
             raise ConfigError(
                 f"romulus backend does not take option(s) {', '.join(sorted(unknown))}; it "
-                f"knows: size=1G (pool file size, at creation), mode={'|'.join(MODES)}, "
-                f"flush={'|'.join(FLUSHES)}, create={'|'.join(_CREATE)}"
+                f"knows: size=1G (pool file size, at creation), size_hint= (the same, unless "
+                f"size= is given), mode={'|'.join(MODES)}, flush={'|'.join(FLUSHES)}, "
+                f"create={'|'.join(_CREATE)}, device={'|'.join(DEVICES)}"
             )
         size = _pool_size(str(options["size"])) if "size" in options else None
+        hint = (
+            _pool_size(str(options["size_hint"]), "size_hint") if "size_hint" in options else None
+        )
+        device: str | DeviceModel | None = None
+        if "device" in options:
+            raw_device = options["device"]
+            if isinstance(raw_device, DeviceModel):
+                device = raw_device
+            else:
+                device = str(raw_device)
+                device_model(device, "romulus: device")  # validated before anything is opened
         create = str(options.get("create", "auto"))
         if create not in _CREATE:
             raise ConfigError(
@@ -150,6 +226,8 @@ class RomulusBackend(Backend):
         if flush is not None and flush not in FLUSHES:
             raise ConfigError(f"romulus: flush={flush!r}; use one of {', '.join(FLUSHES)}")
         path = Path(check_path(location, "romulus pool"))
+        if create == "never" and not path.exists():  # checks only: no file, no directory made
+            raise NotFoundError(self._no_pool(path))
         if path.is_dir():
             raise BackendError(
                 f"romulus: {path} is a directory; the location is the pool file, "
@@ -159,10 +237,17 @@ class RomulusBackend(Backend):
             raise BackendError(
                 f"romulus: parent directory {path.parent} does not exist; create it first"
             )
+        self.size_source = "size=" if size is not None else "existing pool"
         if size is None and (create == "force" or not path.exists()):
-            size = DEFAULT_POOL_SIZE
+            size = hint if hint is not None else DEFAULT_POOL_SIZE
+            self.size_source = "size_hint=" if hint is not None else "default"
         self.path = path
-        self.pool = Pool(path, size, create=_CREATE[create], mode=mode, flush=flush)
+        try:
+            self.pool = Pool(
+                path, size, create=_CREATE[create], mode=mode, flush=flush, device=device
+            )
+        except NotFoundError:  # removed between the check above and the open
+            raise NotFoundError(self._no_pool(path)) from None
         self._txn: RomulusWriteTxn | None = None
         try:
             for key in self.pool.roots():  # every root must name a block of its blob's size
@@ -173,6 +258,13 @@ class RomulusBackend(Backend):
             raise
 
     # --- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _no_pool(path: Path) -> str:
+        return (
+            f"no pool at {path}: nothing to verify or read (create=never opens an existing "
+            "pool only; it created nothing)"
+        )
 
     def _check_root_name(self, key: str) -> None:
         try:
@@ -242,6 +334,7 @@ class RomulusBackend(Backend):
             return None
         offset, size, committed = found
         data = self.pool.view(offset, size, committed=committed)
+        self.pool.model_read(size)  # device model: the restore reads the blob from the media
         elapsed = time.perf_counter() - t0
         return Blob(data, IoStats(bytes=size, read_s=elapsed, total_s=elapsed))
 
@@ -290,7 +383,20 @@ class RomulusBackend(Backend):
             notes.append("mode=none: no flushes, survives process crashes only")
         if pool.mode == "msync" and not m.volatile:
             notes.append("mode=msync: every fence msyncs the dirty pages to the device")
+        model = pool.device
+        if model is not None:
+            notes.append(
+                f"PM device model {model.name}: writes held to {model.write_gbps:g} GB/s plus "
+                f"{model.fence_ns} ns per fence, blob reads to {model.read_gbps:g} GB/s plus "
+                f"{model.read_latency_ns} ns ({NOTE})"
+            )
         st = pool.stats() if not pool.closed else None
+        try:
+            fst = os.stat(self.path)
+            file_size: int | None = fst.st_size
+            allocated: int | None = fst.st_blocks * 512
+        except OSError:
+            file_size = allocated = None
         return RunsOn(
             backend=self.name,
             path=str(self.path.resolve()),
@@ -307,8 +413,18 @@ class RomulusBackend(Backend):
                 "durability_mode": pool.mode,
                 "real_pm": pool.real_pm,
                 "mount_point": m.mount_point,
-                "pool_size": pool.size,
+                "pool_size": file_size if file_size is not None else pool.size,
+                "pool_size_source": self.size_source,
+                "pool_size_note": (
+                    "pool_size is this pool file's real size; a pool created without size= "
+                    "gets the caller's size_hint= or pool_size_default "
+                    f"({fmt_bytes(DEFAULT_POOL_SIZE)})"
+                ),
+                "pool_size_default": DEFAULT_POOL_SIZE,
+                "pool_file_allocated_bytes": allocated,
                 "pool_free": st.free_bytes if st else None,
+                # not "device_model": the block device's model string below has that name
+                "pm_device_model": model.as_dict() if model is not None else None,
                 "pool_opened_as": pool.opened_as,
                 **{f"device_{k}": v for k, v in dev.items()},
             },

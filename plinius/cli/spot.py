@@ -19,7 +19,7 @@ from plinius.cli.common import (
 from plinius.experiments.placement import run_specs
 from plinius.experiments.spot import RUNS, SpotOptions, markdown, plot, run_spot
 from plinius.experiments.workspace import publish, workspace
-from plinius.spot.trace import MAX_PRICE, load_trace, synthetic_trace
+from plinius.spot.trace import MAX_PRICE, load_trace
 from plinius.trainer import MAX_SEED
 
 _T = TypeVar("_T")
@@ -27,8 +27,18 @@ MAX_SLOT_SECONDS = 3600.0  # one replayed 5-minute slot lasting over an hour is 
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("spot", help="replay a spot price trace against the trainer (Fig. 10)")
-    p.add_argument("--trace", help="CSV price,slot or AWS JSON (default: seeded synthetic week)")
+    p = sub.add_parser(
+        "spot",
+        help="replay a spot price trace (default: the paper's) against the trainer (Fig. 10)",
+    )
+    p.add_argument(
+        "--trace",
+        default="paper",
+        metavar="NAME|FILE",
+        help="'paper': the paper's AWS c3.2xlarge trace, shipped with plinius (default); "
+        "'synthetic': a seeded four-week trace like it (seed: --seed); or a file: CSV "
+        "price,slot or AWS describe-spot-price-history JSON (./paper for a file named paper)",
+    )
     p.add_argument(
         "--bid",
         type=float_arg(0, MAX_PRICE),
@@ -57,7 +67,7 @@ def register(sub: Any) -> None:
         "--seed",
         type=int_arg(0, MAX_SEED),
         default=0,
-        help="training seed and synthetic trace seed",
+        help="training seed, and the trace seed of --trace synthetic",
     )
     p.add_argument("--quick", action="store_true", help="tiny model, short trace window")
     p.add_argument("--out", default="spot-out", help="directory for results.json, report.md, PNG")
@@ -79,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         read_key(args.key_file)
     if args.data is not None:
         input_file(args.data, "dataset (--data)")
-    trace = load_trace(args.trace) if args.trace is not None else synthetic_trace(seed=args.seed)
+    trace = load_trace(args.trace, seed=args.seed)
     with workspace(args.key_file, args.data, args.seed, "spot") as ws:
         opts = SpotOptions(
             model=args.model or ("tiny" if args.quick else "batch"),
@@ -93,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             data=ws.data,
             state_dir=ws.state_dir,
+            platform_dir=ws.platform_dir,
         )
 
         def tick(run: str, slot: int, on: bool) -> None:

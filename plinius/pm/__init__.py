@@ -1,5 +1,6 @@
 """Persistent memory: the native RomulusLog engine (``native/``) and its typed Python wrapper."""
 
+from plinius.pm.device import DEVICES, DeviceModel, device_model
 from plinius.pm.pool import (
     CRASH_EXIT,
     FLUSHES,
@@ -18,16 +19,19 @@ from plinius.pm.pool import (
 
 __all__ = [
     "CRASH_EXIT",
+    "DEVICES",
     "FLUSHES",
     "MAX_POOL_SIZE",
     "MAX_ROOTS",
     "MIN_POOL_SIZE",
     "MODES",
     "ROOT_NAME_MAX",
+    "DeviceModel",
     "Pool",
     "PoolStats",
     "cpu_flush",
     "cpu_has",
+    "device_model",
     "sim_disarm",
     "sim_events",
 ]

@@ -21,6 +21,7 @@ from plinius.errors import (
     BackendError,
     ConfigError,
     FormatError,
+    NotFoundError,
     PliniusError,
     PoolCorruptError,
     PoolFullError,
@@ -29,6 +30,7 @@ from plinius.errors import (
     UnsupportedVersionError,
 )
 from plinius.fsutil import check_path
+from plinius.pm.device import DeviceModel, resolve_device
 
 try:
     from plinius._romulus import ffi, lib
@@ -66,6 +68,7 @@ _ERRORS: dict[int, type[PliniusError]] = {
     lib.ROM_E_CORRUPT: PoolCorruptError,
     lib.ROM_E_FULL: PoolFullError,
     lib.ROM_E_FLUSH: ConfigError,
+    lib.ROM_E_NOENT: NotFoundError,
 }
 
 
@@ -118,6 +121,11 @@ class PoolStats:
     real_pm: bool
     opened_as: str
     in_txn: bool
+    #: device model (zero without one): bytes charged and time waited, this session
+    dev_write_bytes: int = 0
+    dev_write_wait_s: float = 0.0
+    dev_read_bytes: int = 0
+    dev_read_wait_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,7 +139,11 @@ class Pool:
     ``"force"``; a damaged pool raises :class:`PoolCorruptError`, a foreign file
     :class:`FormatError`. ``mode`` (pmem/msync/none) and ``flush`` (clwb/clflushopt/clflush)
     default to the ``PLINIUS_PM_MODE`` / ``PLINIUS_PM_FLUSH`` environment variables, then to
-    pmem and the best instruction the CPU has.
+    pmem and the best instruction the CPU has. ``device`` (:mod:`plinius.pm.device`: a name
+    such as ``"optane-1dimm"``, a :class:`DeviceModel`, or ``"none"``) throttles flushes, fences
+    and :meth:`model_read` as the modelled PM would; it defaults to ``PLINIUS_PM_DEVICE``, then
+    to none (DRAM speed). ``create=False`` on a missing file raises
+    :class:`~plinius.errors.NotFoundError` and creates nothing.
 
     Every value the engine reads from the file is validated (the file is attacker-controlled
     storage): a violation is a :class:`PoolCorruptError` naming the field, never a crash.
@@ -145,6 +157,7 @@ class Pool:
         create: CreatePolicy = True,
         mode: str | None = None,
         flush: str | None = None,
+        device: str | DeviceModel | None = None,
     ) -> None:
         self.path = check_path(path, "pool")  # a NUL would name another file in C
         if create not in (True, False, "force"):
@@ -157,6 +170,7 @@ class Pool:
             raise ConfigError(f"pool size must be positive, got {size}")
         if size is not None and size > MAX_POOL_SIZE:
             raise ConfigError(f"pool size {size} is too large: at most {MAX_POOL_SIZE} bytes")
+        self.device: DeviceModel | None = resolve_device(device)
         raw = os.fsencode(self.path)
         policy = (
             lib.ROM_CREATE_FORCE
@@ -166,13 +180,25 @@ class Pool:
             else lib.ROM_CREATE_NEVER
         )
         out = ffi.new("rom_pool **")
-        rc = lib.rom_open(
+        dev = ffi.NULL
+        if self.device is not None:
+            dev = ffi.new(
+                "rom_device *",
+                {
+                    "write_bps": self.device.write_bps,
+                    "read_bps": self.device.read_bps,
+                    "fence_ns": self.device.fence_ns,
+                    "read_ns": self.device.read_latency_ns,
+                },
+            )
+        rc = lib.rom_open_dev(
             raw,
             len(raw),
             size or 0,
             policy,
             lib.ROM_MODE_AUTO if mode is None else MODES.index(mode),
             lib.ROM_FLUSH_AUTO if flush is None else FLUSHES.index(flush),
+            dev,
             out,
         )
         if rc:
@@ -296,6 +322,12 @@ class Pool:
         self._bounds(offset, length)
         at = (self.back_off if committed else self.main_off) + offset
         return self._ro[at : at + length]
+
+    def model_read(self, nbytes: int) -> None:
+        """Device model: wait as reading ``nbytes`` from the modelled media would (else no-op)."""
+        self._check()
+        if self.device is not None and nbytes >= 0:
+            lib.rom_model_read(self._h, nbytes)
 
     def raw(self) -> memoryview:
         """The whole mapping, read-only (header, main, back): for tests and inspection."""
@@ -431,6 +463,10 @@ class Pool:
             real_pm=bool(st.real_pm),
             opened_as=_OPENED.get(st.opened_as, "?"),
             in_txn=bool(st.in_txn),
+            dev_write_bytes=st.dev_write_bytes,
+            dev_write_wait_s=st.dev_write_wait_ns * 1e-9,
+            dev_read_bytes=st.dev_read_bytes,
+            dev_read_wait_s=st.dev_read_wait_ns * 1e-9,
         )
 
     def bench_swaps(

@@ -1,17 +1,27 @@
-"""Spot price traces: the paper's CSV (``price,slot``), AWS's JSON, or a seeded synthetic one.
+"""Spot price traces: built in by name, or read from a CSV (``price,slot``) or AWS JSON file.
 
 A trace is one price per fixed slot (5 minutes on AWS). Under a bid, a slot whose price is above
 the bid has the instance off (the trainer is killed); at or below it the instance runs and pays
 that slot's price.
+
+Built-in traces (:data:`TRACE_NAMES`): ``paper``, the Plinius paper's AWS c3.2xlarge trace,
+shipped inside the package run-length encoded (``plinius/spot/data/``, see its README), and
+``synthetic``, a seeded generator shaped like it.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import gzip
+import hashlib
+import io
 import json
 import math
+import os
+import zlib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +34,15 @@ MAX_SLOTS = 2 * 366 * 24 * 3600 // AWS_SLOT_SECONDS  # two years of 5-minute slo
 MAX_SLOT_NUMBER = 1 << 53  # exact in a float64
 MAX_PRICE = 1e6  # USD/hour: far above any instance, far below where sums lose meaning
 TRACE_MAX_BYTES = 64 << 20
+
+TRACE_NAMES = ("paper", "synthetic")  # what ``load_trace`` and ``plinius spot --trace`` accept
+PAPER_TRACE_FILE = "c3.2xlarge-paper.runs.csv.gz"  # in plinius/spot/data/
+PAPER_SOURCE = "paper (AWS c3.2xlarge)"
+PAPER_SLOTS = 129_601
+# SHA-256 of the paper trace's prices as little-endian float64, slot by slot (SpotTrace.digest),
+# as loaded from the original price_time_c3.2xlarge.csv: the shipped copy must decode to it
+PAPER_DIGEST = "f0f4eda0b134d1fbce92512c5ff17e1bd9720a97aa15dcf41ecbd4b2243bb668"
+RUNS_HEADER = "price,slots"
 
 
 class TraceError(ConfigError):
@@ -46,6 +65,11 @@ class SpotTrace:
 
     def __len__(self) -> int:
         return int(self.prices.size)
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the prices as little-endian float64, slot by slot."""
+        data = np.ascontiguousarray(self.prices, dtype="<f8").tobytes()
+        return hashlib.sha256(data).hexdigest()
 
     def running(self, bid: float) -> np.ndarray:
         """True for slots where the instance runs (price at or below the bid)."""
@@ -78,18 +102,27 @@ class SpotTrace:
         return float(np.sum(p[p <= bid]) * self.slot_seconds / 3600)
 
 
-def load_trace(path: str | Path) -> SpotTrace:
-    """Read a CSV ``price,slot`` trace or an ``aws ec2 describe-spot-price-history`` JSON file.
+def load_trace(source: str | os.PathLike[str], *, seed: int = 0) -> SpotTrace:
+    """A built-in trace by name, or a CSV ``price,slot`` / ``aws ec2 describe-spot-price-history``
+    JSON file.
+
+    A ``str`` in :data:`TRACE_NAMES` names a built-in trace: ``"paper"`` (:func:`paper_trace`) or
+    ``"synthetic"`` (:func:`synthetic_trace` with ``seed``); anything else, and every
+    ``os.PathLike``, is a file (``"./paper"`` reads a file called ``paper``).
 
     Only a regular file of at most ``TRACE_MAX_BYTES`` is read (a FIFO cannot block us), and
     every price and slot is checked: finite, within bounds, slots strictly increasing, the whole
     trace at most ``MAX_SLOTS`` slots long.
     """
-    p = Path(path)
+    if isinstance(source, str) and source in TRACE_NAMES:
+        return paper_trace() if source == "paper" else synthetic_trace(seed=seed)
+    p = Path(source)
     try:
         raw = fsutil.read_regular(p, "trace file", max_bytes=TRACE_MAX_BYTES)
     except NotFoundError:
-        raise TraceError(f"trace file {p} does not exist") from None
+        raise TraceError(
+            f"trace file {p} does not exist (built-in traces: {', '.join(TRACE_NAMES)})"
+        ) from None
     except ConfigError as exc:
         raise TraceError(str(exc)) from None
     try:
@@ -212,6 +245,86 @@ def _from_aws_json(text: str, source: str) -> SpotTrace:
         end = int((points[i + 1][0] - t0) // AWS_SLOT_SECONDS) if i + 1 < len(points) else n
         prices[start : max(end, start + 1)] = price
     return SpotTrace(prices, AWS_SLOT_SECONDS, source)
+
+
+def paper_trace() -> SpotTrace:
+    """The Plinius paper's AWS c3.2xlarge trace (129,601 5-minute slots), shipped in the package.
+
+    Decoded from ``plinius/spot/data/`` and checked against :data:`PAPER_DIGEST`: it is exactly
+    what :func:`load_trace` reads from the original ``price_time_c3.2xlarge.csv``.
+    """
+    ref = resources.files("plinius.spot").joinpath("data", PAPER_TRACE_FILE)
+    try:
+        data = ref.read_bytes()
+    except OSError as exc:
+        raise TraceError(
+            f"the built-in paper trace ({PAPER_TRACE_FILE}) is missing from the installed "
+            f"plinius package: {exc.strerror or exc}; reinstall plinius"
+        ) from None
+    trace = decode_runs(data, PAPER_SOURCE)
+    if len(trace) != PAPER_SLOTS or trace.digest() != PAPER_DIGEST:
+        raise TraceError(
+            f"the built-in paper trace ({PAPER_TRACE_FILE}) is damaged: {len(trace)} slots, "
+            f"digest {trace.digest()[:16]}... instead of {PAPER_SLOTS} and "
+            f"{PAPER_DIGEST[:16]}...; reinstall plinius"
+        )
+    return trace
+
+
+def encode_runs(trace: SpotTrace, comments: tuple[str, ...] = ()) -> bytes:
+    """``trace`` run-length encoded: gzip'd UTF-8 text, ``# comment`` lines, a ``price,slots``
+    header, then one ``price,slots`` row per run of equal prices (``repr`` of the float, so
+    :func:`decode_runs` gives back the very same float64s). The gzip header carries no name or
+    time, so equal traces encode to equal bytes."""
+    p = trace.prices
+    starts = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]]))
+    lengths = np.diff(np.append(starts, p.size))
+    lines = [f"# {c}" for c in comments] + [RUNS_HEADER]
+    lines += [f"{float(p[s])!r},{int(n)}" for s, n in zip(starts, lengths, strict=True)]
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=buf, mtime=0) as gz:
+        gz.write(("\n".join(lines) + "\n").encode("utf-8"))
+    return buf.getvalue()
+
+
+def decode_runs(data: bytes, source: str, slot_seconds: int = AWS_SLOT_SECONDS) -> SpotTrace:
+    """The trace :func:`encode_runs` wrote; every row checked (price bounds, whole run lengths,
+    at most ``MAX_SLOTS`` slots in all)."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
+            raw = gz.read(TRACE_MAX_BYTES + 1)
+        text = raw.decode("utf-8")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        raise TraceError(f"{source}: not a gzip'd UTF-8 run-length trace ({exc})") from None
+    if len(raw) > TRACE_MAX_BYTES:
+        raise TraceError(f"{source}: decompresses to more than {TRACE_MAX_BYTES} bytes")
+    prices: list[float] = []
+    lengths: list[int] = []
+    total = 0
+    header_seen = False
+    for lineno, line in enumerate(text.splitlines(), 1):
+        where = f"{source}:{lineno}"
+        if not line or line.startswith("#"):
+            continue
+        if not header_seen:
+            if line != RUNS_HEADER:
+                raise TraceError(f"{where}: expected the header {RUNS_HEADER!r}")
+            header_seen = True
+            continue
+        price, sep, count = line.partition(",")
+        if not (sep and count.isascii() and count.isdigit() and len(count) <= 12) or (
+            int(count) < 1
+        ):
+            raise TraceError(f"{where}: expected 'price,slots' with slots >= 1: {line[:60]!r}")
+        total += int(count)
+        if total > MAX_SLOTS:
+            raise _too_long(source, total)
+        prices.append(_price(price, where))
+        lengths.append(int(count))
+    if not prices:
+        raise TraceError(f"trace {source} has no price rows")
+    full = np.repeat(np.asarray(prices, dtype=np.float64), np.asarray(lengths, dtype=np.int64))
+    return SpotTrace(full, slot_seconds, source)
 
 
 def synthetic_trace(slots: int = 8064, seed: int = 0, base: float = 0.094) -> SpotTrace:

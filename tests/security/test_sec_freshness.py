@@ -118,8 +118,12 @@ def test_cpu_secret_is_outside_state_dir_and_backend(run_cli: CliRunner, world: 
 
 def test_platform_location_inside_state_dir_is_refused(run_cli: CliRunner, world: World) -> None:
     env = {**world.env, "PLINIUS_PLATFORM_DIR": str(world.state / "cpu")}
-    res = run_cli(*owner_cmds(world, spec_for(world, "tmpfs", "m"))[0], env=env)
+    res = run_cli(
+        "train", "--model", "tiny", "--backend", spec_for(world, "tmpfs", "m"),
+        "--key-file", str(world.key), "--data", str(world.data), "--iterations", "2", env=env,
+    )  # fmt: skip
     assert_refused(res, "overlap", "platform location")
+    assert not (world.state / "cpu").exists()
 
 
 # --- class 3: rollback ---------------------------------------------------------------------

@@ -312,18 +312,20 @@ def test_nul_in_pool_path_is_refused(world: World) -> None:
 
 
 def test_crash_at_every_point_of_creation_then_train(world: World, run_cli: CliRunner) -> None:
-    """The CLI dies (deterministically, in the engine) at each flush/fence of the creation."""
+    """A creator dies (deterministically, in the engine) at each flush/fence of the creation.
+
+    (Read-only commands never create a pool, so the creation is driven directly.)
+    """
     pool = world.shm / "new.pool"
     for at in range(1, 9):  # 3 flushes + fence, magic + fence, stamp cleared + fence
         pool.unlink(missing_ok=True)
-        res = run_cli(
-            "verify",
-            "--backend",
-            spec(pool),
-            "--key-file",
-            str(world.key),
+        res = subprocess.run(
+            [sys.executable, "-P", "-c", _CREATOR, str(pool)],
             env={**world.env, "PLINIUS_ROMULUS_CRASH_AT": str(at)},
+            capture_output=True,
+            text=True,
             timeout=TIMEOUT,
+            check=False,
         )
         assert res.returncode == 77, (at, res.returncode, res.stderr[-2000:])  # CRASH_EXIT
         res = train(run_cli, world, pool, "--fresh")  # the platform saw the last pool's mirror
