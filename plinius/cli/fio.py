@@ -82,7 +82,10 @@ def register(sub: Any) -> None:
         action="store_true",
         help="measure every backend separately even when two share a mount and engine",
     )
-    p.add_argument("--jobs-dir", help="directory of the *.fio files (default: ./fio_jobs)")
+    p.add_argument(
+        "--jobs-dir",
+        help="directory of the *.fio files (default: the job files installed with plinius)",
+    )
     p.add_argument("--no-plot", action="store_true", help="do not draw fio_fig2.png")
     p.add_argument("--out", default="fio-out", help="directory for fio.json, fio.md, the plot")
     add_json_flag(p)
