@@ -1,5 +1,6 @@
 """Build hook: compiles the native Romulus engine (cffi) and ships fio_jobs/ inside the package."""
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -44,7 +45,13 @@ class BuildPyWithCommit(build_py):
             (Path(self.build_lib) / "plinius" / "_build_commit.txt").write_text(commit + "\n")
 
 
+# A sanitized engine (PLINIUS_SANITIZE=1, tox -e sanitize) is built in its own build directory:
+# in-tree builds skip an extension whose build/ copy looks up to date, so sharing build/ would
+# package a normal engine as the sanitized one (or the reverse).
+SANITIZE = os.environ.get("PLINIUS_SANITIZE", "") not in ("", "0")
+
 setup(
+    options={"build": {"build_base": "build/sanitize" if SANITIZE else "build"}},
     packages=[*find_packages(include=["plinius", "plinius.*"]), "plinius.fio_jobs"],
     package_dir={"plinius.fio_jobs": "fio_jobs"},
     package_data={
