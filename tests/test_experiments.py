@@ -24,6 +24,7 @@ def plinius(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_crash_test_quick(tmp_path: Path) -> None:
     res = plinius("crash-test", "--quick", "--out", str(tmp_path), "--json")
     assert res.returncode == 0, res.stderr
@@ -41,6 +42,7 @@ def test_crash_test_quick(tmp_path: Path) -> None:
     assert "Exact resume" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_spot_quick_on_the_paper_trace(tmp_path: Path) -> None:
     res = plinius("spot", "--quick", "--out", str(tmp_path), "--json")  # the paper's by default
     assert res.returncode == 0, res.stderr

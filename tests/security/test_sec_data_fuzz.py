@@ -92,6 +92,7 @@ def _report(name: str, outcomes: Counter[str]) -> None:
     print(f"\n[fuzz] {name}: {total} cases: {detail}")
 
 
+@pytest.mark.slow
 def test_fuzz_pld_file(pld: Path, engine: Engine) -> None:
     raw = pld.read_bytes()
     original = _decode_file(pld, engine)
@@ -112,6 +113,7 @@ def test_fuzz_pld_file(pld: Path, engine: Engine) -> None:
     assert sum(outcomes.values()) == len(positions) + 9
 
 
+@pytest.mark.slow
 def test_fuzz_stored_record_areas(pld: Path, engine: Engine, shm_dir: Path) -> None:
     spec = f"tmpfs:{shm_dir / 'be'}"
     with open_backend(spec) as be:
@@ -158,6 +160,7 @@ def test_fuzz_stored_record_areas(pld: Path, engine: Engine, shm_dir: Path) -> N
     assert decode() == original
 
 
+@pytest.mark.slow
 def test_fuzz_through_the_cli(run_cli: CliRunner, world: World) -> None:
     raw = world.data.read_bytes()
     outcomes: Counter[str] = Counter()

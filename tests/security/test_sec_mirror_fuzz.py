@@ -13,6 +13,8 @@ import os
 import random
 from pathlib import Path
 
+import pytest
+
 from plinius.backends.registry import open_backend
 from plinius.crypto import OVERHEAD, make_engine, read_key_file
 from plinius.enclave.platform import SimulatedPlatform
@@ -39,6 +41,7 @@ def _digest(spec: str, world: World, platform: SimulatedPlatform) -> tuple[int, 
     return info.version, iteration, h.hexdigest()
 
 
+@pytest.mark.slow
 def test_every_flip_is_refused_or_harmless(run_cli: CliRunner, world: World) -> None:
     spec = f"tmpfs:{world.shm / 'm'}"
     res = run_cli(

@@ -32,6 +32,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 LONG = os.environ.get("PLINIUS_LONG") == "1"
 CASES = int(os.environ.get("PLINIUS_FUZZ_CASES", "0" if LONG else "8000"))  # 0: all of them
 FLIPS = int(os.environ.get("PLINIUS_FUZZ_FLIPS", "30000" if LONG else "2000"))
@@ -320,6 +322,7 @@ def run_cases(
     return outcomes, failures
 
 
+@pytest.mark.slow
 def test_pool_fuzz(tmp_path: Path, shm_dir: Path) -> None:
     template = shm_dir / "template.pool"
     build_template(template)
