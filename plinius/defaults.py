@@ -11,10 +11,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
-from plinius.backends.registry import backend_class, registered
-from plinius.errors import NotFoundError
+from plinius.backends.registry import backend_class, parse_spec, registered
+from plinius.errors import ConfigError, NotFoundError, PliniusError
 
 DEFAULT_BACKENDS = ("romulus", "tmpfs", "dax", "ssd")
 
@@ -63,3 +65,149 @@ def instances(names: list[str], explicit: dict[str, str]) -> Iterator[dict[str, 
     """Fresh scratch instances of ``names`` plus the user's explicit specs (reused as given)."""
     with scratch_specs(names) as scratch:
         yield {**scratch, **explicit}
+
+
+# -- the benchmark plan: backend *instances*, not backend names -----------------------------------
+# Two instances of one backend (other options, another location) are two rows everywhere. What an
+# instance's durability and emulation are is never decided here: the backend's ``describe()``
+# says, once the instance is open.
+
+
+@dataclass(frozen=True)
+class InstancePlan:
+    """One backend instance a benchmark runs: a registered name, its options and where it lives.
+
+    ``spec`` is the user's full spec (reused as given); without it a scratch instance is made on
+    ``root`` (``"shm"`` or ``"disk"``; default: the backend class's own ``default_root``).
+    """
+
+    name: str
+    options: tuple[tuple[str, str], ...] = ()
+    root: Literal["shm", "disk"] | None = None
+    spec: str | None = None
+    role: str = ""
+    #: run only if the backend accepts ``options`` (probed before the run; else reported as not run)
+    optional: bool = False
+    #: set when two instances would otherwise share a label
+    label_suffix: str = ""
+
+    @property
+    def label(self) -> str:
+        """``name?opt=v&...`` (sorted options): what every table, plot and JSON row shows."""
+        opts = "&".join(f"{k}={v}" for k, v in sorted(self.options))
+        return self.name + (f"?{opts}" if opts else "") + self.label_suffix
+
+    @property
+    def location(self) -> str | None:
+        return None if self.spec is None else parse_spec(self.spec)[1]
+
+    def root_kind(self) -> Literal["shm", "disk"]:
+        return self.root or backend_class(self.name).default_root
+
+    def spec_in(self, directory: str | os.PathLike[str]) -> str:
+        """The spec of this instance placed inside ``directory`` (scratch instances)."""
+        opts = "&".join(f"{k}={v}" for k, v in self.options)
+        return default_spec(self.name, directory) + (f"?{opts}" if opts else "")
+
+    @classmethod
+    def from_spec(cls, spec: str, role: str = "") -> InstancePlan:
+        """A user's full spec ``NAME:LOCATION?opts``, used as given."""
+        name, _, options = parse_spec(spec)
+        backend_class(name)
+        return cls(name, tuple(sorted(options.items())), spec=spec, role=role)
+
+    @classmethod
+    def from_text(cls, text: str) -> InstancePlan:
+        """``NAME`` or ``NAME?opt=v`` (a scratch instance) or ``NAME:LOCATION?opt=v`` (as given)."""
+        if ":" in text.split("?", 1)[0]:
+            return cls.from_spec(text)
+        name, _, query = text.partition("?")
+        backend_class(name)
+        _, _, options = parse_spec(f"{name}:-" + (f"?{query}" if query else ""))
+        return cls(name, tuple(sorted(options.items())))
+
+
+#: The default ``plinius bench`` plan: enough instances that every comparison is like for like.
+#: At process-crash durability (RAM): ``romulus`` (emulated PM on tmpfs) against ``tmpfs``; at
+#: power-fail durability (the disk): ``romulus?mode=msync`` on the disk beside ``ssd`` and ``dax``.
+#: The durability each instance really has is read from its ``describe()`` after opening it.
+DEFAULT_PLAN: tuple[InstancePlan, ...] = (
+    InstancePlan("romulus", role="PM pool on the RAM root (the paper's setup)"),
+    InstancePlan("tmpfs", role="file in RAM, no fsync"),
+    InstancePlan(
+        "romulus",
+        (("mode", "msync"),),
+        root="disk",
+        role="PM pool msynced to the disk beside ssd",
+    ),
+    InstancePlan("dax", role="file + fsync on a DAX file system"),
+    InstancePlan("ssd", role="file + fsync on the disk (the paper's baseline)"),
+    # PM device model: runs when the romulus backend accepts ``device=`` (probed; else "not run")
+    InstancePlan("romulus", (("device", "optane-1dimm"),), role="PM device model", optional=True),
+)
+
+
+def unique_labels(plan: list[InstancePlan]) -> list[InstancePlan]:
+    """``plan`` with distinct labels: instances sharing ``name?options`` get ``@location``.
+
+    The same instance twice (same label and location) is refused: it would be one row.
+    """
+    seen: dict[tuple[str, str | None], InstancePlan] = {}
+    for p in plan:
+        key = (p.label, p.location)
+        if key in seen:
+            where = f" at {p.location}" if p.location else ""
+            raise ConfigError(f"backend instance {p.label}{where} is given twice")
+        seen[key] = p
+    counts: dict[str, int] = {}
+    for p in plan:
+        counts[p.label] = counts.get(p.label, 0) + 1
+    out = []
+    for p in plan:
+        if counts[p.label] > 1:
+            where = p.location or f"{p.root_kind()} root"
+            p = replace(p, label_suffix=f"@{where}")
+        out.append(p)
+    if len({p.label for p in out}) != len(out):
+        raise ConfigError(
+            "two backend instances would share a label: " + ", ".join(p.label for p in out)
+        )
+    return out
+
+
+def probe(p: InstancePlan) -> str | None:
+    """None if the backend accepts ``p``'s options; else why not (a throw-away instance)."""
+    cls = backend_class(p.name)
+    root = root_dir(p.root_kind())
+    with tempfile.TemporaryDirectory(prefix=f"plinius-probe-{p.name}-", dir=root) as d:
+        try:
+            backend = cls(cls.location_in(d), **{**cls.probe_options, **dict(p.options)})
+        except PliniusError as exc:
+            return str(exc)
+        backend.close()
+    return None
+
+
+@contextmanager
+def plan_instances(plan: list[InstancePlan]) -> Iterator[list[tuple[InstancePlan, str]]]:
+    """``(instance, spec)`` for every instance of ``plan``: fresh scratch directories for the
+    planned ones (removed on exit), the user's specs as given."""
+    made: list[Path] = []
+    out: list[tuple[InstancePlan, str]] = []
+    try:
+        for p in plan:
+            if p.spec is not None:
+                out.append((p, p.spec))
+                continue
+            root = root_dir(p.root_kind())
+            if not root.is_dir():
+                raise NotFoundError(
+                    f"{root} does not exist; set PLINIUS_SHM_DIR / PLINIUS_DISK_DIR"
+                )
+            d = Path(tempfile.mkdtemp(prefix=f"plinius-{p.name}-", dir=root))
+            made.append(d)
+            out.append((p, p.spec_in(d)))
+        yield out
+    finally:
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)

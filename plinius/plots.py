@@ -14,6 +14,9 @@ from typing import Any
 from plinius.errors import ConfigError
 
 MARKERS = {"romulus": "o", "tmpfs": "s", "dax": "^", "ssd": "v"}
+#: line style per durability level, so RAM-only and disk-durable instances never look alike
+STYLES = {"power-fail": "-", "process-crash": "--", "none": ":"}
+MIB = 1 << 20
 
 
 def _plt() -> Any:
@@ -27,53 +30,96 @@ def _plt() -> Any:
     return plt
 
 
+def series_label(r: dict[str, Any]) -> str:
+    """What a legend shows for a results row: the backend instance, its durability, emulation."""
+    if "series" in r:
+        return str(r["series"])
+    name = str(r.get("instance") or r["backend"])
+    facts = [str(r["durability"])] if r.get("durability") else []
+    if r.get("emulated"):
+        facts.append("emulated")
+    return f"{name} [{', '.join(facts)}]" if facts else name
+
+
 def _by_backend(results: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
-        groups[str(r.get("series", r["backend"]))].append(r)
+        groups[series_label(r)].append(r)
     for rows in groups.values():
         rows.sort(key=lambda r: r["model_mb"])
     return groups
 
 
+def _x(results: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """The x key and label: the exact mirror bytes when every row has them, else the model."""
+    if results and all("bytes" in r for r in results):
+        return "bytes", "mirror size (MiB = 2^20 B; weights + momentum)"
+    return "model_mb", "model size (MiB)"
+
+
+def _xs(rows: Sequence[dict[str, Any]], key: str) -> list[float]:
+    return [r[key] / MIB if key == "bytes" else r[key] for r in rows]
+
+
+def _style(rows: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
+    backend = str(rows[0].get("backend", name)).rsplit("/", 1)[-1]
+    return {
+        "marker": MARKERS.get(backend, "x"),
+        "linestyle": STYLES.get(str(rows[0].get("durability")), "-"),
+    }
+
+
 def save_restore(results: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Fig. 7: save and restore time versus model size, one line per backend."""
+    """Fig. 7: save and restore time versus mirror size, one line per backend instance
+    (legend: instance [durability, emulated]; dashed = process-crash, solid = power-fail)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)
+    xkey, xlabel = _x(results)
     for name, rows in _by_backend(results).items():
-        xs = [r["model_mb"] for r in rows]
+        xs = _xs(rows, xkey)
         for ax, key in zip(axes, ("save", "restore"), strict=True):
             med = [r[f"{key}_s"] * 1e3 for r in rows]
             lo = [m - r[f"{key}_s_min"] * 1e3 for m, r in zip(med, rows, strict=True)]
             hi = [r[f"{key}_s_max"] * 1e3 - m for m, r in zip(med, rows, strict=True)]
-            marker = MARKERS.get(name.rsplit("/", 1)[-1], "x")
-            ax.errorbar(xs, med, yerr=[lo, hi], marker=marker, capsize=2, label=name)
+            ax.errorbar(xs, med, yerr=[lo, hi], capsize=2, label=name, **_style(rows, name))
     for ax, key in zip(axes, ("save", "restore"), strict=True):
-        ax.set(
-            xlabel="model size (MiB)", ylabel=f"{key} time (ms)", title=f"{key} (median, min–max)"
-        )
+        ax.set(xlabel=xlabel, ylabel=f"{key} time (ms)", title=f"{key} (median, min–max)")
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title or "Encrypted mirror save/restore per backend")
+        ax.legend(fontsize="small")
+    fig.suptitle(title or "Encrypted mirror save/restore per backend instance [durability]")
     return _save(fig, plt, path)
 
 
 def speedups(results: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Save and restore speed-up of every backend versus ``ssd`` at each model size."""
+    """Save and restore speed-up of every instance versus the baseline of *its own* durability
+    level at each size (never RAM against a disk); baselines themselves are not drawn."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)
+    xkey, xlabel = _x(results)
     for name, rows in _by_backend(results).items():
-        xs = [r["model_mb"] for r in rows]
+        rows = [r for r in rows if r.get("baseline") and r["baseline"] != r.get("instance")]
+        if not rows:
+            continue
+        label = f"{name} vs {rows[0]['baseline']}"
         for ax, key in zip(axes, ("save", "restore"), strict=True):
-            ys = [r.get(f"speedup_{key}_vs_ssd") for r in rows]
-            if any(y is None for y in ys):
-                continue
-            ax.plot(xs, ys, marker=MARKERS.get(name, "x"), label=name)
+            pts = [
+                (x, r[f"speedup_{key}_vs_baseline"])
+                for x, r in zip(_xs(rows, xkey), rows, strict=True)
+                if r.get(f"speedup_{key}_vs_baseline") is not None
+            ]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, label=label, **_style(rows, name))
     for ax, key in zip(axes, ("save", "restore"), strict=True):
         ax.axhline(1.0, color="gray", lw=0.8)
-        ax.set(xlabel="model size (MiB)", ylabel="× faster than ssd", title=f"{key} speed-up")
+        ax.set(
+            xlabel=xlabel,
+            ylabel="× faster than the baseline of equal durability",
+            title=f"{key} speed-up, like for like",
+        )
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
     return _save(fig, plt, path)
 
 

@@ -22,7 +22,10 @@ def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join([head, sep, *body])
 
 
-def provenance_md(prov: dict[str, Any], backends: dict[str, dict[str, Any]]) -> str:
+def provenance_md(
+    prov: dict[str, Any], backends: dict[str, dict[str, Any]], key_column: str = "backend"
+) -> str:
+    """Provenance and one row per entry of ``backends`` (named in column ``key_column``)."""
     cpu = prov.get("cpu", {})
     lines = [
         "## Provenance",
@@ -35,7 +38,7 @@ def provenance_md(prov: dict[str, Any], backends: dict[str, dict[str, Any]]) -> 
         f"persistent memory: {prov.get('pm')}",
         f"- packages: {', '.join(f'{k} {v}' for k, v in prov.get('packages', {}).items() if v)}",
         "",
-        "### What each backend ran on",
+        f"### What each {key_column} ran on",
         "",
     ]
     rows = []
@@ -43,7 +46,7 @@ def provenance_md(prov: dict[str, Any], backends: dict[str, dict[str, Any]]) -> 
         extra = ro.get("extra", {})
         rows.append(
             {
-                "backend": name,
+                key_column: name,
                 "path": ro.get("path"),
                 "fs": ro.get("fs_type"),
                 "mount options": ro.get("mount_options"),
@@ -58,7 +61,7 @@ def provenance_md(prov: dict[str, Any], backends: dict[str, dict[str, Any]]) -> 
             }
         )
     cols = [
-        "backend",
+        key_column,
         "path",
         "fs",
         "mount options",

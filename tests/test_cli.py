@@ -120,13 +120,20 @@ def test_bench_quick_every_section(tmp_path: Path) -> None:
         s: "ok" for s in ("results", "engines", "sps", "fio", "batch", "overhead")
     }
     assert {r["backend"] for r in doc["results"]} == {"romulus", "tmpfs", "dax", "ssd"}
+    instances = {"romulus", "tmpfs", "romulus?mode=msync", "dax", "ssd"}
+    assert instances <= {r["instance"] for r in doc["results"]}
+    for r in doc["results"]:
+        assert r["durability"] == doc["backends"][r["instance"]]["durability"]
     assert {r["model_mb"] for r in doc["results"]} == {10, 64}
     assert doc["sps"]["rows"] and doc["sps"]["txn_cost"]["bytes"] == 64 << 20
     assert doc["batch"][0]["encrypted_s"] > 0 and doc["overhead"][0]["model"] == "batch"
     for png in ("save_restore", "speedup", "sps", "batch", "fio_fig2"):
         assert (out / f"{png}.png").stat().st_size > 10_000, png
     report = (out / "report.md").read_text()
-    assert "## Targets" in report and "romulus save vs ssd, 64 MB" in report
+    assert "## Targets" in report and "romulus?mode=msync save vs ssd, size-64" in report
+    msync = doc["backends"]["romulus?mode=msync"]["durability"]
+    assert f"| {msync} vs {msync} |" in report
+    assert report.rstrip().splitlines()[0] == "# plinius bench" and "## Recommendation" in report
     assert doc["backends"]["romulus"]["emulated"] is True
 
 

@@ -13,14 +13,16 @@ from typing import Any
 import numpy as np
 
 from plinius.backends import open_backend
-from plinius.bench.saverestore import fingerprint_for, synthetic_model
+from plinius.bench.saverestore import bench_model, fingerprint_for
 from plinius.crypto import available_engines, make_engine
 from plinius.defaults import all_backend_names, scratch_specs
 from plinius.mirror import MirrorStore
 
 BACKENDS = all_backend_names()
 ENGINES = available_engines()
-SIZES_MB = [10, 56, 100]  # both ends and the middle of the paper's Fig. 7
+# zoo models size-N, saved as training mirrors them (weights + momentum, about 2N MiB), as in
+# ``plinius bench``: both ends and the middle of the paper's Fig. 7
+SIZES_MB = [10, 56, 100]
 
 
 class SaveRestore:
@@ -33,7 +35,7 @@ class SaveRestore:
     def setup(self, backend: str, model_mb: int, engine: str) -> None:
         self._ctx = scratch_specs([backend])
         spec = self._ctx.__enter__()[backend]
-        self.records = synthetic_model(model_mb)
+        self.records = bench_model(model_mb).records
         self.dests = {(r.layer, r.name): np.empty_like(r.array) for r in self.records}
         self.backend = open_backend(spec)
         self.store = MirrorStore(

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from plinius.backends.registry import open_backend
+from plinius.backends.registry import open_backend, parse_spec
 from plinius.crypto import generate_key, make_engine
 from plinius.datasets import load_dataset
 from plinius.encdata import encrypt_dataset
@@ -123,6 +123,9 @@ class MirrorOverhead:
     no_mirror_s: float
     sync_s: float
     async_s: float
+    instance: str = ""  # name + options of the mirror's backend instance
+    durability: str = ""  # what its describe() reported
+    emulated: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -167,12 +170,18 @@ def mirror_overhead(
                     enclave.ecall_train_step(mirror=mode != "none")
                     times[mode].append(time.perf_counter() - t0)
                     enclave.ecall_flush()  # the next mode starts with nothing in flight
+            runs_on = backend.describe()
             enclave.ecall_close()
             name = backend.name
+    _, _, options = parse_spec(spec)
+    query = "&".join(f"{k}={v}" for k, v in sorted(options.items()))
     return MirrorOverhead(
         label,
         name,
         statistics.median(times["none"]),
         statistics.median(times["sync"]),
         statistics.median(times["async"]),
+        instance=name + (f"?{query}" if query else ""),
+        durability=runs_on.durability,
+        emulated=runs_on.emulated,
     )

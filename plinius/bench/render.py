@@ -1,7 +1,9 @@
 """Tables, Markdown and figures of a ``plinius bench`` results document.
 
 Everything here works from the saved JSON alone, so ``plinius report --bench`` redraws a run
-without repeating it.
+without repeating it. Every save/restore row is a backend *instance* (name and options) with the
+durability and emulation its ``describe()`` reported; speed-ups only pair equal durability, and the
+report ends with a recommendation per durability level. One unit system: MiB = 2^20 bytes.
 """
 
 from __future__ import annotations
@@ -10,31 +12,80 @@ from pathlib import Path
 from typing import Any
 
 from plinius import plots
-from plinius.bench.saverestore import fmt_ms
+from plinius.backends.base import DURABILITY_LEVELS
+from plinius.bench.saverestore import MIB, add_speedups, fmt_ms
 from plinius.bench.suite import targets
 from plinius.reports import md_table, provenance_md
 
+UNITS = (
+    "Units: MiB = 2^20 bytes and MiB/s = 2^20 bytes per second everywhere in this report "
+    "(fio included); ms = 10^-3 s."
+)
+NOISE_RULE = (
+    "a difference is *beyond the noise* when the two rows' min–max ranges over the timed "
+    "repeats do not overlap (the faster row's slowest repeat beats the slower row's fastest)"
+)
 SAVE_COLUMNS = [
-    "backend",
-    "MB",
+    "instance",
+    "durability",
+    "emulated",
+    "model",
+    "mirror B",
     "save ms (min–max)",
     "restore ms (min–max)",
-    "save MB/s",
-    "restore MB/s",
-    "save ×ssd",
-    "restore ×ssd",
+    "save MiB/s",
+    "restore MiB/s",
+    "baseline",
+    "save ×baseline",
+    "restore ×baseline",
     "save/raw AES",
+]
+#: the terminal's narrower table (report.md has every column)
+CONSOLE_SAVE_COLUMNS = [
+    "instance",
+    "durability",
+    "emulated",
+    "model",
+    "mirror MiB",
+    "save ms (min–max)",
+    "restore ms (min–max)",
+    "save ×baseline",
+    "restore ×baseline",
+]
+BREAKDOWN_COLUMNS = [
+    "instance",
+    "durability",
+    "model",
+    "encrypt_s",
+    "write_s",
+    "flush_s",
+    "fsync_s",
+    "encrypt share",
 ]
 ENGINE_COLUMNS = [
     "engine",
-    "raw encrypt MB/s",
-    "seal_into MB/s",
+    "raw encrypt MiB/s",
+    "seal_into MiB/s",
     "seal/raw",
-    "raw decrypt MB/s",
-    "open_into MB/s",
+    "raw decrypt MiB/s",
+    "open_into MiB/s",
     "open/raw",
 ]
-TARGET_COLUMNS = ["target", "measured", "bar", "met"]
+TARGET_COLUMNS = ["target", "durability (both sides)", "measured", "bar", "met"]
+SUMMARY_COLUMNS = ["durability", "instances compared", "save", "restore"]
+RECOMMEND_COLUMNS = [
+    "durability",
+    "model",
+    "mirror MiB",
+    "fastest save",
+    "save ms",
+    "save × next",
+    "save beyond noise",
+    "fastest restore",
+    "restore ms",
+    "restore × next",
+    "restore beyond noise",
+]
 
 
 def _spread(med: float, lo: float, hi: float) -> str:
@@ -45,20 +96,68 @@ def _x(v: float | None) -> str:
     return f"{v:.2f}×" if v is not None else "-"
 
 
+def _level(d: str) -> int:
+    return DURABILITY_LEVELS.index(d) if d in DURABILITY_LEVELS else len(DURABILITY_LEVELS)
+
+
+def tag(r: dict[str, Any]) -> str:
+    """``instance`` with an ``[emulated]`` mark: how recommendation rows name an instance."""
+    return str(r["instance"]) + (" (emulated)" if r.get("emulated") else "")
+
+
+def normalise(doc: dict[str, Any]) -> dict[str, Any]:
+    """Give the rows of an older results.json (before instances) their instance label,
+    durability and emulation from its ``backends`` section, and like-for-like speed-ups."""
+    rows = doc.get("results") or []
+    if rows and any("instance" not in r or "durability" not in r for r in rows):
+        runs_on = doc.get("backends") or {}
+        for r in rows:
+            ro = runs_on.get(r.get("instance") or r["backend"]) or {}
+            r.setdefault("instance", r["backend"])
+            r.setdefault("durability", ro.get("durability", "unknown"))
+            r.setdefault("emulated", bool(ro.get("emulated")))
+            r.setdefault("byte_addressable", bool(ro.get("byte_addressable")))
+        add_speedups(rows)
+    return doc
+
+
+def ordered(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows grouped by durability level (power-fail first), then model, then plan order."""
+    return sorted(results, key=lambda r: (_level(r["durability"]), r["model_mb"]))
+
+
 def save_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
-            "backend": p["backend"],
-            "MB": p["model_mb"],
+            "instance": p.get("instance", p["backend"]),
+            "durability": p.get("durability", "-"),
+            "emulated": "yes" if p.get("emulated") else "no",
+            "model": p.get("model") or f"size-{p['model_mb']:g}",
+            "mirror B": f"{p['bytes']:,}",
+            "mirror MiB": f"{p['bytes'] / MIB:.1f}",
             "save ms (min–max)": _spread(p["save_s"], p["save_s_min"], p["save_s_max"]),
             "restore ms (min–max)": _spread(p["restore_s"], p["restore_s_min"], p["restore_s_max"]),
-            "save MB/s": round(p["save_mbps"]),
-            "restore MB/s": round(p["restore_mbps"]),
-            "save ×ssd": _x(p.get("speedup_save_vs_ssd")),
-            "restore ×ssd": _x(p.get("speedup_restore_vs_ssd")),
+            "save MiB/s": round(p["save_mbps"]),
+            "restore MiB/s": round(p["restore_mbps"]),
+            "baseline": p.get("baseline") or "-",
+            "save ×baseline": _x(p.get("speedup_save_vs_baseline")),
+            "restore ×baseline": _x(p.get("speedup_restore_vs_baseline")),
             "save/raw AES": f"{p['save_vs_raw_seal']:.0%}" if p.get("save_vs_raw_seal") else "-",
         }
-        for p in results
+        for p in ordered(results)
+    ]
+
+
+def breakdown_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "instance": p.get("instance", p["backend"]),
+            "durability": p.get("durability", "-"),
+            "model": p.get("model") or f"size-{p['model_mb']:g}",
+            **p["save_breakdown"],
+            "encrypt share": f"{p['save_breakdown']['encrypt_s'] / p['save_s']:.0%}",
+        }
+        for p in ordered(results)
     ]
 
 
@@ -66,11 +165,11 @@ def engine_rows(engines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
             "engine": e["engine"],
-            "raw encrypt MB/s": round(e["raw_encrypt_mbps"]),
-            "seal_into MB/s": round(e["seal_mbps"]),
+            "raw encrypt MiB/s": round(e["raw_encrypt_mbps"]),
+            "seal_into MiB/s": round(e["seal_mbps"]),
             "seal/raw": f"{e['seal_vs_raw']:.0%}",
-            "raw decrypt MB/s": round(e["raw_decrypt_mbps"]),
-            "open_into MB/s": round(e["open_mbps"]),
+            "raw decrypt MiB/s": round(e["raw_decrypt_mbps"]),
+            "open_into MiB/s": round(e["open_mbps"]),
             "open/raw": f"{e['open_vs_raw']:.0%}",
         }
         for e in engines
@@ -84,12 +183,190 @@ def target_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "target": t["target"],
+                "durability (both sides)": t.get("durability", "-"),
                 "measured": "not measured" if v is None else f"{v:.3g}",
                 "bar": t["bar"],
                 "met": {True: "yes", False: "NO", None: "-"}[t["met"]],
             }
         )
     return rows
+
+
+# -- the answer -----------------------------------------------------------------------------------
+
+
+def beyond_noise(fast: dict[str, Any], slow: dict[str, Any], key: str) -> bool:
+    """True when the min–max ranges of ``key`` (``save``/``restore``) do not overlap."""
+    return bool(fast[f"{key}_s_max"] < slow[f"{key}_s_min"])
+
+
+def recommendation(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per durability level and model: the fastest instance for save and for restore, how much
+    faster than the next one of the *same* durability, and whether that is beyond the noise."""
+    out: list[dict[str, Any]] = []
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in ordered(results):
+        groups.setdefault((r["durability"], r["model_mb"]), []).append(r)
+    for (durability, mb), rows in groups.items():
+        rec: dict[str, Any] = {
+            "durability": durability,
+            "model_mb": mb,
+            "model": rows[0].get("model") or f"size-{mb:g}",
+            "mirror_bytes": rows[0]["bytes"],
+            "instances": [r["instance"] for r in rows],
+        }
+        for key in ("save", "restore"):
+            ranked = sorted(rows, key=lambda r: r[f"{key}_s"])
+            best = ranked[0]
+            rec[f"{key}_fastest"] = best["instance"]
+            rec[f"{key}_fastest_tag"] = tag(best)
+            rec[f"{key}_s"] = best[f"{key}_s"]
+            if len(ranked) > 1:
+                nxt = ranked[1]
+                rec[f"{key}_next"] = nxt["instance"]
+                rec[f"{key}_ratio"] = nxt[f"{key}_s"] / best[f"{key}_s"]
+                rec[f"{key}_beyond_noise"] = beyond_noise(best, nxt, key)
+            else:
+                rec[f"{key}_next"] = None
+                rec[f"{key}_ratio"] = None
+                rec[f"{key}_beyond_noise"] = None
+        out.append(rec)
+    return out
+
+
+def _yes(v: bool | None) -> str:
+    return {True: "yes", False: "no", None: "-"}[v]
+
+
+def recommend_rows(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for c in recs:
+        row = {
+            "durability": c["durability"],
+            "model": c["model"],
+            "mirror MiB": f"{c['mirror_bytes'] / MIB:.1f}",
+        }
+        for key in ("save", "restore"):
+            ratio = c[f"{key}_ratio"]
+            row[f"fastest {key}"] = c[f"{key}_fastest_tag"]
+            row[f"{key} ms"] = fmt_ms(c[f"{key}_s"])
+            row[f"{key} × next"] = (
+                f"{ratio:.2f}× vs {c[f'{key}_next']}" if ratio is not None else "only one"
+            )
+            row[f"{key} beyond noise"] = _yes(c[f"{key}_beyond_noise"])
+        rows.append(row)
+    return rows
+
+
+def verdict(recs: list[dict[str, Any]], key: str) -> str:
+    """One durability level's answer for ``key`` (``save``/``restore``) across its models."""
+    if not recs:
+        return "-"
+    if all(c[f"{key}_ratio"] is None for c in recs):
+        return f"{recs[0][f'{key}_fastest_tag']} (the only instance: nothing to compare)"
+    wins: dict[str, list[dict[str, Any]]] = {}
+    for c in recs:
+        wins.setdefault(c[f"{key}_fastest_tag"], []).append(c)
+    clear = [c for c in recs if c[f"{key}_beyond_noise"]]
+    if not clear:
+        names = ", ".join(wins)
+        return f"no clear winner: within the noise at all {len(recs)} models (fastest: {names})"
+    parts = []
+    for name, won in sorted(wins.items(), key=lambda kv: -len(kv[1])):
+        ratios = [c[f"{key}_ratio"] for c in won]
+        n_clear = sum(1 for c in won if c[f"{key}_beyond_noise"])
+        parts.append(
+            f"{name} at {len(won)}/{len(recs)} models, {min(ratios):.2f}–{max(ratios):.2f}× "
+            f"faster than the next (beyond the noise at {n_clear})"
+        )
+    return "; ".join(parts)
+
+
+def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per durability level: who wins save and restore, across the models measured."""
+    recs = recommendation(results)
+    rows = []
+    for d in dict.fromkeys(c["durability"] for c in recs):
+        mine = [c for c in recs if c["durability"] == d]
+        insts = list(dict.fromkeys(tag(r) for r in ordered(results) if r["durability"] == d))
+        rows.append(
+            {
+                "durability": d,
+                "instances compared": ", ".join(insts),
+                "save": verdict(mine, "save"),
+                "restore": verdict(mine, "restore"),
+            }
+        )
+    return rows
+
+
+def _cross_durability(results: list[dict[str, Any]]) -> list[str]:
+    """The price of power-fail durability: a cross-durability ratio, labelled as such."""
+    lines = []
+    for mb in sorted({r["model_mb"] for r in results}, reverse=True)[:1]:
+        at = [r for r in results if r["model_mb"] == mb]
+        pf = [r for r in at if r["durability"] == "power-fail"]
+        pc = [r for r in at if r["durability"] == "process-crash"]
+        model = at[0].get("model") or f"size-{mb:g}"
+        if pf and pc:
+            for key in ("save", "restore"):
+                a = min(pf, key=lambda r: r[f"{key}_s"])
+                b = min(pc, key=lambda r: r[f"{key}_s"])
+                lines.append(
+                    f"- Cross-durability ratio (not a like-for-like speed-up: what power-fail "
+                    f"durability costs here), {model} {key}: the fastest "
+                    f"power-fail instance ({tag(a)}, {fmt_ms(a[f'{key}_s'])} ms) takes "
+                    f"{a[f'{key}_s'] / b[f'{key}_s']:.2f}× the time of the fastest process-crash "
+                    f"one ({tag(b)}, {fmt_ms(b[f'{key}_s'])} ms)."
+                )
+    return lines
+
+
+def recommendation_md(doc: dict[str, Any]) -> str:
+    results = doc.get("results") or []
+    parts = ["## Recommendation", ""]
+    if not results:
+        parts += ["No save/restore results in this run: nothing to recommend.", ""]
+        return "\n".join(parts)
+    parts += [
+        "Where should the encrypted mirror live? Only instances of **equal durability** are "
+        "compared: pick the durability you need (power-fail: survives power loss and reboot; "
+        "process-crash: survives a killed process only), then the fastest instance of that "
+        f"level. Medians of {doc['parameters']['repeats']} timed repeats; {NOISE_RULE}. "
+        "`(emulated)` instances ran on stand-in storage (see provenance). " + UNITS,
+        "",
+        md_table(summary_rows(results), SUMMARY_COLUMNS),
+        "",
+        "Per model (`× next`: how much slower the runner-up of the same durability is):",
+        "",
+        md_table(recommend_rows(recommendation(results)), RECOMMEND_COLUMNS),
+        "",
+    ]
+    cross = _cross_durability(results)
+    if cross:
+        parts += [*cross, ""]
+    lines = instance_lines(doc)
+    if lines:
+        parts += ["Instances compared (durability and emulation as their backends reported):", ""]
+        parts += [*lines, ""]
+    return "\n".join(parts)
+
+
+def instance_lines(doc: dict[str, Any]) -> list[str]:
+    """One line per planned instance: label, why it is in the plan, durability, emulation."""
+    lines = []
+    for p in doc.get("plan") or []:
+        ro = (doc.get("backends") or {}).get(p["instance"], {})
+        facts = [str(ro.get("durability") or p.get("durability") or "?")]
+        if ro.get("emulated"):
+            facts.append("emulated")
+        where = f" on {ro['fs_type']} ({ro['device']})" if ro.get("fs_type") else ""
+        role = f" — {p['role']}" if p.get("role") else ""
+        if p.get("status") == "run":
+            lines.append(f"- `{p['instance']}`{role}: {', '.join(facts)}{where}")
+        else:
+            lines.append(f"- `{p['instance']}`{role}: not run: {p.get('reason')}")
+    return lines
 
 
 def sps_plot_rows(sps: dict[str, Any]) -> list[dict[str, Any]]:
@@ -115,10 +392,14 @@ def sps_plot_rows(sps: dict[str, Any]) -> list[dict[str, Any]]:
 
 def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
     """report.md and every figure the document has data for."""
+    normalise(doc)
     written = [out / "report.md"]
     if doc.get("results"):
         written.append(plots.save_restore(doc["results"], out / "save_restore.png"))
-        if any(p.get("speedup_save_vs_ssd") is not None for p in doc["results"]):
+        if any(
+            p.get("speedup_save_vs_baseline") is not None and p.get("baseline") != p["instance"]
+            for p in doc["results"]
+        ):
             written.append(plots.speedups(doc["results"], out / "speedup.png"))
     if doc.get("sps", {}).get("rows"):
         written.append(plots.sps(sps_plot_rows(doc["sps"]), out / "sps.png"))
@@ -135,15 +416,23 @@ def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
 
 
 def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
+    normalise(doc)
     params = doc["parameters"]
     parts = [
         "# plinius bench",
         "",
-        f"Model sizes {params['sizes_mb']} MiB (3×3, 256-filter conv layers of 2.25 MiB), "
+        UNITS,
+        "",
+        f"Models size-N for N in {params['sizes_mb']} (N MiB of parameters: 3×3, 256-filter conv "
+        "layers of 2.25 MiB); each is saved as `plinius train` mirrors it, parameters **plus** "
+        "momentum buffers, so a mirror holds about 2N MiB (exact bytes per row). "
         f"{params['repeats']} timed repeats after one warm-up, medians with min–max; crypto "
-        f"engine `{params['engine']}`; {'quick' if params.get('quick') else 'full'} run. "
-        "Speed-ups are versus `ssd` in the same run. Figures from emulated storage are "
-        "labelled below: they are not real persistent-memory, DAX or SGX figures.",
+        f"engine `{params['engine']}`; {'quick' if params.get('quick') else 'full'} run. Every row "
+        "is a backend *instance* (name and options) with the durability and emulation its "
+        "backend reported; speed-ups are only against the baseline of the same durability "
+        "(the first non-emulated file instance of that level), never RAM against a disk. "
+        "Figures from emulated storage are marked: they are not real persistent-memory, DAX or "
+        "SGX figures. The answer is the **Recommendation** at the end.",
         "",
         "## Targets",
         "",
@@ -160,30 +449,27 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
             parts += [f"- `{k}`: {v['error']}" for k, v in hit.items()]
             parts.append("")
     if doc.get("results"):
+        parts += ["## Save and restore (Fig. 7)", ""]
+        lines = instance_lines(doc)
+        if lines:
+            parts += [*lines, ""]
+        rows = save_rows(doc["results"])
+        for d in dict.fromkeys(r["durability"] for r in rows):
+            parts += [
+                f"### Durability {d}",
+                "",
+                md_table([r for r in rows if r["durability"] == d], SAVE_COLUMNS),
+                "",
+            ]
         parts += [
-            "## Save and restore (Fig. 7)",
-            "",
-            md_table(save_rows(doc["results"]), SAVE_COLUMNS),
-            "",
             "### Save breakdown (median seconds: the paper's Table I)",
             "",
-            md_table(
-                [
-                    {
-                        "backend": p["backend"],
-                        "MB": p["model_mb"],
-                        **p["save_breakdown"],
-                        "encrypt share": f"{p['save_breakdown']['encrypt_s'] / p['save_s']:.0%}",
-                    }
-                    for p in doc["results"]
-                ],
-                ["backend", "MB", "encrypt_s", "write_s", "flush_s", "fsync_s", "encrypt share"],
-            ),
+            md_table(breakdown_rows(doc["results"]), BREAKDOWN_COLUMNS),
             "",
         ]
     if doc.get("engines"):
         parts += [
-            "## AES-GCM engines, one 64 MiB buffer (best of the repeats)",
+            "## AES-GCM engines, one 64 MiB buffer (best of the repeats, MiB/s)",
             "",
             md_table(engine_rows(doc["engines"]), ENGINE_COLUMNS),
             "",
@@ -191,7 +477,7 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
     sps = doc.get("sps")
     if sps:
         parts += [
-            "## Romulus swaps per second (Fig. 6), 10 MB persistent array",
+            "## Romulus swaps per second (Fig. 6), 10^7-byte (9.5 MiB) persistent array",
             "",
             md_table(
                 [
@@ -212,7 +498,8 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
         if txn:
             parts += [
                 f"One 64 MiB durable transaction ({txn['mode']}, {txn['flush']}): "
-                f"{txn['txn_ms']:.1f} ms ({txn['txn_gbps']:.1f} GB/s) against {txn['seal_ms']:.1f} "
+                f"{txn['txn_ms']:.1f} ms ({txn['bytes'] / txn['txn_ms'] * 1e3 / MIB:,.0f} MiB/s) "
+                f"against {txn['seal_ms']:.1f} "
                 f"ms to seal the same bytes: ratio {txn['txn_over_seal']:.2f}.",
                 "",
             ]
@@ -223,6 +510,10 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
         if rows:
             parts += [
                 "## Storage under the backends: fio (Fig. 2)",
+                "",
+                "fio characterises the storage under each backend's default root (not a backend "
+                "instance: no mirror, no durability protocol); MiB/s = 2^20 bytes per second. "
+                "Backends marked * are emulated there.",
                 "",
                 md_table(rows, list(rows[0])),
                 "",
@@ -255,6 +546,9 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
                 [
                     {
                         **o,
+                        "instance": o.get("instance") or o["backend"],
+                        "durability": o.get("durability") or "-",
+                        "emulated": "yes" if o.get("emulated") else "no",
                         "sync_overhead": f"{o['sync_overhead']:+.1%}",
                         "async_overhead": f"{o['async_overhead']:+.1%}",
                     }
@@ -262,7 +556,9 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
                 ],
                 [
                     "model",
-                    "backend",
+                    "instance",
+                    "durability",
+                    "emulated",
                     "no_mirror_s",
                     "sync_s",
                     "async_s",
@@ -273,5 +569,6 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
             "",
         ]
     parts += [f"![{f}]({f})" for f in figures]
-    parts += ["", provenance_md(doc["provenance"], doc["backends"]), ""]
+    parts += ["", provenance_md(doc["provenance"], doc["backends"], "instance"), ""]
+    parts += [recommendation_md(doc), ""]
     return "\n".join(parts)

@@ -1,9 +1,13 @@
 """``plinius bench``: the main job, the paper's whole evaluation on every backend.
 
-With no arguments it runs on embedded defaults: every registered backend on its default root
-(``tmpfs`` and ``romulus`` in /dev/shm, ``ssd`` and ``dax`` on the disk), the paper's model sizes
-plus 64 MiB, the fastest crypto engine installed, the shipped MNIST data; it prints tables and
-writes ``results.json``, ``report.md`` and PNG figures to ``--out``.
+With no arguments it runs the embedded default plan (``plinius.defaults.DEFAULT_PLAN``): enough
+backend *instances* that every comparison is like for like: ``romulus`` and ``tmpfs`` in
+/dev/shm (process-crash), ``romulus?mode=msync`` on the disk beside ``ssd`` and ``dax``
+(power-fail), plus any registered third-party backend on its default root; the paper's model
+sizes plus 64 (zoo models ``size-N``, mirrored with their momentum as training does), the
+fastest crypto engine installed, the shipped MNIST data. It prints tables and writes
+``results.json``, ``report.md`` (ending with a recommendation per durability level) and PNG
+figures to ``--out``.
 """
 
 from __future__ import annotations
@@ -17,11 +21,15 @@ from rich.console import Console
 
 from plinius.backends.registry import open_backend
 from plinius.bench.render import (
+    CONSOLE_SAVE_COLUMNS,
     ENGINE_COLUMNS,
-    SAVE_COLUMNS,
+    SUMMARY_COLUMNS,
     TARGET_COLUMNS,
+    UNITS,
     engine_rows,
+    normalise,
     save_rows,
+    summary_rows,
     target_rows,
     write_outputs,
 )
@@ -38,7 +46,14 @@ from plinius.cli.common import (
     write_text,
 )
 from plinius.crypto import generate_key, make_engine
-from plinius.defaults import all_backend_names, instances
+from plinius.defaults import (
+    DEFAULT_PLAN,
+    InstancePlan,
+    all_backend_names,
+    plan_instances,
+    probe,
+    unique_labels,
+)
 from plinius.errors import ConfigError
 from plinius.nn.zoo import layers_for_size
 from plinius.provenance import provenance
@@ -59,14 +74,20 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"sizes {QUICK_SIZES} MiB, 3 repeats, short fio/SPS/batch sweeps",
+        help=f"models size-N for N in {QUICK_SIZES}, 3 repeats, short fio/SPS/batch sweeps",
     )
     p.add_argument(
         "--backends",
-        help="comma-separated names or full specs (default: all "
-        "registered, on their default roots)",
+        help="comma-separated backend instances: NAME or NAME?opt=v (a fresh instance on the "
+        "backend's default root) or a full spec NAME:LOCATION?opt=v (used as given); two "
+        "instances of one backend are two rows (default: the like-for-like plan: romulus, "
+        "tmpfs, romulus?mode=msync on the disk, dax, ssd)",
     )
-    p.add_argument("--sizes", help="comma-separated model sizes in MiB (default: paper + 64)")
+    p.add_argument(
+        "--sizes",
+        help="comma-separated N of the zoo models size-N (N MiB of parameters; the mirror adds "
+        "momentum: about 2N MiB) (default: paper + 64)",
+    )
     p.add_argument(
         "--repeats", type=int_arg(1, 1000), help="timed repeats per point (default 5, quick 3)"
     )
@@ -114,26 +135,51 @@ def _sections(only: str | None, skip: str | None) -> tuple[str, ...]:
     return tuple(s for s in SECTIONS if s in chosen)
 
 
-def _split_backends(text: str | None) -> tuple[list[str], dict[str, str]]:
-    """Names to place on default roots, and explicit specs given by the user."""
+def _plan(text: str | None) -> list[InstancePlan]:
+    """The instances to benchmark: the default plan, or the user's ``--backends`` items."""
     if text is None:
-        return all_backend_names(), {}
-    names, specs = [], {}
+        planned = {p.name for p in DEFAULT_PLAN}
+        extra = [InstancePlan(n) for n in all_backend_names() if n not in planned]
+        return unique_labels([*DEFAULT_PLAN, *extra])
     items = [x.strip() for x in text.split(",")]
     if not any(items) or not all(items):
         raise ConfigError(
             f"--backends {text!r}: expected comma-separated backend names or specs, "
-            f"e.g. tmpfs,ssd or ssd:/var/tmp/p (registered: {', '.join(all_backend_names())})"
+            f"e.g. tmpfs,ssd,ssd?direct=1 or ssd:/var/tmp/p "
+            f"(registered: {', '.join(all_backend_names())})"
         )
+    plan = []
     for item in items:
-        if ":" in item:
-            name = item.split(":", 1)[0]
-            if name in specs:
-                raise ConfigError(f"--backends {text!r}: {name} is given twice")
-            specs[name] = check_backend(item)
+        p = InstancePlan.from_text(item)
+        if p.spec is not None:
+            check_backend(p.spec)
+        plan.append(p)
+    try:
+        return unique_labels(plan)
+    except ConfigError as exc:
+        raise ConfigError(f"--backends {text!r}: {exc}") from None
+
+
+def _probe_optional(plan: list[InstancePlan]) -> tuple[list[InstancePlan], list[dict[str, Any]]]:
+    """Drop optional instances their backend does not accept (yet); say why in the plan record."""
+    kept, record = [], []
+    for p in plan:
+        reason = probe(p) if p.optional else None
+        entry = {
+            "instance": p.label,
+            "backend": p.name,
+            "options": dict(p.options),
+            "role": p.role,
+            "root": None if p.spec else p.root_kind(),
+            "spec": p.spec,
+            "status": "not run" if reason else "run",
+        }
+        if reason:
+            entry["reason"] = reason
         else:
-            names.append(item)
-    return names, specs
+            kept.append(p)
+        record.append(entry)
+    return kept, record
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,15 +187,19 @@ def run(args: argparse.Namespace) -> int:
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 5)
     sections = _sections(args.only, args.skip)
     engine = make_engine(generate_key(), None if args.engine == "auto" else args.engine)
-    names, explicit = _split_backends(args.backends)
+    plan, plan_record = _probe_optional(_plan(args.backends))
     out = output_dir(args.out)
     console = Console(stderr=True)
     runs_on: dict[str, dict[str, Any]] = {}
-    with instances(names, explicit) as specs:
-        for name, spec in specs.items():
+    with plan_instances(plan) as pairs:
+        for p, spec in pairs:
             with open_backend(spec) as b:
-                runs_on[name] = b.describe().as_dict()
-    opts = SuiteOptions(names, explicit, sizes, repeats, engine, args.quick, sections)
+                runs_on[p.label] = {"instance": p.label, "role": p.role, **b.describe().as_dict()}
+    for entry in plan_record:
+        if entry["instance"] in runs_on:
+            entry["durability"] = runs_on[entry["instance"]]["durability"]
+            entry["emulated"] = runs_on[entry["instance"]]["emulated"]
+    opts = SuiteOptions(plan, sizes, repeats, engine, args.quick, sections)
     with progress_bar("bench", console, args.json) as bar:
         task = bar.add_task("bench", total=total_steps(opts))
         doc = run_suite(opts, tick=lambda: bar.advance(task))
@@ -157,16 +207,19 @@ def run(args: argparse.Namespace) -> int:
         "schema": SCHEMA,
         "provenance": provenance(engine.name),
         "backends": runs_on,
+        "plan": plan_record,
         "parameters": {
             "sizes_mb": sizes,
             "repeats": repeats,
             "engine": engine.name,
             "quick": args.quick,
             "sections": list(sections),
+            "units": "MiB = 2^20 bytes; MiB/s = 2^20 bytes per second",
         },
         **doc,
     }
     doc.setdefault("results", [])
+    normalise(doc)
     write_text(out / "results.json", json.dumps(doc, indent=2) + "\n", "results")
     write_outputs(doc, out)
     failed = [k for k, v in doc["sections"].items() if v["status"] == "failed"]
@@ -174,11 +227,28 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(doc)
         return 1 if failed else 0
+    console.print(UNITS, highlight=False)
     if doc["results"]:
-        print_table(save_rows(doc["results"]), SAVE_COLUMNS, title=f"save/restore ({engine.name})")
+        print_table(
+            save_rows(doc["results"]),
+            CONSOLE_SAVE_COLUMNS,
+            title=f"save/restore ({engine.name}), mirror = weights + momentum",
+        )
     if doc.get("engines"):
         print_table(engine_rows(doc["engines"]), ENGINE_COLUMNS, title="AES-GCM, 64 MiB")
     print_table(target_rows(doc), TARGET_COLUMNS, title="targets measured in this run")
+    if doc["results"]:
+        print_table(
+            summary_rows(doc["results"]),
+            SUMMARY_COLUMNS,
+            title="recommendation per durability level (details in report.md)",
+        )
+    for entry in plan_record:
+        if entry["status"] != "run":
+            console.print(
+                f"  not run: {entry['instance']} ({entry['role']}): {entry.get('reason')}",
+                highlight=False,
+            )
     for name, ro in runs_on.items():
         flag = "EMULATED " if ro["emulated"] else ""
         console.print(

@@ -14,7 +14,8 @@ from plinius.fio.results import JobResult
 from plinius.fio.runner import FioReport, Target
 from plinius.reports import md_table, provenance_md
 
-TABLE_COLUMNS = ["backend", "job", "threads", "MB/s", "IOPS", "p99 µs", "runs", "status"]
+TABLE_COLUMNS = ["backend", "job", "threads", "MiB/s", "IOPS", "p99 µs", "runs", "status"]
+MIB = 1 << 20  # one unit system with plinius bench: MiB = 2^20 bytes
 FIG2_JOBS = ("seq-read", "rand-read", "seq-write", "rand-write")
 
 
@@ -32,14 +33,14 @@ def table_rows(report: FioReport) -> list[dict[str, Any]]:
                 "backend": labels.get(r.target, r.target),
                 "job": r.job,
                 "threads": r.threads,
-                "MB/s": round(r.mbps, 1) if r.runs else "-",
+                "MiB/s": round(r.bw_bytes / MIB, 1) if r.runs else "-",
                 "IOPS": round(r.iops) if r.runs else "-",
                 "p99 µs": round(r.clat_p99_ns / 1e3, 1) if r.runs else "-",
                 "p50 µs": round(r.clat_p50_ns / 1e3, 1) if r.runs else "-",
                 "p99.9 µs": round(r.clat_p99_9_ns / 1e3, 1) if r.runs else "-",
                 "fsync µs": round(r.fsync_mean_ns / 1e3, 1) if r.fsync_mean_ns else "-",
-                "MB/s min–max": (
-                    f"{r.bw_bytes_min / 1e6:.4g}–{r.bw_bytes_max / 1e6:.4g}" if r.runs else "-"
+                "MiB/s min–max": (
+                    f"{r.bw_bytes_min / MIB:.4g}–{r.bw_bytes_max / MIB:.4g}" if r.runs else "-"
                 ),
                 "runs": r.runs,
                 "status": r.status + (" (capped)" if r.capped else ""),
@@ -80,7 +81,7 @@ def failure_lines(report: FioReport) -> list[str]:
 def render_markdown(report: FioReport) -> str:
     p = report.parameters
     rows = table_rows(report)
-    cols = ["backend", "job", "threads", "MB/s", "MB/s min–max", "IOPS"]
+    cols = ["backend", "job", "threads", "MiB/s", "MiB/s min–max", "IOPS"]
     cols += ["p50 µs", "p99 µs", "p99.9 µs", "fsync µs", "runs", "status"]
     parts = [
         "# plinius fio: storage characterization of every backend",
@@ -96,7 +97,7 @@ def render_markdown(report: FioReport) -> str:
             if p.runtime_s
             else "no runtime cap. "
         )
-        + "MB/s are 10^6 bytes per second summed over threads; latencies are fio's completion "
+        + "MiB/s are 2^20 bytes per second summed over threads; latencies are fio's completion "
         "latencies (clat) of one I/O, means of per-run percentiles; `fsync µs` is fio's mean fsync "
         "latency, which the write throughput includes and clat does not.",
         "",
@@ -141,7 +142,9 @@ def plot_fig2(
     for ax, job in zip(axes.flat, FIG2_JOBS, strict=True):
         for tname in dict.fromkeys(r.target for r in fig2):
             pts = sorted(
-                (r.threads, r.bw_bytes / 1e9) for r in fig2 if r.target == tname and r.job == job
+                (r.threads, r.bw_bytes / (1 << 30))
+                for r in fig2
+                if r.target == tname and r.job == job
             )
             if pts:
                 xs, ys = zip(*pts, strict=True)
@@ -150,7 +153,7 @@ def plot_fig2(
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("threads")
-        ax.set_ylabel("GB/s")
+        ax.set_ylabel("GiB/s (2^30 B/s)")
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
