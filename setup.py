@@ -1,7 +1,7 @@
 """Build hook: compiles the native Romulus engine (cffi) and ships fio_jobs/ inside the package."""
 
+import importlib.util
 import os
-import subprocess
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -11,25 +11,15 @@ HERE = Path(__file__).resolve().parent
 
 
 def _git_commit() -> str | None:
-    """The commit being built (with "-dirty" for local changes), or None outside a checkout."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(HERE), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(HERE), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("-dirty" if dirty else "") if head else None
+    """plinius/gitcommit.py, loaded by path: the package itself is not importable yet."""
+    spec = importlib.util.spec_from_file_location(
+        "_plinius_gitcommit", HERE / "plinius" / "gitcommit.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    commit: str | None = module.checkout_commit(HERE)
+    return commit
 
 
 class BuildPyWithCommit(build_py):

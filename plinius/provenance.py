@@ -9,13 +9,13 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import subprocess
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import plinius
+from plinius.gitcommit import checkout_commit
 
 FLAGS_OF_INTEREST = (
     "aes",
@@ -75,26 +75,7 @@ def git_commit() -> str | None:
     here = Path(plinius.__file__).resolve().parent.parent
     if not (here / ".git").exists():
         return None  # an installed copy without a record: do not guess from a parent repo
-    try:
-        res = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if res.returncode != 0:
-        return None
-    dirty = subprocess.run(
-        ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        timeout=5,
-        check=False,
-    ).stdout.strip()
-    return res.stdout.strip() + ("-dirty" if dirty else "")
+    return checkout_commit(here)
 
 
 def provenance(engine: str | None = None) -> dict[str, Any]:

@@ -237,3 +237,16 @@ STATE_DIR_HELP = (
     "$PLINIUS_STATE_DIR); the simulated CPU (root secret, freshness counters) is "
     "$PLINIUS_PLATFORM_DIR"
 )
+
+
+def check_experiment_inputs(args: Any) -> None:
+    """What every experiment command refuses before any work: its output directory, a
+    NAME:DIR backend, the key file and the data file (``--out``, ``--backend``, ``--key-file``,
+    ``--data``)."""
+    output_dir(args.out)
+    if ":" in args.backend:
+        check_backend(args.backend)
+    if args.key_file is not None:
+        read_key(args.key_file)
+    if args.data is not None:
+        input_file(args.data, "dataset (--data)")

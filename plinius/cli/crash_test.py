@@ -9,11 +9,8 @@ from rich.console import Console
 
 from plinius.cli.common import (
     add_json_flag,
-    check_backend,
-    input_file,
+    check_experiment_inputs,
     int_arg,
-    output_dir,
-    read_key,
 )
 from plinius.experiments.crash import (
     RUNS,
@@ -52,13 +49,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    output_dir(args.out)
-    if ":" in args.backend:
-        check_backend(args.backend)
-    if args.key_file is not None:
-        read_key(args.key_file)
-    if args.data is not None:
-        input_file(args.data, "dataset (--data)")
+    check_experiment_inputs(args)
     iterations = args.iterations if args.iterations is not None else (60 if args.quick else 500)
     kills = args.kills if args.kills is not None else (3 if args.quick else 9)
     kill_points(iterations, kills, args.seed)  # refuse kills that do not fit before any work

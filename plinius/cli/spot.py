@@ -9,12 +9,9 @@ from rich.console import Console
 
 from plinius.cli.common import (
     add_json_flag,
-    check_backend,
+    check_experiment_inputs,
     float_arg,
-    input_file,
     int_arg,
-    output_dir,
-    read_key,
 )
 from plinius.experiments.placement import run_specs
 from plinius.experiments.spot import RUNS, SpotOptions, markdown, plot, run_spot
@@ -82,13 +79,7 @@ def _given(value: _T | None, default: _T) -> _T:
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    output_dir(args.out)
-    if ":" in args.backend:
-        check_backend(args.backend)
-    if args.key_file is not None:
-        read_key(args.key_file)
-    if args.data is not None:
-        input_file(args.data, "dataset (--data)")
+    check_experiment_inputs(args)
     trace = load_trace(args.trace, seed=args.seed)
     with workspace(args.key_file, args.data, args.seed, "spot") as ws:
         opts = SpotOptions(
