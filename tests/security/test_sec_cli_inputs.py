@@ -25,7 +25,8 @@ from plinius.errors import ConfigError
 from plinius.nn.cfg import parse_cfg
 from plinius.nn.zoo import cfg_text
 from plinius.spot.trace import load_trace
-from tests.security.conftest import CliRunner, World, _run, assert_refused
+
+from .conftest import CliRunner, World, _run, assert_refused
 
 TIMEOUT = 30.0
 LONG = "n" * 300  # one path component over NAME_MAX (255 bytes)
