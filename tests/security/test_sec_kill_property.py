@@ -92,7 +92,10 @@ def test_restore_is_always_the_last_committed_mirror(
         if res.returncode != 0:
             # only acceptable before the very first mirror ever committed
             assert last == 0, res.stderr
-            assert "no mirror" in res.stderr or "nothing to" in res.stderr, res.stderr
+            # killed before the first commit: no mirror, no pool yet, or a pool creation cut
+            # short (never held data; the next train re-creates it)
+            early = ("no mirror", "nothing to", "unfinished pool creation")
+            assert any(w in res.stderr for w in early), res.stderr
             continue
         it = json.loads(res.stdout)["iteration"]
         assert it in (last, last + 1), (it, last)  # committed, or the one in flight
