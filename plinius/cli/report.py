@@ -66,13 +66,19 @@ def run(args: argparse.Namespace) -> int:
         table = [
             {
                 "series": r["series"],
-                "MB": r["model_mb"],
+                "model": f"size-{r['model_mb']:g}",
                 "save ms": r["save_s"] * 1e3,
                 "restore ms": r["restore_s"] * 1e3,
             }
             for r in sorted(rows, key=lambda r: (r["series"], r["model_mb"]))
         ]
-        lines += [md_table(table, ["series", "MB", "save ms", "restore ms"]), ""]
+        lines += [
+            "Models are the zoo's `size-N`, saved as training mirrors them (weights + momentum, "
+            "about 2N MiB); times are asv's medians.",
+            "",
+            md_table(table, ["series", "model", "save ms", "restore ms"]),
+            "",
+        ]
         written.append(
             plots.save_restore(
                 rows, out / "save_restore.png", "Save/restore per machine and backend (asv)"
