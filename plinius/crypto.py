@@ -25,8 +25,10 @@ import numpy as np
 
 from plinius.errors import ConfigError, IntegrityError, NotFoundError, WrongKeyError
 from plinius.fsutil import create_exclusive, opened_regular
+from plinius.units import fmt_bytes
 
 KEY_BYTES = 16
+KEY_FILE_MAX = 4096  # a key file is 48 bytes; anything far bigger is not one
 IV_BYTES = 12
 TAG_BYTES = 16
 OVERHEAD = IV_BYTES + TAG_BYTES  # 28 B per sealed buffer
@@ -255,10 +257,18 @@ def read_key_file(path: str | Path) -> bytes:
     Warns once per file on stderr when group or others may read it: the key is the owner's data.
     """
     p = Path(path)
+    if str(path) == "":
+        raise ConfigError("key file path is empty: give a file")
     try:
         with opened_regular(p, "key file") as fd:
-            mode = os.fstat(fd).st_mode
-            raw = os.read(fd, 4096)
+            st = os.fstat(fd)
+            if st.st_size > KEY_FILE_MAX:
+                raise ConfigError(
+                    f"key file {p} is {fmt_bytes(st.st_size)}, more than the "
+                    f"{fmt_bytes(KEY_FILE_MAX)} a key file can be: give the right file"
+                )
+            mode = st.st_mode
+            raw = os.read(fd, KEY_FILE_MAX)
     except NotFoundError:
         raise ConfigError(
             f"key file {p} does not exist: create one with `plinius keygen`"

@@ -145,7 +145,6 @@ class LossLog:
 
 MAX_COUNT = (1 << 31) - 1  # Darknet keeps iterations and batch sizes in C ints
 MAX_SEED = (1 << 32) - 1
-KEY_FILE_MAX = 4096
 
 
 def check_options(opts: TrainOptions) -> None:
@@ -169,13 +168,6 @@ def check_options(opts: TrainOptions) -> None:
             raise ConfigError(f"{what} path is empty: give a file")
     name, location, _ = parse_spec(opts.backend)
     fsutil.check_path(location, f"backend {name} location")
-    fd = fsutil.open_regular(opts.key_file, "key file")
-    try:
-        size = os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-    if size > KEY_FILE_MAX:
-        raise ConfigError(f"key file {opts.key_file} is {size} B: not a key file (48 B)")
     if opts.data is not None:
         os.close(fsutil.open_regular(opts.data, "dataset (--data)"))
     if opts.log is not None:

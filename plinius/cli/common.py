@@ -77,7 +77,6 @@ def _fmt(value: Any) -> str:
 # (a FIFO, a device, a 4 GiB sparse file, a missing directory, a negative count) ends in one line
 # naming the input and exit 2, never a traceback or a hang.
 
-KEY_FILE_MAX = 4096  # a key file is 48 bytes; anything far bigger is not one
 JSON_MAX = 64 << 20  # results documents plinius writes are a few MiB at most
 INT32_MAX = (1 << 31) - 1  # Darknet keeps iteration counts and batch sizes in C ints
 
@@ -107,8 +106,9 @@ def check_backend(spec: str) -> str:
 
 
 def read_key(path: str) -> bytes:
-    """The owner's key from ``path``, refusing directories, FIFOs, devices and huge files."""
-    return read_key_file(input_file(path, "key file", KEY_FILE_MAX))
+    """The owner's key from ``path`` (``read_key_file`` refuses directories, FIFOs, devices
+    and huge files)."""
+    return read_key_file(path)
 
 
 def read_json(path: str, what: str, max_bytes: int = JSON_MAX) -> Any:
