@@ -11,7 +11,7 @@ import hashlib
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -110,8 +110,7 @@ class Enclave:
         self._batches_drawn = 0
         self._train: PMData | None = None
         self._store: MirrorStore | None = None
-        self._counters: MirrorCounters | None = None
-        self._slot = ""
+        self._guard: FreshnessGuard | None = None  # the slot's freshness record (settling)
         self._run_id = os.urandom(ID_BYTES)
         self._version = 0
         self._net_or_none = network
@@ -165,10 +164,9 @@ class Enclave:
 
     def ecall_model_from_mirror(self) -> tuple[str, int]:
         """Build the model the attached mirror describes (sealed cfg) and restore it."""
-        if self._store is None or self._counters is None:
+        if self._store is None or self._guard is None:
             raise EnclaveStateError("attach a mirror first")
-        guard = mirror_guard(self._counters, self._store, settle=False)
-        net, info = network_from_mirror(self._store, guard)
+        net, info = network_from_mirror(self._store, replace(self._guard, settle=False))
         meta = info.meta
         self._net_or_none = net
         self._model_label, self._cfg_text = str(meta["model"]), str(meta["cfg"])
@@ -207,9 +205,8 @@ class Enclave:
     def ecall_attach_mirror(self, backend: Backend, counters: MirrorCounters) -> None:
         """Bind the mirror store and the platform's freshness record of its slot."""
         self._store = MirrorStore(backend, self._eng, self._fp)
-        self._counters = counters
-        self._slot = slot_name(backend.name, backend.location, self._store.key)
-        state = counters.read(self._slot)
+        self._guard = mirror_guard(counters, self._store, settle=True)
+        state = counters.read(self._guard.slot)
         self._version = state.high if state else 0
 
     def _records(self) -> list[Record]:
@@ -230,10 +227,10 @@ class Enclave:
 
     def ecall_restore(self) -> int | None:
         """Restore model, optimizer, RNGs and data cursor from the last mirror; its iteration."""
-        if self._store is None or self._counters is None:
+        if self._store is None or self._guard is None:
             raise EnclaveStateError("attach a mirror first")
         into = {(r.layer, r.name): r.array for r in self._records()}
-        guard = mirror_guard(self._counters, self._store, settle=True)
+        guard = self._guard
         got = self._store.load(into=into, freshness=guard)
         if got is None:
             guard.absent()
@@ -262,9 +259,10 @@ class Enclave:
     def _persist(
         self, records: list[Record], version: int, iteration: int, meta: dict[str, Any]
     ) -> IoStats:
-        assert self._store is not None and self._counters is not None
+        assert self._store is not None and self._guard is not None
+        counters, slot = self._guard.counters, self._guard.slot
         stamp = Stamp(self._run_id, version, os.urandom(ID_BYTES))
-        self._counters.begin(self._slot, stamp)
+        counters.begin(slot, stamp)
         stats = self._store.save(
             records,
             version=version,
@@ -273,7 +271,7 @@ class Enclave:
             run_id=stamp.run_id,
             save_id=stamp.save_id,
         )
-        self._counters.commit(self._slot, stamp)
+        counters.commit(slot, stamp)
         return stats
 
     def ecall_set_async(self, enabled: bool) -> None:
