@@ -100,7 +100,7 @@ def test_the_detector_catches_paths_into_shared(tmp_path: Path) -> None:
         'P = Path("..", "shared")',
         'P = Path("../shared/data/spot/price_time_c3.2xlarge.csv")',
         'P = f"{root}/../shared/x"',
-        'P = "/work/shared/data/spot"',
+        'P = "/srv/checkout/shared/data/spot"',
         'P = "..\\\\shared\\\\data"',
     ]
     for line in bad:
