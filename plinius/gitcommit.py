@@ -1,7 +1,7 @@
 """The commit a checkout is at, with ``-dirty`` for local changes: stdlib only.
 
 One function for the build hook (``setup.py`` loads this file by path, before plinius or its
-dependencies are installed) and for :mod:`plinius.provenance` (an editable install).
+dependencies are installed) and for :mod:`plinius.reporting.provenance` (an editable install).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from plinius.asvresults import find_results_dir
 from plinius.errors import ConfigError
+from plinius.reporting.asvresults import find_results_dir
 
 
 @pytest.fixture

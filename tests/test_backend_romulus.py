@@ -6,15 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from backend_contract import FP, KEY, BackendContract, model_records, raw_get, raw_put
 
 from plinius.backends import open_backend
-from plinius.backends.romulus import (
+from plinius.backends.romulus import Pool
+from plinius.backends.romulus.backend import (
     DEFAULT_POOL_SIZE,
     MIN_SUGGESTED_SIZE,
     RomulusBackend,
     suggested_pool_size,
 )
+from plinius.backends.testing import FP, KEY, BackendContract, model_records, raw_get, raw_put
 from plinius.crypto import make_engine
 from plinius.errors import (
     BackendError,
@@ -25,7 +26,6 @@ from plinius.errors import (
     PoolLockedError,
 )
 from plinius.mirror import MirrorStore
-from plinius.pm import Pool
 
 
 class TestRomulus(BackendContract):

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from backend_contract import FP, KEY, BackendContract, model_records
 
 from plinius.backends import open_backend
+from plinius.backends.testing import FP, KEY, BackendContract, model_records
 from plinius.crypto import make_engine
 from plinius.errors import BackendError, ConfigError, TruncatedError
 from plinius.mirror import MirrorStore

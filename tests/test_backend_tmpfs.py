@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from backend_contract import BackendContract
 
 from plinius.backends import open_backend
+from plinius.backends.testing import BackendContract
 
 
 class TestTmpfs(BackendContract):

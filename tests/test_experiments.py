@@ -13,7 +13,7 @@ from test_spot_trace import PAPER, PAPER_SOURCE
 
 from plinius.errors import ConfigError
 from plinius.experiments.crash import kill_points
-from plinius.experiments.spot import pick_start
+from plinius.spot.experiment import pick_start
 from plinius.spot.trace import SpotTrace, load_trace, synthetic_trace
 
 

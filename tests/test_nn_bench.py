@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from plinius.bench.nn_step import accuracy_run, run_benchmark
 from plinius.datasets import load_embedded
-from plinius.nn.bench import accuracy_run, run_benchmark
 
 
 def test_benchmark_figures_on_tiny_model() -> None:

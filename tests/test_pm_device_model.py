@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from plinius.backends import open_backend
-from plinius.backends.romulus import RomulusBackend
+from plinius.backends.romulus import DEVICES, DeviceModel, Pool, RomulusBackend
+from plinius.backends.romulus.device import ENV, NOTE, device_model
 from plinius.errors import ConfigError
-from plinius.pm import DEVICES, DeviceModel, Pool
-from plinius.pm.device import ENV, NOTE, device_model
 
 MIB = 1 << 20
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import plinius
-from plinius import provenance
+from plinius.reporting import provenance
 
 
 @pytest.fixture(autouse=True)

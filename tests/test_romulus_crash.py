@@ -32,9 +32,8 @@ import numpy as np
 import pytest
 
 from plinius.backends import open_backend
-from plinius.backends.romulus import RomulusBackend
+from plinius.backends.romulus import CRASH_EXIT, Pool, RomulusBackend, sim_disarm, sim_events
 from plinius.errors import PliniusError
-from plinius.pm import CRASH_EXIT, Pool, sim_disarm, sim_events
 
 LONG = os.environ.get("PLINIUS_LONG", "") not in ("", "0")
 KILLS = int(os.environ.get("PLINIUS_ROMULUS_KILLS", "3000" if LONG else "300"))

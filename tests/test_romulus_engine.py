@@ -1,4 +1,4 @@
-"""The native Romulus engine through ``plinius.pm.Pool``: transactions, log, allocator, roots,
+"""The native Romulus engine through ``backends.romulus.Pool``: transactions, log, allocator, roots,
 recovery from each state, and bad input."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from plinius.backends.romulus import FLUSHES, MAX_ROOTS, Pool, cpu_flush, cpu_has
 from plinius.errors import (
     BackendError,
     ConfigError,
@@ -26,7 +27,6 @@ from plinius.errors import (
     TruncatedError,
     UnsupportedVersionError,
 )
-from plinius.pm import FLUSHES, MAX_ROOTS, Pool, cpu_flush, cpu_has
 
 MiB = 1 << 20
 # header fields (file offsets), see native/romulus.h
@@ -443,7 +443,8 @@ def test_locked_in_this_and_in_another_process(path: Path) -> None:
             sys.executable,
             "-P",
             "-c",
-            "import sys; from plinius.pm import Pool; p = Pool(sys.argv[1]); print('ok', "
+            "import sys; from plinius.backends.romulus import Pool; "
+            "p = Pool(sys.argv[1]); print('ok', "
             "flush=True); sys.stdin.read()",
             str(path),
         ],
@@ -575,7 +576,7 @@ def test_nul_in_the_path_and_absurd_sizes(shm_dir: Path) -> None:
         Pool(shm_dir / "big.pool", 1 << 70)
     # the engine checks too, for callers other than Pool: a counted path, a size that would
     # wrap when rounded up to a page
-    from plinius.pm.pool import ffi, lib
+    from plinius.backends.romulus.pool import ffi, lib
 
     out = ffi.new("rom_pool **")
     for raw, size, needle in [

@@ -54,7 +54,7 @@ class TrackAccuracy:
     repeat = 1
 
     def track_mnist_top1(self) -> float:
-        from plinius.nn.bench import accuracy_run
+        from plinius.bench.nn_step import accuracy_run
 
         return 100.0 * float(accuracy_run("mnist")["top1_accuracy"])
 
@@ -73,7 +73,7 @@ class TimeTorchTrainStep:
     timeout = 600
 
     def setup(self, model: str, batch: int) -> None:
-        from plinius.nn.bench import torch_step
+        from plinius.bench.nn_step import torch_step
 
         try:
             self.step = torch_step(model, batch)

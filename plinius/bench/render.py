@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from plinius import plots
 from plinius.backends.base import DURABILITY_LEVELS
 from plinius.bench.saverestore import MIB, add_speedups, fmt_ms
 from plinius.bench.suite import targets
-from plinius.reports import md_table, provenance_md
+from plinius.reporting import plots
+from plinius.reporting.markdown import md_table, provenance_md
 
 UNITS = (
     "Units: MiB = 2^20 bytes and MiB/s = 2^20 bytes per second everywhere in this report "

@@ -111,15 +111,15 @@ def run_suite(opts: SuiteOptions, tick: Callable[[], None] = lambda: None) -> di
 
 
 def _sps(opts: SuiteOptions) -> dict[str, Any]:
-    from plinius.pm import bench as pm_bench
+    from plinius.bench import romulus_engine
 
     if opts.quick:
-        result = pm_bench.sps(
+        result = romulus_engine.sps(
             txn_sizes=(1, 4, 16, 64, 256, 2048), seconds=0.15, repeats=3, python_seconds=0.05
         )
     else:
-        result = pm_bench.sps()
-    result["txn_cost"] = pm_bench.txn_cost(64 << 20, repeats=5, engine=opts.engine.name)
+        result = romulus_engine.sps()
+    result["txn_cost"] = romulus_engine.txn_cost(64 << 20, repeats=5, engine=opts.engine.name)
     return result
 
 

@@ -56,7 +56,7 @@ from plinius.defaults import (
 )
 from plinius.errors import ConfigError
 from plinius.nn.zoo import layers_for_size
-from plinius.provenance import provenance
+from plinius.reporting.provenance import provenance
 
 SCHEMA = "plinius-bench/1"
 QUICK_SIZES = (10, 64)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from plinius import plots
-from plinius.asvresults import find_results_dir, load, save_restore_rows
 from plinius.cli.common import output_dir, read_json, write_text
-from plinius.reports import check_bench_doc, md_table
+from plinius.reporting import plots
+from plinius.reporting.asvresults import find_results_dir, load, save_restore_rows
+from plinius.reporting.markdown import check_bench_doc, md_table
 
 BENCH_SCHEMA = "plinius-bench/1"
 

@@ -14,8 +14,8 @@ from plinius.cli.common import (
     int_arg,
 )
 from plinius.experiments.placement import run_specs
-from plinius.experiments.spot import RUNS, SpotOptions, markdown, plot, run_spot
 from plinius.experiments.workspace import publish, workspace
+from plinius.spot.experiment import RUNS, SpotOptions, markdown, plot, run_spot
 from plinius.spot.trace import MAX_PRICE, load_trace
 from plinius.trainer import MAX_SEED
 

@@ -14,7 +14,7 @@ from typing import Any
 from plinius.cli.common import output_dir, print_json, read_key, write_text
 from plinius.crypto import generate_key, write_key_file
 from plinius.owner import default_dataset
-from plinius.provenance import provenance
+from plinius.reporting.provenance import provenance
 
 
 @dataclass

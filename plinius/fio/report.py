@@ -12,7 +12,7 @@ from typing import Any
 
 from plinius.fio.results import JobResult
 from plinius.fio.runner import FioReport, Target
-from plinius.reports import md_table, provenance_md
+from plinius.reporting.markdown import md_table, provenance_md
 
 TABLE_COLUMNS = ["backend", "job", "threads", "MiB/s", "IOPS", "p99 µs", "runs", "status"]
 MIB = 1 << 20  # one unit system with plinius bench: MiB = 2^20 bytes

@@ -33,7 +33,7 @@ from plinius.fio.results import (
     parse_fio_json,
 )
 from plinius.fio.tool import FioTool, find_fio
-from plinius.provenance import provenance
+from plinius.reporting.provenance import provenance
 from plinius.units import fmt_bytes
 
 SCHEMA = "plinius-fio/1"
@@ -148,7 +148,7 @@ class Target:
         return (self.mount_point, self.device, self.fs_type, self.engine, env)
 
     def runs_on(self) -> dict[str, dict[str, Any]]:
-        """Per backend, the RunsOn-shaped facts ``plinius.reports.provenance_md`` prints."""
+        """Per backend, the RunsOn-shaped facts ``reporting.markdown.provenance_md`` prints."""
         out = {}
         for b in self.backends:
             out[b.backend] = {

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from plinius.pm import Pool
+from plinius.backends.romulus import Pool
 
 from .conftest import CliRunner, World, assert_refused
 
@@ -334,7 +334,7 @@ def test_crash_at_every_point_of_creation_then_train(world: World, run_cli: CliR
 
 _CREATOR = """
 import sys
-from plinius.pm import Pool
+from plinius.backends.romulus import Pool
 print("ready", flush=True)
 Pool(sys.argv[1], 64 << 20).close()
 print("done", flush=True)

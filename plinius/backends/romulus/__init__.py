@@ -1,7 +1,9 @@
-"""Persistent memory: the native RomulusLog engine (``native/``) and its typed Python wrapper."""
+"""The ``romulus`` backend and everything it stands on: the native RomulusLog engine (``native/``,
+bound by ``pool``), the PM device model (``device``) and the backend itself (``backend``)."""
 
-from plinius.pm.device import DEVICES, DeviceModel, device_model
-from plinius.pm.pool import (
+from plinius.backends.romulus.backend import RomulusBackend, suggested_pool_size
+from plinius.backends.romulus.device import DEVICES, DeviceModel, device_model
+from plinius.backends.romulus.pool import (
     CRASH_EXIT,
     FLUSHES,
     MAX_POOL_SIZE,
@@ -29,9 +31,11 @@ __all__ = [
     "DeviceModel",
     "Pool",
     "PoolStats",
+    "RomulusBackend",
     "cpu_flush",
     "cpu_has",
     "device_model",
     "sim_disarm",
     "sim_events",
+    "suggested_pool_size",
 ]

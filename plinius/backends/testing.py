@@ -365,9 +365,7 @@ class BackendContract:
         """SIGKILL a saving child at random moments; every reload is exactly one committed state."""
         child = textwrap.dedent(
             f"""
-            import sys
-            sys.path.insert(0, {os.path.dirname(__file__)!r})
-            from backend_contract import model_records, KEY, FP
+            from plinius.backends.testing import model_records, KEY, FP
             from plinius.backends import open_backend
             from plinius.crypto import make_engine
             from plinius.mirror import MirrorStore

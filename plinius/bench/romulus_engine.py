@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from plinius.pm.pool import FLUSHES, Pool, cpu_has
+from plinius.backends.romulus.pool import FLUSHES, Pool, cpu_has
 
 TXN_SIZES: tuple[int, ...] = tuple(2**i for i in range(12))  # 1, 2, 4 ... 2048 swaps
 ARRAY_BYTES = 10_000_000  # the paper's 10 MB array

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from plinius.backends.romulus.device import DeviceModel, resolve_device
 from plinius.errors import (
     BackendError,
     ConfigError,
@@ -30,7 +31,6 @@ from plinius.errors import (
     UnsupportedVersionError,
 )
 from plinius.fsutil import check_path
-from plinius.pm.device import DeviceModel, resolve_device
 
 try:
     from plinius._romulus import ffi, lib
@@ -139,7 +139,7 @@ class Pool:
     ``"force"``; a damaged pool raises :class:`PoolCorruptError`, a foreign file
     :class:`FormatError`. ``mode`` (pmem/msync/none) and ``flush`` (clwb/clflushopt/clflush)
     default to the ``PLINIUS_PM_MODE`` / ``PLINIUS_PM_FLUSH`` environment variables, then to
-    pmem and the best instruction the CPU has. ``device`` (:mod:`plinius.pm.device`: a name
+    pmem and the best instruction the CPU has. ``device`` (:mod:`.device`: a name
     such as ``"optane-1dimm"``, a :class:`DeviceModel`, or ``"none"``) throttles flushes, fences
     and :meth:`model_read` as the modelled PM would; it defaults to ``PLINIUS_PM_DEVICE``, then
     to none (DRAM speed). ``create=False`` on a missing file raises

@@ -1,6 +1,7 @@
 """Benchmark of the engine: time per training iteration (vs PyTorch CPU) and trained accuracy.
 
-``run_benchmark()`` returns a dict of figures; ``python -m plinius.nn.bench`` prints it as JSON.
+``run_benchmark()`` returns a dict of figures; ``python -m plinius.bench.nn_step`` prints it
+as JSON.
 PyTorch is only a benchmark extra: it is imported inside :func:`time_torch`, and the comparison is
 skipped (``torch: null``) when it is not installed. The PyTorch model is built from the same parsed
 ``.cfg`` (same layers, shapes, batch norm, dropout, optimiser settings) and timed in the same run.
@@ -259,7 +260,7 @@ def run_benchmark(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m plinius.nn.bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m plinius.bench.nn_step", description=__doc__)
     p.add_argument("--model", default="mnist")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--iterations", type=int, default=5)

@@ -22,7 +22,7 @@ DEVICE MODEL. ``device=optane-1dimm`` (2, 4, 6 DIMMs; ``none`` = DRAM speed; def
 ``PLINIUS_PM_DEVICE``) makes the engine wait as modelled Optane DIMMs would: write bandwidth
 and a per-fence cost at every fence, read bandwidth and latency once per blob handed out by
 :meth:`RomulusBackend.read`. ``map`` (random record reads) is not modelled. See
-:mod:`plinius.pm.device`; ``describe()`` reports the model, labelled as a model.
+:mod:`plinius.backends.romulus.device`; ``describe()`` reports the model, labelled as a model.
 
 Creation never overwrites: ``create=auto`` (the default) creates the pool only when the file is
 missing or empty, or when it is an unfinished creation (killed before the pool's magic was
@@ -52,6 +52,15 @@ from typing import Any, ClassVar
 
 from plinius.backends.base import Backend, Blob, Durability, IoStats, RunsOn, WriteTxn, check_key
 from plinius.backends.fsinfo import block_device_facts, mount_of
+from plinius.backends.romulus.device import DEVICES, NOTE, DeviceModel, device_model
+from plinius.backends.romulus.pool import (
+    FLUSHES,
+    MAX_POOL_SIZE,
+    MIN_POOL_SIZE,
+    MODES,
+    CreatePolicy,
+    Pool,
+)
 from plinius.errors import (
     BackendError,
     ConfigError,
@@ -60,8 +69,6 @@ from plinius.errors import (
     PoolFullError,
 )
 from plinius.fsutil import check_path
-from plinius.pm.device import DEVICES, NOTE, DeviceModel, device_model
-from plinius.pm.pool import FLUSHES, MAX_POOL_SIZE, MIN_POOL_SIZE, MODES, CreatePolicy, Pool
 from plinius.units import fmt_bytes, parse_size
 
 #: size of a pool created without ``size=``: room for a 100 MB mirror being replaced by a

@@ -9,7 +9,7 @@ makes the native engine wait, busy on the monotonic clock, as the modelled media
   queue) waits until ``bytes charged since the last fence / write bandwidth`` has elapsed since
   that last fence, then ``fence_ns`` more. Work between fences (encrypting into the pool)
   overlaps with the media time, as stores evicted to real PM would.
-* READS: :meth:`plinius.pm.pool.Pool.model_read` waits ``read_latency_ns + bytes / read
+* READS: :meth:`.pool.Pool.model_read` waits ``read_latency_ns + bytes / read
   bandwidth``; the ``romulus`` backend calls it when it hands out a blob for a restore
   (``read``), so a restore costs at least a sequential read of the blob from the media.
 
