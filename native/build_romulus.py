@@ -3,6 +3,10 @@
 Used by setup.py (``cffi_modules=["native/build_romulus.py:ffibuilder"]``); for a quick in-place
 rebuild run ``python setup.py build_ext --inplace`` from the repository root.
 
+The cffi declarations are generated from the headers (``cdef_from_header``), so the C API is
+written once, in ``romulus.h``; the test hooks (``romulus_sim.h``) and the benchmark loop
+(``romulus_bench.h``) are bound through the same module but are not part of that API.
+
 No ``-march=native``: the flush instruction is picked at run time by cpuid, so one build runs on
 every x86-64. cffi releases the GIL around every call into the engine. The crash-simulation hooks
 are compiled in and cost one predictable branch per flush/fence until a test arms them.
@@ -11,147 +15,73 @@ are compiled in and cost one predictable branch per flush/fence until a test arm
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 
-CDEF = """
-#define ROM_VERSION ...
-#define ROM_LINE ...
-#define ROM_MIN_POOL ...
-#define ROM_MAX_POOL ...
-#define ROM_CREATE_NEVER ...
-#define ROM_CREATE_AUTO ...
-#define ROM_CREATE_FORCE ...
-#define ROM_ROOT_NAME_MAX ...
-#define ROM_MAX_ROOTS ...
-#define ROM_CRASH_EXIT ...
+#: The engine's API (romulus.h) and, apart from it, the test hooks and the benchmark loop the
+#: test and bench bindings reach through the same module. The cffi declarations are generated
+#: from these headers: the C API is stated once.
+API_HEADER = "romulus.h"
+PRIVATE_HEADERS = ("romulus_sim.h", "romulus_bench.h")
+HEADERS = (API_HEADER, *PRIVATE_HEADERS)
+SOURCES = ("romulus_txn.c", "romulus_pool.c", "romulus_alloc.c", "romulus_sim.c", "romulus_bench.c")
+INTERNAL_HEADERS = ("romulus_internal.h",)
 
-#define ROM_MODE_AUTO ...
-#define ROM_MODE_PMEM ...
-#define ROM_MODE_MSYNC ...
-#define ROM_MODE_NONE ...
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+_DEFINE = re.compile(r"#\s*define\s+([A-Za-z_]\w*)(\(?)(.*)")
+_DIRECTIVE = re.compile(r"#\s*(\w+)")
 
-#define ROM_FLUSH_AUTO ...
-#define ROM_FLUSH_CLWB ...
-#define ROM_FLUSH_CLFLUSHOPT ...
-#define ROM_FLUSH_CLFLUSH ...
-#define ROM_FLUSH_NONE ...
 
-#define ROM_IDLE ...
-#define ROM_MUTATING ...
-#define ROM_COPYING ...
+def cdef_from_header(text: str, source: str = "header") -> str:
+    """The cffi declarations of a C header: comments and preprocessor lines stripped, and each
+    ``#define ROM_X value`` turned into ``#define ROM_X ...`` so the compiler supplies the value.
 
-#define ROM_OPENED ...
-#define ROM_CREATED ...
-#define ROM_RECREATED ...
-#define ROM_ROLLED_BACK ...
-#define ROM_ROLLED_FWD ...
+    Anything the generator could silently get wrong is refused: function-like macros, a constant
+    not named ROM_*, conditional compilation other than the include guard, line continuations.
+    """
 
-#define ROM_OK ...
-#define ROM_E_IO ...
-#define ROM_E_LOCKED ...
-#define ROM_E_BADMAGIC ...
-#define ROM_E_TRUNCATED ...
-#define ROM_E_VERSION ...
-#define ROM_E_SIZE ...
-#define ROM_E_FULL ...
-#define ROM_E_NOTXN ...
-#define ROM_E_INTXN ...
-#define ROM_E_RANGE ...
-#define ROM_E_BADOFF ...
-#define ROM_E_ROOTS ...
-#define ROM_E_FLUSH ...
-#define ROM_E_CORRUPT ...
-#define ROM_E_INVAL ...
-#define ROM_E_CLOSED ...
-#define ROM_E_NOSPACE ...
-#define ROM_E_NOENT ...
+    def blank(match: re.Match[str]) -> str:
+        return "\n" * match.group(0).count("\n") or " "
 
-typedef struct rom_pool rom_pool;
+    out: list[str] = []
+    for number, line in enumerate(_COMMENT.sub(blank, text).splitlines(), 1):
+        stripped = line.strip()
+        if stripped.endswith("\\"):
+            raise ValueError(f"{source}:{number}: line continuations are not supported")
+        if not stripped.startswith("#"):
+            if stripped or (out and out[-1]):
+                out.append(line.rstrip())
+            continue
+        define = _DEFINE.match(stripped)
+        if define is None:
+            directive = _DIRECTIVE.match(stripped)
+            kind = directive.group(1) if directive else stripped
+            if kind not in ("include", "ifndef", "endif"):
+                raise ValueError(f"{source}:{number}: #{kind} is not supported in an API header")
+            continue
+        name, paren, value = define.groups()
+        if paren:
+            raise ValueError(f"{source}:{number}: function-like macro {name} is not supported")
+        if not value.strip():
+            continue  # the include guard
+        if not name.startswith("ROM_"):
+            raise ValueError(f"{source}:{number}: constant {name} must be named ROM_*")
+        out.append(f"#define {name} ...")
+    return "\n".join(out).strip() + "\n"
 
-typedef struct rom_stats {
-    uint64_t pool_size;
-    uint64_t region_size;
-    uint64_t main_off;
-    uint64_t back_off;
-    uint64_t meta_size;
-    uint64_t used;
-    uint64_t top;
-    uint64_t free_bytes;
-    uint64_t alloc_bytes;
-    uint64_t nallocs;
-    uint64_t commits;
-    uint64_t aborts;
-    uint64_t fences;
-    uint64_t flushed_lines;
-    uint64_t last_log_lines;
-    uint64_t last_copy_bytes;
-    uint64_t last_fences;
-    uint64_t full_copies;
-    int32_t state;
-    int32_t mode;
-    int32_t flush;
-    int32_t real_pm;
-    int32_t opened_as;
-    int32_t in_txn;
-    int32_t dev_on;
-    uint64_t dev_write_bytes;
-    uint64_t dev_write_wait_ns;
-    uint64_t dev_read_bytes;
-    uint64_t dev_read_wait_ns;
-} rom_stats;
 
-typedef struct rom_device {
-    double write_bps;
-    double read_bps;
-    uint64_t fence_ns;
-    uint64_t read_ns;
-} rom_device;
+def build_cdef(headers: tuple[str, ...] = HEADERS) -> str:
+    """The declarations of every header in ``headers`` (files in native/), in order."""
+    return "\n".join(
+        cdef_from_header((HERE / name).read_text(encoding="utf-8"), name) for name in headers
+    )
 
-int rom_cpu_flush(void);
-int rom_cpu_has(int flush);
-const char *rom_flush_name(int flush);
-const char *rom_mode_name(int mode);
-const char *rom_last_error(void);
 
-int rom_open(const char *path, size_t path_len, uint64_t size, int create, int mode, int flush,
-             rom_pool **out);
-int rom_open_dev(const char *path, size_t path_len, uint64_t size, int create, int mode,
-                 int flush, const rom_device *dev, rom_pool **out);
-void rom_model_read(rom_pool *p, uint64_t n);
-int rom_close(rom_pool *p);
-void rom_release(rom_pool *p);
-uint8_t *rom_base(rom_pool *p);
-void rom_get_stats(rom_pool *p, rom_stats *out);
-
-int rom_begin(rom_pool *p);
-int rom_commit(rom_pool *p);
-int rom_abort(rom_pool *p);
-int rom_log(rom_pool *p, uint64_t off, uint64_t len);
-int rom_store_u64(rom_pool *p, uint64_t off, uint64_t value);
-
-int rom_alloc(rom_pool *p, uint64_t size, uint64_t *off);
-int rom_free(rom_pool *p, uint64_t off);
-int rom_capacity(rom_pool *p, uint64_t off, uint64_t *cap);
-int rom_block_cap(rom_pool *p, uint64_t off, int committed, uint64_t *cap);
-
-int rom_root_get(rom_pool *p, const char *name, int committed, uint64_t *off,
-                 uint64_t *size);
-int rom_root_set(rom_pool *p, const char *name, uint64_t off, uint64_t size);
-int rom_root_del(rom_pool *p, const char *name);
-int rom_root_at(rom_pool *p, int index, int committed, char *name, uint64_t *off,
-                uint64_t *size);
-
-int rom_bench_swaps(rom_pool *p, uint64_t arr_off, uint64_t nelems, uint64_t swaps_per_txn,
-                    uint64_t ntxn, uint64_t seed, double *elapsed_s);
-
-int rom_sim_arm(rom_pool *p, uint64_t crash_at, int kind, uint64_t seed, uint32_t skip_fences);
-void rom_sim_disarm(void);
-uint64_t rom_sim_events(void);
-"""
+CDEF = build_cdef()
 
 
 def _rel(path: Path) -> str:
@@ -174,10 +104,10 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "plinius._romulus",
-    '#include "romulus.h"',
-    sources=[_rel(HERE / "romulus.c")],
+    "".join(f'#include "{name}"\n' for name in HEADERS),
+    sources=[_rel(HERE / name) for name in SOURCES],
     include_dirs=[_rel(HERE)],
-    depends=[_rel(HERE / "romulus.h")],
+    depends=[_rel(HERE / name) for name in (*HEADERS, *INTERNAL_HEADERS)],
     extra_compile_args=[
         "-O2",
         "-std=gnu11",

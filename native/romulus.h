@@ -118,6 +118,13 @@
  * not explicit arguments), PLINIUS_PM_THREADS (helpers for big copies), PLINIUS_PM_NT_MIN
  * (smallest copy to back that uses streaming stores; default 0 = all). The device model
  * (rom_device) is chosen by the caller: the Python wrapper reads PLINIUS_PM_DEVICE.
+ *
+ * THIS HEADER IS THE ENGINE'S API, stated once: build_romulus.py generates the cffi
+ * declarations from it (comments and preprocessor lines stripped, every ROM_* constant taken
+ * from the compiler), so what is declared below is exactly what the binding sees. Keep it
+ * cffi-parsable: plain prototypes, typedefs and object-like #defines. Test hooks and the
+ * benchmark loop are not part of it: romulus_sim.h and romulus_bench.h. The code is split by
+ * concern, see romulus_internal.h.
  */
 #ifndef PLINIUS_ROMULUS_H
 #define PLINIUS_ROMULUS_H
@@ -131,7 +138,6 @@
 #define ROM_MAX_POOL (1ULL << 46) /* 64 TiB: more than any mapping gets, far from wrapping */
 #define ROM_ROOT_NAME_MAX 64 /* characters, without the NUL */
 #define ROM_MAX_ROOTS 128
-#define ROM_CRASH_EXIT 77 /* exit status of a simulated crash */
 
 /* create policy of rom_open */
 #define ROM_CREATE_NEVER 0 /* the pool must exist */
@@ -271,7 +277,6 @@ int rom_begin(rom_pool *p);
 int rom_commit(rom_pool *p);
 int rom_abort(rom_pool *p);
 int rom_log(rom_pool *p, uint64_t off, uint64_t len); /* declare main[off, off+len) written */
-int rom_store_u64(rom_pool *p, uint64_t off, uint64_t value); /* logged 8-byte store */
 
 /* --- allocator (offsets are relative to main; 0 means none) ----------------------------------- */
 int rom_alloc(rom_pool *p, uint64_t size, uint64_t *off);
@@ -288,20 +293,5 @@ int rom_root_set(rom_pool *p, const char *name, uint64_t off, uint64_t size);
 int rom_root_del(rom_pool *p, const char *name);
 int rom_root_at(rom_pool *p, int index, int committed, char *name, uint64_t *off,
                 uint64_t *size); /* 1 used, 0 free slot */
-
-/* --- benchmark: random swaps in a persistent uint64 array, the loop in C ------------------------ */
-int rom_bench_swaps(rom_pool *p, uint64_t arr_off, uint64_t nelems, uint64_t swaps_per_txn,
-                    uint64_t ntxn, uint64_t seed, double *elapsed_s);
-
-/* --- test hooks: simulated crashes at the Nth flush/fence event --------------------------------
- * kind 1 = process crash (_exit at the event), kind 2 = power failure: a shadow of the pool keeps
- * what has been flushed and fenced; at the event, the file is overwritten with the shadow plus a
- * random subset of the lines still pending (flushed but not fenced, or written but not flushed).
- * crash_at 0 only counts events. skip_fences: bitmask of fence numbers (1..4, bit n) within each
- * transaction to skip, to show that the tests catch a broken protocol. Also armed by the
- * environment at open: PLINIUS_ROMULUS_CRASH_AT, _CRASH_KIND (process|power), _CRASH_SEED. */
-int rom_sim_arm(rom_pool *p, uint64_t crash_at, int kind, uint64_t seed, uint32_t skip_fences);
-void rom_sim_disarm(void);
-uint64_t rom_sim_events(void);
 
 #endif /* PLINIUS_ROMULUS_H */

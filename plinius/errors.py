@@ -22,6 +22,10 @@ class UnknownBackendError(ConfigError):
     """A backend name that is not registered."""
 
 
+class PluginConflictError(ConfigError):
+    """A plug-in name already taken: by a built-in, another package, an earlier registration."""
+
+
 class BackendError(PliniusError):
     """A backend cannot be opened or used (missing or unwritable path, I/O failure)."""
 
@@ -120,3 +124,7 @@ class ModelMismatchError(PliniusError):
 
 class ToolMissingError(PliniusError):
     """An external tool (fio) is missing or too old."""
+
+
+class MissingExtraError(ToolMissingError):
+    """An optional Python dependency (an extra such as ``plot``) is not installed."""

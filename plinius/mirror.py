@@ -98,8 +98,14 @@ class MirrorInfo:
 
     @property
     def metadata_bytes(self) -> int:
-        """Encryption metadata: 28 B per buffer (IV + tag), manifest included."""
-        return OVERHEAD * (len(self.entries) + 1)
+        """Encryption metadata of this mirror (see :func:`metadata_bytes`)."""
+        return metadata_bytes(len(self.entries))
+
+
+def metadata_bytes(n_records: int) -> int:
+    """Encryption metadata of a mirror of ``n_records`` buffers: 28 B (IV + tag) for each and
+    for the manifest. The one place this size is computed (reports, ``verify``, the trainer)."""
+    return OVERHEAD * (n_records + 1)
 
 
 @dataclass
@@ -173,6 +179,11 @@ class MirrorStore:
         self.fingerprint = fingerprint
         self.key = key
         self._plan_cache: tuple[tuple[Any, ...], list[Entry], int] | None = None
+
+    @property
+    def what(self) -> str:
+        """How errors and the freshness record name this mirror: ``mirror SPEC/KEY``."""
+        return f"mirror {self.backend.spec}/{self.key}"
 
     # --- save --------------------------------------------------------------------------------
 
@@ -250,15 +261,22 @@ class MirrorStore:
     # --- open --------------------------------------------------------------------------------
 
     def _open_info(
-        self, data: memoryview, min_version: int | None, freshness: Freshness | None = None
+        self,
+        data: memoryview,
+        min_version: int | None,
+        freshness: Freshness | None = None,
+        size: int | None = None,
     ) -> MirrorInfo:
-        what = f"mirror {self.backend.spec}/{self.key}"
-        if data.nbytes < HEADER_SIZE:
-            if data.nbytes >= len(MAGIC) and bytes(data[: len(MAGIC)]) == MAGIC:
+        """``data``: the whole blob; or, with ``size`` (the blob's), only its header, and the
+        manifest is then read by range (a peek that never moves the records)."""
+        what = self.what
+        nbytes = data.nbytes if size is None else size
+        if nbytes < HEADER_SIZE:
+            if nbytes >= len(MAGIC) and bytes(data[: len(MAGIC)]) == MAGIC:
                 raise TruncatedError(
-                    f"{what} is truncated: {data.nbytes} B, shorter than its {HEADER_SIZE} B header"
+                    f"{what} is truncated: {nbytes} B, shorter than its {HEADER_SIZE} B header"
                 )
-            raise NotAMirrorError(f"{what} is not a plinius mirror ({data.nbytes} B, no header)")
+            raise NotAMirrorError(f"{what} is not a plinius mirror ({nbytes} B, no header)")
         header = bytes(data[:HEADER_SIZE])
         (
             magic,
@@ -289,8 +307,8 @@ class MirrorStore:
             )
         if hsize != HEADER_SIZE or m_len < OVERHEAD or m_at + m_len != total:
             raise FormatError(f"{what} has an inconsistent header (corrupt file)")
-        if data.nbytes < total:
-            raise TruncatedError(f"{what} is truncated: {data.nbytes} B of {total} B")
+        if nbytes < total:
+            raise TruncatedError(f"{what} is truncated: {nbytes} B of {total} B")
         check_key_matches(what, kid, self.engine)
         if self.fingerprint is not None and fp != self.fingerprint:
             raise ModelMismatchError(
@@ -300,8 +318,9 @@ class MirrorStore:
         if min_version is not None and version < min_version:
             raise StaleMirrorError(what, version, min_version)
         manifest = bytearray(m_len - OVERHEAD)
+        sealed = data[m_at:total] if size is None else self._read_range(m_at, m_len)
         self.engine.open_into(
-            _manifest_aad(fp, header, version), data[m_at:total], manifest, f"{what} manifest"
+            _manifest_aad(fp, header, version), sealed, manifest, f"{what} manifest"
         )
         doc = json.loads(manifest)
         entries = [
@@ -323,32 +342,48 @@ class MirrorStore:
     def peek(
         self, min_version: int | None = None, freshness: Freshness | None = None
     ) -> MirrorInfo | None:
-        """Authenticate the header and manifest only (records stay sealed); None if no mirror."""
+        """Authenticate the header and manifest only (records stay sealed); None if no mirror.
+
+        A backend with ranged reads moves only the header and the manifest, not the records.
+        """
+        if not self.backend.ranged_read:
+            blob = self.backend.read(self.key)
+            if blob is None:
+                return None
+            return self._open_info(blob.data, min_version, freshness)
+        probe = self.backend.read(self.key, 0, 0)  # the blob's size, no bytes
+        if probe is None:
+            return None
+        head = self._read_range(0, min(probe.size, HEADER_SIZE))
+        return self._open_info(head, min_version, freshness, size=probe.size)
+
+    def _read_range(self, offset: int, length: int) -> memoryview:
+        blob = self.backend.read(self.key, offset, length)
+        if blob is None:
+            raise NotAMirrorError(f"{self.what} was deleted while it was read")
+        return blob.data
+
+    def open(
+        self, min_version: int | None = None, freshness: Freshness | None = None
+    ) -> OpenedMirror | None:
+        """Read the blob once and authenticate its header and manifest (checked fresh); the
+        records stay sealed until :meth:`OpenedMirror.verify` or :meth:`OpenedMirror.load`,
+        which use this same read. None if no mirror was ever saved."""
+        t0 = time.perf_counter()
         blob = self.backend.read(self.key)
         if blob is None:
             return None
-        return self._open_info(blob.data, min_version, freshness)
+        info = self._open_info(blob.data, min_version, freshness)
+        return OpenedMirror(
+            info, blob.data, blob.stats, self.engine, self.what, time.perf_counter() - t0
+        )
 
     def verify(
         self, min_version: int | None = None, freshness: Freshness | None = None
     ) -> MirrorInfo | None:
         """Authenticate the whole mirror (every record's tag) without touching any model."""
-        blob = self.backend.read(self.key)
-        if blob is None:
-            return None
-        info = self._open_info(blob.data, min_version, freshness)
-        what = f"mirror {self.backend.spec}/{self.key}"
-        scratch = aligned_empty(max((e.length for e in info.entries), default=0))
-        for e in info.entries:
-            self.engine.open_into(
-                record_aad(
-                    info.fingerprint, e.layer, e.name, info.version, info.run_id, info.save_id
-                ),
-                blob.data[e.offset : e.offset + e.length + OVERHEAD],
-                scratch[: e.length],
-                f"{what} layer {e.layer} {e.name}",
-            )
-        return info
+        opened = self.open(min_version, freshness)
+        return None if opened is None else opened.verify()
 
     def load(
         self,
@@ -362,12 +397,46 @@ class MirrorStore:
         On an integrity error the destination arrays hold unspecified bytes: restore into the
         model only at start-up, and re-initialise it if this raises.
         """
+        opened = self.open(min_version, freshness)
+        return None if opened is None else opened.load(into)
+
+
+@dataclass
+class OpenedMirror:
+    """A stored mirror read once, header and manifest authenticated: what owner tools and
+    restores verify and decrypt from, so no step reads the blob again.
+
+    ``data`` is the backend's view of the blob: use it while the backend is open and before
+    its next read (file backends reuse their staging memory).
+    """
+
+    info: MirrorInfo
+    data: memoryview
+    read_stats: IoStats
+    engine: Engine
+    what: str
+    open_s: float  # reading the blob and authenticating header and manifest
+
+    def _open_record(self, e: Entry, dest: Any) -> None:
+        info = self.info
+        self.engine.open_into(
+            record_aad(info.fingerprint, e.layer, e.name, info.version, info.run_id, info.save_id),
+            self.data[e.offset : e.offset + e.length + OVERHEAD],
+            dest,
+            f"{self.what} layer {e.layer} {e.name}",
+        )
+
+    def verify(self) -> MirrorInfo:
+        """Authenticate every record's tag; the plaintext goes to scratch memory and is dropped."""
+        scratch = aligned_empty(max((e.length for e in self.info.entries), default=0))
+        for e in self.info.entries:
+            self._open_record(e, scratch[: e.length])
+        return self.info
+
+    def load(self, into: Mapping[tuple[int, str], np.ndarray] | None = None) -> Restored:
+        """Decrypt every record into ``into`` (or new arrays); see :meth:`MirrorStore.load`."""
         t0 = time.perf_counter()
-        blob = self.backend.read(self.key)
-        if blob is None:
-            return None
-        info = self._open_info(blob.data, min_version, freshness)
-        what = f"mirror {self.backend.spec}/{self.key}"
+        info, what = self.info, self.what
         arrays: dict[tuple[int, str], np.ndarray] = {}
         if into is not None:
             wanted = {(e.layer, e.name) for e in info.entries}
@@ -384,19 +453,11 @@ class MirrorStore:
                     f"{what}: record layer {e.layer} {e.name!r} is {e.dtype}{list(e.shape)}, "
                     f"the model has {dest.dtype.str}{list(dest.shape)}"
                 )
-            aad = record_aad(
-                info.fingerprint, e.layer, e.name, info.version, info.run_id, info.save_id
-            )
             ts = time.perf_counter()
-            self.engine.open_into(
-                aad,
-                blob.data[e.offset : e.offset + e.length + OVERHEAD],
-                dest,
-                f"{what} layer {e.layer} {e.name}",
-            )
+            self._open_record(e, dest)
             decrypt_s += time.perf_counter() - ts
             arrays[(e.layer, e.name)] = dest
-        stats = blob.stats.merge(IoStats(decrypt_s=decrypt_s))
+        stats = self.read_stats.merge(IoStats(decrypt_s=decrypt_s))
         stats.bytes = info.size
-        stats.total_s = time.perf_counter() - t0
+        stats.total_s = self.open_s + time.perf_counter() - t0
         return Restored(info, arrays, stats)

@@ -16,11 +16,17 @@ from plinius.datasets import load_dataset
 from plinius.encdata import DatasetInfo, encrypt_dataset, read_info
 from plinius.enclave.attestation import Quote, verify_quote
 from plinius.enclave.channel import EphemeralKey, wrap
-from plinius.enclave.counter import MirrorCounters
+from plinius.enclave.counter import FreshnessGuard, MirrorCounters
 from plinius.enclave.measure import measurement
 from plinius.enclave.platform import SimulatedPlatform
-from plinius.enclave.trusted import PROVISION_AAD, Enclave, mirror_guard, network_from_mirror
-from plinius.errors import NotFoundError, PliniusError
+from plinius.enclave.trusted import (
+    PROVISION_AAD,
+    Enclave,
+    mirror_guard,
+    network_from_mirror,
+    open_fresh,
+)
+from plinius.errors import PliniusError
 from plinius.fsutil import private_dir
 from plinius.mirror import MirrorInfo, MirrorStore
 from plinius.nn import Network, save_weights
@@ -66,25 +72,28 @@ def default_dataset(key: bytes, state_dir: Path, seed: int = 0) -> tuple[Path, b
     return path, True
 
 
-def verify_mirror(backend: Backend, engine: Engine, platform: SimulatedPlatform) -> MirrorInfo:
-    """Authenticate every buffer of the stored mirror and check it is the one last committed."""
+def _owner_store(
+    backend: Backend, engine: Engine, platform: SimulatedPlatform
+) -> tuple[MirrorStore, FreshnessGuard]:
+    """The mirror in ``backend`` (any model) and its slot's read-only freshness check."""
     store = MirrorStore(backend, engine, None)
-    guard = mirror_guard(MirrorCounters(platform, create=False), store, settle=False)
-    info = store.verify(freshness=guard)
-    if info is None:
-        guard.absent()
-        raise NotFoundError(f"no mirror in {backend.spec}")
-    return info
+    return store, mirror_guard(MirrorCounters(platform, create=False), store, settle=False)
+
+
+def verify_mirror(backend: Backend, engine: Engine, platform: SimulatedPlatform) -> MirrorInfo:
+    """Authenticate every buffer of the stored mirror and check it is the one last committed.
+
+    One read of the blob: header, manifest and every record's tag come from it."""
+    return open_fresh(*_owner_store(backend, engine, platform)).verify()
 
 
 def open_mirror(
     backend: Backend, engine: Engine, platform: SimulatedPlatform
 ) -> tuple[Network, int, str]:
-    """Decrypt the mirror into a fresh network outside any enclave (the owner holds the key)."""
-    store = MirrorStore(backend, engine, None)
-    net, info = network_from_mirror(
-        store, mirror_guard(MirrorCounters(platform, create=False), store, settle=False)
-    )
+    """Decrypt the mirror into a fresh network outside any enclave (the owner holds the key).
+
+    One read of the blob; decrypting every record authenticates it, so this verifies too."""
+    net, info = network_from_mirror(*_owner_store(backend, engine, platform))
     return net, info.iteration, str(info.meta["model"])
 
 

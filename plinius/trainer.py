@@ -1,8 +1,12 @@
 """The untrusted host: sets up platform, backend and enclave, drives the loop, logs, reports.
 
-Everything secret happens behind the enclave's ecalls; this module only sees losses, timings and
-iteration numbers. ``run_training`` is what ``plinius train`` runs, and what the crash and spot
-experiments start again and again in fresh processes.
+The host is not kept from the data key: ``plinius train`` also plays the data owner on this
+machine, so it reads the key file on every run to find the key the enclave sealed earlier (by
+key id), to attest and provision the enclave when there is none, to authenticate the dataset
+file's header, and without ``--data`` to encrypt the embedded MNIST subset. What stays behind the
+enclave's ecalls is the model, the decrypted batches and the mirror's plaintext: the loop sees
+only losses, timings and iteration numbers. ``run_training`` is what ``plinius train`` runs, and
+what the crash and spot experiments start again and again in fresh processes.
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from plinius import fsutil
-from plinius.backends.registry import open_backend, parse_spec
-from plinius.crypto import OVERHEAD, key_id, make_engine, read_key_file
+from plinius.backends.registry import backend_class, open_backend, parse_spec
+from plinius.crypto import key_id, make_engine, read_key_file
 from plinius.encdata import iter_sealed, read_info
 from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.trusted import Enclave, StepResult
 from plinius.errors import ConfigError
+from plinius.mirror import metadata_bytes
 from plinius.nn import Network, parse_cfg_text, zoo
 from plinius.owner import default_dataset, provision
 
@@ -187,15 +192,14 @@ def check_options(opts: TrainOptions) -> None:
             raise ConfigError(f"directory {parent} of the loss log {opts.log} does not exist")
 
 
-def _pool_size_hint(spec: str, net: Network, data_path: str) -> dict[str, Any]:
-    """A new romulus pool sized from what it will hold (mirror twice + the sealed records),
-    instead of a fixed 1 GiB; an existing pool keeps its size."""
-    if parse_spec(spec)[0] != "romulus":
-        return {}
-    from plinius.backends.romulus import suggested_pool_size
-
-    mirror = sum(a.nbytes for _, _, a in net.param_buffers() + net.optimizer_buffers())
-    return {"size_hint": suggested_pool_size(mirror + (64 << 10), os.path.getsize(data_path))}
+def creation_options(spec: str, net: Network, data_path: str) -> dict[str, str | int]:
+    """Options that size a new backend instance from what it will hold (the mirror, with room
+    for its header and manifest, and the sealed records), e.g. a pool instead of a fixed 1 GiB.
+    The backend class decides (``Backend.creation_options``); an existing instance ignores them.
+    """
+    mirror = sum(a.nbytes for _, _, a in net.mirror_buffers())
+    cls = backend_class(parse_spec(spec)[0])
+    return cls.creation_options(mirror + (64 << 10), os.path.getsize(data_path))
 
 
 def run_training(
@@ -230,7 +234,7 @@ def run_training(
         data_path = opts.data
     info = read_info(data_path, make_engine(key))  # authenticated before the backend opens
 
-    backend = open_backend(opts.backend, **_pool_size_hint(opts.backend, net, data_path))
+    backend = open_backend(opts.backend, **creation_options(opts.backend, net, data_path))
     runs_on = backend.describe().as_dict()
     load = enclave.ecall_load_data(backend, data_path)
     data = load.as_dict()
@@ -291,7 +295,7 @@ def run_training(
     finally:
         log.close()
         enclave.ecall_close()
-    n_buffers = len(net.param_buffers()) + len(net.optimizer_buffers())
+    n_buffers = len(net.mirror_buffers())
     report = TrainReport(
         model=label,
         dataset=info.name,
@@ -309,7 +313,7 @@ def run_training(
         restore_ms=restore_ms,
         data=data,
         weights_sha256=enclave.ecall_weights_digest(),
-        metadata_bytes_per_mirror=OVERHEAD * (n_buffers + 1),
+        metadata_bytes_per_mirror=metadata_bytes(n_buffers),
         buffers_per_mirror=n_buffers,
         notes=notes,
     )

@@ -9,12 +9,11 @@ progress bar ends at its total, and the report ends with a recommendation per du
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_runner import run_cli as _cli
 
 from plinius.bench.render import (
     NOISE_RULE,
@@ -134,16 +133,6 @@ def test_two_variants_of_one_backend_are_two_instances() -> None:
     assert [p.label for p in same_opts] == ["ssd@/var/tmp/a", "ssd@/var/tmp/b"]
     with pytest.raises(ConfigError, match="given twice"):
         unique_labels([InstancePlan.from_text("ssd"), InstancePlan.from_text("ssd")])
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-P", "-m", "plinius.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def test_bench_rows_are_instances_with_durability_and_real_mirror_bytes(tmp_path: Path) -> None:

@@ -5,28 +5,14 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from plinius import __version__
+from plinius.backends import registered
 from plinius.cli.main import main
-
-
-def run_cli(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-P", "-m", "plinius.cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=300,
-        check=False,
-    )
 
 
 def test_version() -> None:
@@ -74,6 +60,20 @@ def test_keygen(tmp_path: Path) -> None:
     assert key.read_bytes() == before
 
 
+def test_owner_keygen_is_a_deprecated_alias_of_keygen(tmp_path: Path) -> None:
+    """One implementation: the old spelling says so in one line, then does what keygen does."""
+    key = tmp_path / "owner.key"
+    res = run_cli("owner", "keygen", "--out", str(key))
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.splitlines() == ["plinius owner keygen is deprecated: use `plinius keygen`"]
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    again = run_cli("keygen", "--out", str(tmp_path / "new.key"))
+    said = [r.stdout.split("(key id")[0].replace(str(tmp_path), "") for r in (res, again)]
+    assert said == ["wrote /owner.key ", "wrote /new.key "]
+    assert res.stdout.endswith("keep it secret and backed up\n")
+    assert "refusing to overwrite" in run_cli("owner", "keygen", "--out", str(key)).stderr
+
+
 def test_bench_small_run(tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = run_cli(
@@ -119,7 +119,16 @@ def test_bench_quick_every_section(tmp_path: Path) -> None:
     assert {k: v["status"] for k, v in doc["sections"].items()} == {
         s: "ok" for s in ("results", "engines", "sps", "fio", "batch", "overhead")
     }
-    assert {r["backend"] for r in doc["results"]} == {"romulus", "tmpfs", "dax", "ssd"}
+    # every registered backend is benchmarked: the built-ins, redis on a private loopback
+    # server (redis-server is installed where tests run), and any plug-in installed beside
+    backends = {r["backend"] for r in doc["results"]}
+    assert {"romulus", "tmpfs", "dax", "ssd", "redis"} <= backends
+    assert backends - {"romulus", "tmpfs", "dax", "ssd", "redis"} <= set(registered())
+    assert "rediss" not in backends  # benchmarked once, as redis
+    assert "loopback" in doc["backends"]["redis"]["device"]
+    fio_skipped = {x["backend"] for x in doc["fio"]["not_characterised"]}
+    assert fio_skipped == {"redis"}
+    assert "redis" not in {b["backend"] for t in doc["fio"]["targets"] for b in t["backends"]}
     instances = {"romulus", "tmpfs", "romulus?mode=msync", "dax", "ssd"}
     assert instances <= {r["instance"] for r in doc["results"]}
     for r in doc["results"]:

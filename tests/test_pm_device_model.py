@@ -85,7 +85,7 @@ def test_every_fence_costs_the_modelled_drain_latency(shm_dir: Path) -> None:
     with Pool(shm_dir / "p.pool", 4 * MIB, device=slow_fence) as pool:
         t0 = time.perf_counter()
         with pool.transaction():
-            pool.store_u64(pool.stats().meta_size, 7)
+            pool.writable(pool.stats().meta_size, 8)[:] = (7).to_bytes(8, "little")
         elapsed = time.perf_counter() - t0
         assert pool.stats().last_fences == 4
     assert elapsed >= 4 * 5e-3

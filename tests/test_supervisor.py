@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from plinius.crypto import generate_key, write_key_file
 from plinius.experiments.supervisor import RunSpec, Supervisor, read_log, wait_until
@@ -19,11 +17,7 @@ def owner(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     key = root / "owner.key"
     write_key_file(key, generate_key())
     data = root / "data.pld"
-    res = subprocess.run(
-        [sys.executable, "-P", "-m", "plinius.cli.main", "owner", "encrypt-data",
-         "--key-file", str(key), "--out", str(data)],
-        capture_output=True, text=True, check=False, env=os.environ,
-    )  # fmt: skip
+    res = run_cli("owner", "encrypt-data", "--key-file", str(key), "--out", str(data))
     assert res.returncode == 0, res.stderr
     return str(key), str(data)
 

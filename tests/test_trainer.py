@@ -6,26 +6,17 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli as plinius
 
+from plinius.backends import backend_class
 from plinius.crypto import generate_key, write_key_file
+from plinius.defaults import default_spec
 
 ITER = 12
-
-
-def plinius(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-P", "-m", "plinius.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +39,11 @@ def env(world: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(params=["tmpfs", "ssd", "dax", "romulus"])
 def spec(request: pytest.FixtureRequest, tmp_path: Path, shm_dir: Path) -> Iterator[str]:
-    name = request.param
-    if name == "romulus":
-        yield f"romulus:{shm_dir / 'train.pool'}?size=64M"
-    elif name == "tmpfs":
-        yield f"tmpfs:{shm_dir / 'store'}"
-    else:
-        yield f"{name}:{tmp_path / 'store'}"
+    """A new instance on its class's default root kind (RAM or disk), with no options: the
+    trainer sizes it from what it stores (``Backend.creation_options``)."""
+    name = str(request.param)
+    root = shm_dir if backend_class(name).default_root == "shm" else tmp_path
+    yield default_spec(name, root)
 
 
 def train(

@@ -1,7 +1,13 @@
 """Interchangeable storage backends for encrypted mirrors (see ``base`` for the contract)."""
 
 from plinius.backends.base import Backend, Blob, IoStats, RunsOn, WriteTxn
-from plinius.backends.registry import backend_class, open_backend, parse_spec, registered
+from plinius.backends.registry import (
+    backend_class,
+    open_backend,
+    parse_spec,
+    register_backend,
+    registered,
+)
 
 __all__ = [
     "Backend",
@@ -12,5 +18,6 @@ __all__ = [
     "backend_class",
     "open_backend",
     "parse_spec",
+    "register_backend",
     "registered",
 ]

@@ -8,29 +8,56 @@ keeps (the mirror, the training-set record area) is a *blob* under a short key:
   byte-addressable backends, reusable page-aligned staging memory for file backends. The caller
   encrypts into those views; ``txn.commit()`` makes the new version durable and visible in one
   atomic step. A crash or ``abort()`` before commit leaves the previous version intact and readable.
-* ``read(key)`` returns the last committed version (file backends read it with syscalls into
-  reusable staging memory; PM backends return a view into the pool).
+* ``read(key, offset=0, length=None)`` returns the last committed version, or just bytes
+  [offset, offset+length) of it (file backends read with syscalls into reusable staging memory;
+  PM backends return a view into the pool), so a reader of a header does not move the blob.
 * ``map(key)`` returns a byte-addressable read-only view (mmap for files, the pool for PM) so single
   records can be read by offset without loading the whole blob.
 
 Views are valid until the next call on the same backend that could move them (the next ``read`` or
 ``map`` of that key, a commit, ``close``); callers copy or decrypt out of them before that.
+
+A backend class also states the facts the rest of plinius needs about it (capabilities, where
+default instances live, how fio and plots treat it, its benchmark instances), so nothing outside
+``plinius/backends/`` decides behaviour by a backend's name.
 """
 
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from plinius.errors import BackendError, ConfigError
 
+if TYPE_CHECKING:
+    from plinius.backends.fsinfo import MountInfo
+
 Durability = Literal["power-fail", "process-crash", "none"]
 DURABILITY_LEVELS: tuple[Durability, ...] = ("power-fail", "process-crash", "none")
+#: where a backend's data lives: on this machine, or behind a network connection
+Locality = Literal["local", "remote"]
+#: the directory default instances live under: "shm" (RAM) or "disk" (see ``plinius.defaults``)
+Root = Literal["shm", "disk"]
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_range(what: str, offset: int, length: int | None, size: int) -> int:
+    """The length of range [offset, offset+length) of a ``size``-byte blob (None: to its end).
+
+    Ranged reads never clamp: a range outside the blob is a caller's bug or a lying header.
+    """
+    if length is None:
+        length = size - offset
+    if offset < 0 or length < 0 or offset + length > size:
+        raise BackendError(
+            f"range [{offset}, {offset + length}) is outside blob {what} of {size} B"
+        )
+    return length
 
 
 def check_key(key: str) -> str:
@@ -127,10 +154,31 @@ class WriteTxn(ABC):
 
 @dataclass
 class Blob:
-    """A committed blob as read: a read-only view and the cost of getting it."""
+    """A committed blob as read: a read-only view (the whole blob or the range asked for), the
+    cost of getting it, and the blob's full size (so a ranged reader can tell a cut blob)."""
 
     data: memoryview
     stats: IoStats
+    size: int = -1  # -1: the whole blob was read, its size is ``data.nbytes``
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = self.data.nbytes
+
+
+@dataclass(frozen=True)
+class BenchInstance:
+    """One instance a backend contributes to the default ``plinius bench`` plan."""
+
+    role: str = ""
+    #: spec options of this instance, e.g. ``(("mode", "msync"),)``
+    options: tuple[tuple[str, str], ...] = ()
+    #: the root it is placed on (default: the class's ``default_root``)
+    root: Root | None = None
+    #: run only if the backend accepts ``options`` (probed; else reported as not run)
+    optional: bool = False
+    #: position in the plan across all backends (default: the class's ``bench_order``)
+    order: int | None = None
 
 
 class Backend(ABC):
@@ -145,9 +193,28 @@ class Backend(ABC):
     #: example location for help texts
     example_location: ClassVar[str] = ""
     #: where default (benchmark) instances live: "shm" (/dev/shm, RAM) or "disk"
-    default_root: ClassVar[Literal["shm", "disk"]] = "disk"
+    default_root: ClassVar[Root] = "disk"
     #: spec options that make a throw-away instance cheap (``plinius backends`` probes with them)
     probe_options: ClassVar[dict[str, str]] = {}
+    #: True when ``read(key, offset, length)`` moves only that range (a mirror peek then reads
+    #: the header and manifest, not the blob); False: it reads the whole blob and slices it
+    ranged_read: ClassVar[bool] = False
+    #: "local" (storage of this machine) or "remote" (a server: no directory for fio to measure)
+    locality: ClassVar[Locality] = "local"
+    #: the durability levels an instance can report in ``describe()`` (by options and mount)
+    durability_levels: ClassVar[tuple[Durability, ...]] = DURABILITY_LEVELS
+    #: matplotlib marker of this backend's lines in every figure
+    plot_marker: ClassVar[str] = "x"
+    #: the paper's baseline: results carry ``speedup_*_vs_<name>`` against its first instance
+    baseline: ClassVar[bool] = False
+    #: position among the default backends (``plinius fio``, ``plinius bench``, report order);
+    #: None: not a default one (still run when named, and listed after the default ones)
+    bench_order: ClassVar[int | None] = None
+    #: the instances this backend contributes to the default ``plinius bench`` plan
+    bench_instances: ClassVar[tuple[BenchInstance, ...]] = (BenchInstance(),)
+    #: without a ``bench_order``, still join the default plan once on the default root (what a
+    #: plug-in gets); False for a second name of a backend that is benchmarked under its first
+    bench_extra: ClassVar[bool] = True
 
     def __init__(self, location: str, **options: Any) -> None:
         if not location:
@@ -164,6 +231,33 @@ class Backend(ABC):
         """The location of a default instance inside ``directory`` (a sub-directory or a file)."""
         return f"{directory.rstrip('/')}/{cls.name}"
 
+    @classmethod
+    def creation_options(cls, mirror_bytes: int, data_bytes: int) -> dict[str, str | int]:
+        """Spec options that size a *new* instance for what it will store (a mirror of
+        ``mirror_bytes``, a record area of ``data_bytes``); an existing one ignores them."""
+        return {}
+
+    @classmethod
+    def fio_root(cls) -> Root | None:
+        """The root whose storage ``plinius fio`` characterises for this backend; None when it
+        is not file-backed (a remote store), so fio has nothing of it to measure."""
+        return cls.default_root if cls.locality == "local" else None
+
+    @classmethod
+    def fio_engine(
+        cls, requested: str, mount: MountInfo, engines: Collection[str] | None
+    ) -> tuple[str | None, dict[str, str]]:
+        """The fio I/O engine that stands for this backend's access path on ``mount`` and the
+        environment it needs; None: fio's plain file engine. ``requested``: the user's
+        ``--pm-engine`` (``auto``, ``sync``, ``libpmem``); ``engines``: what this fio has."""
+        return None, {}
+
+    @classmethod
+    def fio_facts(cls, engine: str, mount: MountInfo) -> tuple[bool, list[str]]:
+        """(emulated?, notes) when fio measures ``mount`` with ``engine`` on this backend's
+        behalf: emulated when that storage only stands in for what the backend is meant for."""
+        return False, []
+
     @property
     def spec(self) -> str:
         return f"{self.name}:{self.location}"
@@ -173,8 +267,9 @@ class Backend(ABC):
         """Start replacing blob ``key`` with a new version of ``size`` bytes."""
 
     @abstractmethod
-    def read(self, key: str) -> Blob | None:
-        """The last committed version of ``key``, or None if it was never written."""
+    def read(self, key: str, offset: int = 0, length: int | None = None) -> Blob | None:
+        """Bytes [offset, offset+length) of the last committed version of ``key`` (length None:
+        to its end), or None if it was never written. A range outside it is a BackendError."""
 
     @abstractmethod
     def map(self, key: str) -> memoryview | None:

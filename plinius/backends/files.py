@@ -1,12 +1,13 @@
 """The one file-I/O path shared by the ``ssd``, ``dax`` and ``tmpfs`` backends.
 
 A blob is a file ``<dir>/<key>``. A new version is encrypted into reusable page-aligned staging
-memory, written with ``write(2)`` to a fresh ``.<key>.<random>.tmp`` created ``O_EXCL |
-O_NOFOLLOW`` (a planted symlink or file can neither receive nor lose data), fsynced (unless the
-backend's durability does not need it), renamed over ``<key>`` and the directory fsynced: at every
-instant ``<key>`` names one complete committed version, so a crash mid-save leaves the previous
-one loadable. Every name is resolved relative to the directory opened once with ``O_NOFOLLOW``,
-and every file is opened ``O_NOFOLLOW`` and checked to be a regular file.
+memory (:mod:`plinius.backends.staging`) and, at commit, written with ``write(2)`` to a fresh
+``.<key>.<random>.tmp`` created ``O_EXCL | O_NOFOLLOW`` (a planted symlink or file can neither
+receive nor lose data), fsynced (unless the backend's durability does not need it), renamed over
+``<key>`` and the directory fsynced: at every instant ``<key>`` names one complete committed
+version, so a crash mid-save leaves the previous one loadable. Every name is resolved relative to
+the directory opened once with ``O_NOFOLLOW``, and every file is opened ``O_NOFOLLOW`` and checked
+to be a regular file. Reads (whole blobs or ranges) ``pread`` into reusable staging memory.
 
 One process at a time: opening a backend takes an exclusive ``flock`` on ``<dir>/.lock`` (the
 holder's pid written inside), so two trainers cannot interleave versions and a reader (verify,
@@ -29,8 +30,9 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from plinius.backends.base import Backend, Blob, Durability, IoStats, RunsOn, WriteTxn, check_key
-from plinius.backends.fsinfo import block_device_facts, mount_of
+from plinius.backends.base import Durability, IoStats, RunsOn, check_key, check_range
+from plinius.backends.fsinfo import MountInfo, block_device_facts, mount_label, mount_of
+from plinius.backends.staging import StagedBackend
 from plinius.errors import BackendError, BackendLockedError, ConfigError, NotFoundError
 from plinius.fsutil import HeldLock, check_path, try_lock
 from plinius.memory import PAGE, StagingBuffer, align_up
@@ -39,7 +41,6 @@ LOCK_NAME = ".lock"
 _TMP_SUFFIX = ".tmp"
 _OLD_TMP_MARK = ".tmp-"  # temp names of plinius <= 0.x: <key>.tmp-<pid>
 _CHUNK = 1 << 30  # write(2) moves at most ~2 GiB per call
-_ZEROS = memoryview(bytes(1 << 16))  # source for zeroing staging gaps without allocating
 
 
 def _truthy(value: Any) -> bool:
@@ -54,65 +55,29 @@ def _is_tmp_name(name: str) -> bool:
     return mark > 0 and name[mark + len(_OLD_TMP_MARK) :].isdigit()
 
 
-class FileWriteTxn(WriteTxn):
-    """A new file version staged in memory until commit."""
-
-    def __init__(self, backend: FileBackend, key: str, size: int) -> None:
-        super().__init__(key, size)
-        self._backend = backend
-        self._stage = backend._write_stage.view(align_up(size, PAGE) if backend.direct else size)
-        self._spans: list[tuple[int, int]] = []
-
-    def view(self, offset: int, length: int) -> memoryview:
-        self._check_range(offset, length)
-        self._spans.append((offset, offset + length))
-        return self._stage[offset : offset + length]
-
-    def _zero_gaps(self) -> None:
-        """Zero the staged bytes no view covered (alignment padding, the O_DIRECT tail).
-
-        The staging memory is reused across saves and keys, so without this the padding of the
-        file would carry stale bytes of earlier blobs. Only the gaps are written: the views are
-        about to be written in full by the caller, and touching them twice costs save time.
-        """
-        stage = self._stage
-        pos = 0
-        for start, end in sorted(self._spans):
-            if start > pos:
-                _zero(stage, pos, start)
-            pos = max(pos, end)
-        if pos < stage.nbytes:
-            _zero(stage, pos, stage.nbytes)
-
-    def commit(self) -> IoStats:
-        if self._done:
-            raise BackendError(f"write transaction on {self.key!r} is already finished")
-        self._done = True
-        self._zero_gaps()
-        stats = self._backend._commit_file(self.key, self._stage, self.size)
-        self._stage.release()
-        return stats
-
-    def abort(self) -> None:
-        self._done = True
-        self._stage.release()
-
-
-def _zero(buf: memoryview, start: int, end: int) -> None:
-    while start < end:
-        n = min(end - start, _ZEROS.nbytes)
-        buf[start : start + n] = _ZEROS[:n]
-        start += n
-
-
-class FileBackend(Backend):
+class FileBackend(StagedBackend):
     """Blobs as files in one directory, replaced by write + fsync + rename + directory fsync."""
 
     byte_addressable = False
+    durability_levels: ClassVar[tuple[Durability, ...]] = ("power-fail", "process-crash")
     #: fsync file and directory at commit
     fsync: ClassVar[bool] = True
     #: the file system this backend is meant for ("dax", "tmpfs" or "" for any block device)
     expects: ClassVar[str] = ""
+
+    @classmethod
+    def fio_facts(cls, engine: str, mount: MountInfo) -> tuple[bool, list[str]]:
+        """Emulated when the measured mount is not what ``expects`` names."""
+        where = mount_label(mount)
+        if cls.expects == "dax":
+            if mount.dax:
+                return False, [f"DAX mount: {where}"]
+            return True, [f"DAX emulated: {where} is not mounted -o dax (page-cache I/O)"]
+        if cls.expects == "" and mount.volatile:
+            return True, [f"not a disk: {where} is RAM-backed"]
+        if cls.expects == "tmpfs" and not mount.volatile:
+            return True, [f"not RAM-backed: {where}"]
+        return False, []
 
     def __init__(self, location: str, **options: Any) -> None:
         super().__init__(location, **options)
@@ -130,8 +95,6 @@ class FileBackend(Backend):
         self._dfd = -1
         self._lock: HeldLock | None = None
         self._maps: dict[str, tuple[int, mmap.mmap]] = {}
-        self._write_stage = StagingBuffer()
-        self._read_stage = StagingBuffer()
         try:
             self._open_dir()
         except BaseException:
@@ -215,14 +178,10 @@ class FileBackend(Backend):
         os.set_blocking(fd, True)
         return fd
 
-    # --- contract ------------------------------------------------------------------------------
+    # --- staged writes and reads ---------------------------------------------------------------
 
-    def begin_write(self, key: str, size: int) -> WriteTxn:
-        check_key(key)
-        if size < 0:
-            raise BackendError(f"blob size must be >= 0, got {size}")
-        self._check_open()
-        return FileWriteTxn(self, key, size)
+    def _stage_bytes(self, size: int) -> int:
+        return align_up(size, PAGE) if self.direct else size
 
     def _check_open(self) -> None:
         if self._dfd < 0:
@@ -245,7 +204,7 @@ class FileBackend(Backend):
                 ) from None
         raise BackendError(f"{self.name}: cannot create a staging file in {self.dir}")
 
-    def _commit_file(self, key: str, data: memoryview, size: int) -> IoStats:
+    def _put(self, key: str, data: memoryview, size: int) -> IoStats:
         self._check_open()
         stats = IoStats(bytes=size)
         t0 = time.perf_counter()
@@ -282,25 +241,27 @@ class FileBackend(Backend):
         stats.total_s = time.perf_counter() - t0
         return stats
 
-    def read(self, key: str) -> Blob | None:
-        self._check_open()
-        t0 = time.perf_counter()
+    def _get(
+        self, key: str, offset: int, length: int | None, stage: StagingBuffer
+    ) -> tuple[memoryview, int] | None:
         fd = self._open_file(key)
         if fd is None:
             return None
         try:
             size = os.fstat(fd).st_size
-            view = self._read_stage.view(size)
+            n = check_range(f"{self.dir / key}", offset, length, size)
+            view = stage.view(n)
             got = 0
-            while got < size:
-                n = os.readv(fd, [view[got : min(size, got + _CHUNK)]])
-                if n == 0:
+            while got < n:
+                k = os.preadv(fd, [view[got : min(n, got + _CHUNK)]], offset + got)
+                if k == 0:
                     break
-                got += n
+                got += k
         finally:
             os.close(fd)
-        elapsed = time.perf_counter() - t0
-        return Blob(view[:got].toreadonly(), IoStats(bytes=got, read_s=elapsed, total_s=elapsed))
+        return view[:got], size
+
+    # --- contract ------------------------------------------------------------------------------
 
     def map(self, key: str) -> memoryview | None:
         self._check_open()
@@ -395,8 +356,7 @@ class FileBackend(Backend):
             with contextlib.suppress(BufferError):
                 mm.close()
         self._maps.clear()
-        self._write_stage.close()
-        self._read_stage.close()
+        super().close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None

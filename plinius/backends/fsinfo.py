@@ -32,6 +32,11 @@ class MountInfo:
         return self.fs_type in VOLATILE_FS
 
 
+def mount_label(m: MountInfo) -> str:
+    """``tmpfs`` or ``ext4 on /dev/sda1``: how notes name a mount."""
+    return m.fs_type if m.device == m.fs_type else f"{m.fs_type} on {m.device}"
+
+
 def _unescape(field: str) -> str:
     return field.encode().decode("unicode_escape")
 

@@ -1,62 +1,82 @@
-"""Backends by name: built-ins plus any package that registers the entry-point group below.
+"""Backends by name: built-ins, packages that declare the entry-point group below, and code.
 
 A third-party package adds a backend with, in its pyproject.toml::
 
     [project.entry-points."plinius.backends"]
     mystore = "mypkg.store:MyStoreBackend"
 
-Classes are imported lazily so a broken optional backend only fails when it is used.
+or in code with ``register_backend("mystore", MyStoreBackend)``. Classes are imported lazily so a
+broken optional backend only fails when it is used. The rules (no silent replacement of a built-in,
+install hints) are :mod:`plinius.plugins`', shared with the crypto engines.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
-from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import parse_qsl
 
 from plinius.backends.base import Backend
 from plinius.errors import BackendError, SpecError, UnknownBackendError
+from plinius.plugins import Registry, Target
 
 ENTRY_POINT_GROUP = "plinius.backends"
+#: lets an entry point replace a built-in backend: ``PLINIUS_OVERRIDE_BACKENDS=ssd``
+OVERRIDE_ENV = "PLINIUS_OVERRIDE_BACKENDS"
 
 BUILTIN: dict[str, str] = {
     "romulus": "plinius.backends.romulus:RomulusBackend",
     "dax": "plinius.backends.dax:DaxBackend",
     "ssd": "plinius.backends.ssd:SsdBackend",
     "tmpfs": "plinius.backends.tmpfs:TmpfsBackend",
+    # need redis-py (the ``redis`` extra): without it they fail with their install hint
+    "redis": "plinius.backends.redis:RedisBackend",
+    "rediss": "plinius.backends.redis:RedisTlsBackend",
+}
+
+#: What to install for a known name that is missing here: a plug-in package (an unknown name), or a
+#: built-in whose module imports an optional dependency (``redis``: the ImportError of its module
+#: then carries this hint).
+INSTALL_HINTS: dict[str, str] = {
+    "plaindir": "pip install ./examples/plinius-backend-example (the example plug-in in the "
+    "plinius repository)",
+    "redis": "pip install 'plinius[redis]'",
+    "rediss": "pip install 'plinius[redis]'",
 }
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 
+BACKENDS: Registry[Backend] = Registry(
+    kind="backend",
+    group=ENTRY_POINT_GROUP,
+    base=Backend,
+    builtins=BUILTIN,
+    hints=INSTALL_HINTS,
+    override_env=OVERRIDE_ENV,
+    unknown_error=UnknownBackendError,
+    load_error=BackendError,
+    how_to_add=f"third-party backends register the entry-point group {ENTRY_POINT_GROUP!r} "
+    "or call register_backend()",
+    name_pattern=_NAME_RE.pattern,
+)
+
+
+def register_backend(name: str, cls: Target, *, replace: bool = False) -> None:
+    """Register backend class ``cls`` (or ``"module:Class"``) as ``name`` for this process.
+
+    Replacing an existing name (a built-in, an entry point, an earlier call) needs ``replace=True``.
+    """
+    BACKENDS.register(name, cls, replace=replace)
+
 
 def registered() -> dict[str, str]:
-    """Every backend name with the dotted path of its class (entry points may add or override)."""
-    names = dict(BUILTIN)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        names[ep.name] = ep.value
-    return names
+    """Every backend name with the dotted path of its class."""
+    return {name: entry.path for name, entry in BACKENDS.entries().items()}
 
 
 def backend_class(name: str) -> type[Backend]:
     """Import and return the class registered as ``name``."""
-    names = registered()
-    if name not in names:
-        raise UnknownBackendError(
-            f"unknown backend {name!r}; registered: {', '.join(sorted(names))} "
-            f"(third-party backends register the entry-point group {ENTRY_POINT_GROUP!r})"
-        )
-    target = names[name]
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-        cls = getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise BackendError(f"backend {name!r} ({target}) cannot be loaded: {exc}") from exc
-    if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        raise BackendError(f"backend {name!r} ({target}) is not a plinius Backend subclass")
-    return cls
+    return BACKENDS.load(name)
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:

@@ -2,7 +2,13 @@
 
 A backend's test module subclasses :class:`BackendContract` and provides one fixture, ``spec``,
 returning the spec string of a fresh, empty backend (the crash tests reopen it from that string in
-child processes). Everything else is inherited.
+child processes, so the backend must be registered where a fresh interpreter finds it: an entry
+point of an installed package). Everything else is inherited, including ``engine_name`` (every
+registered crypto engine; one not installed fails with its install hint, e.g. the ``fast`` extra).
+
+This module imports pytest: install ``plinius[test]``. Register the ``slow`` marker in your pytest
+configuration (``markers = ["slow: ..."]``; deselect with ``-m "not slow"``), and set
+``PLINIUS_KILLS`` (default 20) to choose how many child processes the crash test kills.
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from plinius.backends import Backend, open_backend
+from plinius.backends import Backend, Blob, open_backend
 from plinius.backends.base import DURABILITY_LEVELS
-from plinius.crypto import OVERHEAD, make_engine
+from plinius.crypto import OVERHEAD, engine_names, make_engine
 from plinius.errors import (
     BackendError,
     IntegrityError,
@@ -75,6 +81,11 @@ class BackendContract:
     @pytest.fixture
     def spec(self, tmp_path: object) -> str:  # pragma: no cover - always overridden
         raise NotImplementedError
+
+    @pytest.fixture(params=engine_names())
+    def engine_name(self, request: pytest.FixtureRequest) -> str:
+        """Every registered crypto engine (the suite's own: no conftest needed)."""
+        return str(request.param)
 
     @pytest.fixture
     def backend(self, spec: str) -> Iterator[Backend]:
@@ -131,6 +142,48 @@ class BackendContract:
             raw_put(backend, "a", data)
             assert raw_get(backend, "a") == data
 
+    def test_ranged_read(self, backend: Backend) -> None:
+        data = random.Random(7).randbytes(10000)
+        raw_put(backend, "a", data)
+        raw_put(backend, "e", b"")
+        for offset, length in [(0, 0), (0, 10), (5, 100), (9990, 10), (10000, 0), (123, None)]:
+            blob = backend.read("a", offset, length)
+            assert blob is not None
+            want = data[offset:] if length is None else data[offset : offset + length]
+            assert bytes(blob.data) == want
+            assert blob.size == len(data) and blob.stats.bytes == len(want)
+        for offset, length in [(9995, 10), (-1, 2), (10001, 0), (0, 10001), (5, -1)]:
+            with pytest.raises(BackendError, match="outside"):
+                backend.read("a", offset, length)
+        empty = backend.read("e", 0, 0)
+        assert empty is not None and bytes(empty.data) == b"" and empty.size == 0
+        with pytest.raises(BackendError):
+            backend.read("e", 0, 1)
+        assert backend.read("missing", 0, 4) is None
+        whole = backend.read("a")
+        assert whole is not None and bytes(whole.data) == data and whole.size == len(data)
+
+    def test_peek_reads_header_and_manifest_only(
+        self, backend: Backend, store: MirrorStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        big = np.random.default_rng(3).random(1 << 18, dtype=np.float32)  # a 1 MiB record
+        store.save([Record(99, "weights", big), *model_records(1)], version=1)
+        moved: list[int] = []
+        real_read = backend.read
+
+        def spy(key: str, offset: int = 0, length: int | None = None) -> Blob | None:
+            blob = real_read(key, offset, length)
+            moved.append(0 if blob is None else blob.data.nbytes)
+            return blob
+
+        monkeypatch.setattr(backend, "read", spy)
+        info = store.peek()
+        assert info is not None and info.version == 1 and info.size > 1 << 20
+        if backend.ranged_read:
+            assert sum(moved) < 64 << 10, moved  # header + manifest, never the records
+        else:
+            assert moved == [info.size]  # one whole read
+
     def test_reopen_sees_committed_state(self, spec: str, backend: Backend) -> None:
         raw_put(backend, "a", b"persisted")
         backend.close()
@@ -141,6 +194,7 @@ class BackendContract:
         info = backend.describe()
         assert info.backend == backend.name
         assert info.durability in DURABILITY_LEVELS
+        assert info.durability in type(backend).durability_levels
         assert info.fs_type and info.path and info.device
         assert info.byte_addressable == backend.byte_addressable
         d = info.as_dict()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from plinius.backends.base import BenchInstance, Durability
 from plinius.backends.files import FileBackend
 
 
@@ -14,3 +17,7 @@ class TmpfsBackend(FileBackend):
     fsync = False
     expects = "tmpfs"
     default_root = "shm"
+    durability_levels: ClassVar[tuple[Durability, ...]] = ("process-crash",)
+    plot_marker = "s"
+    bench_order = 20
+    bench_instances = (BenchInstance("file in RAM, no fsync"),)

@@ -17,16 +17,18 @@ from typing import Any
 
 import numpy as np
 
+from plinius.backends.catalog import DEFAULT_SCRATCH
 from plinius.backends.registry import open_backend, parse_spec
 from plinius.crypto import generate_key, make_engine
 from plinius.datasets import load_dataset
+from plinius.defaults import default_plan, default_spec
 from plinius.encdata import encrypt_dataset
 from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.trusted import Enclave
 from plinius.nn import Network, parse_cfg_text
 from plinius.pmdata import PMData
-from plinius.trainer import model_source
+from plinius.trainer import creation_options, model_source
 
 PAPER_BATCHES = (8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -74,7 +76,7 @@ def batch_sweep(
         encrypt_dataset(
             data_file, engine, ds.name, {"train": (ds.x_train, ds.y_train)}, ds.shape, ds.classes
         )
-        with open_backend(f"tmpfs:{tmp}/store") as backend:
+        with open_backend(default_spec(DEFAULT_SCRATCH, tmp)) as backend:
             areas, _ = PMData.ensure_loaded(backend, engine, data_file)
             area = areas["train"]
             rng = np.random.default_rng(0)
@@ -141,13 +143,17 @@ def mirror_overhead(
     iterations: int = 5,
     batch: int | None = None,
 ) -> MirrorOverhead:
-    """Median iteration time without a mirror, with a synchronous and an asynchronous one."""
+    """Median iteration time without a mirror, with a synchronous and an asynchronous one.
+
+    Without ``backend_spec`` the mirror goes to the first instance of the default plan (the
+    paper's setup), sized by its backend class for this model and data.
+    """
     label, cfg = model_source(model)
     ds = load_dataset(None)
     key = generate_key()
     engine = make_engine(key)
     with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
-        spec = backend_spec or f"romulus:{tmp}/mirror.pool?size=64M"
+        spec = backend_spec or default_plan()[0].spec_in(tmp)
         data_file = Path(tmp) / "data.pld"
         encrypt_dataset(
             data_file, engine, ds.name, {"train": (ds.x_train, ds.y_train)}, ds.shape, ds.classes
@@ -158,7 +164,8 @@ def mirror_overhead(
         from plinius.owner import provision
 
         provision(enclave, key, platform.quoting_public_pem, net.fingerprint())
-        with open_backend(spec) as backend:
+        sized = {} if backend_spec else creation_options(spec, net, str(data_file))
+        with open_backend(spec, **sized) as backend:
             enclave.ecall_load_data(backend, data_file)
             enclave.ecall_attach_mirror(backend, MirrorCounters(platform))
             times: dict[str, list[float]] = {"none": [], "sync": [], "async": []}

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from plinius.backends import open_backend
+from plinius.backends.catalog import class_fact
 from plinius.crypto import OVERHEAD, Engine, associated_data
 from plinius.memory import PAGE, align_up, aligned_empty
 from plinius.mirror import MirrorStore, Record
@@ -227,13 +228,19 @@ def _baseline(group: list[dict[str, Any]]) -> dict[str, Any] | None:
     return pick[0] if pick else None
 
 
+def _is_paper(backend: str) -> bool:
+    """Whether ``backend``'s class is the paper's baseline (``speedup_*_vs_ssd`` keys)."""
+    return bool(class_fact(backend, "baseline", False))
+
+
 def add_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fill the speed-up keys of ``rows`` (results rows, in plan order), pairing only rows of
     equal ``durability`` at the same ``model_mb``: never RAM against a disk.
 
     ``speedup_*_vs_baseline``: versus the baseline of the row's durability level (see
-    :func:`_baseline`; its label in ``baseline``). ``speedup_*_vs_ssd``: versus the first ``ssd``
-    instance at that model, only for rows of that instance's durability; None otherwise.
+    :func:`_baseline`; its label in ``baseline``). ``speedup_*_vs_ssd``: versus the first
+    instance of the paper's baseline backend (the class that declares ``baseline``) at that model,
+    only for rows of that instance's durability; None otherwise.
     """
     for r in rows:
         for k in (
@@ -256,13 +263,13 @@ def add_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             r["speedup_save_vs_baseline"] = base["save_s"] / r["save_s"]
             r["speedup_restore_vs_baseline"] = base["restore_s"] / r["restore_s"]
     for mb in dict.fromkeys(r["model_mb"] for r in rows):
-        ssd = next((r for r in rows if r["model_mb"] == mb and r["backend"] == "ssd"), None)
-        if ssd is None:
+        paper = next((r for r in rows if r["model_mb"] == mb and _is_paper(r["backend"])), None)
+        if paper is None:
             continue
         for r in rows:
-            if r["model_mb"] == mb and r["durability"] == ssd["durability"]:
-                r["speedup_save_vs_ssd"] = ssd["save_s"] / r["save_s"]
-                r["speedup_restore_vs_ssd"] = ssd["restore_s"] / r["restore_s"]
+            if r["model_mb"] == mb and r["durability"] == paper["durability"]:
+                r["speedup_save_vs_ssd"] = paper["save_s"] / r["save_s"]
+                r["speedup_restore_vs_ssd"] = paper["restore_s"] / r["restore_s"]
     return rows
 
 

@@ -21,7 +21,7 @@ from plinius.bench.engine import measure_engines
 from plinius.bench.saverestore import run_matrix, steps
 from plinius.crypto import Engine
 from plinius.defaults import InstancePlan, plan_instances
-from plinius.errors import PliniusError, ToolMissingError
+from plinius.errors import ConfigError, PliniusError, ToolMissingError
 
 SECTIONS = ("save", "engines", "sps", "fio", "batch", "overhead")
 QUICK_BATCHES = (8, 16, 32, 64, 128)
@@ -127,8 +127,20 @@ def _fio(opts: SuiteOptions) -> dict[str, Any]:
     from plinius.fio import FioParams, run_fio
 
     params = FioParams.quick(**opts.fio_options) if opts.quick else FioParams(**opts.fio_options)
-    report = run_fio(backends=opts.backends, params=params)
-    return dict(report.as_dict())
+    from plinius.backends import backend_class
+
+    names = opts.backends
+    measured = [n for n in names if backend_class(n).fio_root() is not None]
+    skipped = [
+        {"backend": n, "reason": f"not file-backed ({backend_class(n).locality}): no storage here"}
+        for n in names
+        if n not in measured
+    ]
+    if not measured:
+        raise ConfigError("no file-backed backend in the plan: fio has no storage to characterise")
+    out = dict(run_fio(backends=measured, params=params).as_dict())
+    out["not_characterised"] = skipped
+    return out
 
 
 def _batch(opts: SuiteOptions) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
+from plinius.backends.catalog import class_fact
 from plinius.backends.registry import open_backend
 from plinius.bench.render import (
     CONSOLE_SAVE_COLUMNS,
@@ -139,7 +140,11 @@ def _plan(text: str | None) -> list[InstancePlan]:
     """The instances to benchmark: the default plan, or the user's ``--backends`` items."""
     if text is None:
         planned = {p.name for p in DEFAULT_PLAN}
-        extra = [InstancePlan(n) for n in all_backend_names() if n not in planned]
+        extra = [
+            InstancePlan(n)
+            for n in all_backend_names()
+            if n not in planned and class_fact(n, "bench_extra", True)
+        ]
         return unique_labels([*DEFAULT_PLAN, *extra])
     items = [x.strip() for x in text.split(",")]
     if not any(items) or not all(items):

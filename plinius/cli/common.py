@@ -6,11 +6,7 @@ import argparse
 import json
 import math
 import os
-import stat
-import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -27,7 +23,14 @@ from rich.table import Table
 from plinius import fsutil
 from plinius.backends.registry import parse_spec
 from plinius.crypto import read_key_file
-from plinius.errors import ConfigError, PliniusError
+from plinius.errors import ConfigError
+
+# Output checks and writers live in the library (experiments write results too); the
+# subcommands take them from here with the rest of their helpers.
+from plinius.outputs import output_dir as output_dir
+from plinius.outputs import output_file as output_file
+from plinius.outputs import print_json as print_json
+from plinius.outputs import write_text as write_text
 
 
 def add_json_flag(parser: Any) -> None:
@@ -45,11 +48,6 @@ def progress_bar(label: str, console: Console, disable: bool, *fields: ProgressC
         console=console,
         disable=disable,
     )
-
-
-def print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=str)
-    sys.stdout.write("\n")
 
 
 def print_table(
@@ -105,12 +103,6 @@ def check_backend(spec: str) -> str:
     return spec
 
 
-def read_key(path: str) -> bytes:
-    """The owner's key from ``path`` (``read_key_file`` refuses directories, FIFOs, devices
-    and huge files)."""
-    return read_key_file(path)
-
-
 def read_json(path: str, what: str, max_bytes: int = JSON_MAX) -> Any:
     """The JSON document in the regular file ``path``, with a one-line error for bad content."""
     raw = fsutil.read_regular(path, what, max_bytes=max_bytes)
@@ -128,64 +120,6 @@ def read_json(path: str, what: str, max_bytes: int = JSON_MAX) -> Any:
         ) from None
     except RecursionError:
         raise ConfigError(f"{what} {path} is nested too deeply to be a plinius document") from None
-
-
-def _probe_dir(directory: Path, what: str) -> None:
-    """Create and remove a file in ``directory``: a writability test that also holds for root."""
-    try:
-        with tempfile.TemporaryFile(dir=directory, prefix=".plinius-probe-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write {what} in {directory}: {exc.strerror}; choose a writable directory"
-        ) from None
-
-
-def output_file(path: str, what: str) -> str:
-    """``path`` if a regular file can be written there: its directory exists and is writable,
-    and whatever is at ``path`` already is a regular file (never a FIFO, device or directory)."""
-    p = Path(fsutil.check_path(path, what))
-    if not p.name or path.endswith(os.sep):
-        raise ConfigError(f"{what} {path!r} names a directory; give a file name")
-    try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise ConfigError(f"cannot use {what} {path}: {exc.strerror}") from None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        kind = "directory" if stat.S_ISDIR(st.st_mode) else "special file (FIFO, socket or device)"
-        raise ConfigError(f"{what} {path} is a {kind}; give a regular file path")
-    parent = p.parent
-    if not parent.is_dir():
-        raise ConfigError(f"directory {parent} of {what} {path} does not exist: create it first")
-    _probe_dir(parent, what)
-    return path
-
-
-def output_dir(path: str, what: str = "output directory") -> Path:
-    """``path`` as a writable directory, created if missing."""
-    p = Path(fsutil.check_path(path, what))
-    if not path:
-        raise ConfigError(f"{what} is empty; give a directory")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ConfigError(f"{what} {path} exists and is not a directory") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot create {what} {path}: {exc.strerror}") from None
-    if not p.is_dir():
-        raise ConfigError(f"{what} {path} exists and is not a directory")
-    _probe_dir(p, what)
-    return p
-
-
-def write_text(path: Path, text: str, what: str) -> None:
-    """Write an output file (atomically), turning an I/O error into one line naming it."""
-    try:
-        fsutil.atomic_write(path, text.encode(), mode=0o644, durable=False)
-    except PliniusError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
 
 
 def fsize(n: int) -> str:
@@ -247,6 +181,6 @@ def check_experiment_inputs(args: Any) -> None:
     if ":" in args.backend:
         check_backend(args.backend)
     if args.key_file is not None:
-        read_key(args.key_file)
+        read_key_file(args.key_file)
     if args.data is not None:
         input_file(args.data, "dataset (--data)")

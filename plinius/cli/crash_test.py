@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
+from plinius.backends.catalog import DEFAULT_SCRATCH
 from plinius.cli.common import (
     add_json_flag,
     check_experiment_inputs,
@@ -33,7 +34,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", help="zoo name or .cfg (default: batch; quick: tiny)")
     p.add_argument(
         "--backend",
-        default="tmpfs",
+        default=DEFAULT_SCRATCH,
         help="backend name, or NAME:DIRECTORY to keep the run instances there",
     )
     p.add_argument("--key-file", help="owner key (default: a throw-away key)")

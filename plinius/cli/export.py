@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from plinius.backends.registry import open_backend
-from plinius.cli.common import STATE_DIR_HELP, check_backend, output_file, read_key
-from plinius.crypto import make_engine
+from plinius.cli.common import STATE_DIR_HELP, check_backend, output_file
+from plinius.crypto import make_engine, read_key_file
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.owner import export_weights
 
@@ -23,7 +23,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     output_file(args.weights, "weights file (--weights)")
-    engine = make_engine(read_key(args.key_file))
+    engine = make_engine(read_key_file(args.key_file))
     with open_backend(check_backend(args.backend), create="never") as backend:
         iteration, label = export_weights(
             backend, engine, SimulatedPlatform(state_dir=args.state_dir, create=False), args.weights

@@ -25,7 +25,7 @@ from plinius.cli.common import (
     print_table,
     progress_bar,
 )
-from plinius.errors import ConfigError, PliniusError
+from plinius.errors import ConfigError, MissingExtraError, PliniusError
 from plinius.fio import FioParams, Target, find_fio, plan_targets, run_fio
 from plinius.fio.report import (
     TABLE_COLUMNS,
@@ -37,6 +37,7 @@ from plinius.fio.report import (
 )
 from plinius.fio.runner import count_steps
 from plinius.fsutil import check_path
+from plinius.reporting.plots import PLOT_HINT
 from plinius.units import parse_size
 
 
@@ -194,8 +195,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             plot_fig2(report, out / "fio_fig2.png")
             plotted = True
-        except ImportError:
-            plot_note = "no plot: matplotlib is missing (pip install 'plinius[plot]')"
+        except (ImportError, MissingExtraError):
+            plot_note = f"no plot: {PLOT_HINT}"
     if args.json:
         print_json(doc)
     else:

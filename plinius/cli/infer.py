@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from plinius.backends.registry import open_backend
-from plinius.cli.common import STATE_DIR_HELP, add_json_flag, check_backend, print_json, read_key
-from plinius.crypto import key_id, make_engine
+from plinius.cli.common import STATE_DIR_HELP, add_json_flag, check_backend, print_json
+from plinius.crypto import key_id, make_engine, read_key_file
 from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.trusted import Enclave
@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    key = read_key(args.key_file)
+    key = read_key_file(args.key_file)
     with open_backend(check_backend(args.backend), create="never") as backend:
         platform = SimulatedPlatform(state_dir=args.state_dir, create=False)
         # Check first, provision after: the owner authenticates the whole mirror and its

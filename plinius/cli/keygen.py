@@ -11,8 +11,13 @@ from plinius.fsutil import check_path
 
 def register(sub: Any) -> None:
     p = sub.add_parser("keygen", help="create a new 128-bit AES key file (mode 0600)")
-    p.add_argument("--out", required=True, help="path of the new key file (must not exist)")
+    add_options(p)
     p.set_defaults(func=run)
+
+
+def add_options(p: Any) -> None:
+    """The options of the one keygen (``plinius owner keygen`` is its deprecated alias)."""
+    p.add_argument("--out", required=True, help="path of the new key file (must not exist)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -49,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except PliniusError as exc:  # e.g. a plug-in that would replace a built-in backend
+        print(f"plinius: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:

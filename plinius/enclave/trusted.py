@@ -3,6 +3,8 @@
 Its ``ecall_*`` methods are the only way in, and they hand out nothing secret: losses, iteration
 numbers, key ids, quotes. The model, the data key and every plaintext stay in this object; what
 reaches a backend is ciphertext sealed here (the mirror) or sealed by the owner (the records).
+The model is anything implementing :class:`plinius.model.Trainable` (``nn.Network`` does): the
+enclave mirrors the buffers it lists and never looks at how it lays them out.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.sealing import SealedStore
 from plinius.errors import ConfigError, ModelMismatchError, NotFoundError, PliniusError
 from plinius.memory import aligned_empty
-from plinius.mirror import MirrorInfo, MirrorStore, Record
+from plinius.mirror import MirrorInfo, MirrorStore, OpenedMirror, Record, Restored
+from plinius.model import Mirrorable, NamedBuffer, Trainable
 from plinius.nn import Network
 from plinius.pmdata import LoadReport, PMData
 
@@ -43,7 +46,6 @@ class StepResult:
     loss: float
     avg_loss: float
     mirror_s: float  # time the training loop waited for the mirror (0 if none this step)
-    mirrored: bool
 
 
 def _data_seed(seed: int) -> np.random.SeedSequence:
@@ -54,7 +56,31 @@ def mirror_guard(counters: MirrorCounters, store: MirrorStore, *, settle: bool) 
     """The freshness guard of the slot ``store`` writes to (identity computed in one place)."""
     backend = store.backend
     slot = slot_name(backend.name, backend.location, store.key)
-    return counters.guard(slot, f"mirror {backend.spec}/{store.key}", settle=settle)
+    return counters.guard(slot, store.what, settle=settle)
+
+
+def _records(buffers: list[NamedBuffer]) -> list[Record]:
+    return [Record(layer, name, arr) for layer, name, arr in buffers]
+
+
+def _buffer_map(model: Mirrorable) -> dict[tuple[int, str], np.ndarray]:
+    return {(layer, name): arr for layer, name, arr in model.mirror_buffers()}
+
+
+def load_buffers(store: MirrorStore, model: Mirrorable, guard: FreshnessGuard) -> Restored | None:
+    """Decrypt the last mirror straight into the model's own buffers (None: no mirror)."""
+    return store.load(into=_buffer_map(model), freshness=guard)
+
+
+def open_fresh(store: MirrorStore, guard: FreshnessGuard) -> OpenedMirror:
+    """The stored mirror read once, header and manifest authenticated and checked fresh.
+
+    No mirror: refused if the platform recorded a committed one, else ``NotFoundError``."""
+    opened = store.open(freshness=guard)
+    if opened is None:
+        guard.absent()
+        raise NotFoundError(f"no mirror in {store.backend.spec}")
+    return opened
 
 
 def network_from_mirror(store: MirrorStore, guard: FreshnessGuard) -> tuple[Network, MirrorInfo]:
@@ -64,38 +90,34 @@ def network_from_mirror(store: MirrorStore, guard: FreshnessGuard) -> tuple[Netw
     """
     from plinius.nn import parse_cfg_text
 
-    info = store.peek(freshness=guard)
-    if info is None:
-        guard.absent()
-        raise NotFoundError(f"no mirror in {store.backend.spec}")
+    opened = open_fresh(store, guard)  # one read serves the cfg and every record
+    info = opened.info
     meta = info.meta
     net = Network(parse_cfg_text(meta["cfg"], f"mirror:{meta['model']}"), batch=meta["batch"])
     if net.fingerprint() != info.fingerprint:
         raise ModelMismatchError("the mirror's sealed configuration does not match its records")
-    bufs = net.param_buffers() + net.optimizer_buffers()
-    got = store.load(into={(layer, name): a for layer, name, a in bufs}, freshness=guard)
-    assert got is not None
+    got = opened.load(_buffer_map(net))
     net.load_training_state(got.info.meta["net"])
     return net, got.info
 
 
 class Enclave:
-    """A simulated SGX enclave around one :class:`Network`."""
+    """A simulated SGX enclave around one model (:class:`~plinius.model.Trainable`)."""
 
     def __init__(
         self,
         platform: SimulatedPlatform,
-        network: Network | None,
+        model: Trainable | None,
         model_label: str = "",
         cfg_text: str = "",
         seed: int = 0,
         fingerprint: bytes | None = None,
     ) -> None:
-        """``network=None`` with a ``fingerprint``: the model comes from the mirror (inference)."""
-        if network is not None:
-            fingerprint = network.fingerprint()
+        """``model=None`` with a ``fingerprint``: the model comes from the mirror (inference)."""
+        if model is not None:
+            fingerprint = model.fingerprint()
         if fingerprint is None:
-            raise ValueError("an enclave needs a network or a model fingerprint")
+            raise ValueError("an enclave needs a model or a model fingerprint")
         self._fp = fingerprint
         self.measurement = measurement(self._fp)
         self._platform = platform
@@ -113,14 +135,13 @@ class Enclave:
         self._guard: FreshnessGuard | None = None  # the slot's freshness record (settling)
         self._run_id = os.urandom(ID_BYTES)
         self._version = 0
-        self._net_or_none = network
+        self._model_or_none = model
         self._x = np.empty((0, 0), np.float32)
         self._y = np.empty((0, 0), np.float32)
         self._dataset_id: bytes | None = None
         self._async: ThreadPoolExecutor | None = None
         self._pending: Future[IoStats] | None = None
         self._snapshot: np.ndarray | None = None
-        self.last_mirror: IoStats | None = None
 
     # --- attestation and provisioning ------------------------------------------------------
 
@@ -157,10 +178,10 @@ class Enclave:
         return True
 
     @property
-    def _net(self) -> Network:
-        if self._net_or_none is None:
+    def _model(self) -> Trainable:
+        if self._model_or_none is None:
             raise EnclaveStateError("no model yet: build it from the mirror first")
-        return self._net_or_none
+        return self._model_or_none
 
     def ecall_model_from_mirror(self) -> tuple[str, int]:
         """Build the model the attached mirror describes (sealed cfg) and restore it."""
@@ -168,7 +189,7 @@ class Enclave:
             raise EnclaveStateError("attach a mirror first")
         net, info = network_from_mirror(self._store, replace(self._guard, settle=False))
         meta = info.meta
-        self._net_or_none = net
+        self._model_or_none = net
         self._model_label, self._cfg_text = str(meta["model"]), str(meta["cfg"])
         self._dataset_id = bytes.fromhex(meta["dataset_id"]) if meta.get("dataset_id") else None
         return self._model_label, info.iteration
@@ -189,11 +210,11 @@ class Enclave:
         """PM-data: put the owner's sealed records into the backend unless already there."""
         areas, report = PMData.ensure_loaded(backend, self._eng, dataset_path, ("train", "test"))
         train = areas["train"]
-        if train.info.features != self._net.inputs or train.info.classes != self._net.outputs:
+        if train.info.features != self._model.inputs or train.info.classes != self._model.outputs:
             raise ModelMismatchError(
                 f"dataset {train.info.name} has {train.info.features} inputs and "
                 f"{train.info.classes} classes; model {self._model_label} wants "
-                f"{self._net.inputs} and {self._net.outputs}"
+                f"{self._model.inputs} and {self._model.outputs}"
             )
         if len(train) == 0:
             raise ConfigError(f"dataset {train.info.name} has no training records")
@@ -209,29 +230,26 @@ class Enclave:
         state = counters.read(self._guard.slot)
         self._version = state.high if state else 0
 
-    def _records(self) -> list[Record]:
-        bufs = self._net.param_buffers() + self._net.optimizer_buffers()
-        return [Record(layer, name, arr) for layer, name, arr in bufs]
-
     def _meta(self) -> dict[str, Any]:
+        """The manifest's metadata: the model's training state ("net", the key of format 2),
+        the enclave's data cursor, and what rebuilds the model from the mirror alone."""
         return {
-            "net": self._net.training_state(),
+            "net": self._model.training_state(),
             "data_rng": self._data_rng.bit_generator.state,
             "batches_drawn": self._batches_drawn,
             "dataset_id": self._train.info.dataset_id.hex() if self._train else None,
             "model": self._model_label,
             "cfg": self._cfg_text,
             "seed": self._seed,
-            "batch": self._net.batch,
+            "batch": self._model.batch,
         }
 
     def ecall_restore(self) -> int | None:
         """Restore model, optimizer, RNGs and data cursor from the last mirror; its iteration."""
         if self._store is None or self._guard is None:
             raise EnclaveStateError("attach a mirror first")
-        into = {(r.layer, r.name): r.array for r in self._records()}
         guard = self._guard
-        got = self._store.load(into=into, freshness=guard)
+        got = load_buffers(self._store, self._model, guard)
         if got is None:
             guard.absent()
             return None
@@ -244,13 +262,12 @@ class Enclave:
                 "the mirror was trained on another dataset "
                 f"({meta.get('dataset_id')}); use that dataset or --fresh"
             )
-        self._net.load_training_state(meta["net"])
+        self._model.load_training_state(meta["net"])
         self._data_rng.bit_generator.state = meta["data_rng"]
         self._batches_drawn = int(meta["batches_drawn"])
         self._version = max(self._version, got.info.version)
         self._run_id = got.info.run_id  # the run goes on
-        self.last_restore = got.stats
-        return self._net.iteration
+        return self._model.iteration
 
     def ecall_forget_mirror(self) -> None:
         """``--fresh``: a new run from scratch; its first mirror makes every older one stale."""
@@ -278,7 +295,7 @@ class Enclave:
         """Asynchronous mirroring: snapshot here, seal and persist in a background thread."""
         if enabled and self._async is None:
             self._async = ThreadPoolExecutor(1, thread_name_prefix="plinius-mirror")
-            self._snapshot = aligned_empty(self._net.arena.nbytes)
+            self._snapshot = aligned_empty(self._model.snapshot_nbytes())
         elif not enabled and self._async is not None:
             self.ecall_flush()
             self._async.shutdown()
@@ -288,7 +305,7 @@ class Enclave:
         """Wait for an asynchronous mirror in flight (errors surface here)."""
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            self.last_mirror = pending.result()
+            pending.result()
 
     def ecall_mirror(self) -> float:
         """Mirror the current state as the next version; seconds the caller waited."""
@@ -297,48 +314,42 @@ class Enclave:
         t0 = time.perf_counter()
         self._version += 1
         meta = self._meta()
-        it = self._net.iteration
+        it = self._model.iteration
         if self._async is None:
-            self.last_mirror = self._persist(self._records(), self._version, it, meta)
+            self._persist(_records(self._model.mirror_buffers()), self._version, it, meta)
             return time.perf_counter() - t0
-        self.ecall_flush()  # at most one mirror in flight
+        self.ecall_flush()  # at most one mirror in flight: the snapshot memory is free again
         assert self._snapshot is not None
-        arena = self._net.arena
-        np.copyto(self._snapshot, arena)
-        base = arena.ctypes.data
-        snap = []
-        for r in self._records():
-            off = r.array.ctypes.data - base
-            raw = self._snapshot[off : off + r.array.nbytes]
-            snap.append(Record(r.layer, r.name, raw.view(r.array.dtype).reshape(r.array.shape)))
+        snap = _records(self._model.snapshot_into(self._snapshot))
         self._pending = self._async.submit(self._persist, snap, self._version, it, meta)
         return time.perf_counter() - t0
 
     # --- training --------------------------------------------------------------------------
 
     def ecall_train_step(self, mirror: bool) -> StepResult:
-        """One iteration on a random batch read and decrypted from PM; optionally mirror."""
+        """One iteration on a random batch read from the backend and decrypted only here;
+        optionally mirror."""
         if self._train is None:
             raise EnclaveStateError("load the training data first")
-        net = self._net
-        if self._x.shape[0] != net.batch:
-            self._x = np.empty((net.batch, net.inputs), np.float32)
-            self._y = np.empty((net.batch, net.outputs), np.float32)
-        idx = self._data_rng.integers(0, len(self._train), net.batch)
+        model = self._model
+        if self._x.shape[0] != model.batch:
+            self._x = np.empty((model.batch, model.inputs), np.float32)
+            self._y = np.empty((model.batch, model.outputs), np.float32)
+        idx = self._data_rng.integers(0, len(self._train), model.batch)
         self._batches_drawn += 1
         self._train.read_batch(idx, self._x, self._y)
-        loss = net.train_step(self._x, self._y)
+        loss = model.train_step(self._x, self._y)
         waited = self.ecall_mirror() if mirror else 0.0
-        return StepResult(self._net.iteration, loss, self._net.avg_loss, waited, mirror)
+        return StepResult(model.iteration, loss, model.avg_loss, waited)
 
     def ecall_iteration(self) -> int:
-        return self._net.iteration
+        return self._model.iteration
 
     def ecall_weights_digest(self) -> str:
         """SHA-256 of parameters and optimizer state: equal digests mean bit-identical models."""
         h = hashlib.sha256()
-        for r in self._records():
-            h.update(r.array.tobytes())
+        for _, _, arr in self._model.mirror_buffers():
+            h.update(arr.tobytes())
         return h.hexdigest()
 
     def ecall_infer(self, backend: Backend, split: str = "test") -> tuple[float, int]:
@@ -357,7 +368,7 @@ class Enclave:
         for start in range(0, n, batch):
             idx = np.arange(start, min(n, start + batch))
             data.read_batch(idx, x, y)
-            pred = np.argmax(self._net.predict(x[: len(idx)]), axis=1)
+            pred = np.argmax(self._model.predict(x[: len(idx)]), axis=1)
             correct += int(np.sum(pred == np.argmax(y[: len(idx)], axis=1)))
         return correct / n, n
 

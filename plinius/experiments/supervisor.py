@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plinius.backends.catalog import DEFAULT_SCRATCH
 from plinius.errors import PliniusError
 
 
@@ -81,7 +82,7 @@ class ExperimentOptions:
     """What every experiment's trainer runs share."""
 
     model: str = "batch"
-    backend: str = "tmpfs"
+    backend: str = DEFAULT_SCRATCH
     key_file: str = ""
     iterations: int = 500
     seed: int = 0

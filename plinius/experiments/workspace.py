@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plinius.cli.common import output_dir, print_json, read_key, write_text
-from plinius.crypto import generate_key, write_key_file
+from plinius.crypto import generate_key, read_key_file, write_key_file
+from plinius.errors import MissingExtraError
+from plinius.outputs import output_dir, print_json, write_text
 from plinius.owner import default_dataset
 from plinius.reporting.provenance import provenance
 
@@ -37,7 +38,7 @@ def workspace(key_file: str | None, data: str | None, seed: int, name: str) -> I
             key = str(root / "owner.key")
             write_key_file(key, generate_key())
         if data is None:
-            data = str(default_dataset(read_key(key), root, seed)[0])
+            data = str(default_dataset(read_key_file(key), root, seed)[0])
         yield Workspace(root, key, data, str(root / "state"), str(root / "platform"))
 
 
@@ -61,9 +62,13 @@ def publish(
     out = output_dir(out_dir)
     write_text(out / "results.json", json.dumps(doc, indent=2) + "\n", "results")
     write_text(out / "report.md", markdown(doc), "report")
-    plot(doc, out / figure)
+    try:
+        plot(doc, out / figure)
+        wrote = f"{out / 'results.json'}, {out / 'report.md'}, {out / figure}"
+    except MissingExtraError as exc:
+        wrote = f"{out / 'results.json'}, {out / 'report.md'} (no figure: {exc})"
     if as_json:
         print_json(doc)
     else:
         print(markdown(doc))
-        print(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / figure}")
+        print(f"wrote {wrote}")

@@ -1,12 +1,15 @@
 """Runs the job files in ``fio_jobs/`` against the directory of every backend.
 
-A *target* is one place fio measures: a scratch directory on a backend's default root
-(``tmpfs``/``romulus`` under ``PLINIUS_SHM_DIR``, ``ssd``/``dax`` under ``PLINIUS_DISK_DIR``) or in
-a directory the user names. Backends whose directories sit on the same mount and would use the
-same fio engine are measured once and share the figures (here ``ssd`` and an emulated ``dax`` are
-the same ext4 disk), so the sweep does not report noise as a difference. Every target records what
-it really is (file system, mount options, device, DAX or not), and a backend whose storage is only
-a stand-in (PM emulated by tmpfs, DAX emulated by a non-DAX mount) is marked emulated.
+A *target* is one place fio measures: a scratch directory on the root a backend class names
+(``fio_root``: ``tmpfs``/``romulus`` under ``PLINIUS_SHM_DIR``, ``ssd``/``dax`` under
+``PLINIUS_DISK_DIR``) or in a directory the user names. The engine that stands for a backend's
+access path and whether its storage here is only a stand-in are the class's (``fio_engine``,
+``fio_facts``); a backend that is not file-backed (a remote store) has nothing here to measure.
+Backends whose directories sit on the same mount and would use the same fio engine are measured
+once and share the figures (here ``ssd`` and an emulated ``dax`` are the same ext4 disk), so the
+sweep does not report noise as a difference. Every target records what it really is (file
+system, mount options, device, DAX or not), and a backend whose storage is only a stand-in (PM
+emulated by tmpfs, DAX emulated by a non-DAX mount) is marked emulated.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import plinius
-from plinius.backends.fsinfo import block_device_facts, mount_of
-from plinius.defaults import DEFAULT_BACKENDS, root_dir
+from plinius.backends.base import Backend
+from plinius.backends.catalog import default_backends
+from plinius.backends.fsinfo import MountInfo, block_device_facts, mount_of
+from plinius.backends.registry import backend_class
+from plinius.defaults import root_dir
 from plinius.errors import BackendError, ConfigError, PliniusError
 from plinius.fio.results import (
     FioOutputError,
@@ -43,13 +49,6 @@ SUITES: dict[str, Literal["sweep", "single"]] = {"fig2": "sweep", "mirror": "sin
 #: the paper's Fig. 2 engine: fio's ``sync`` (read/write(2)), one I/O in flight per thread
 SYNC_ENGINE = "sync"
 PM_ENGINES = ("auto", "sync", "libpmem")
-#: which root each built-in backend's files live on (third-party ones: their ``default_root``)
-ROOTS: dict[str, Literal["shm", "disk"]] = {
-    "romulus": "shm",
-    "tmpfs": "shm",
-    "dax": "disk",
-    "ssd": "disk",
-}
 _HEADROOM = 32 << 20
 
 
@@ -290,44 +289,24 @@ def job_sections(path: Path) -> list[tuple[str, str]]:
     return sections
 
 
-def _backend_facts(
-    name: str, engine: str, m_dax: bool, fs_type: str, device: str, volatile: bool
-) -> BackendOnTarget:
-    where = fs_type if device == fs_type else f"{fs_type} on {device}"
-    if name == "romulus":
-        if m_dax and engine == "libpmem":
-            return BackendOnTarget(name, False, True, [f"real PM: libpmem engine on DAX {where}"])
-        if m_dax:
-            note = f"PM via the {engine} engine on DAX {where}: the file path, not load/store"
-            return BackendOnTarget(name, False, True, [note])
-        how = (
-            "libpmem engine forced onto non-PM memory (PMEM_IS_PMEM_FORCE=1)"
-            if engine == "libpmem"
-            else f"{engine} engine"
-        )
-        return BackendOnTarget(
-            name, True, True, [f"PM emulated: {how} on {where} stands in for persistent memory"]
-        )
-    if name == "dax":
-        if m_dax:
-            return BackendOnTarget(name, False, False, [f"DAX mount: {where}"])
-        return BackendOnTarget(
-            name, True, False, [f"DAX emulated: {where} is not mounted -o dax (page-cache I/O)"]
-        )
-    if name == "ssd" and volatile:
-        return BackendOnTarget(name, True, False, [f"not a disk: {where} is RAM-backed"])
-    if name == "tmpfs" and not volatile:
-        return BackendOnTarget(name, True, False, [f"not RAM-backed: {where}"])
-    return BackendOnTarget(name, False, False, [])
+def _backend_facts(name: str, cls: type[Backend], engine: str, m: MountInfo) -> BackendOnTarget:
+    emulated, notes = cls.fio_facts(engine, m)
+    return BackendOnTarget(name, emulated, cls.byte_addressable, notes)
 
 
-def _root_of(name: str) -> Path:
-    kind = ROOTS.get(name)
-    if kind is None:
-        from plinius.backends.registry import backend_class
+def _root_of(cls: type[Backend]) -> Path:
+    return root_dir(cls.fio_root() or cls.default_root)
 
-        kind = backend_class(name).default_root
-    return root_dir(kind)
+
+def _file_backed(name: str) -> type[Backend]:
+    """The class of ``name``; a ConfigError when it keeps no files fio could measure."""
+    cls = backend_class(name)
+    if cls.fio_root() is None:
+        raise ConfigError(
+            f"backend {name!r} is not file-backed ({cls.locality}): fio has no storage of it to "
+            "measure; leave it out of --backends"
+        )
+    return cls
 
 
 def plan_targets(
@@ -336,28 +315,30 @@ def plan_targets(
     params: FioParams | None = None,
     fio: FioTool | None = None,
 ) -> list[Target]:
-    """The targets for ``backends`` (default: all four), placed on their roots or ``directories``.
+    """The targets for ``backends`` (default: the default file-backed ones), placed on their
+    roots or ``directories``.
 
     Reads mounts only; nothing is created until the run.
     """
     params = params or FioParams()
     directories = dict(directories or {})
-    names = list(backends or [n for n in DEFAULT_BACKENDS if n not in directories])
+    if backends:
+        names = list(backends)
+    else:
+        names = [
+            n
+            for n in default_backends()
+            if n not in directories and backend_class(n).fio_root() is not None
+        ]
     names += [n for n in directories if n not in names]
     targets: list[Target] = []
     for name in names:
-        root = Path(directories[name]) if name in directories else _root_of(name)
+        cls = _file_backed(name)
+        root = Path(directories[name]) if name in directories else _root_of(cls)
         m = mount_of(root)
-        env: dict[str, str] = {}
-        engine = SYNC_ENGINE
-        if name == "romulus":
-            has_pmem = fio is None or "libpmem" in fio.engines
-            auto_pmem = params.pm_engine == "auto" and m.dax and has_pmem
-            if params.pm_engine == "libpmem" or auto_pmem:
-                engine = "libpmem"
-                if not m.dax:
-                    env["PMEM_IS_PMEM_FORCE"] = "1"
-        facts = _backend_facts(name, engine, m.dax, m.fs_type, m.device, m.volatile)
+        chosen, env = cls.fio_engine(params.pm_engine, m, None if fio is None else fio.engines)
+        engine = chosen or SYNC_ENGINE
+        facts = _backend_facts(name, cls, engine, m)
         t = Target(
             name=name,
             root=str(root),

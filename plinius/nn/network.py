@@ -10,6 +10,8 @@ boundary when it is at least a page long).
 A training step depends only on the batch it is given, the arena and ``rng`` (which draws dropout
 masks): persisting the arena, :meth:`Network.training_state` and the data cursor resumes training
 bit-identically (on the same kind of machine: the same thread count splits the work the same way).
+``Network`` implements :class:`plinius.model.Trainable`, the protocol the enclave mirrors and
+trains through; the one arena makes its asynchronous snapshot a single copy.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 
 from plinius.errors import ConfigError
 from plinius.memory import PAGE, align_up, aligned_empty
+from plinius.model import NamedBuffer, check_snapshot_out, view_at
 from plinius.nn import parallel
 from plinius.nn.cfg import NetConfig
 from plinius.nn.layers import ConvLayer, DropoutLayer, Layer, build_layer
@@ -232,8 +235,6 @@ class Network:
         self.arena.fill(0)  # touch every page now, not during the first iteration
         self.param_region = self.arena[:param_end]
         self.optimizer_region = self.arena[moment_start:off]
-        self.param_layout = params
-        self.optimizer_layout = moments
 
         def view(info: BufferInfo) -> np.ndarray:
             raw = self.arena[info.offset : info.offset + info.nbytes]
@@ -243,8 +244,8 @@ class Network:
         by_layer: dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {
             layer.index: ({}, {}) for layer in self.layers
         }
-        self._params: list[tuple[int, str, np.ndarray]] = []
-        self._moments: list[tuple[int, str, np.ndarray]] = []
+        self._params: list[NamedBuffer] = []
+        self._moments: list[NamedBuffer] = []
         for info in params:
             arr = view(info)
             by_layer[info.layer][0][info.name] = arr
@@ -253,23 +254,38 @@ class Network:
             arr = view(info)
             by_layer[info.layer][1][info.name.removesuffix(MOMENTUM_SUFFIX)] = arr
             self._moments.append((info.layer, info.name, arr))
+        self._offsets = [info.offset for info in params + moments]  # of mirror_buffers()
         for layer in self.layers:
             p, u = by_layer[layer.index]
             layer.bind(p, u)
 
-    def param_buffers(self) -> list[tuple[int, str, np.ndarray]]:
+    def param_buffers(self) -> list[NamedBuffer]:
         """``(layer index, Darknet name, array)`` of every parameter, in ``.weights`` order."""
         return list(self._params)
 
-    def optimizer_buffers(self) -> list[tuple[int, str, np.ndarray]]:
+    def optimizer_buffers(self) -> list[NamedBuffer]:
         """``(layer index, name, array)`` of every momentum buffer (``weights_momentum``...)."""
         return list(self._moments)
 
     def n_params(self) -> int:
         return sum(a.size for _, _, a in self._params)
 
-    def param_nbytes(self) -> int:
-        return sum(a.nbytes for _, _, a in self._params)
+    # -- the mirror protocol (plinius.model.Mirrorable) -----------------------------------------
+    def mirror_buffers(self) -> list[NamedBuffer]:
+        """Parameters then momentum buffers: the mirror's record order."""
+        return self._params + self._moments
+
+    def snapshot_nbytes(self) -> int:
+        return int(self.arena.nbytes)
+
+    def snapshot_into(self, out: np.ndarray) -> list[NamedBuffer]:
+        """One copy of the whole arena, then views at the buffers' arena offsets."""
+        check_snapshot_out(out, self.arena.nbytes)
+        np.copyto(out[: self.arena.nbytes], self.arena)
+        return [
+            (layer, name, view_at(out, off, arr))
+            for (layer, name, arr), off in zip(self.mirror_buffers(), self._offsets, strict=True)
+        ]
 
     # -- identity and state -------------------------------------------------------------------
     def architecture(self) -> dict[str, Any]:

@@ -11,9 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from plinius.errors import ConfigError
+from plinius.backends.catalog import class_fact
+from plinius.errors import MissingExtraError
 
-MARKERS = {"romulus": "o", "tmpfs": "s", "dax": "^", "ssd": "v"}
+#: what to do when figures cannot be drawn
+PLOT_HINT = "figures need matplotlib: pip install 'plinius[plot]'"
+
 #: line style per durability level, so RAM-only and disk-durable instances never look alike
 STYLES = {"power-fail": "-", "process-crash": "--", "none": ":"}
 MIB = 1 << 20
@@ -23,7 +26,7 @@ def _plt() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ConfigError("plots need matplotlib: pip install 'plinius[plot]'") from None
+        raise MissingExtraError(PLOT_HINT) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -64,7 +67,7 @@ def _xs(rows: Sequence[dict[str, Any]], key: str) -> list[float]:
 def _style(rows: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
     backend = str(rows[0].get("backend", name)).rsplit("/", 1)[-1]
     return {
-        "marker": MARKERS.get(backend, "x"),
+        "marker": class_fact(backend, "plot_marker", "x"),
         "linestyle": STYLES.get(str(rows[0].get("durability")), "-"),
     }
 

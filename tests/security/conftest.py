@@ -9,31 +9,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli as _run
 
 from plinius.crypto import generate_key, write_key_file
 
 CliRunner = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def _run(
-    *args: str, env: dict[str, str], timeout: float = 300, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-P", "-m", "plinius.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=cwd,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.fixture

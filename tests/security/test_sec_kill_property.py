@@ -15,11 +15,11 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_runner import cli_argv
 
 from .conftest import CliRunner, World
 
@@ -27,9 +27,9 @@ KILLS = int(os.environ.get("PLINIUS_KILLS", "8")) * (5 if os.environ.get("PLINIU
 TARGET = 400
 
 
-def _train_cmd(world: World, spec: str, log: Path, *extra: str) -> list[str]:
+def _train_args(world: World, spec: str, log: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-P", "-m", "plinius.cli.main", "train", "--model", "tiny",
+        "train", "--model", "tiny",
         "--backend", spec, "--key-file", str(world.key), "--data", str(world.data),
         "--iterations", str(TARGET), "--mirror-every", "1", "--log", str(log), *extra,
     ]  # fmt: skip
@@ -63,7 +63,7 @@ def test_restore_is_always_the_last_committed_mirror(
     kills = 0
     while kills < KILLS:
         proc = subprocess.Popen(
-            _train_cmd(world, spec, log),
+            cli_argv(*_train_args(world, spec, log)),
             env=world.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -100,18 +100,14 @@ def test_restore_is_always_the_last_committed_mirror(
         it = json.loads(res.stdout)["iteration"]
         assert it in (last, last + 1), (it, last)  # committed, or the one in flight
         committed = it
-    done = subprocess.run(
-        [*_train_cmd(world, spec, log), "--json"], env=world.env, capture_output=True, text=True,
-        timeout=600, check=False,
-    )  # fmt: skip
+    done = run_cli(*_train_args(world, spec, log), "--json", env=world.env, timeout=600)
     assert done.returncode == 0, done.stderr
     resumed = json.loads(done.stdout)
 
     ref_spec = f"tmpfs:{world.shm / 'reference'}"
-    ref = subprocess.run(
-        [*_train_cmd(world, ref_spec, world.root / "ref.csv"), "--json"], env=world.env,
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+    ref = run_cli(
+        *_train_args(world, ref_spec, world.root / "ref.csv"), "--json", env=world.env, timeout=600
+    )
     assert ref.returncode == 0, ref.stderr
     assert resumed["final_iteration"] == TARGET
     assert resumed["weights_sha256"] == json.loads(ref.stdout)["weights_sha256"]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_runner import cli_argv
 
 from plinius.backends import open_backend
 from plinius.errors import BackendLockedError, ConfigError
@@ -45,7 +45,7 @@ def _train_args(world: World, spec: str, iterations: int) -> list[str]:
 
 def _start_victim(world: World, spec: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-P", "-m", "plinius.cli.main", *_train_args(world, spec, 100_000)],
+        cli_argv(*_train_args(world, spec, 100_000)),
         env=world.env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -7,6 +7,9 @@ into memoryviews. Offsets are relative to the start of the ``main`` region, as s
 Views are slices of one ``ffi.buffer`` over the whole mapping. That buffer keeps the mapping
 alive, so a view that outlives :meth:`Pool.close` still points at mapped memory (the unmap waits
 for the last view) instead of at whatever the address space holds next.
+
+The benchmark loop and the crash-simulation hooks (``native/romulus_bench.h``, ``romulus_sim.h``)
+are not the engine's API: they are bound by the same module but kept in the last section here.
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ except ImportError as exc:  # pragma: no cover - only without a build
 Mode = Literal["pmem", "msync", "none"]
 MODES: tuple[Mode, ...] = ("pmem", "msync", "none")
 FLUSHES: tuple[str, ...] = ("clwb", "clflushopt", "clflush")
-CRASH_EXIT: int = lib.ROM_CRASH_EXIT
 ROOT_NAME_MAX: int = lib.ROM_ROOT_NAME_MAX
 MAX_ROOTS: int = lib.ROM_MAX_ROOTS
 MIN_POOL_SIZE: int = lib.ROM_MIN_POOL
@@ -294,12 +296,6 @@ class Pool:
         if rc:
             _raise(rc)
 
-    def store_u64(self, offset: int, value: int) -> None:
-        """A logged 8-byte store into main."""
-        rc = lib.rom_store_u64(self._h, offset, value)
-        if rc:
-            _raise(rc)
-
     # --- memory -------------------------------------------------------------------------------
 
     def _bounds(self, offset: int, length: int) -> None:
@@ -428,7 +424,7 @@ class Pool:
                 out[ffi.string(name).decode(errors="replace")] = (int(off[0]), int(size[0]))
         return out
 
-    # --- statistics, benchmark, crash simulation -----------------------------------------------
+    # --- statistics ---------------------------------------------------------------------------
 
     def _raw_stats(self) -> Any:
         st = ffi.new("rom_stats *")
@@ -469,6 +465,10 @@ class Pool:
             dev_read_wait_s=st.dev_read_wait_ns * 1e-9,
         )
 
+    # --- benchmark loop and test hooks (native/romulus_bench.h, romulus_sim.h) -------------------
+    # Not the engine's API (native/romulus.h): the same compiled module binds them for the
+    # benchmarks and the crash tests only; nothing in the backend calls them.
+
     def bench_swaps(
         self, offset: int, nelems: int, swaps_per_txn: int, ntxn: int, seed: int = 1
     ) -> float:
@@ -499,7 +499,14 @@ class Pool:
             _raise(rc)
 
 
+# --- test hooks (native/romulus_sim.h): simulated crashes, for the crash tests only ------------
+
+#: exit status of a process whose simulated crash fired
+CRASH_EXIT: int = lib.ROM_CRASH_EXIT
+
+
 def sim_disarm() -> None:
+    """Disarm the simulated crash (of whichever pool is armed)."""
     lib.rom_sim_disarm()
 
 

@@ -114,10 +114,6 @@ class Layer:
     def n_params(self) -> int:
         return sum(s.size for s in self.param_specs())
 
-    def macs(self) -> int:
-        """Multiply-accumulates of one forward pass per image (for reports)."""
-        return 0
-
     def describe(self) -> str:
         return self.kind
 

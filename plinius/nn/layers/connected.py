@@ -115,9 +115,6 @@ class ConnectedLayer(Layer):
         )
         return d
 
-    def macs(self) -> int:
-        return self.inputs * self.outputs
-
     def describe(self) -> str:
         bn = " bn" if self.batch_normalize else ""
         return f"connected {self.inputs}->{self.outputs}{bn} {self.activation}"

@@ -354,10 +354,6 @@ class ConvLayer(Layer):
         )
         return d
 
-    def macs(self) -> int:
-        _, oh, ow = self.out_shape
-        return self.filters * self.ksize * oh * ow
-
     def describe(self) -> str:
         bn = " bn" if self.batch_normalize else ""
         return (

@@ -1,0 +1,272 @@
+/*
+ * romulus_internal.h -- what the engine's translation units share, and nothing the bindings see.
+ *
+ *   romulus_txn.c    the core: errors, flush instruction, flush and fence (and the device model
+ *                    they charge), the volatile log, transactions
+ *   romulus_pool.c   open, create, validate, recover, close, statistics
+ *   romulus_alloc.c  allocator and named roots (their state lives in main, every store logged)
+ *   romulus_sim.c    simulated process crashes and power failures (romulus_sim.h, tests only)
+ *   romulus_bench.c  the SPS loop (romulus_bench.h, benchmarks only)
+ *
+ * The protocol, its fences and the pool layout are documented in romulus.h. Every function
+ * declared here has hidden visibility: the shared object exports only the rom_* API.
+ */
+#ifndef PLINIUS_ROMULUS_INTERNAL_H
+#define PLINIUS_ROMULUS_INTERNAL_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "romulus.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define ROM_X86 1
+#else
+#define ROM_X86 0
+#endif
+
+/* internal linkage across the engine's files: not exported from the shared object */
+#define ROM_HIDDEN __attribute__((visibility("hidden")))
+
+#define PAGE 4096u
+#define LINE ROM_LINE
+#define HDR_PAGE PAGE
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+/* one load of a word of the (attacker-controlled) pool: checked and used as the same value */
+#define LD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+
+/* "PLNROMUL" and "PLNCREAT" as little-endian words: readable in a hex dump */
+#define POOL_MAGIC 0x4c554d4f524e4c50ULL
+#define CREATING_MAGIC 0x54414552434e4c50ULL
+#define META_MAGIC 0x4154454d4e4c5000ULL
+#define BLK_USED 0x44455355424c4b00ULL
+#define BLK_FREE 0x45455246424c4b00ULL
+
+/* ---------------------------------------------------------------------------------------------
+ * Persistent structures
+ * ------------------------------------------------------------------------------------------- */
+
+struct rom_hdr {
+    /* line 0: identity, written once at creation */
+    uint64_t magic;
+    uint64_t creating;
+    uint32_t version;
+    uint32_t hdr_size;
+    uint64_t pool_size;
+    uint64_t region_size;
+    uint64_t main_off;
+    uint64_t back_off;
+    uint64_t created_ns;
+    /* line 1: who holds the pool (informational only) */
+    uint64_t holder_pid;
+    uint8_t pad1[56];
+    /* line 2: the words of the protocol, on a line of their own */
+    uint64_t state;
+    uint64_t used;
+    uint64_t commits;
+    uint8_t pad2[40];
+};
+_Static_assert(sizeof(struct rom_hdr) == 3 * LINE, "header is three cache lines");
+
+/* Size classes for small blocks (header included): 128..512 by 64, then four per doubling up
+ * to LARGE_MIN. Larger blocks are whole pages, kept in one address-ordered free list that is
+ * split and coalesced, so a model that grows one layer at a time reuses the space it frees. */
+#define NCLASSES 35 /* class 34 is 64 KiB */
+#define LARGE_MIN (64u * 1024u)
+#define LARGE_CLASS 0xffffu
+
+struct rom_root {
+    char name[72]; /* ROM_ROOT_NAME_MAX + NUL, padded */
+    uint64_t off;
+    uint64_t size;
+    uint64_t reserved;
+};
+
+struct rom_meta {
+    uint64_t magic;
+    uint64_t top;         /* first never-allocated byte of main */
+    uint64_t free_bytes;  /* bytes in free lists */
+    uint64_t alloc_bytes; /* bytes in allocated blocks */
+    uint64_t nallocs;
+    uint64_t large_free;  /* head of the address-ordered large free list */
+    uint64_t pad[2];
+    uint64_t free_head[NCLASSES];
+    struct rom_root roots[ROM_MAX_ROOTS];
+};
+
+struct rom_blk {
+    uint64_t magic; /* BLK_USED / BLK_FREE */
+    uint64_t size;  /* whole block, header included */
+    uint64_t next;  /* free-list link (main offset) */
+    uint64_t cls;   /* size class or LARGE_CLASS */
+    uint64_t pad[4];
+};
+_Static_assert(sizeof(struct rom_blk) == LINE, "block header is one cache line");
+
+#define META_SIZE (((sizeof(struct rom_meta) + PAGE - 1) / PAGE) * PAGE)
+#define BLK_HDR ((uint64_t)sizeof(struct rom_blk))
+
+/* ---------------------------------------------------------------------------------------------
+ * Volatile pool state
+ * ------------------------------------------------------------------------------------------- */
+
+struct run {
+    uint64_t first; /* first line (main-relative) */
+    uint64_t n;     /* number of lines */
+};
+
+struct prange {
+    uintptr_t lo, hi;
+};
+
+struct rom_pool {
+    char *path;
+    int fd;
+    int closed;
+    uint8_t *base;
+    uint64_t map_size;
+    struct rom_hdr *hdr;
+    uint8_t *main;
+    uint8_t *back;
+    struct rom_meta *meta;
+    uint64_t region;
+    uint64_t used; /* the header's used size, validated at open; the header is only written */
+    int mode;
+    int flush;
+    int real_pm;
+    int opened_as;
+    uint64_t nt_min; /* pmem mode: copies at least this big use non-temporal stores */
+    int nthreads;    /* for flushes and copies of PAR_MIN bytes or more */
+
+    pthread_mutex_t lock;
+    int in_txn;
+    pthread_t owner;
+
+    /* the volatile log: a dirty-line bitmap (dedup) and the list of runs to flush and copy */
+    uint64_t *bitmap;
+    uint64_t nwords;
+    struct run *runs;
+    size_t nruns, cap_runs;
+    uint64_t log_lines, log_limit;
+    int overflow;
+
+    /* msync mode: page ranges flushed since the last fence */
+    struct prange *sync;
+    size_t nsync, cap_sync;
+
+    uint64_t aborts, fences, flushed_lines, full_copies;
+    uint64_t last_log_lines, last_copy_bytes, last_fences, txn_fences;
+
+    /* device model (romulus.h, rom_device): off unless dev_on */
+    int dev_on;
+    double dev_w_bpns, dev_r_bpns; /* bytes per nanosecond */
+    uint64_t dev_fence_ns, dev_read_ns;
+    uint64_t dev_pending;  /* bytes charged since the last drain point */
+    uint64_t dev_drain_at; /* CLOCK_MONOTONIC ns of the last drain point */
+    uint64_t dev_write_bytes, dev_write_wait_ns, dev_read_bytes, dev_read_wait_ns;
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Shared helpers
+ * ------------------------------------------------------------------------------------------- */
+
+static inline uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) & ~(a - 1); }
+
+/* the engine's one pseudo-random generator (simulated power failures, the SPS loop) */
+static inline uint64_t xorshift(uint64_t *s) {
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* romulus_txn.c: errors (the message of the last failure of this thread: rom_last_error) */
+ROM_HIDDEN int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "pool PATH is corrupt: DETAIL": every value read from the pool that fails a check */
+ROM_HIDDEN int corrupt(rom_pool *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* romulus_txn.c: mode and flush instruction from the arguments, the environment or cpuid */
+ROM_HIDDEN int resolve_env(int *mode, int *flush);
+ROM_HIDDEN uint64_t mono_ns(void); /* CLOCK_MONOTONIC, for the device model */
+
+/* romulus_txn.c: flush, fence and persistent copy (romulus.h, DURABILITY MODES) */
+#define NT_MIN_DEFAULT 0 /* measured: streaming stores win even for single lines */
+#define PAR_MAX 8        /* helper threads for big flushes and copies */
+ROM_HIDDEN void pm_flush(rom_pool *p, const void *addr, uint64_t len);
+ROM_HIDDEN void pm_fence(rom_pool *p);
+ROM_HIDDEN void copy_persist(rom_pool *p, uint8_t *dst, const uint8_t *src, uint64_t n, int nt);
+
+/* romulus_txn.c: the volatile log (a dirty-line bitmap and the runs to flush and copy) */
+ROM_HIDDEN void log_lines(rom_pool *p, uint64_t first, uint64_t last);
+
+/* append lines [first, first+n) to the runs; inline with log_range on every store's path */
+static inline void add_run(rom_pool *p, uint64_t first, uint64_t n) {
+    p->log_lines += n;
+    if (p->log_lines > p->log_limit) {
+        p->overflow = 1; /* commit will flush and copy all of [0, used) */
+        return;
+    }
+    if (p->nruns && p->runs[p->nruns - 1].first + p->runs[p->nruns - 1].n == first) {
+        p->runs[p->nruns - 1].n += n;
+        return;
+    }
+    if (p->nruns == p->cap_runs) {
+        size_t cap = 2 * p->cap_runs;
+        struct run *nr = realloc(p->runs, cap * sizeof *nr);
+        if (!nr) { /* out of memory: falling back to a full copy is always correct */
+            p->overflow = 1;
+            return;
+        }
+        p->runs = nr;
+        p->cap_runs = cap;
+    }
+    p->runs[p->nruns].first = first;
+    p->runs[p->nruns].n = n;
+    p->nruns++;
+}
+
+/* declare main[off, off+len) written; inline: it is on every store's path */
+static inline void log_range(rom_pool *p, uint64_t off, uint64_t len) {
+    if (UNLIKELY(p->overflow) || UNLIKELY(len == 0))
+        return;
+    uint64_t first = off / LINE, last = (off + len - 1) / LINE;
+    if (LIKELY(first == last)) {
+        uint64_t bit = 1ULL << (first & 63);
+        if (p->bitmap[first >> 6] & bit)
+            return; /* already logged */
+        p->bitmap[first >> 6] |= bit;
+        add_run(p, first, 1);
+        return;
+    }
+    log_lines(p, first, last);
+}
+
+/* a logged store into main (allocator metadata, roots) */
+static inline void st64(rom_pool *p, uint64_t *addr, uint64_t v) {
+    log_range(p, (uint64_t)((uint8_t *)addr - p->main), 8);
+    *addr = v;
+}
+
+/* romulus_txn.c: transactions */
+ROM_HIDDEN int check_txn(rom_pool *p); /* ROM_E_NOTXN unless this thread has one open */
+ROM_HIDDEN void abort_txn(rom_pool *p);
+
+/* romulus_alloc.c: the allocator metadata and root table of main or back, checked at open */
+ROM_HIDDEN int check_meta(rom_pool *p, uint8_t *region);
+ROM_HIDDEN uint64_t avail(rom_pool *p); /* free bytes, for statistics */
+
+/* romulus_sim.c: simulated crashes. sim_pool is the armed pool (NULL: none); every hook in the
+ * engine sits behind UNLIKELY(sim_pool == p), one predictable branch until a test arms it. */
+extern ROM_HIDDEN rom_pool *sim_pool;
+ROM_HIDDEN void sim_flush(rom_pool *p, const void *addr, uint64_t len);
+ROM_HIDDEN int sim_fence(rom_pool *p); /* 1: skip this fence (fault injection) */
+ROM_HIDDEN void sim_arm_from_env(rom_pool *p);
+ROM_HIDDEN void sim_forget(rom_pool *p); /* disarm if p is the armed pool (it goes away) */
+
+#endif /* PLINIUS_ROMULUS_INTERNAL_H */

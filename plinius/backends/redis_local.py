@@ -1,0 +1,118 @@
+"""A ``redis`` backend instance on a directory: a private ``redis-server`` that lives with it.
+
+``redis:/dev/shm/x/redis`` starts a server (AOF ``always``, loopback, a free port) that keeps its
+files in that directory and stops with the backend. It is what default instances are
+(``plinius backends``, throw-away benchmark and experiment instances): the redis code path on
+this machine without a server to set up. One process at a time per directory (``flock`` on
+``.lock``, as the file backends); the server dies with the process that started it (SIGKILL from
+the kernel), so a killed trainer is a server crash too, and the next opener starts a new server
+from the same AOF, after killing any server a dead opener left (``server.pid``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+from plinius.backends.redis_server import RedisServer
+from plinius.errors import BackendError, BackendLockedError, ConfigError, NotFoundError
+from plinius.fsutil import HeldLock, atomic_write, check_path, read_regular, try_lock
+
+PID_FILE = "server.pid"
+
+
+class LocalServer:
+    """The directory, its lock and its running server."""
+
+    def __init__(self, name: str, location: str, *, create: bool, password: str | None) -> None:
+        self.dir = Path(check_path(location, f"{name} server directory"))
+        self._dfd = -1
+        self._lock: HeldLock | None = None
+        self.server: RedisServer | None = None
+        try:
+            self._open(name, create)
+            _kill_leftover(self.dir / PID_FILE)
+            srv = RedisServer(
+                directory=self.dir / "data",
+                appendonly=True,
+                appendfsync="always",
+                password=password,
+                die_with_parent=True,
+            )
+            srv.start()
+            self.server = srv
+            atomic_write(self.dir / PID_FILE, f"{srv.pid}\n".encode())
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, name: str, create: bool) -> None:
+        d = self.dir
+        if not d.is_dir():
+            if not create:
+                raise NotFoundError(f"{name}: no server directory {d}: nothing to read there")
+            try:
+                d.mkdir(mode=0o700)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise BackendError(f"{name}: cannot create {d}: {exc.strerror}") from None
+        try:
+            self._dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise BackendError(f"{name}: cannot open directory {d}: {exc.strerror}") from None
+        lock, holder = try_lock(".lock", f"{d / '.lock'}", dir_fd=self._dfd)
+        if lock is None:
+            who = f"pid {holder}" if holder else "another process"
+            raise BackendLockedError(
+                f"backend {name}:{d} is in use by {who}; wait for it to finish or stop it"
+            )
+        self._lock = lock
+
+    @property
+    def port(self) -> int:
+        if self.server is None:
+            raise BackendError(f"the server of {self.dir} is not running")
+        return self.server.port
+
+    def close(self) -> None:
+        """Stop the server cleanly (SIGTERM: the AOF is complete) and release the directory."""
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+            with contextlib.suppress(OSError):
+                (self.dir / PID_FILE).unlink()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._dfd >= 0:
+            os.close(self._dfd)
+            self._dfd = -1
+
+
+def _kill_leftover(pid_file: Path) -> None:
+    """SIGKILL a ``redis-server`` a dead opener left running on this directory, and wait."""
+    try:
+        pid = int(read_regular(pid_file, "redis server pid file", max_bytes=32).strip() or 0)
+    except (NotFoundError, ConfigError, ValueError):
+        return
+    if pid <= 0 or not _is_redis(pid):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _is_redis(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _is_redis(pid: int) -> bool:
+    """A live (not zombie) ``redis-server`` process."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return b"redis-server" in cmd and state != "Z"

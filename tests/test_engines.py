@@ -1,0 +1,103 @@
+"""The crypto engine registry: the same rules as the backends' (one :class:`Registry`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plinius import crypto
+from plinius.backends import registry
+from plinius.crypto import (
+    CryptographyEngine,
+    PycryptodomeEngine,
+    available_engines,
+    engine_names,
+    make_engine,
+    register_engine,
+)
+from plinius.errors import ConfigError, PluginConflictError
+from plinius.plugins import Registry
+
+KEY = bytes(range(16))
+
+
+class SlowEngine(PycryptodomeEngine):
+    name = "slow"
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_registrations(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(crypto.ENGINE_REGISTRY, "_in_code", {})
+    monkeypatch.delenv("PLINIUS_OVERRIDE_ENGINES", raising=False)
+    yield
+
+
+def test_one_registry_mechanism_for_backends_and_engines() -> None:
+    assert isinstance(crypto.ENGINE_REGISTRY, Registry)
+    assert type(crypto.ENGINE_REGISTRY) is type(registry.BACKENDS)
+
+
+def test_register_engine_in_code() -> None:
+    register_engine("slow", SlowEngine)
+    assert engine_names()[:2] == ["cryptography", "pycryptodome"]  # built-ins stay first
+    assert available_engines()[-1] == "slow"
+    assert make_engine(KEY).name == "cryptography"  # the default is still the fastest
+    e = make_engine(KEY, "slow")
+    assert isinstance(e, SlowEngine) and e.key_id == crypto.key_id(KEY)
+
+
+def test_register_engine_refuses_silent_replacement() -> None:
+    with pytest.raises(PluginConflictError, match="'pycryptodome' is already registered"):
+        register_engine("pycryptodome", SlowEngine)
+    assert type(make_engine(KEY, "pycryptodome")) is PycryptodomeEngine
+    register_engine("pycryptodome", SlowEngine, replace=True)
+    assert type(make_engine(KEY, "pycryptodome")) is SlowEngine
+    with pytest.raises(TypeError, match="not a plinius Engine"):
+        register_engine("path", Path)
+
+
+def test_unusable_engine_is_not_available_and_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    register_engine("needs-hw", SlowEngine, usable=lambda: False)
+    monkeypatch.setitem(crypto.ENGINE_HINTS, "needs-hw", "pip install plinius-hw-aes")
+    assert "needs-hw" in engine_names() and "needs-hw" not in available_engines()
+    with pytest.raises(
+        ConfigError, match="'needs-hw' is not installed: pip install plinius-hw-aes"
+    ):
+        make_engine(KEY, "needs-hw")
+
+
+def test_missing_cryptography_hints_the_fast_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(crypto.ENGINES, "cryptography", (CryptographyEngine, lambda: False))
+    assert available_engines() == ["pycryptodome"]
+    assert make_engine(KEY).name == "pycryptodome"
+    with pytest.raises(ConfigError, match=r"not installed: pip install 'plinius\[fast\]'"):
+        make_engine(KEY, "cryptography")
+
+
+def test_unknown_engine_lists_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"unknown crypto engine 'rot13'.*pycryptodome"):
+        make_engine(KEY, "rot13")
+    monkeypatch.setitem(crypto.ENGINE_HINTS, "rot13", "pip install plinius-rot13")
+    with pytest.raises(ConfigError, match="install it with: pip install plinius-rot13"):
+        make_engine(KEY, "rot13")
+
+
+def test_entry_point_engines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A new name joins after the built-ins; a built-in's name is refused unless opted in."""
+    info = tmp_path / "aes_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: aes-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        f"[plinius.engines]\nslow = {__name__}:SlowEngine\ncryptography = {__name__}:SlowEngine\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginConflictError, match=r"aes-plugin.*built-in crypto engine"):
+        make_engine(KEY, "slow")
+    monkeypatch.setenv("PLINIUS_OVERRIDE_ENGINES", "cryptography")
+    assert available_engines() == ["cryptography", "pycryptodome", "slow"]
+    assert type(make_engine(KEY, "slow")) is SlowEngine
+    assert type(make_engine(KEY, "cryptography")) is SlowEngine
