@@ -86,18 +86,19 @@ class Engine(ABC):
             raise ConfigError(f"AES-GCM-128 needs a {KEY_BYTES}-byte key, got {len(key)} bytes")
         self.key_id = key_id(bytes(key))
 
-    def seal_into(self, aad: bytes, plaintext: Buffer, out: memoryview) -> None:
+    def encrypt_into(self, aad: bytes, plaintext: Buffer, out: memoryview) -> None:
         """Encrypt ``plaintext`` into ``out`` (exactly ``len(plaintext) + OVERHEAD`` bytes)."""
         pv = as_bytes_view(plaintext)
         n = pv.nbytes
         if out.nbytes != n + OVERHEAD:
-            raise ValueError(f"output is {out.nbytes} B, sealing {n} B needs {n + OVERHEAD} B")
+            raise ValueError(f"output is {out.nbytes} B, encrypting {n} B needs {n + OVERHEAD} B")
         iv = os.urandom(IV_BYTES)
         out[:IV_BYTES] = iv
         self._encrypt(iv, aad, pv, out[IV_BYTES:])
 
-    def open_into(self, aad: bytes, sealed: Buffer, out: Buffer, what: str) -> None:
-        """Decrypt ``sealed`` into ``out``; raise :class:`IntegrityError` naming ``what`` if bad.
+    def decrypt_into(self, aad: bytes, sealed: Buffer, out: Buffer, what: str) -> None:
+        """Decrypt ``sealed`` (IV, ciphertext, tag) into ``out``; raise :class:`IntegrityError`
+        naming ``what`` if it does not authenticate.
 
         On failure ``out`` may hold unauthenticated bytes: callers restore into scratch or discard.
         """

@@ -3,7 +3,7 @@
 ``load_dataset()`` picks IDX files in ``$PLINIUS_MNIST_DIR`` (the full 70k set) when set, else the
 embedded 5,000 MNIST digits (split into train and test with a seeded permutation). Scikit-learn's
 1,797 8x8 digits upscaled to 28x28 remain available on request (``digits``; needs scikit-learn).
-Images come back as float32 rows of 784 values in [0, 1] (the paper's record format) and labels
+Images come back as float32 rows of 784 values in [0, 1] (the paper's sample format) and labels
 as uint8; ``Dataset.name`` says exactly which data ran, and reports must print it.
 
 The embedded digits are package data (``plinius/data/``, see its README for provenance and
@@ -286,7 +286,7 @@ def load_dataset(spec: str | None = None, seed: int = 0) -> Dataset:
 
 
 class BatchSampler:
-    """Draws ``batch`` random records per step, with replacement, as the paper's trainer does.
+    """Draws ``batch`` random samples per step, with replacement, as the paper's trainer does.
 
     Its whole state is the generator state, so a trainer that saves :meth:`state` and restores
     it with :meth:`set_state` draws the same batches after a restart.
@@ -294,7 +294,7 @@ class BatchSampler:
 
     def __init__(self, n: int, batch: int, seed: int = 0) -> None:
         if n <= 0 or batch <= 0:
-            raise ValueError("need at least one record and a positive batch size")
+            raise ValueError("need at least one sample and a positive batch size")
         self.n = n
         self.batch = batch
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -312,6 +312,6 @@ class BatchSampler:
 def gather(
     x: np.ndarray, y: np.ndarray, idx: np.ndarray, out_x: np.ndarray, out_y: np.ndarray
 ) -> None:
-    """Copy the records ``idx`` into preallocated batch buffers (no per-step allocation)."""
+    """Copy the samples ``idx`` into preallocated batch buffers (no per-step allocation)."""
     np.take(x, idx, axis=0, out=out_x)
     np.take(y, idx, axis=0, out=out_y)

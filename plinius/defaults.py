@@ -179,8 +179,12 @@ def unique_labels(plan: list[InstancePlan]) -> list[InstancePlan]:
 
 
 def probe(p: InstancePlan) -> str | None:
-    """None if the backend accepts ``p``'s options; else why not (a throw-away instance)."""
-    cls = backend_class(p.name)
+    """None if the backend accepts ``p``'s options; else why not (a throw-away instance, or the
+    class itself when it cannot be loaded, e.g. an optional dependency that is not installed)."""
+    try:
+        cls = backend_class(p.name)
+    except PliniusError as exc:
+        return str(exc)
     root = root_dir(p.root_kind())
     with tempfile.TemporaryDirectory(prefix=f"plinius-probe-{p.name}-", dir=root) as d:
         try:

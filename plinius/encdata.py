@@ -1,16 +1,19 @@
-"""The owner's encrypted dataset file: every record sealed on its own, as in the paper.
+"""The owner's encrypted dataset file: every sample sealed on its own, as in the paper.
 
-A record is one image (``C*H*W`` float32 in [0, 1]) followed by its one-hot label (``classes``
+A sample is one image (``C*H*W`` float32 in [0, 1]) followed by its one-hot label (``classes``
 float32), sealed with AES-GCM under the owner's data key; the associated data binds it to the
-dataset id, split, index and the split's record count, so records cannot be swapped, moved
+dataset id, split, index and the split's sample count, so samples cannot be swapped, moved
 between splits or datasets, or a split cut short unnoticed. The enclave decrypts only the
-records of each batch.
+samples of each batch.
 
 Layout (format 2): a 4096-byte header (magic ``PLNDATA1``, JSON description: name, id, shape,
 classes, counts per split, key id; its last 28 bytes an AES-GCM tag over all the bytes before
-it), then the sealed records of the ``train`` split, then ``test``. The header stays readable
+it), then the sealed samples of the ``train`` split, then ``test``. The header stays readable
 without the key (for display), but every field that changes behaviour is authenticated before
-use: the host storing the file cannot cut a split, change the shape or point at other records.
+use: the host storing the file cannot cut a split, change the shape or point at other samples.
+
+On-disk names keep the older word "record" (the AAD domain ``plinius-record-v2``) so existing
+``.pld`` files still open.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ _MAX_DIM = 1 << 16
 _MAX_COUNT = 1 << 40
 
 
-def record_aad(dataset_id: bytes, split: str, index: int, count: int) -> bytes:
-    """Associated data of one sealed record: dataset, split, index and the split's size."""
+def sample_aad(dataset_id: bytes, split: str, index: int, count: int) -> bytes:
+    """Associated data of one sealed sample: dataset, split, index and the split's size."""
+    # on-disk: the domain keeps "record" so existing .pld files still open
     return b"plinius-record-v2" + dataset_id + split.encode() + struct.pack("<QQ", index, count)
 
 
@@ -99,7 +103,7 @@ class DatasetInfo:
         c, h, w = (_int(v, 1, _MAX_DIM, "shape") for v in shape)
         counts = doc["counts"]
         if not isinstance(counts, dict) or set(counts) - set(SPLITS):
-            raise ValueError("counts must map train/test to record counts")
+            raise ValueError("counts must map train/test to sample counts")
         name = doc["name"]
         if not isinstance(name, str):
             raise ValueError("name must be a string")
@@ -136,7 +140,7 @@ def encrypt_dataset(
     shape: tuple[int, int, int],
     classes: int,
 ) -> DatasetInfo:
-    """Write ``splits`` (``{"train": (x, labels), "test": (x, labels)}``) sealed record by record.
+    """Write ``splits`` (``{"train": (x, labels), "test": (x, labels)}``) sealed sample by sample.
 
     ``x`` rows are flattened images (float32 in [0, 1]); ``labels`` are integer class ids.
     The file is written to a temporary name and renamed, so a crash never leaves half a dataset.
@@ -166,7 +170,7 @@ def encrypt_dataset(
                 plain[: info.features] = x[i]
                 plain[info.features :] = 0.0
                 plain[info.features + int(y[i])] = 1.0
-                engine.seal_into(record_aad(info.dataset_id, s, i, counts[s]), plain, out)
+                engine.encrypt_into(sample_aad(info.dataset_id, s, i, counts[s]), plain, out)
                 f.write(sealed)
     return info
 
@@ -179,7 +183,7 @@ def seal_header(info: DatasetInfo, engine: Engine) -> bytes:
         raise ValueError(f"dataset header of {len(body)} B does not fit in {HEADER_TAG_AT} B")
     body = body.ljust(HEADER_TAG_AT, b"\0")
     tag = bytearray(OVERHEAD)
-    engine.seal_into(HEADER_AAD + body, b"", memoryview(tag))
+    engine.encrypt_into(HEADER_AAD + body, b"", memoryview(tag))
     return body + bytes(tag)
 
 
@@ -216,7 +220,7 @@ def parse_header(header: bytes, what: str, engine: Engine | None) -> DatasetInfo
             with contextlib.suppress(ValueError):
                 check_key_matches(what, bytes.fromhex(doc["key_id"]), engine)
         empty = bytearray(0)
-        engine.open_into(
+        engine.decrypt_into(
             HEADER_AAD + header[:HEADER_TAG_AT],
             header[HEADER_TAG_AT:],
             memoryview(empty),
@@ -251,7 +255,7 @@ def read_header(
     if size < need:
         raise TruncatedError(f"{what} is truncated: {size} B of {need} B")
     if size > need and engine is not None:  # unauthenticated counts prove nothing either way
-        raise FormatError(f"{what} has {size - need} B after its last record")
+        raise FormatError(f"{what} has {size - need} B after its last sample")
     return info, header
 
 
@@ -264,11 +268,11 @@ def read_info(path: str | os.PathLike[str], engine: Engine | None = None) -> Dat
 
 
 def iter_sealed(path: str | os.PathLike[str], info: DatasetInfo, split: str) -> Iterator[bytes]:
-    """The sealed records of one split, in order, read sequentially (never decrypted here)."""
+    """The sealed samples of one split, in order, read sequentially (never decrypted here)."""
     with opened_regular(path, "dataset") as fd, os.fdopen(os.dup(fd), "rb") as f:
         f.seek(info.offset(split, 0))
         for _ in range(info.counts[split]):
             rec = f.read(info.sealed_bytes)
             if len(rec) != info.sealed_bytes:
-                raise TruncatedError(f"dataset {os.fspath(path)} ends inside a {split} record")
+                raise TruncatedError(f"dataset {os.fspath(path)} ends inside a {split} sample")
             yield rec

@@ -115,7 +115,7 @@ class RollbackError(IntegrityError):
 
 
 class NotFoundError(PliniusError, FileNotFoundError):
-    """Something that must exist does not: a dataset file, a mirror, a stored record area."""
+    """Something that must exist does not: a dataset file, a mirror, a stored sample area."""
 
 
 class ModelMismatchError(PliniusError):

@@ -49,7 +49,7 @@ ID_BYTES = 16
 _HEADER = struct.Struct(f"<8sHHI8sQ32sQQII{ID_BYTES}s{ID_BYTES}s")
 MANIFEST_LAYER = -1
 MANIFEST_NAME = "__manifest__"
-DEFAULT_KEY = "mirror"
+DEFAULT_BLOB = "mirror"
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ class MirrorStore:
     """Seals named arrays of one model into one blob of a backend, and opens them again."""
 
     def __init__(
-        self, backend: Backend, engine: Engine, fingerprint: bytes | None, key: str = DEFAULT_KEY
+        self, backend: Backend, engine: Engine, fingerprint: bytes | None, blob: str = DEFAULT_BLOB
     ) -> None:
         """``fingerprint=None`` opens whatever model the mirror holds (owner tools: export)."""
         if fingerprint is not None and len(fingerprint) != 32:
@@ -177,13 +177,13 @@ class MirrorStore:
         self.backend = backend
         self.engine = engine
         self.fingerprint = fingerprint
-        self.key = key
+        self.blob = blob
         self._plan_cache: tuple[tuple[Any, ...], list[Entry], int] | None = None
 
     @property
     def what(self) -> str:
         """How errors and the freshness record name this mirror: ``mirror SPEC/KEY``."""
-        return f"mirror {self.backend.spec}/{self.key}"
+        return f"mirror {self.backend.spec}/{self.blob}"
 
     # --- save --------------------------------------------------------------------------------
 
@@ -238,18 +238,18 @@ class MirrorStore:
             save_id,
         ).ljust(HEADER_SIZE, b"\0")
         encrypt_s = 0.0
-        with self.backend.begin_write(self.key, total) as txn:
+        with self.backend.begin_write(self.blob, total) as txn:
             txn.view(0, HEADER_SIZE)[:] = header
             for rec, e in zip(records, entries, strict=True):
                 out = txn.view(e.offset, e.length + OVERHEAD)
                 aad = record_aad(fingerprint, e.layer, e.name, version, run_id, save_id)
                 ts = time.perf_counter()
-                self.engine.seal_into(aad, rec.array, out)
+                self.engine.encrypt_into(aad, rec.array, out)
                 encrypt_s += time.perf_counter() - ts
                 out.release()
             ts = time.perf_counter()
             mout = txn.view(manifest_at, len(manifest) + OVERHEAD)
-            self.engine.seal_into(_manifest_aad(fingerprint, header, version), manifest, mout)
+            self.engine.encrypt_into(_manifest_aad(fingerprint, header, version), manifest, mout)
             mout.release()
             encrypt_s += time.perf_counter() - ts
             io = txn.commit()
@@ -319,7 +319,7 @@ class MirrorStore:
             raise StaleMirrorError(what, version, min_version)
         manifest = bytearray(m_len - OVERHEAD)
         sealed = data[m_at:total] if size is None else self._read_range(m_at, m_len)
-        self.engine.open_into(
+        self.engine.decrypt_into(
             _manifest_aad(fp, header, version), sealed, manifest, f"{what} manifest"
         )
         doc = json.loads(manifest)
@@ -347,18 +347,18 @@ class MirrorStore:
         A backend with ranged reads moves only the header and the manifest, not the records.
         """
         if not self.backend.ranged_read:
-            blob = self.backend.read(self.key)
+            blob = self.backend.read(self.blob)
             if blob is None:
                 return None
             return self._open_info(blob.data, min_version, freshness)
-        probe = self.backend.read(self.key, 0, 0)  # the blob's size, no bytes
+        probe = self.backend.read(self.blob, 0, 0)  # the blob's size, no bytes
         if probe is None:
             return None
         head = self._read_range(0, min(probe.size, HEADER_SIZE))
         return self._open_info(head, min_version, freshness, size=probe.size)
 
     def _read_range(self, offset: int, length: int) -> memoryview:
-        blob = self.backend.read(self.key, offset, length)
+        blob = self.backend.read(self.blob, offset, length)
         if blob is None:
             raise NotAMirrorError(f"{self.what} was deleted while it was read")
         return blob.data
@@ -370,7 +370,7 @@ class MirrorStore:
         records stay sealed until :meth:`OpenedMirror.verify` or :meth:`OpenedMirror.load`,
         which use this same read. None if no mirror was ever saved."""
         t0 = time.perf_counter()
-        blob = self.backend.read(self.key)
+        blob = self.backend.read(self.blob)
         if blob is None:
             return None
         info = self._open_info(blob.data, min_version, freshness)
@@ -419,7 +419,7 @@ class OpenedMirror:
 
     def _open_record(self, e: Entry, dest: Any) -> None:
         info = self.info
-        self.engine.open_into(
+        self.engine.decrypt_into(
             record_aad(info.fingerprint, e.layer, e.name, info.version, info.run_id, info.save_id),
             self.data[e.offset : e.offset + e.length + OVERHEAD],
             dest,

@@ -45,7 +45,7 @@ def provision(enclave: Enclave, key: bytes, quoting_public_pem: str, model_fp: b
 def encrypt_data(
     key: bytes, out: str | os.PathLike[str], spec: str | None = None, seed: int = 0
 ) -> DatasetInfo:
-    """Seal a plaintext dataset (IDX directory, ``embedded``...) record by record into ``out``."""
+    """Seal a plaintext dataset (IDX directory, ``embedded``...) sample by sample into ``out``."""
     ds = load_dataset(spec, seed=seed)
     return encrypt_dataset(
         out,

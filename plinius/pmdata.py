@@ -1,13 +1,13 @@
 """The PM-data module: the encrypted training set kept byte-addressable in the backend.
 
-Loaded once from the owner's file into the backend's record area (in the pool for ``romulus``),
-still sealed record by record; each iteration reads and decrypts only the records of its batch.
+Loaded once from the owner's file into the backend's sample area (in the pool for ``romulus``),
+still sealed sample by sample; each iteration reads and decrypts only the samples of its batch.
 After a crash the area is already there: a restart reloads nothing from disk.
 
 The backend keeps, under ``dataset.<id>``, a byte copy of the file's authenticated 4096-byte
-header; it is re-authenticated with the data key whenever it is used, and each record area's
-header (record size, count, name) must match it, so storage cannot shorten a split or point the
-reader at other records.
+header; it is re-authenticated with the data key whenever it is used, and each sample area's
+header (sample size, count, name) must match it, so storage cannot shorten a split or point the
+reader at other samples.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import numpy as np
 
 from plinius.backends.base import Backend
 from plinius.crypto import Engine
-from plinius.encdata import DatasetInfo, iter_sealed, parse_header, read_header, record_aad
+from plinius.encdata import DatasetInfo, iter_sealed, parse_header, read_header, sample_aad
 from plinius.errors import IntegrityError, NotFoundError
-from plinius.records import RecordArea, area_key, put_records
+from plinius.samples import SampleArea, area_key, put_samples
 
 
 def _info_key(dataset_id: bytes) -> str:
@@ -37,9 +37,9 @@ def _area_name(info: DatasetInfo, split: str) -> str:
 class LoadReport:
     """How the training set got into the backend this time."""
 
-    reloaded: bool  # True when records were copied from the file now
+    reloaded: bool  # True when samples were copied from the file now
     seconds: float
-    records: int
+    samples: int
     bytes: int
 
     def as_dict(self) -> dict[str, object]:
@@ -54,18 +54,18 @@ class PMData:
         self.engine = engine
         self.info = info
         self.split = split
-        self.area = RecordArea(backend, _area_name(info, split))
-        what = f"{split} record area of dataset {info.name} in {backend.spec}"
-        if self.area.record_size != info.sealed_bytes:
+        self.area = SampleArea(backend, _area_name(info, split))
+        what = f"{split} sample area of dataset {info.name} in {backend.spec}"
+        if self.area.sample_size != info.sealed_bytes:
             raise IntegrityError(
                 what,
-                f"record size {self.area.record_size} B differs from the authenticated dataset "
+                f"sample size {self.area.sample_size} B differs from the authenticated dataset "
                 f"header ({info.sealed_bytes} B)",
             )
         if len(self.area) != info.counts[split]:
             raise IntegrityError(
                 what,
-                f"record count {len(self.area)} differs from the authenticated dataset header "
+                f"sample count {len(self.area)} differs from the authenticated dataset header "
                 f"({info.counts[split]})",
             )
         self._count = info.counts[split]
@@ -98,7 +98,7 @@ class PMData:
         """Put the file's splits into the backend unless they are already there."""
         t0 = time.perf_counter()
         info, header = read_header(path, engine)
-        keys = set(backend.keys())
+        keys = set(backend.blobs())
         stored = backend.read(_info_key(info.dataset_id))
         # present only when the backend holds this very (authenticated) header: anything else,
         # an older format, another copy or a modified one, is replaced from the owner's file
@@ -110,7 +110,7 @@ class PMData:
         moved = 0
         if force or not present:
             for s in splits:
-                put_records(
+                put_samples(
                     backend,
                     _area_name(info, s),
                     iter_sealed(path, info, s),
@@ -125,24 +125,24 @@ class PMData:
         report = LoadReport(
             reloaded=moved > 0,
             seconds=time.perf_counter() - t0,
-            records=moved,
+            samples=moved,
             bytes=moved * info.sealed_bytes,
         )
         return out, report
 
     def read_batch(self, indices: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
-        """Decrypt records ``indices`` into ``x`` (batch, features) and ``y`` (batch, classes)."""
+        """Decrypt samples ``indices`` into ``x`` (batch, features) and ``y`` (batch, classes)."""
         n = len(indices)
         if self._rows.shape[0] < n:
             self._rows = np.empty((n, self.info.features + self.info.classes), np.float32)
         rows = self._rows
         for j, i in enumerate(indices):
             i = int(i)
-            self.engine.open_into(
-                record_aad(self.info.dataset_id, self.split, i, self._count),
+            self.engine.decrypt_into(
+                sample_aad(self.info.dataset_id, self.split, i, self._count),
                 self.area[i],
                 rows[j],
-                f"{self.split} record {i} of dataset {self.info.name}",
+                f"{self.split} sample {i} of dataset {self.info.name}",
             )
         f = self.info.features
         x[:n] = rows[:n, :f]

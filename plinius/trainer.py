@@ -194,7 +194,7 @@ def check_options(opts: TrainOptions) -> None:
 
 def creation_options(spec: str, net: Network, data_path: str) -> dict[str, str | int]:
     """Options that size a new backend instance from what it will hold (the mirror, with room
-    for its header and manifest, and the sealed records), e.g. a pool instead of a fixed 1 GiB.
+    for its header and manifest, and the sealed samples), e.g. a pool instead of a fixed 1 GiB.
     The backend class decides (``Backend.creation_options``); an existing instance ignores them.
     """
     mirror = sum(a.nbytes for _, _, a in net.mirror_buffers())

@@ -17,7 +17,7 @@ from plinius.backends.base import (
     Durability,
     IoStats,
     RunsOn,
-    check_key,
+    check_blob_name,
     check_range,
 )
 from plinius.backends.catalog import default_backends
@@ -50,32 +50,32 @@ class RemoteStub(StagedBackend):
 
     def __init__(self, location: str, **options: Any) -> None:
         super().__init__(location, **options)
-        self.blobs = SERVERS.setdefault(location, {})
+        self.stored = SERVERS.setdefault(location, {})
 
-    def _put(self, key: str, data: memoryview, size: int) -> IoStats:
-        self.blobs[key] = bytes(data[:size])
+    def _put(self, blob: str, data: memoryview, size: int) -> IoStats:
+        self.stored[blob] = bytes(data[:size])
         return IoStats(bytes=size)
 
     def _get(
-        self, key: str, offset: int, length: int | None, stage: StagingBuffer
+        self, blob: str, offset: int, length: int | None, stage: StagingBuffer
     ) -> tuple[memoryview, int] | None:
-        blob = self.blobs.get(check_key(key))
-        if blob is None:
+        data = self.stored.get(check_blob_name(blob))
+        if data is None:
             return None
-        n = check_range(repr(key), offset, length, len(blob))
+        n = check_range(repr(blob), offset, length, len(data))
         view = stage.view(n)
-        view[:] = blob[offset : offset + n]
-        return view, len(blob)
+        view[:] = data[offset : offset + n]
+        return view, len(data)
 
-    def map(self, key: str) -> memoryview | None:
-        blob = self.blobs.get(check_key(key))
-        return None if blob is None else memoryview(blob)
+    def map(self, blob: str) -> memoryview | None:
+        data = self.stored.get(check_blob_name(blob))
+        return None if data is None else memoryview(data)
 
-    def delete(self, key: str) -> None:
-        self.blobs.pop(check_key(key), None)
+    def delete(self, blob: str) -> None:
+        self.stored.pop(check_blob_name(blob), None)
 
-    def keys(self) -> list[str]:
-        return sorted(self.blobs)
+    def blobs(self) -> list[str]:
+        return sorted(self.stored)
 
     def describe(self) -> RunsOn:
         return RunsOn(
@@ -206,6 +206,7 @@ def test_a_plugin_joins_the_default_plan_and_plots(
         "dax",
         "ssd",
         "romulus?device=optane-1dimm",
+        "redis",
     ]
     assert _style([{"backend": "fastfile"}], "fastfile")["marker"] == "D"
     assert _style([{"backend": "gone-elsewhere"}], "x")["marker"] == "x"

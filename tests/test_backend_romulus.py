@@ -240,7 +240,7 @@ def test_suggested_pool_size_fits_the_need_and_not_a_gigabyte(shm_dir: Path) -> 
     # (old and new coexist inside the transaction)
     with open_backend(f"romulus:{shm_dir / 'p.pool'}", size_hint=size) as b:
         assert isinstance(b, RomulusBackend) and b.pool.size == size
-        raw_put(b, "records", bytes(data))
+        raw_put(b, "samples", bytes(data))
         raw_put(b, "mirror", bytes(mirror))
         raw_put(b, "mirror", bytes(mirror // 3))  # a new allocation while the old one lives
         raw_put(b, "mirror", bytes(mirror))

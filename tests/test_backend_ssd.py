@@ -49,7 +49,7 @@ def test_no_temp_files_left_and_stale_ones_cleaned(tmp_path: Path) -> None:
     b = open_backend(f"ssd:{tmp_path}")
     MirrorStore(b, make_engine(KEY), FP).save(model_records(1), version=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "mirror"]
-    assert b.keys() == ["mirror"]
+    assert b.blobs() == ["mirror"]
     b.close()
 
 

@@ -29,7 +29,7 @@ AAD = associated_data(b"f" * 32, 3, "weights", 9)
 
 def seal(engine_name: str, data: bytes, aad: bytes = AAD) -> bytearray:
     out = bytearray(len(data) + OVERHEAD)
-    make_engine(KEY, engine_name).seal_into(aad, data, memoryview(out))
+    make_engine(KEY, engine_name).encrypt_into(aad, data, memoryview(out))
     return out
 
 
@@ -50,7 +50,7 @@ def test_round_trip_and_interop(data: bytes) -> None:
         sealed = seal(a, data)
         for b in available_engines():
             out = bytearray(len(data))
-            make_engine(KEY, b).open_into(AAD, sealed, memoryview(out), "buf")
+            make_engine(KEY, b).decrypt_into(AAD, sealed, memoryview(out), "buf")
             assert bytes(out) == data
 
 
@@ -65,7 +65,7 @@ def test_tamper_detected(engine_name: str, where: str) -> None:
     pos = {"iv": 0, "ct": IV_BYTES + 50, "tag": len(sealed) - 1}[where]
     sealed[pos] ^= 1
     with pytest.raises(IntegrityError, match="layer 3 weights"):
-        make_engine(KEY, engine_name).open_into(AAD, sealed, bytearray(100), "layer 3 weights")
+        make_engine(KEY, engine_name).decrypt_into(AAD, sealed, bytearray(100), "layer 3 weights")
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_tamper_detected(engine_name: str, where: str) -> None:
 def test_aad_binds_model_layer_name_version(engine_name: str, other: bytes) -> None:
     sealed = seal(engine_name, b"y" * 64)
     with pytest.raises(IntegrityError):
-        make_engine(KEY, engine_name).open_into(other, sealed, bytearray(64), "buf")
+        make_engine(KEY, engine_name).decrypt_into(other, sealed, bytearray(64), "buf")
 
 
 def test_aad_is_unambiguous() -> None:
@@ -91,27 +91,27 @@ def test_aad_is_unambiguous() -> None:
 def test_wrong_key_fails(engine_name: str) -> None:
     sealed = seal(engine_name, b"z" * 10)
     with pytest.raises(IntegrityError):
-        make_engine(bytes(16), engine_name).open_into(AAD, sealed, bytearray(10), "buf")
+        make_engine(bytes(16), engine_name).decrypt_into(AAD, sealed, bytearray(10), "buf")
 
 
 def test_numpy_in_place(engine_name: str) -> None:
     e = make_engine(KEY, engine_name)
     w = np.random.default_rng(0).random((64, 3, 3, 3), dtype=np.float32)
     out = np.empty(w.nbytes + OVERHEAD, np.uint8)
-    e.seal_into(AAD, w, memoryview(out))
+    e.encrypt_into(AAD, w, memoryview(out))
     back = np.zeros_like(w)
-    e.open_into(AAD, out, back, "w")
+    e.decrypt_into(AAD, out, back, "w")
     assert np.array_equal(back, w)
     with pytest.raises(ValueError, match="C-contiguous"):
-        e.seal_into(AAD, w[:, 0], memoryview(out))
+        e.encrypt_into(AAD, w[:, 0], memoryview(out))
 
 
 def test_bad_sizes(engine_name: str) -> None:
     e = make_engine(KEY, engine_name)
     with pytest.raises(ValueError):
-        e.seal_into(AAD, b"abc", memoryview(bytearray(30)))
+        e.encrypt_into(AAD, b"abc", memoryview(bytearray(30)))
     with pytest.raises(IntegrityError, match="shorter"):
-        e.open_into(AAD, b"short", bytearray(0), "buf")
+        e.decrypt_into(AAD, b"short", bytearray(0), "buf")
     with pytest.raises(ConfigError, match="16-byte key"):
         make_engine(b"short", engine_name)
     with pytest.raises(ConfigError, match="unknown crypto engine"):

@@ -249,7 +249,7 @@ def test_bad_dataset(world: dict[str, str], env: dict[str, str], tmp_path: Path)
     assert res.returncode == 2 and "truncated" in res.stderr
     bad = tmp_path / "bad.pld"
     raw = bytearray(Path(world["data"]).read_bytes())
-    raw[5000] ^= 1  # inside the first training record
+    raw[5000] ^= 1  # inside the first training sample
     bad.write_bytes(bytes(raw))
     res = plinius(
         "train",
@@ -295,7 +295,7 @@ def test_tampered_provisioning_leaves_no_key(tmp_path: Path) -> None:
 def test_full_pool_is_a_clear_error(
     world: dict[str, str], env: dict[str, str], shm_dir: Path
 ) -> None:
-    spec = f"romulus:{shm_dir / 'small.pool'}?size=4M"  # 16 MB of training records do not fit
+    spec = f"romulus:{shm_dir / 'small.pool'}?size=4M"  # 16 MB of training samples do not fit
     res = train(world, env, spec, iterations=2)
     assert res.returncode == 2
     assert "pool full" in res.stderr and "bytes needed" in res.stderr

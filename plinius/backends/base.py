@@ -1,21 +1,21 @@
 """The backend contract: named, atomically replaced blobs that plinius encrypts straight into.
 
 A backend stores opaque ciphertext only. It knows nothing about models or keys. Everything plinius
-keeps (the mirror, the training-set record area) is a *blob* under a short key:
+keeps (the mirror, the training-set sample area) is a *blob* under a short name:
 
-* ``begin_write(key, size)`` opens a write transaction on a new version of the blob and hands out
+* ``begin_write(blob, size)`` opens a write transaction on a new version of the blob and hands out
   writable memory (``txn.view(offset, length)``): a view straight into persistent memory for
   byte-addressable backends, reusable page-aligned staging memory for file backends. The caller
   encrypts into those views; ``txn.commit()`` makes the new version durable and visible in one
   atomic step. A crash or ``abort()`` before commit leaves the previous version intact and readable.
-* ``read(key, offset=0, length=None)`` returns the last committed version, or just bytes
+* ``read(blob, offset=0, length=None)`` returns the last committed version, or just bytes
   [offset, offset+length) of it (file backends read with syscalls into reusable staging memory;
   PM backends return a view into the pool), so a reader of a header does not move the blob.
-* ``map(key)`` returns a byte-addressable read-only view (mmap for files, the pool for PM) so single
-  records can be read by offset without loading the whole blob.
+* ``map(blob)`` returns a byte-addressable read-only view (mmap for files, the pool for PM) so
+  single samples can be read by offset without loading the whole blob.
 
 Views are valid until the next call on the same backend that could move them (the next ``read`` or
-``map`` of that key, a commit, ``close``); callers copy or decrypt out of them before that.
+``map`` of that blob, a commit, ``close``); callers copy or decrypt out of them before that.
 
 A backend class also states the facts the rest of plinius needs about it (capabilities, where
 default instances live, how fio and plots treat it, its benchmark instances), so nothing outside
@@ -43,7 +43,7 @@ Locality = Literal["local", "remote"]
 #: the directory default instances live under: "shm" (RAM) or "disk" (see ``plinius.defaults``)
 Root = Literal["shm", "disk"]
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_BLOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def check_range(what: str, offset: int, length: int | None, size: int) -> int:
@@ -60,14 +60,14 @@ def check_range(what: str, offset: int, length: int | None, size: int) -> int:
     return length
 
 
-def check_key(key: str) -> str:
+def check_blob_name(blob: str) -> str:
     """Keys become file names and pool root names, so they are kept short and path-free."""
-    if not _KEY_RE.match(key):
+    if not _BLOB_NAME_RE.match(blob):
         raise ConfigError(
-            f"invalid blob key {key!r}: use 1-64 characters from A-Z a-z 0-9 . _ - "
+            f"invalid blob name {blob!r}: use 1-64 characters from A-Z a-z 0-9 . _ - "
             "starting with a letter or digit"
         )
-    return key
+    return blob
 
 
 @dataclass
@@ -114,17 +114,18 @@ class RunsOn:
 class WriteTxn(ABC):
     """One pending new version of a blob. Use as a context manager: an exception aborts."""
 
-    def __init__(self, key: str, size: int) -> None:
-        self.key = key
+    def __init__(self, blob: str, size: int) -> None:
+        self.blob = blob
         self.size = size
         self._done = False
 
     def _check_range(self, offset: int, length: int) -> None:
         if self._done:
-            raise BackendError(f"write transaction on {self.key!r} is already finished")
+            raise BackendError(f"write transaction on {self.blob!r} is already finished")
         if offset < 0 or length < 0 or offset + length > self.size:
             raise BackendError(
-                f"range [{offset}, {offset + length}) is outside blob {self.key!r} of {self.size} B"
+                f"range [{offset}, {offset + length}) is outside blob {self.blob!r} "
+                f"of {self.size} B"
             )
 
     @abstractmethod
@@ -196,7 +197,7 @@ class Backend(ABC):
     default_root: ClassVar[Root] = "disk"
     #: spec options that make a throw-away instance cheap (``plinius backends`` probes with them)
     probe_options: ClassVar[dict[str, str]] = {}
-    #: True when ``read(key, offset, length)`` moves only that range (a mirror peek then reads
+    #: True when ``read(blob, offset, length)`` moves only that range (a mirror peek then reads
     #: the header and manifest, not the blob); False: it reads the whole blob and slices it
     ranged_read: ClassVar[bool] = False
     #: "local" (storage of this machine) or "remote" (a server: no directory for fio to measure)
@@ -234,7 +235,7 @@ class Backend(ABC):
     @classmethod
     def creation_options(cls, mirror_bytes: int, data_bytes: int) -> dict[str, str | int]:
         """Spec options that size a *new* instance for what it will store (a mirror of
-        ``mirror_bytes``, a record area of ``data_bytes``); an existing one ignores them."""
+        ``mirror_bytes``, a sample area of ``data_bytes``); an existing one ignores them."""
         return {}
 
     @classmethod
@@ -263,25 +264,25 @@ class Backend(ABC):
         return f"{self.name}:{self.location}"
 
     @abstractmethod
-    def begin_write(self, key: str, size: int) -> WriteTxn:
-        """Start replacing blob ``key`` with a new version of ``size`` bytes."""
+    def begin_write(self, blob: str, size: int) -> WriteTxn:
+        """Start replacing ``blob`` with a new version of ``size`` bytes."""
 
     @abstractmethod
-    def read(self, key: str, offset: int = 0, length: int | None = None) -> Blob | None:
-        """Bytes [offset, offset+length) of the last committed version of ``key`` (length None:
+    def read(self, blob: str, offset: int = 0, length: int | None = None) -> Blob | None:
+        """Bytes [offset, offset+length) of the last committed version of ``blob`` (length None:
         to its end), or None if it was never written. A range outside it is a BackendError."""
 
     @abstractmethod
-    def map(self, key: str) -> memoryview | None:
-        """A byte-addressable read-only view of ``key`` for random access, or None."""
+    def map(self, blob: str) -> memoryview | None:
+        """A byte-addressable read-only view of ``blob`` for random access, or None."""
 
     @abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove ``key`` atomically (no-op if absent)."""
+    def delete(self, blob: str) -> None:
+        """Remove ``blob`` atomically (no-op if absent)."""
 
     @abstractmethod
-    def keys(self) -> list[str]:
-        """The committed blob keys, sorted."""
+    def blobs(self) -> list[str]:
+        """The committed blob names, sorted."""
 
     @abstractmethod
     def describe(self) -> RunsOn:

@@ -1,10 +1,10 @@
 """The one file-I/O path shared by the ``ssd``, ``dax`` and ``tmpfs`` backends.
 
-A blob is a file ``<dir>/<key>``. A new version is encrypted into reusable page-aligned staging
+A blob is a file ``<dir>/<blob>``. A new version is encrypted into reusable page-aligned staging
 memory (:mod:`plinius.backends.staging`) and, at commit, written with ``write(2)`` to a fresh
-``.<key>.<random>.tmp`` created ``O_EXCL | O_NOFOLLOW`` (a planted symlink or file can neither
+``.<blob>.<random>.tmp`` created ``O_EXCL | O_NOFOLLOW`` (a planted symlink or file can neither
 receive nor lose data), fsynced (unless the backend's durability does not need it), renamed over
-``<key>`` and the directory fsynced: at every instant ``<key>`` names one complete committed
+``<blob>`` and the directory fsynced: at every instant ``<blob>`` names one complete committed
 version, so a crash mid-save leaves the previous one loadable. Every name is resolved relative to
 the directory opened once with ``O_NOFOLLOW``, and every file is opened ``O_NOFOLLOW`` and checked
 to be a regular file. Reads (whole blobs or ranges) ``pread`` into reusable staging memory.
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from plinius.backends.base import Durability, IoStats, RunsOn, check_key, check_range
+from plinius.backends.base import Durability, IoStats, RunsOn, check_blob_name, check_range
 from plinius.backends.fsinfo import MountInfo, block_device_facts, mount_label, mount_of
 from plinius.backends.staging import StagedBackend
 from plinius.errors import BackendError, BackendLockedError, ConfigError, NotFoundError
@@ -39,7 +39,7 @@ from plinius.memory import PAGE, StagingBuffer, align_up
 
 LOCK_NAME = ".lock"
 _TMP_SUFFIX = ".tmp"
-_OLD_TMP_MARK = ".tmp-"  # temp names of plinius <= 0.x: <key>.tmp-<pid>
+_OLD_TMP_MARK = ".tmp-"  # temp names of plinius <= 0.x: <blob>.tmp-<pid>
 _CHUNK = 1 << 30  # write(2) moves at most ~2 GiB per call
 
 
@@ -48,7 +48,7 @@ def _truthy(value: Any) -> bool:
 
 
 def _is_tmp_name(name: str) -> bool:
-    """Our staging names (current and old style); never a committed blob key."""
+    """Our staging names (current and old style); never a committed blob name."""
     if name.startswith(".") and name.endswith(_TMP_SUFFIX) and name != LOCK_NAME:
         return True
     mark = name.rfind(_OLD_TMP_MARK)
@@ -155,26 +155,26 @@ class FileBackend(StagedBackend):
                 f"{self.name}: directory {d} is not writable; choose a directory you can write to"
             )
 
-    def _open_file(self, key: str) -> int | None:
-        """A read descriptor of committed blob ``key`` (never through a symlink), or None."""
-        check_key(key)
+    def _open_file(self, blob: str) -> int | None:
+        """A read descriptor of committed blob ``blob`` (never through a symlink), or None."""
+        check_blob_name(blob)
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(key, flags, dir_fd=self._dfd)
+            fd = os.open(blob, flags, dir_fd=self._dfd)
         except FileNotFoundError:
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise BackendError(
-                    f"{self.name}: {self.dir / key} is a symbolic link; refusing to follow it"
+                    f"{self.name}: {self.dir / blob} is a symbolic link; refusing to follow it"
                 ) from None
             raise BackendError(
-                f"{self.name}: cannot open {self.dir / key}: {exc.strerror}"
+                f"{self.name}: cannot open {self.dir / blob}: {exc.strerror}"
             ) from None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            raise BackendError(f"{self.name}: {self.dir / key} is not a regular file")
+            raise BackendError(f"{self.name}: {self.dir / blob} is not a regular file")
         os.set_blocking(fd, True)
         return fd
 
@@ -187,13 +187,13 @@ class FileBackend(StagedBackend):
         if self._dfd < 0:
             raise BackendError(f"backend {self.spec} is closed")
 
-    def _create_tmp(self, key: str) -> tuple[str, int]:
+    def _create_tmp(self, blob: str) -> tuple[str, int]:
         """A new staging file with an unpredictable name, created O_EXCL | O_NOFOLLOW."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         if self.direct:
             flags |= getattr(os, "O_DIRECT", 0)
         for _ in range(16):
-            name = f".{key}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
+            name = f".{blob}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
             try:
                 return name, os.open(name, flags, 0o600, dir_fd=self._dfd)
             except FileExistsError:
@@ -204,13 +204,13 @@ class FileBackend(StagedBackend):
                 ) from None
         raise BackendError(f"{self.name}: cannot create a staging file in {self.dir}")
 
-    def _put(self, key: str, data: memoryview, size: int) -> IoStats:
+    def _put(self, blob: str, data: memoryview, size: int) -> IoStats:
         self._check_open()
         stats = IoStats(bytes=size)
         t0 = time.perf_counter()
-        tmp, fd = self._create_tmp(key)
+        tmp, fd = self._create_tmp(blob)
         try:
-            _write_all(fd, data, self.dir / key)
+            _write_all(fd, data, self.dir / blob)
             if self.direct and data.nbytes != size:
                 os.ftruncate(fd, size)
             t1 = time.perf_counter()
@@ -221,7 +221,7 @@ class FileBackend(StagedBackend):
             os.close(fd)
             fd = -1
             t2 = time.perf_counter()
-            os.rename(tmp, key, src_dir_fd=self._dfd, dst_dir_fd=self._dfd)
+            os.rename(tmp, blob, src_dir_fd=self._dfd, dst_dir_fd=self._dfd)
         except BaseException as exc:
             if fd >= 0:
                 os.close(fd)
@@ -229,7 +229,7 @@ class FileBackend(StagedBackend):
                 os.unlink(tmp, dir_fd=self._dfd)
             if isinstance(exc, OSError):
                 raise BackendError(
-                    f"{self.name}: cannot replace {self.dir / key}: {exc.strerror}; "
+                    f"{self.name}: cannot replace {self.dir / blob}: {exc.strerror}; "
                     "the previous version is untouched"
                 ) from None
             raise
@@ -242,14 +242,14 @@ class FileBackend(StagedBackend):
         return stats
 
     def _get(
-        self, key: str, offset: int, length: int | None, stage: StagingBuffer
+        self, blob: str, offset: int, length: int | None, stage: StagingBuffer
     ) -> tuple[memoryview, int] | None:
-        fd = self._open_file(key)
+        fd = self._open_file(blob)
         if fd is None:
             return None
         try:
             size = os.fstat(fd).st_size
-            n = check_range(f"{self.dir / key}", offset, length, size)
+            n = check_range(f"{self.dir / blob}", offset, length, size)
             view = stage.view(n)
             got = 0
             while got < n:
@@ -263,14 +263,14 @@ class FileBackend(StagedBackend):
 
     # --- contract ------------------------------------------------------------------------------
 
-    def map(self, key: str) -> memoryview | None:
+    def map(self, blob: str) -> memoryview | None:
         self._check_open()
-        fd = self._open_file(key)
+        fd = self._open_file(blob)
         if fd is None:
             return None
         try:
             st = os.fstat(fd)
-            cached = self._maps.get(key)
+            cached = self._maps.get(blob)
             if cached is not None and cached[0] == st.st_ino:
                 return memoryview(cached[1]).toreadonly()
             if st.st_size == 0:
@@ -278,24 +278,24 @@ class FileBackend(StagedBackend):
             mm = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
-        self._maps[key] = (st.st_ino, mm)
+        self._maps[blob] = (st.st_ino, mm)
         return memoryview(mm).toreadonly()
 
-    def delete(self, key: str) -> None:
-        check_key(key)
+    def delete(self, blob: str) -> None:
+        check_blob_name(blob)
         self._check_open()
         try:
-            os.unlink(key, dir_fd=self._dfd)
+            os.unlink(blob, dir_fd=self._dfd)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise BackendError(
-                f"{self.name}: cannot delete {self.dir / key}: {exc.strerror}"
+                f"{self.name}: cannot delete {self.dir / blob}: {exc.strerror}"
             ) from None
         if self.fsync:
             os.fsync(self._dfd)
 
-    def keys(self) -> list[str]:
+    def blobs(self) -> list[str]:
         self._check_open()
         out: list[str] = []
         with os.scandir(self._dfd) as it:

@@ -49,7 +49,7 @@ from plinius.backends.base import (
     Durability,
     IoStats,
     RunsOn,
-    check_key,
+    check_blob_name,
     check_range,
 )
 from plinius.backends.fsinfo import mount_of
@@ -151,7 +151,7 @@ class RedisBackend(StagedBackend):
     byte_addressable = False
     locality = "remote"
     durability_levels: ClassVar[tuple[Durability, ...]] = DURABILITY_LEVELS
-    plot_marker = "D"
+    plot_marker = "P"
     #: default instances are private servers in a directory (``redis_local``), kept in RAM
     default_root = "shm"
     tls: ClassVar[bool] = False
@@ -322,8 +322,8 @@ class RedisBackend(StagedBackend):
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
-    def _chunk_key(self, key: str, ver: str) -> str:
-        return self._k("c", key, ver, "")
+    def _chunk_key(self, blob: str, ver: str) -> str:
+        return self._k("c", blob, ver, "")
 
     def _cli(self) -> redis.Redis:
         if self._client is None:
@@ -494,11 +494,11 @@ class RedisBackend(StagedBackend):
         self._start += 2
         return n
 
-    def _send_chunks(self, key: str, ver: str, data: memoryview, size: int) -> None:
+    def _send_chunks(self, blob: str, ver: str, data: memoryview, size: int) -> None:
         """SET every chunk straight from ``data``, in MULTI/EXEC batches of ~16 MiB: a server
         with appendfsync always then fsyncs once per batch, not once per chunk."""
         sock = self._sock()
-        prefix = self._chunk_key(key, ver)
+        prefix = self._chunk_key(blob, ver)
         n = math.ceil(size / self.chunk)
         per_batch = max(1, _WRITE_BATCH // self.chunk)
         batches = 0
@@ -516,12 +516,12 @@ class RedisBackend(StagedBackend):
         for _ in range(n + 2 * batches):  # +OK (MULTI), +QUEUED per SET, EXEC's array
             self._reply_ok(sock)
 
-    def _fetch(self, key: str, ver: str, cs: int, offset: int, dest: memoryview) -> None:
+    def _fetch(self, blob: str, ver: str, cs: int, offset: int, dest: memoryview) -> None:
         """Bytes [offset, offset+len(dest)) of version ``ver`` into ``dest``, pipelined."""
         if dest.nbytes == 0:
             return
         sock = self._sock()
-        prefix = self._chunk_key(key, ver)
+        prefix = self._chunk_key(blob, ver)
         end = offset + dest.nbytes
         parts = []
         for i in range(offset // cs, (end - 1) // cs + 1):
@@ -544,41 +544,41 @@ class RedisBackend(StagedBackend):
             if sent < len(parts):
                 send_next()
         if short:
-            raise _Gone(f"{self.server}: a chunk of {key!r} version {ver} is missing")
+            raise _Gone(f"{self.server}: a chunk of {blob!r} version {ver} is missing")
 
     # --- staged writes and reads ------------------------------------------------------------
 
-    def _put(self, key: str, data: memoryview, size: int) -> IoStats:
+    def _put(self, blob: str, data: memoryview, size: int) -> IoStats:
         with self._lock:
-            return self._run(lambda: self._put_locked(key, data, size), f"save {key!r}")
+            return self._run(lambda: self._put_locked(blob, data, size), f"save {blob!r}")
 
-    def _put_locked(self, key: str, data: memoryview, size: int) -> IoStats:
+    def _put_locked(self, blob: str, data: memoryview, size: int) -> IoStats:
         stats = IoStats(bytes=size)
         t0 = time.perf_counter()
         self._sweep()
         ver = secrets.token_hex(8)
         n = math.ceil(size / self.chunk)
-        cur, pend = self._k("cur", key), self._k("pend")
-        self._cmd("HSET", pend, f"{key}/{ver}", f"{n} {self.owner}")
-        self._send_chunks(key, ver, data, size)
+        cur, pend = self._k("cur", blob), self._k("pend")
+        self._cmd("HSET", pend, f"{blob}/{ver}", f"{n} {self.owner}")
+        self._send_chunks(blob, ver, data, size)
         t1 = time.perf_counter()
         stats.write_s = t1 - t0
         if self.replicas:
             acked = int(self._cmd("WAIT", self.replicas, self.wait_ms))
             if acked < self.replicas:
-                self._clean(key, ver)
+                self._clean(blob, ver)
                 raise BackendError(self._wait_failed(acked, "its chunks"))
-        old = self._script(_COMMIT, [cur, pend], [key, ver, size, n, self.chunk])
+        old = self._script(_COMMIT, [cur, pend], [blob, ver, size, n, self.chunk])
         if self.replicas:
             acked = int(self._cmd("WAIT", self.replicas, self.wait_ms))
             if acked < self.replicas:
                 prev = [b"" if x is None else bytes(x) for x in old]
-                self._script(_REVERT, [cur, pend], [key, ver, *prev, n])
-                self._clean(key, ver)
+                self._script(_REVERT, [cur, pend], [blob, ver, *prev, n])
+                self._clean(blob, ver)
                 raise BackendError(self._wait_failed(acked, "the switch to the new version"))
         stats.fsync_s = time.perf_counter() - t1
         if old[0] is not None:
-            self._clean(key, bytes(old[0]).decode())
+            self._clean(blob, bytes(old[0]).decode())
         stats.total_s = time.perf_counter() - t0
         return stats
 
@@ -589,8 +589,8 @@ class RedisBackend(StagedBackend):
             "replicas (INFO replication) or lower ?replicas= / raise ?wait_ms="
         )
 
-    def _clean(self, key: str, ver: str) -> None:
-        self._script(_CLEAN, [self._k("pend")], [f"{key}/{ver}", self._chunk_key(key, ver)])
+    def _clean(self, blob: str, ver: str) -> None:
+        self._script(_CLEAN, [self._k("pend")], [f"{blob}/{ver}", self._chunk_key(blob, ver)])
 
     def _sweep(self) -> None:
         """Remove versions of clients that died mid-save, and garbage a killed client left."""
@@ -608,8 +608,8 @@ class RedisBackend(StagedBackend):
                     live = self._live_clients()
                 if owner in live or "*" in live:
                     continue  # another live client is writing it (or we cannot tell)
-            key, _, ver = field.rpartition("/")
-            self._clean(key, ver)
+            blob, _, ver = field.rpartition("/")
+            self._clean(blob, ver)
 
     def _live_clients(self) -> set[str]:
         try:
@@ -619,75 +619,77 @@ class RedisBackend(StagedBackend):
         text = bytes(listing).decode(errors="replace")
         return set(re.findall(r"(?:^| )name=(\S+)", text, re.M))
 
-    def _pointer(self, key: str) -> tuple[str, int, int, int] | None:
-        v, s, n, cs = self._cmd("HMGET", self._k("cur", key), "v", "s", "n", "cs")
+    def _pointer(self, blob: str) -> tuple[str, int, int, int] | None:
+        v, s, n, cs = self._cmd("HMGET", self._k("cur", blob), "v", "s", "n", "cs")
         if v is None:
             return None
         return bytes(v).decode(), int(s), int(n), int(cs)
 
     def _get(
-        self, key: str, offset: int, length: int | None, stage: StagingBuffer
+        self, blob: str, offset: int, length: int | None, stage: StagingBuffer
     ) -> tuple[memoryview, int] | None:
-        check_key(key)
+        check_blob_name(blob)
         with self._lock:
-            return self._run(lambda: self._get_locked(key, offset, length, stage), f"read {key!r}")
+            return self._run(
+                lambda: self._get_locked(blob, offset, length, stage), f"read {blob!r}"
+            )
 
     def _get_locked(
-        self, key: str, offset: int, length: int | None, stage: StagingBuffer
+        self, blob: str, offset: int, length: int | None, stage: StagingBuffer
     ) -> tuple[memoryview, int] | None:
         for _ in range(3):
-            ptr = self._pointer(key)
+            ptr = self._pointer(blob)
             if ptr is None:
                 return None
             ver, size, _, cs = ptr
-            n = check_range(f"{key!r} on {self.spec}", offset, length, size)
+            n = check_range(f"{blob!r} on {self.spec}", offset, length, size)
             view = stage.view(n)[:n]
             try:
-                self._fetch(key, ver, cs, offset, view)
+                self._fetch(blob, ver, cs, offset, view)
             except _Gone:
-                if self._pointer(key) == ptr:
+                if self._pointer(blob) == ptr:
                     raise BackendError(
-                        f"{self.server}: chunks of {key!r} (version {ver}) are missing: evicted "
+                        f"{self.server}: chunks of {blob!r} (version {ver}) are missing: evicted "
                         "by maxmemory-policy or deleted by another client; this copy is lost"
                     ) from None
                 continue  # a writer switched versions under us: read the new one
             return view, size
-        raise BackendError(f"{self.server}: {key!r} keeps changing while being read")
+        raise BackendError(f"{self.server}: {blob!r} keeps changing while being read")
 
     # --- contract ---------------------------------------------------------------------------------
 
-    def map(self, key: str) -> memoryview | None:
-        """Not byte-addressable: the whole blob read into memory of its own (kept per key and
-        version, so a later ``read`` of another blob does not overwrite a mapped record area)."""
-        check_key(key)
+    def map(self, blob: str) -> memoryview | None:
+        """Not byte-addressable: the whole blob read into memory of its own (kept per blob and
+        version, so a later ``read`` of another blob does not overwrite a mapped sample area)."""
+        check_blob_name(blob)
         with self._lock:
-            ptr = self._run(lambda: self._pointer(key), f"read {key!r}")
+            ptr = self._run(lambda: self._pointer(blob), f"read {blob!r}")
             if ptr is None:
                 return None
-            cached = self._maps.get(key)
+            cached = self._maps.get(blob)
             if cached is not None and cached[0] == ptr[0]:
                 return cached[1].view(ptr[1])[: ptr[1]].toreadonly()
             if cached is not None:
                 cached[1].close()  # a caller's old view keeps its memory alive
             buf = StagingBuffer()
-            got = self._get(key, 0, None, buf)
+            got = self._get(blob, 0, None, buf)
             if got is None:
                 return None
-            self._maps[key] = (ptr[0], buf)
+            self._maps[blob] = (ptr[0], buf)
             return got[0].toreadonly()
 
-    def delete(self, key: str) -> None:
-        check_key(key)
+    def delete(self, blob: str) -> None:
+        check_blob_name(blob)
         with self._lock:
 
             def go() -> None:
-                old = self._script(_DELETE, [self._k("cur", key), self._k("pend")], [key])
+                old = self._script(_DELETE, [self._k("cur", blob), self._k("pend")], [blob])
                 if old is not None:
-                    self._clean(key, bytes(old).decode())
+                    self._clean(blob, bytes(old).decode())
 
-            self._run(go, f"delete {key!r}")
+            self._run(go, f"delete {blob!r}")
 
-    def keys(self) -> list[str]:
+    def blobs(self) -> list[str]:
         start = len(self._k("cur", ""))
         found = self._run(
             lambda: list(self._cli().scan_iter(match=self._k("cur", "*"), count=1000)),

@@ -18,7 +18,7 @@ import time
 from abc import abstractmethod
 from typing import Any
 
-from plinius.backends.base import Backend, Blob, IoStats, WriteTxn, check_key
+from plinius.backends.base import Backend, Blob, IoStats, WriteTxn, check_blob_name
 from plinius.errors import BackendError
 from plinius.memory import StagingBuffer
 
@@ -28,8 +28,8 @@ _ZEROS = memoryview(bytes(1 << 16))  # source for zeroing staging gaps without a
 class StagedWriteTxn(WriteTxn):
     """A new version staged in memory until commit."""
 
-    def __init__(self, backend: StagedBackend, key: str, size: int) -> None:
-        super().__init__(key, size)
+    def __init__(self, backend: StagedBackend, blob: str, size: int) -> None:
+        super().__init__(blob, size)
         self._backend = backend
         self._stage = backend._write_stage.view(backend._stage_bytes(size))
         self._spans: list[tuple[int, int]] = []
@@ -57,11 +57,11 @@ class StagedWriteTxn(WriteTxn):
 
     def commit(self) -> IoStats:
         if self._done:
-            raise BackendError(f"write transaction on {self.key!r} is already finished")
+            raise BackendError(f"write transaction on {self.blob!r} is already finished")
         self._done = True
         try:
             self._zero_gaps()
-            return self._backend._put(self.key, self._stage, self.size)
+            return self._backend._put(self.blob, self._stage, self.size)
         finally:
             self._stage.release()
 
@@ -90,16 +90,16 @@ class StagedBackend(Backend):
     # --- what a subclass provides ---------------------------------------------------------------
 
     @abstractmethod
-    def _put(self, key: str, data: memoryview, size: int) -> IoStats:
-        """Make ``data[:size]`` the committed version of ``key``, atomically, to this backend's
+    def _put(self, blob: str, data: memoryview, size: int) -> IoStats:
+        """Make ``data[:size]`` the committed version of ``blob``, atomically, to this backend's
         durability. ``data`` may be longer (see :meth:`_stage_bytes`); the rest is zeros. On
         any failure the previous version must stay current."""
 
     @abstractmethod
     def _get(
-        self, key: str, offset: int, length: int | None, stage: StagingBuffer
+        self, blob: str, offset: int, length: int | None, stage: StagingBuffer
     ) -> tuple[memoryview, int] | None:
-        """Copy bytes [offset, offset+length) of the committed ``key`` (length None: to its end)
+        """Copy bytes [offset, offset+length) of the committed ``blob`` (length None: to its end)
         into ``stage.view(n)``; return (the bytes got, the blob's full size), or None if absent.
         Check the range with :func:`plinius.backends.base.check_range`."""
 
@@ -112,17 +112,17 @@ class StagedBackend(Backend):
 
     # --- the contract ---------------------------------------------------------------------------
 
-    def begin_write(self, key: str, size: int) -> WriteTxn:
-        check_key(key)
+    def begin_write(self, blob: str, size: int) -> WriteTxn:
+        check_blob_name(blob)
         if size < 0:
             raise BackendError(f"blob size must be >= 0, got {size}")
         self._check_open()
-        return StagedWriteTxn(self, key, size)
+        return StagedWriteTxn(self, blob, size)
 
-    def read(self, key: str, offset: int = 0, length: int | None = None) -> Blob | None:
+    def read(self, blob: str, offset: int = 0, length: int | None = None) -> Blob | None:
         self._check_open()
         t0 = time.perf_counter()
-        got = self._get(key, offset, length, self._read_stage)
+        got = self._get(blob, offset, length, self._read_stage)
         if got is None:
             return None
         data, size = got

@@ -39,7 +39,7 @@ from plinius.errors import (
     WrongKeyError,
 )
 from plinius.mirror import MirrorStore, Record
-from plinius.records import RecordArea, put_records
+from plinius.samples import SampleArea, put_samples
 
 KEY = bytes(range(16))
 OTHER_KEY = bytes(range(1, 17))
@@ -108,10 +108,10 @@ class BackendContract:
         assert raw_get(backend, "b.x") == b""
         mapped = backend.map("a")
         assert mapped is not None and bytes(mapped) == b"hello"
-        assert set(backend.keys()) >= {"a", "b.x"}
+        assert set(backend.blobs()) >= {"a", "b.x"}
         backend.delete("a")
         assert backend.read("a") is None
-        assert "a" not in backend.keys()  # noqa: SIM118 - keys() is the contract
+        assert "a" not in backend.blobs()
         backend.delete("a")  # idempotent
 
     def test_views_are_bounds_checked(self, backend: Backend) -> None:
@@ -392,25 +392,25 @@ class BackendContract:
         with pytest.raises(UnsupportedVersionError, match="upgrade plinius"):
             store.load()
 
-    # --- record area ---------------------------------------------------------------------------
+    # --- sample area ---------------------------------------------------------------------------
 
-    def test_record_area(self, backend: Backend) -> None:
-        recs = [bytes([i % 256]) * 812 for i in range(300)]
-        put_records(backend, "train", recs, 812, 300)
-        area = RecordArea(backend, "train")
-        assert len(area) == 300 and area.record_size == 812
+    def test_sample_area(self, backend: Backend) -> None:
+        samples = [bytes([i % 256]) * 812 for i in range(300)]
+        put_samples(backend, "train", samples, 812, 300)
+        area = SampleArea(backend, "train")
+        assert len(area) == 300 and area.sample_size == 812
         for i in (0, 1, 150, 299):
-            assert bytes(area[i]) == recs[i]
+            assert bytes(area[i]) == samples[i]
         with pytest.raises(IndexError):
             area[300]
 
-    def test_record_area_wrong_count_keeps_previous(self, backend: Backend) -> None:
-        put_records(backend, "train", [b"a" * 8] * 4, 8, 4)
+    def test_sample_area_wrong_count_keeps_previous(self, backend: Backend) -> None:
+        put_samples(backend, "train", [b"a" * 8] * 4, 8, 4)
         with pytest.raises(ValueError):
-            put_records(backend, "train", [b"b" * 8] * 3, 8, 4)
+            put_samples(backend, "train", [b"b" * 8] * 3, 8, 4)
         with pytest.raises(ValueError):
-            put_records(backend, "train", [b"b" * 7] * 4, 8, 4)
-        area = RecordArea(backend, "train")
+            put_samples(backend, "train", [b"b" * 7] * 4, 8, 4)
+        area = SampleArea(backend, "train")
         assert bytes(area[3]) == b"a" * 8
 
     # --- crash consistency ---------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Training iteration time: encrypted PM data versus plaintext (Fig. 8), and mirroring overhead.
 
-Both measure the real enclave code paths: batches read by index from the backend's record area
-and decrypted record by record (PM-data), versus the same batches gathered from plaintext arrays;
+Both measure the real enclave code paths: batches read by index from the backend's sample area
+and decrypted sample by sample (PM-data), versus the same batches gathered from plaintext arrays;
 and a step followed by a synchronous or asynchronous mirror into a backend, versus no mirror.
 """
 
@@ -37,7 +37,7 @@ PAPER_BATCHES = (8, 16, 32, 64, 128, 256, 512, 1024)
 class BatchPoint:
     model: str
     batch: int
-    encrypted_s: float  # median iteration, records decrypted from the backend
+    encrypted_s: float  # median iteration, samples decrypted from the backend
     plaintext_s: float  # median iteration, plaintext arrays
     decrypt_s: float  # median time reading + decrypting one batch
 

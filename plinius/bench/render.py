@@ -65,10 +65,10 @@ BREAKDOWN_COLUMNS = [
 ENGINE_COLUMNS = [
     "engine",
     "raw encrypt MiB/s",
-    "seal_into MiB/s",
+    "encrypt_into MiB/s",
     "seal/raw",
     "raw decrypt MiB/s",
-    "open_into MiB/s",
+    "decrypt_into MiB/s",
     "open/raw",
 ]
 TARGET_COLUMNS = ["target", "durability (both sides)", "measured", "bar", "met"]
@@ -166,10 +166,10 @@ def engine_rows(engines: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {
             "engine": e["engine"],
             "raw encrypt MiB/s": round(e["raw_encrypt_mbps"]),
-            "seal_into MiB/s": round(e["seal_mbps"]),
+            "encrypt_into MiB/s": round(e["seal_mbps"]),
             "seal/raw": f"{e['seal_vs_raw']:.0%}",
             "raw decrypt MiB/s": round(e["raw_decrypt_mbps"]),
-            "open_into MiB/s": round(e["open_mbps"]),
+            "decrypt_into MiB/s": round(e["open_mbps"]),
             "open/raw": f"{e['open_vs_raw']:.0%}",
         }
         for e in engines

@@ -175,7 +175,7 @@ def txn_cost(
             t0 = time.perf_counter()
             view = pool.writable(off, size + 28)
             t1 = time.perf_counter()
-            eng.seal_into(b"plinius-bench", src, view)
+            eng.encrypt_into(b"plinius-bench", src, view)
             t2 = time.perf_counter()
             pool.commit()
             t3 = time.perf_counter()

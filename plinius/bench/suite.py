@@ -223,7 +223,7 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         )
     for e in doc.get("engines") or []:
         add(
-            f"seal_into / raw, {e['engine']}, 64 MiB",
+            f"encrypt_into / raw, {e['engine']}, 64 MiB",
             e["seal_vs_raw"],
             ">= 0.90",
             e["seal_vs_raw"] >= 0.9,

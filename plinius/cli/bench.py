@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from plinius.backends.catalog import class_fact
+from plinius.backends.catalog import class_fact, loadable
 from plinius.backends.registry import open_backend
 from plinius.bench.render import (
     CONSOLE_SAVE_COLUMNS,
@@ -140,8 +140,10 @@ def _plan(text: str | None) -> list[InstancePlan]:
     """The instances to benchmark: the default plan, or the user's ``--backends`` items."""
     if text is None:
         planned = {p.name for p in DEFAULT_PLAN}
+        # a registered backend that cannot be loaded (a missing optional dependency) is listed
+        # as "not run" with its install hint instead of vanishing from the plan
         extra = [
-            InstancePlan(n)
+            InstancePlan(n, optional=n not in loadable())
             for n in all_backend_names()
             if n not in planned and class_fact(n, "bench_extra", True)
         ]
@@ -175,7 +177,7 @@ def _probe_optional(plan: list[InstancePlan]) -> tuple[list[InstancePlan], list[
             "backend": p.name,
             "options": dict(p.options),
             "role": p.role,
-            "root": None if p.spec else p.root_kind(),
+            "root": None if p.spec or reason else p.root_kind(),
             "spec": p.spec,
             "status": "not run" if reason else "run",
         }

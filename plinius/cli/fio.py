@@ -2,7 +2,9 @@
 
 Finds fio and checks its version (exit 2 with the install command when it is missing or too old),
 runs ``fio_jobs/*.fio`` in a scratch directory on each backend's root, prints a table and writes
-``fio.json``, ``fio.md`` and ``fio_fig2.png`` to ``--out``. A fio job or target that fails is
+``fio.json``, ``fio.md`` and ``fio_fig2.png`` to ``--out``. With ``--client`` the same jobs run
+through fio's client mode on each ``fio --server`` and the hosts' results are merged, each row
+naming its host. A fio job or target that fails is
 reported and kept in the files, marked; the exit status is then 1.
 """
 
@@ -27,8 +29,11 @@ from plinius.cli.common import (
 )
 from plinius.errors import ConfigError, MissingExtraError, PliniusError
 from plinius.fio import FioParams, Target, find_fio, plan_targets, run_fio
+from plinius.fio.client import parse_clients
+from plinius.fio.remote import run_fio_clients
 from plinius.fio.report import (
     TABLE_COLUMNS,
+    columns,
     emulation_lines,
     failure_lines,
     plot_fig2,
@@ -86,6 +91,18 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--jobs-dir",
         help="directory of the *.fio files (default: the job files installed with plinius)",
+    )
+    p.add_argument(
+        "--client",
+        metavar="HOST[:PORT][,HOST...]",
+        help="run the jobs on these `fio --server` hosts (fio's client mode; port default "
+        "8765; [V6]:PORT for IPv6) instead of here, and merge their results",
+    )
+    p.add_argument(
+        "--remote-dir",
+        metavar="DIR",
+        help="with --client: existing directory on every server to run in (default: the "
+        "backend's root path, as a local run would use)",
     )
     p.add_argument("--no-plot", action="store_true", help="do not draw fio_fig2.png")
     p.add_argument("--out", default="fio-out", help="directory for fio.json, fio.md, the plot")
@@ -168,20 +185,35 @@ def run(args: argparse.Namespace) -> int:
     names, dirs = split_backends(args.backends)
     if args.jobs_dir is not None and not Path(check_path(args.jobs_dir, "--jobs-dir")).is_dir():
         raise ConfigError(f"--jobs-dir {args.jobs_dir} is not a directory of *.fio job files")
+    clients = parse_clients(args.client) if args.client is not None else []
+    if args.remote_dir is not None and not clients:
+        raise ConfigError("--remote-dir names a directory on fio servers: give --client too")
     fio = find_fio()  # before anything is created: a missing fio leaves no trace
     out = output_dir(args.out)
     console = Console(stderr=True)
     with progress_bar("fio", console, args.json) as bar:
-        total = count_steps(plan_targets(names, dirs, params, fio), params)
+        total = count_steps(plan_targets(names, dirs, params, fio), params) * max(1, len(clients))
         task = bar.add_task("fio", total=total)
-        report = run_fio(
-            names,
-            dirs,
-            params,
-            fio=fio,
-            jobs=args.jobs_dir,
-            tick=lambda: bar.advance(task),
-        )
+        if clients:
+            report = run_fio_clients(
+                clients,
+                names,
+                dirs,
+                params,
+                remote_dir=args.remote_dir,
+                fio=fio,
+                jobs=args.jobs_dir,
+                tick=lambda: bar.advance(task),
+            )
+        else:
+            report = run_fio(
+                names,
+                dirs,
+                params,
+                fio=fio,
+                jobs=args.jobs_dir,
+                tick=lambda: bar.advance(task),
+            )
     doc = report.as_dict()
     plot_note = ""
     plotted = False
@@ -201,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(doc)
     else:
         title = f"plinius fio (fio {report.fio['version']}; * = emulated)"
-        print_table(table_rows(report), TABLE_COLUMNS, title=title)
+        print_table(table_rows(report), columns(report, TABLE_COLUMNS), title=title)
         _print_targets(console, report.targets)
         written = ["fio.json", "fio.md"] + (["fio_fig2.png"] if plotted else [])
         console.print(f"wrote {', '.join(str(out / w) for w in written)}", highlight=False)

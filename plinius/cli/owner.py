@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
     keygen.add_options(k)
     k.set_defaults(func=run_keygen)
     e = osub.add_parser(
-        "encrypt-data", help="seal a dataset record by record (AES-GCM, one IV per record)"
+        "encrypt-data", help="seal a dataset sample by sample (AES-GCM, one IV per sample)"
     )
     e.add_argument("--key-file", required=True)
     e.add_argument("--out", required=True, help="the encrypted dataset file to write")
@@ -70,7 +70,7 @@ def run_encrypt(args: argparse.Namespace) -> int:
     info = encrypt_data(key, args.out, args.source, args.seed)
     print(
         f"wrote {args.out}: {info.name}, {info.counts['train']} train + {info.counts['test']} "
-        f"test records of {info.sealed_bytes} B each (sealed one by one, +28 B), "
+        f"test samples of {info.sealed_bytes} B each (sealed one by one, +28 B), "
         f"dataset id {info.dataset_id.hex()}"
     )
     return 0

@@ -2,7 +2,7 @@
 
 A *slot* is where a mirror lives, named the way the user names it: backend kind, the location
 as given (made absolute lexically, never resolved through symlinks, so re-pointing a path at an
-older copy does not yield a new slot) and the blob key. Every mirror carries, in its header and
+older copy does not yield a new slot) and the blob name. Every mirror carries, in its header and
 in the associated data of every record, a *stamp*: the run id (random, fixed when a run starts),
 its version and a random save id (one per save). The platform keeps for each slot the stamp of
 the last committed mirror and of at most one save in flight::
@@ -101,10 +101,10 @@ def logical_location(location: str) -> str:
     return os.path.abspath(os.path.expanduser(location))
 
 
-def slot_name(backend_name: str, location: str, key: str) -> str:
+def slot_name(backend_name: str, location: str, blob: str) -> str:
     """The one place a mirror slot's identity is computed."""
     h = hashlib.sha256(b"plinius-slot-v1")
-    for part in (backend_name, logical_location(location), key):
+    for part in (backend_name, logical_location(location), blob):
         raw = part.encode()
         h.update(struct.pack("<I", len(raw)) + raw)
     return h.hexdigest()[:32]

@@ -20,7 +20,7 @@ TRUSTED = (
     "mirror.py",
     "pmdata.py",
     "encdata.py",
-    "records.py",
+    "samples.py",
 )
 
 

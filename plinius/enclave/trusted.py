@@ -2,7 +2,7 @@
 
 Its ``ecall_*`` methods are the only way in, and they hand out nothing secret: losses, iteration
 numbers, key ids, quotes. The model, the data key and every plaintext stay in this object; what
-reaches a backend is ciphertext sealed here (the mirror) or sealed by the owner (the records).
+reaches a backend is ciphertext sealed here (the mirror) or sealed by the owner (the samples).
 The model is anything implementing :class:`plinius.model.Trainable` (``nn.Network`` does): the
 enclave mirrors the buffers it lists and never looks at how it lays them out.
 """
@@ -55,7 +55,7 @@ def _data_seed(seed: int) -> np.random.SeedSequence:
 def mirror_guard(counters: MirrorCounters, store: MirrorStore, *, settle: bool) -> FreshnessGuard:
     """The freshness guard of the slot ``store`` writes to (identity computed in one place)."""
     backend = store.backend
-    slot = slot_name(backend.name, backend.location, store.key)
+    slot = slot_name(backend.name, backend.location, store.blob)
     return counters.guard(slot, store.what, settle=settle)
 
 
@@ -207,7 +207,7 @@ class Enclave:
     # --- data ------------------------------------------------------------------------------
 
     def ecall_load_data(self, backend: Backend, dataset_path: str | os.PathLike[str]) -> LoadReport:
-        """PM-data: put the owner's sealed records into the backend unless already there."""
+        """PM-data: put the owner's sealed samples into the backend unless already there."""
         areas, report = PMData.ensure_loaded(backend, self._eng, dataset_path, ("train", "test"))
         train = areas["train"]
         if train.info.features != self._model.inputs or train.info.classes != self._model.outputs:
@@ -217,7 +217,7 @@ class Enclave:
                 f"{self._model.inputs} and {self._model.outputs}"
             )
         if len(train) == 0:
-            raise ConfigError(f"dataset {train.info.name} has no training records")
+            raise ConfigError(f"dataset {train.info.name} has no training samples")
         self._train = train
         return report
 
@@ -360,7 +360,7 @@ class Enclave:
         data = PMData.stored(backend, self._eng, dataset_id, split)
         n = len(data)
         if n == 0:
-            raise ConfigError(f"dataset {data.info.name} has no {split} records")
+            raise ConfigError(f"dataset {data.info.name} has no {split} samples")
         correct = 0
         batch = 256
         x = np.empty((batch, data.info.features), np.float32)

@@ -3,11 +3,15 @@
 ``run_fio()`` finds and checks fio, runs the job files of ``fio_jobs/`` against each backend's
 directory and returns a ``FioReport`` of typed ``JobResult``s with the facts of every target
 (emulated or real); ``render_markdown`` and ``plot_fig2`` turn it into ``fio.md`` and
-``fio_fig2.png``. ``plinius fio`` is the command-line front end.
+``fio_fig2.png``. ``run_fio_clients()`` runs the same jobs on ``fio --server`` hosts through fio's
+client mode and merges them, every row naming its host. ``plinius fio`` is the command-line
+front end.
 """
 
 from __future__ import annotations
 
+from plinius.fio.client import FioClient, FioServerError, parse_clients
+from plinius.fio.remote import run_fio_clients
 from plinius.fio.report import plot_fig2, render_markdown, table_rows
 from plinius.fio.results import FioOutputError, JobResult, average_runs, parse_fio_json
 from plinius.fio.runner import (
@@ -27,10 +31,12 @@ __all__ = [
     "MIN_VERSION",
     "SCHEMA",
     "SUITES",
+    "FioClient",
     "FioOutputError",
     "FioParams",
     "FioReport",
     "FioRun",
+    "FioServerError",
     "FioTool",
     "JobResult",
     "Target",
@@ -38,11 +44,13 @@ __all__ = [
     "check_directory",
     "find_fio",
     "jobs_dir",
+    "parse_clients",
     "parse_fio_json",
     "parse_version",
     "plan_targets",
     "plot_fig2",
     "render_markdown",
     "run_fio",
+    "run_fio_clients",
     "table_rows",
 ]

@@ -19,18 +19,36 @@ MIB = 1 << 20  # one unit system with plinius bench: MiB = 2^20 bytes
 FIG2_JOBS = ("seq-read", "rand-read", "seq-write", "rand-write")
 
 
-def _labels(targets: Sequence[Target]) -> dict[str, str]:
-    return {t.name: t.label for t in targets}
+def _labels(targets: Sequence[Target]) -> dict[tuple[str, str], str]:
+    """(host, target name) → the target's backend label."""
+    return {(t.host, t.name): t.label for t in targets}
+
+
+def _label(labels: dict[tuple[str, str], str], r: JobResult) -> str:
+    return labels.get((r.host, r.target), r.target)
+
+
+def is_remote(report: FioReport) -> bool:
+    """True for a ``--client`` run: tables then name the host of every row."""
+    return bool(report.clients) or any(t.host != "local" for t in report.targets)
+
+
+def columns(report: FioReport, cols: Sequence[str]) -> list[str]:
+    """``cols`` with ``host`` first for a run on fio servers (a local table is unchanged)."""
+    return ["host", *cols] if is_remote(report) else list(cols)
 
 
 def table_rows(report: FioReport) -> list[dict[str, Any]]:
-    """One row per job result; ``backend`` lists every backend the target stands for."""
+    """One row per job result; ``backend`` lists every backend the target stands for, ``host``
+    (first, only in a run on fio servers: a local table keeps its columns) the server."""
     labels = _labels(report.targets)
+    remote = is_remote(report)
     rows: list[dict[str, Any]] = []
     for r in report.results:
         rows.append(
             {
-                "backend": labels.get(r.target, r.target),
+                **({"host": r.host} if remote else {}),
+                "backend": _label(labels, r),
                 "job": r.job,
                 "threads": r.threads,
                 "MiB/s": round(r.bw_bytes / MIB, 1) if r.runs else "-",
@@ -48,7 +66,12 @@ def table_rows(report: FioReport) -> list[dict[str, Any]]:
         )
     for t in report.targets:
         if t.status == "failed":
-            rows.append({"backend": t.label, "job": "(all)", "status": "failed", "runs": 0})
+            rows.append(
+                {
+                    **({"host": t.host} if remote else {}),
+                    **{"backend": t.label, "job": "(all)", "status": "failed", "runs": 0},
+                }
+            )
     return rows
 
 
@@ -56,12 +79,17 @@ def emulation_lines(targets: Sequence[Target]) -> list[str]:
     """One line per backend: what its target really was, emulated ones flagged."""
     lines = []
     for t in targets:
+        where = "" if t.host == "local" else f"{t.host} "
         for b in t.backends:
             flag = "EMULATED: " if b.emulated else ""
             notes = "; ".join([*b.notes, *t.notes])
+            on = (
+                f"in {t.root} on the fio server"
+                if t.host != "local"
+                else f"on {t.fs_type} ({t.device}, mount {t.mount_point}{', dax' if t.dax else ''})"
+            )
             lines.append(
-                f"{b.backend}: {flag}fio {t.engine} engine on {t.fs_type} ({t.device}, "
-                f"mount {t.mount_point}{', dax' if t.dax else ''})"
+                f"{where}{b.backend}: {flag}fio {t.engine} engine {on}"
                 + (f" — {notes}" if notes else "")
             )
     return lines
@@ -69,9 +97,15 @@ def emulation_lines(targets: Sequence[Target]) -> list[str]:
 
 def failure_lines(report: FioReport) -> list[str]:
     labels = _labels(report.targets)
-    out = [f"{t.label}: target {t.status}: {t.error}" for t in report.targets if t.error]
+
+    def host(h: str) -> str:
+        return "" if h == "local" else f"{h} "
+
+    out = [
+        f"{host(t.host)}{t.label}: target {t.status}: {t.error}" for t in report.targets if t.error
+    ]
     out += [
-        f"{labels.get(r.target, r.target)} {r.job} ×{r.threads}: {r.status}: {r.error}"
+        f"{host(r.host)}{_label(labels, r)} {r.job} ×{r.threads}: {r.status}: {r.error}"
         for r in report.results
         if r.status != "ok" and r.error
     ]
@@ -83,6 +117,12 @@ def render_markdown(report: FioReport) -> str:
     rows = table_rows(report)
     cols = ["backend", "job", "threads", "MiB/s", "MiB/s min–max", "IOPS"]
     cols += ["p50 µs", "p99 µs", "p99.9 µs", "fsync µs", "runs", "status"]
+    cols = columns(report, cols)
+    servers = [
+        f"- {c.get('label')}: fio server {c.get('fio_version', '?')} on {c.get('hostname', '?')} "
+        f"({c.get('os', '?')} {c.get('arch', '?')})"
+        for c in report.clients
+    ]
     parts = [
         "# plinius fio: storage characterization of every backend",
         "",
@@ -107,6 +147,17 @@ def render_markdown(report: FioReport) -> str:
         "",
         *[f"- {line}" for line in emulation_lines(report.targets)],
         "",
+        *(
+            [
+                "**Run on fio servers** (fio's client mode, hosts one after another; `host` "
+                "names the server of every row):",
+                "",
+                *servers,
+                "",
+            ]
+            if servers
+            else []
+        ),
         md_table(rows, cols),
         "",
     ]
@@ -115,6 +166,18 @@ def render_markdown(report: FioReport) -> str:
         parts += ["## Failures (partial results kept above)", "", *[f"- {f}" for f in fails], ""]
     parts += [provenance_md(report.provenance, report.runs_on()), ""]
     return "\n".join(parts)
+
+
+def fig2_lines(
+    results: Sequence[JobResult], targets: Sequence[Target]
+) -> list[tuple[str, str, str]]:
+    """(host, target, legend label) of each line of Fig. 2: one per host and target."""
+    labels = _labels(targets)
+    out = []
+    for host, tname in dict.fromkeys((r.host, r.target) for r in results):
+        label = labels.get((host, tname), tname)
+        out.append((host, tname, label if host == "local" else f"{host} {label}"))
+    return out
 
 
 def plot_fig2(
@@ -136,19 +199,19 @@ def plot_fig2(
     if isinstance(results, FioReport):
         targets = targets or results.targets
         results = results.results
-    labels = _labels(targets or [])
     fig2 = [r for r in results if r.suite in ("fig2", "") and r.job in FIG2_JOBS and r.runs]
+    lines = fig2_lines(fig2, targets or [])
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     for ax, job in zip(axes.flat, FIG2_JOBS, strict=True):
-        for tname in dict.fromkeys(r.target for r in fig2):
+        for host, tname, label in lines:  # one line per (host, target), the host in its label
             pts = sorted(
                 (r.threads, r.bw_bytes / (1 << 30))
                 for r in fig2
-                if r.target == tname and r.job == job
+                if (r.host, r.target) == (host, tname) and r.job == job
             )
             if pts:
                 xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker="o", label=labels.get(tname, tname))
+                ax.plot(xs, ys, marker="o", label=label)
         ax.set_title(job)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

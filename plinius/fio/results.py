@@ -62,6 +62,7 @@ class JobResult:
     error: str = ""
     suite: str = ""
     target: str = ""
+    host: str = "local"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -74,8 +75,8 @@ class JobResult:
         return self.bw_bytes / 1e6
 
     @property
-    def key(self) -> tuple[str, str, str, str, int]:
-        return (self.target, self.suite, self.job, self.direction, self.threads)
+    def key(self) -> tuple[str, str, str, str, str, int]:
+        return (self.host, self.target, self.suite, self.job, self.direction, self.threads)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +87,7 @@ class JobResult:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def split_output(text: str) -> tuple[str, dict[str, Any]]:
+def split_output(text: str, jobs_key: str = "jobs") -> tuple[str, dict[str, Any]]:
     """fio prints job errors (``fio: pid=..., err=2/...``) on stdout before its JSON document:
     return those lines and the parsed document, which starts at the first line opening with '{'.
     """
@@ -97,8 +98,8 @@ def split_output(text: str) -> tuple[str, dict[str, Any]]:
         doc = json.loads(text[m.start() :])
     except json.JSONDecodeError as exc:
         raise FioOutputError(f"fio printed malformed JSON ({exc.msg} at char {exc.pos})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("jobs"), list):
-        raise FioOutputError("fio's JSON has no 'jobs' list")
+    if not isinstance(doc, dict) or not isinstance(doc.get(jobs_key), list):
+        raise FioOutputError(f"fio's JSON has no {jobs_key!r} list")
     return text[: m.start()].strip(), doc
 
 
@@ -128,10 +129,41 @@ def parse_fio_json(text: str, *, threads: int | None = None, stderr: str = "") -
     (stdout before the JSON, and ``stderr``) are attached to jobs it marks with an ``error``.
     """
     prefix, doc = split_output(text)
+    return _parse_jobs(doc, doc["jobs"], threads, " ".join(f"{prefix}\n{stderr}".split())[:500])
+
+
+#: the aggregate entry fio's client mode appends after each host's jobs
+ALL_CLIENTS = "All clients"
+
+
+def parse_client_json(
+    text: str, *, sections: Sequence[tuple[str, str]], threads: int, stderr: str = ""
+) -> list[JobResult]:
+    """Results of one ``fio --client`` run: its ``client_stats`` without the aggregate.
+
+    fio 3.x's client mode fills ``job options`` wrongly (the last job's, or none), so each job's
+    ``rw`` is taken from the job file's ``sections`` instead; the server host is the caller's.
+    """
+    prefix, doc = split_output(text, "client_stats")
     messages = " ".join(f"{prefix}\n{stderr}".split())[:500]
+    rw_of = dict(sections)
+    jobs = []
+    for entry in doc["client_stats"]:
+        name = str(entry.get("jobname", "?"))
+        if name == ALL_CLIENTS:
+            continue
+        jobs.append({**entry, "job options": {"rw": rw_of.get(name, "read")}})
+    if not jobs:
+        raise FioOutputError("the fio server ran no job")
+    return _parse_jobs(doc, jobs, threads, messages)
+
+
+def _parse_jobs(
+    doc: dict[str, Any], jobs: list[dict[str, Any]], threads: int | None, messages: str
+) -> list[JobResult]:
     glob = doc.get("global options") or {}
     out: list[JobResult] = []
-    for job in doc["jobs"]:
+    for job in jobs:
         opts = {**glob, **(job.get("job options") or {})}
         rw = str(opts.get("rw", opts.get("readwrite", "read")))
         n = threads or _int_opt(opts.get("numjobs"), 1)
@@ -221,7 +253,7 @@ def average_runs(results: Iterable[JobResult]) -> list[JobResult]:
     Latency percentiles are averaged too (the mean of per-run p99s, not a pooled p99). A job with
     some failed runs is ``partial`` and names the failures; one with no good run stays ``failed``.
     """
-    groups: dict[tuple[str, str, str, str, int], list[JobResult]] = {}
+    groups: dict[tuple[str, str, str, str, str, int], list[JobResult]] = {}
     for r in results:
         groups.setdefault(r.key, []).append(r)
     out: list[JobResult] = []

@@ -132,6 +132,7 @@ class Target:
     status: Status = "ok"
     error: str = ""
     notes: list[str] = field(default_factory=list)
+    host: str = "local"
 
     @property
     def label(self) -> str:
@@ -150,7 +151,7 @@ class Target:
         """Per backend, the RunsOn-shaped facts ``reporting.markdown.provenance_md`` prints."""
         out = {}
         for b in self.backends:
-            out[b.backend] = {
+            out[b.backend if self.host == "local" else f"{b.backend}@{self.host}"] = {
                 "backend": b.backend,
                 "path": self.root,
                 "fs_type": self.fs_type,
@@ -195,6 +196,8 @@ class FioReport:
     results: list[JobResult]
     provenance: dict[str, Any]
     schema: str = SCHEMA
+    #: the ``fio --server`` hosts of a ``--client`` run (empty for a local one)
+    clients: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -210,7 +213,7 @@ class FioReport:
     def for_backend(self, backend: str) -> list[JobResult]:
         """The figures that describe ``backend``'s storage (shared with its target's others)."""
         t = self.target_of(backend)
-        return [r for r in self.results if t is not None and r.target == t.name]
+        return [r for r in self.results if t is not None and (r.host, r.target) == (t.host, t.name)]
 
     def runs_on(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -227,6 +230,7 @@ class FioReport:
             "targets": [t.as_dict() for t in self.targets],
             "backends": self.runs_on(),
             "results": [r.as_dict() for r in self.results],
+            "clients": self.clients,
         }
 
     @classmethod
@@ -243,6 +247,7 @@ class FioReport:
             results=[JobResult.from_dict(r) for r in d.get("results", [])],
             provenance=d.get("provenance", {}),
             schema=d.get("schema", SCHEMA),
+            clients=list(d.get("clients", [])),
         )
 
 

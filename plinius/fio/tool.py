@@ -75,10 +75,20 @@ class FioTool:
         )
 
     def run_job_file(
-        self, job_file: str | os.PathLike[str], env: Mapping[str, str], timeout: float
+        self,
+        job_file: str | os.PathLike[str],
+        env: Mapping[str, str],
+        timeout: float,
+        client: str | None = None,
     ) -> FioRun:
-        """Run ``job_file`` with JSON output; ``env`` adds the job file's ``${PLINIUS_*}``."""
-        cmd = [self.path, "--output-format=json", str(job_file)]
+        """Run ``job_file`` with JSON output; ``env`` adds the job file's ``${PLINIUS_*}``.
+
+        With ``client`` (fio's ``HOST,PORT``) the job runs on that ``fio --server``; this fio
+        expands ``${...}`` from ``env`` before it sends the job, so the values reach the server.
+        """
+        cmd = [self.path, "--output-format=json"]
+        cmd += [f"--client={client}"] if client else []
+        cmd.append(str(job_file))
         try:
             res = subprocess.run(
                 cmd,

@@ -148,7 +148,7 @@ def test_sparse_multi_gib_file_is_not_read(
     args = _where(world, what, str(sparse))
     res = run_cli(*args, env=world.env, timeout=TIMEOUT)
     if what == "dataset":
-        # a dataset may be big: it is read record by record and refused by its magic
+        # a dataset may be big: it is read sample by sample and refused by its magic
         refused(res, "not a plinius encrypted dataset")
     else:
         refused(res, what, "GiB" if what == "key file" else "B, more than")

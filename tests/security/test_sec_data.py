@@ -1,6 +1,6 @@
 """Class 5: the data headers that change behaviour are authenticated, at the CLI.
 
-The attacker edits the owner's ``.pld`` header and the backend's copy of it (plus the record-area
+The attacker edits the owner's ``.pld`` header and the backend's copy of it (plus the sample-area
 headers) to make training use a prefix of the data or make ``infer`` score a chosen subset. Every
 edit must be refused with exit 2 and a one-line integrity error, and the victim's mirror must
 still verify afterwards.
@@ -59,6 +59,7 @@ def _verify_ok(run_cli: CliRunner, world: World) -> None:
 def _data_files(world: World) -> tuple[Path, Path, Path]:
     be = world.shm / "be"
     (info,) = be.glob("dataset.*")
+    # sample areas keep the on-disk blob name "records.<id>-<split>"
     (train,) = be.glob("records.*-train")
     (test,) = be.glob("records.*-test")
     return info, train, test
@@ -132,7 +133,7 @@ def test_infer_prefix_by_editing_backend_counts_is_refused(
     _verify_ok(run_cli, world)
 
 
-def test_infer_with_only_the_record_area_count_cut_is_refused(
+def test_infer_with_only_the_sample_area_count_cut_is_refused(
     run_cli: CliRunner, world: World
 ) -> None:
     assert _train(run_cli, world) == "ok"
@@ -143,11 +144,11 @@ def test_infer_with_only_the_record_area_count_cut_is_refused(
     res = run_cli(
         "infer", "--backend", _backend(world), "--key-file", str(world.key), env=world.env
     )
-    assert_refused(res, "integrity", "record count 10")
+    assert_refused(res, "integrity", "sample count 10")
     _verify_ok(run_cli, world)
 
 
-def test_training_with_a_cut_record_area_is_refused(run_cli: CliRunner, world: World) -> None:
+def test_training_with_a_cut_sample_area_is_refused(run_cli: CliRunner, world: World) -> None:
     """The backend's copy is cut (header copy and area agree): the file's header wins."""
     assert _train(run_cli, world) == "ok"
     info, train, _ = _data_files(world)
@@ -240,7 +241,7 @@ def test_old_format_pld_says_re_encrypt(run_cli: CliRunner, world: World) -> Non
 
 
 def test_header_of_another_dataset_is_refused(run_cli: CliRunner, world: World) -> None:
-    """A genuine header (same key, other seed) spliced onto these records."""
+    """A genuine header (same key, other seed) spliced onto these samples."""
     other = world.root / "other.pld"
     res = run_cli(
         "owner",
@@ -270,4 +271,4 @@ def test_header_of_another_dataset_is_refused(run_cli: CliRunner, world: World) 
         str(spliced),
         env=world.env,
     )
-    assert_refused(res, "integrity", "record")
+    assert_refused(res, "integrity", "sample")

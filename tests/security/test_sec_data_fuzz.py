@@ -1,4 +1,4 @@
-"""Byte-flip fuzzer for ``.pld`` files and the record areas stored in a backend.
+"""Byte-flip fuzzer for ``.pld`` files and the sample areas stored in a backend.
 
 Every byte of each header region is flipped (and a seeded sample elsewhere); each mutant must be
 refused with a plinius error, or decode to exactly the original data (the flip was outside
@@ -27,7 +27,7 @@ from plinius.encdata import (
     encrypt_dataset,
     iter_sealed,
     read_header,
-    record_aad,
+    sample_aad,
 )
 from plinius.errors import PliniusError
 from plinius.pmdata import PMData
@@ -69,8 +69,8 @@ def _decode_file(path: Path, engine: Engine) -> Decoded:
         plain = bytearray()
         row = np.empty(info.features + info.classes, np.float32)
         for i, sealed in enumerate(iter_sealed(path, info, split)):
-            aad = record_aad(info.dataset_id, split, i, info.counts[split])
-            engine.open_into(aad, sealed, row, f"{split} record {i}")
+            aad = sample_aad(info.dataset_id, split, i, info.counts[split])
+            engine.decrypt_into(aad, sealed, row, f"{split} sample {i}")
             plain += row.tobytes()
         out[split] = bytes(plain)
     return info, out
@@ -107,20 +107,21 @@ def test_fuzz_pld_file(pld: Path, engine: Engine) -> None:
         _classify(lambda: _decode_file(pld, engine), original, outcomes)
     pld.write_bytes(raw + b"\0" * 104)
     _classify(lambda: _decode_file(pld, engine), original, outcomes)
-    _report(".pld header (every byte) + records (sample) + cuts", outcomes)
+    _report(".pld header (every byte) + samples (some) + cuts", outcomes)
     # every header byte is under the header tag: no header flip may be harmless
     assert outcomes["harmless"] == 0
     assert sum(outcomes.values()) == len(positions) + 9
 
 
 @pytest.mark.slow
-def test_fuzz_stored_record_areas(pld: Path, engine: Engine, shm_dir: Path) -> None:
+def test_fuzz_stored_sample_areas(pld: Path, engine: Engine, shm_dir: Path) -> None:
     spec = f"tmpfs:{shm_dir / 'be'}"
     with open_backend(spec) as be:
         areas, _ = PMData.ensure_loaded(be, engine, pld, SPLITS)
     info = areas["train"].info
     be_dir = shm_dir / "be"
     header_file = be_dir / f"dataset.{info.dataset_id.hex()}"
+    # sample areas keep the on-disk blob name "records.<id>-<split>"
     area_files = {s: be_dir / f"records.{info.dataset_id.hex()}-{s}" for s in SPLITS}
 
     def decode() -> Decoded:
@@ -155,7 +156,7 @@ def test_fuzz_stored_record_areas(pld: Path, engine: Engine, shm_dir: Path) -> N
             f.write_bytes(raw[:cut])
             _classify(decode, original, outcomes)
         f.write_bytes(raw)
-    _report("backend dataset header + record areas (headers every byte, sample)", outcomes)
+    _report("backend dataset header + sample areas (headers every byte, some samples)", outcomes)
     assert outcomes["harmless"] == 0
     assert decode() == original
 
@@ -164,7 +165,7 @@ def test_fuzz_stored_record_areas(pld: Path, engine: Engine, shm_dir: Path) -> N
 def test_fuzz_through_the_cli(run_cli: CliRunner, world: World) -> None:
     raw = world.data.read_bytes()
     outcomes: Counter[str] = Counter()
-    # magic, JSON length, inside the JSON (counts area), zero padding, the tag, a record
+    # magic, JSON length, inside the JSON (counts area), zero padding, the tag, a sample
     for at in (3, 9, 14, 150, 2000, HEADER_BYTES - 5, HEADER_BYTES + 100):
         world.data.write_bytes(_flip(raw, at))
         res = run_cli(
@@ -176,10 +177,10 @@ def test_fuzz_through_the_cli(run_cli: CliRunner, world: World) -> None:
         if at < HEADER_BYTES:
             assert_refused(res)
             outcomes["pld refused"] += 1
-        else:  # a record: refused when its batch is decrypted, else never read
+        else:  # a sample: refused when its batch is decrypted, else never read
             assert res.returncode in (0, 2), res.stderr
             assert "Traceback" not in res.stderr
-            outcomes["pld record " + ("refused" if res.returncode else "not read")] += 1
+            outcomes["pld sample " + ("refused" if res.returncode else "not read")] += 1
     world.data.write_bytes(raw)
     spec = f"tmpfs:{world.shm / 'be'}"
     res = run_cli(

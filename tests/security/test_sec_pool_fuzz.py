@@ -196,7 +196,7 @@ def _poke(path: Path, pokes: list[list[int]]) -> None:
 
 def _read_all(b: Any) -> None:
     """Every root's bytes (a blob view that reaches past its block would fault here)."""
-    keys = b.keys()
+    keys = b.blobs()
     for key in keys:
         blob = b.read(key)
         if blob is not None:

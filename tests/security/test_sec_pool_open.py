@@ -24,7 +24,7 @@ from plinius.backends.romulus import Pool
 
 from .conftest import CliRunner, World, assert_refused
 
-POOL_SIZE = "64M"  # the tiny model's mirror plus the 16 MB MNIST record area
+POOL_SIZE = "64M"  # the tiny model's mirror plus the 16 MB MNIST sample area
 TIMEOUT = 60.0  # a hang (an endless free-list walk under the pool lock) fails the test
 
 # header fields and allocator metadata (offsets within main), see native/romulus.h/.c
@@ -74,7 +74,7 @@ def verify(run_cli: CliRunner, world: World, pool: Path) -> subprocess.Completed
 
 @pytest.fixture
 def victim(world: World, run_cli: CliRunner) -> Path:
-    """A pool the victim trained into: records, data set, mirror roots, all committed."""
+    """A pool the victim trained into: samples, data set header, mirror roots, all committed."""
     pool = world.shm / "v.pool"
     res = train(run_cli, world, pool)
     assert res.returncode == 0, res.stderr
@@ -177,7 +177,7 @@ def test_garbage_free_list_head_then_train(
     victim: Path, world: World, run_cli: CliRunner, value: int
 ) -> None:
     poke_meta(victim, M_FREE_HEAD + 3 * 8, value)
-    # train must put the data set again: a large block (records) and a small one (class 3)
+    # train must put the data set again: a large block (samples) and a small one (class 3)
     delete_root(victim, b"records.")
     delete_root(victim, b"dataset.")
     res = train(run_cli, world, victim)

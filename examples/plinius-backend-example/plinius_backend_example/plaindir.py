@@ -17,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from plinius.backends.base import Backend, Blob, IoStats, RunsOn, WriteTxn, check_key, check_range
+from plinius.backends.base import (
+    Backend,
+    Blob,
+    IoStats,
+    RunsOn,
+    WriteTxn,
+    check_blob_name,
+    check_range,
+)
 from plinius.backends.fsinfo import mount_of
 from plinius.errors import BackendError, ConfigError, NotFoundError
 from plinius.fsutil import atomic_writer, fsync_dir, open_regular, private_dir
@@ -27,8 +35,8 @@ from plinius.memory import StagingBuffer
 class PlainDirWriteTxn(WriteTxn):
     """A new version staged in the backend's reusable memory until commit."""
 
-    def __init__(self, backend: PlainDirBackend, key: str, size: int) -> None:
-        super().__init__(key, size)
+    def __init__(self, backend: PlainDirBackend, blob: str, size: int) -> None:
+        super().__init__(blob, size)
         self._backend = backend
         self._stage = backend._write_stage.view(size)
         # the staging memory is reused: bytes no view covers must not carry older blobs
@@ -41,7 +49,7 @@ class PlainDirWriteTxn(WriteTxn):
     def commit(self) -> IoStats:
         self._check_range(0, 0)  # refuses a finished transaction
         t0 = time.perf_counter()
-        with atomic_writer(self._backend.path_of(self.key)) as f:
+        with atomic_writer(self._backend.path_of(self.blob)) as f:
             f.write(self._stage)
         self._done = True
         elapsed = time.perf_counter() - t0
@@ -52,7 +60,7 @@ class PlainDirWriteTxn(WriteTxn):
 
 
 class PlainDirBackend(Backend):
-    """Blobs as files ``<location>/<key>``."""
+    """Blobs as files ``<location>/<blob>``."""
 
     name = "plaindir"
     byte_addressable = False
@@ -70,43 +78,43 @@ class PlainDirBackend(Backend):
         self._read_stage = StagingBuffer()
         self._maps: dict[str, mmap.mmap] = {}
 
-    def path_of(self, key: str) -> Path:
-        return self.dir / check_key(key)
+    def path_of(self, blob: str) -> Path:
+        return self.dir / check_blob_name(blob)
 
-    def begin_write(self, key: str, size: int) -> WriteTxn:
-        check_key(key)
+    def begin_write(self, blob: str, size: int) -> WriteTxn:
+        check_blob_name(blob)
         if size < 0:
-            raise BackendError(f"blob {key!r}: negative size {size}")
-        return PlainDirWriteTxn(self, key, size)
+            raise BackendError(f"blob {blob!r}: negative size {size}")
+        return PlainDirWriteTxn(self, blob, size)
 
-    def _open(self, key: str) -> int | None:
+    def _open(self, blob: str) -> int | None:
         try:
-            return open_regular(self.path_of(key), "plaindir blob", nofollow=True)
+            return open_regular(self.path_of(blob), "plaindir blob", nofollow=True)
         except NotFoundError:
             return None
 
-    def read(self, key: str, offset: int = 0, length: int | None = None) -> Blob | None:
+    def read(self, blob: str, offset: int = 0, length: int | None = None) -> Blob | None:
         t0 = time.perf_counter()
-        fd = self._open(key)
+        fd = self._open(blob)
         if fd is None:
             return None
         try:
             size = os.fstat(fd).st_size
-            n = check_range(repr(key), offset, length, size)
+            n = check_range(repr(blob), offset, length, size)
             buf = self._read_stage.view(n)
             done = 0
             while done < n:
                 got = os.preadv(fd, [buf[done:]], offset + done)
                 if got == 0:
-                    raise BackendError(f"blob {key!r} shrank while it was read")
+                    raise BackendError(f"blob {blob!r} shrank while it was read")
                 done += got
         finally:
             os.close(fd)
         elapsed = time.perf_counter() - t0
         return Blob(buf.toreadonly(), IoStats(bytes=n, read_s=elapsed, total_s=elapsed), size)
 
-    def map(self, key: str) -> memoryview | None:
-        fd = self._open(key)
+    def map(self, blob: str) -> memoryview | None:
+        fd = self._open(blob)
         if fd is None:
             return None
         try:
@@ -115,25 +123,25 @@ class PlainDirBackend(Backend):
             mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
-        old = self._maps.pop(key, None)
+        old = self._maps.pop(blob, None)
         if old is not None:
             with contextlib.suppress(BufferError):  # a caller still holds a view: GC closes it
                 old.close()
-        self._maps[key] = mm
+        self._maps[blob] = mm
         return memoryview(mm)
 
-    def delete(self, key: str) -> None:
+    def delete(self, blob: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path_of(key))
+            os.unlink(self.path_of(blob))
             fsync_dir(self.dir)
 
-    def keys(self) -> list[str]:
+    def blobs(self) -> list[str]:
         names = []
         with os.scandir(self.dir) as it:
             for e in it:
-                # staging files of killed writers start with "." and never pass check_key
+                # staging files of killed writers start with "." and never pass check_blob_name
                 with contextlib.suppress(ConfigError):
-                    if e.is_file(follow_symlinks=False) and check_key(e.name):
+                    if e.is_file(follow_symlinks=False) and check_blob_name(e.name):
                         names.append(e.name)
         return sorted(names)
 

@@ -1,6 +1,6 @@
 """``romulus``: blobs in a byte-addressable persistent-memory pool, replaced by RomulusLog txns.
 
-A blob is one allocation in the pool's ``main`` region, named by a root (the blob key). Writing
+A blob is one allocation in the pool's ``main`` region, named by a root (the blob name). Writing
 a new version is ONE durable transaction: ``begin_write`` starts it and (re)points the root,
 ``txn.view`` declares the range in the log and hands out memory straight inside ``main`` for the
 caller to encrypt into, ``commit`` runs the engine's flush + copy-to-back with its four fences.
@@ -21,7 +21,7 @@ crash-recovery protocol for a rare event, while the caller can say up front what
 DEVICE MODEL. ``device=optane-1dimm`` (2, 4, 6 DIMMs; ``none`` = DRAM speed; default
 ``PLINIUS_PM_DEVICE``) makes the engine wait as modelled Optane DIMMs would: write bandwidth
 and a per-fence cost at every fence, read bandwidth and latency once per blob handed out by
-:meth:`RomulusBackend.read`. ``map`` (random record reads) is not modelled. See
+:meth:`RomulusBackend.read`. ``map`` (random sample reads) is not modelled. See
 :mod:`plinius.backends.romulus.device`; ``describe()`` reports the model, labelled as a model.
 
 Creation never overwrites: ``create=auto`` (the default) creates the pool only when the file is
@@ -59,7 +59,7 @@ from plinius.backends.base import (
     IoStats,
     RunsOn,
     WriteTxn,
-    check_key,
+    check_blob_name,
     check_range,
 )
 from plinius.backends.fsinfo import MountInfo, block_device_facts, mount_label, mount_of
@@ -83,7 +83,7 @@ from plinius.fsutil import check_path
 from plinius.units import fmt_bytes, parse_size
 
 #: size of a pool created without ``size=``: room for a 100 MB mirror being replaced by a
-#: bigger one (old and new coexist inside the transaction) plus the MNIST record area
+#: bigger one (old and new coexist inside the transaction) plus the MNIST sample area
 DEFAULT_POOL_SIZE = 1 << 30
 _OPTIONS = ("size", "size_hint", "mode", "flush", "create", "device")
 _CREATE: dict[str, CreatePolicy] = {"auto": True, "never": False, "force": "force"}
@@ -102,7 +102,7 @@ def suggested_pool_size(mirror_bytes: int, data_bytes: int = 0, extra_bytes: int
     """A pool file size with room for what a trainer stores, for ``size_hint=``.
 
     ``mirror_bytes``: the encrypted mirror (a save replacing it by one of another size holds
-    both inside the transaction, so it counts twice); ``data_bytes``: the training-set record
+    both inside the transaction, so it counts twice); ``data_bytes``: the training-set sample
     area (the sealed data file's size is a safe estimate); ``extra_bytes``: anything else.
     Main gets that, the allocator metadata and 1 MiB for small blobs (headers, freshness),
     plus 1/8 for fragmentation, rounded up to a MiB; the file holds main twice (its committed
@@ -149,8 +149,8 @@ def _pool_size(text: str, option: str = "size") -> int:
 class RomulusWriteTxn(WriteTxn):
     """One durable transaction replacing one blob."""
 
-    def __init__(self, backend: RomulusBackend, key: str, size: int, offset: int) -> None:
-        super().__init__(key, size)
+    def __init__(self, backend: RomulusBackend, blob: str, size: int, offset: int) -> None:
+        super().__init__(blob, size)
         self._backend = backend
         self._pool = backend.pool
         self._offset = offset
@@ -174,7 +174,7 @@ class RomulusWriteTxn(WriteTxn):
 
     def commit(self) -> IoStats:
         if self._done:
-            raise BackendError(f"write transaction on {self.key!r} is already finished")
+            raise BackendError(f"write transaction on {self.blob!r} is already finished")
         t0 = time.perf_counter()
         try:
             self._pool.commit()
@@ -314,9 +314,9 @@ class RomulusBackend(Backend):
             raise NotFoundError(self._no_pool(path)) from None
         self._txn: RomulusWriteTxn | None = None
         try:
-            for key in self.pool.roots():  # every root must name a block of its blob's size
-                self._check_root_name(key)
-                self.pool.blob_root(key)
+            for blob in self.pool.roots():  # every root must name a block of its blob's size
+                self._check_root_name(blob)
+                self.pool.blob_root(blob)
         except BaseException:
             self.pool.close()
             raise
@@ -330,12 +330,12 @@ class RomulusBackend(Backend):
             "pool only; it created nothing)"
         )
 
-    def _check_root_name(self, key: str) -> None:
+    def _check_root_name(self, blob: str) -> None:
         try:
-            check_key(key)
+            check_blob_name(blob)
         except ConfigError:
             raise PoolCorruptError(
-                f"pool {self.path} is corrupt: root name {key!r} is not a blob key"
+                f"pool {self.path} is corrupt: root name {blob!r} is not a blob name"
             ) from None
 
     def _check_idle(self, what: str) -> None:
@@ -343,31 +343,31 @@ class RomulusBackend(Backend):
             raise BackendError(f"romulus backend {self.spec} is closed")
         if self._txn is not None:
             raise BackendError(
-                f"cannot {what}: the write transaction on {self._txn.key!r} is still open; "
+                f"cannot {what}: the write transaction on {self._txn.blob!r} is still open; "
                 "commit or abort it first"
             )
 
-    def _lookup(self, key: str) -> tuple[int, int, bool] | None:
-        """(offset, size, committed-region?) of the last committed version of ``key``."""
+    def _lookup(self, blob: str) -> tuple[int, int, bool] | None:
+        """(offset, size, committed-region?) of the last committed version of ``blob``."""
         if self.pool.closed:
             raise BackendError(f"romulus backend {self.spec} is closed")
         committed = self._txn is not None  # main is being rewritten: the truth is in back
-        found = self.pool.blob_root(check_key(key), committed=committed)
+        found = self.pool.blob_root(check_blob_name(blob), committed=committed)
         if found is None:
             return None
         return found[0], found[1], committed
 
     # --- contract ------------------------------------------------------------------------------
 
-    def begin_write(self, key: str, size: int) -> WriteTxn:
-        check_key(key)
+    def begin_write(self, blob: str, size: int) -> WriteTxn:
+        check_blob_name(blob)
         if size < 0:
             raise BackendError(f"blob size must be >= 0, got {size}")
-        self._check_idle(f"start writing {key!r}")
+        self._check_idle(f"start writing {blob!r}")
         pool = self.pool
         pool.begin()
         try:
-            current = pool.blob_root(key)
+            current = pool.blob_root(blob)
             old = current[0] if current else 0
             if size == 0:
                 offset = 0
@@ -378,56 +378,56 @@ class RomulusBackend(Backend):
                     offset = pool.alloc(size)
                 except PoolFullError as exc:
                     raise PoolFullError(
-                        f"{exc}: blob {key!r} of {fmt_bytes(size)} does not fit (the last "
+                        f"{exc}: blob {blob!r} of {fmt_bytes(size)} does not fit (the last "
                         f"committed version is intact); create a bigger pool (size=) in a new "
                         "file"
                     ) from None
             if old and offset != old:
                 pool.free(old)
-            pool.set_root(key, offset, size)
+            pool.set_root(blob, offset, size)
         except BaseException:
             pool.abort()
             raise
-        self._txn = RomulusWriteTxn(self, key, size, offset)
+        self._txn = RomulusWriteTxn(self, blob, size, offset)
         return self._txn
 
-    def read(self, key: str, offset: int = 0, length: int | None = None) -> Blob | None:
+    def read(self, blob: str, offset: int = 0, length: int | None = None) -> Blob | None:
         t0 = time.perf_counter()
-        found = self._lookup(key)
+        found = self._lookup(blob)
         if found is None:
             return None
         at, size, committed = found
-        n = check_range(repr(key), offset, length, size)
+        n = check_range(repr(blob), offset, length, size)
         data = self.pool.view(at + offset, n, committed=committed)
         self.pool.model_read(n)  # device model: the restore reads the range from the media
         elapsed = time.perf_counter() - t0
         return Blob(data, IoStats(bytes=n, read_s=elapsed, total_s=elapsed), size)
 
-    def map(self, key: str) -> memoryview | None:
-        found = self._lookup(key)
+    def map(self, blob: str) -> memoryview | None:
+        found = self._lookup(blob)
         if found is None:
             return None
         offset, size, committed = found
         return self.pool.view(offset, size, committed=committed)
 
-    def delete(self, key: str) -> None:
-        check_key(key)
-        self._check_idle(f"delete {key!r}")
-        if self.pool.blob_root(key) is None:
+    def delete(self, blob: str) -> None:
+        check_blob_name(blob)
+        self._check_idle(f"delete {blob!r}")
+        if self.pool.blob_root(blob) is None:
             return
         with self.pool.transaction():
-            current = self.pool.blob_root(key)
+            current = self.pool.blob_root(blob)
             if current is not None and current[0]:
                 self.pool.free(current[0])
-            self.pool.del_root(key)
+            self.pool.del_root(blob)
 
-    def keys(self) -> list[str]:
+    def blobs(self) -> list[str]:
         if self.pool.closed:
             raise BackendError(f"romulus backend {self.spec} is closed")
-        keys = sorted(self.pool.roots(committed=self._txn is not None))
-        for key in keys:  # names come from the pool file: only what check_key allows is ours
-            self._check_root_name(key)
-        return keys
+        blobs = sorted(self.pool.roots(committed=self._txn is not None))
+        for blob in blobs:  # names come from the pool file: only valid blob names are ours
+            self._check_root_name(blob)
+        return blobs
 
     def describe(self) -> RunsOn:
         m = mount_of(self.path)

@@ -14,7 +14,7 @@ makes the native engine wait, busy on the monotonic clock, as the modelled media
   (``read``), so a restore costs at least a sequential read of the blob from the media.
 
 NOT modelled: CPU cache misses on individual loads and stores (the pool stays DRAM to the CPU,
-so random record reads through ``map`` and every load during decryption run at DRAM speed);
+so random sample reads through ``map`` and every load during decryption run at DRAM speed);
 the 256-byte internal write granularity of Optane (a 64-byte flush is charged 64 bytes); the
 write-pending-queue depth and the asymmetric bandwidth under mixed read/write load; NUMA;
 contention between threads or pools (the model is per pool). The waits are floors: a model can
@@ -54,7 +54,7 @@ MODELLED = (
     "fence_ns per fence; read bandwidth + read latency once per blob handed out for a restore"
 )
 NOT_MODELLED = (
-    "per-load/store cache-miss latency (the pool is DRAM to the CPU: random record reads via "
+    "per-load/store cache-miss latency (the pool is DRAM to the CPU: random sample reads via "
     "map() and loads while decrypting run at DRAM speed), 256-byte media granularity, "
     "write-pending-queue depth, mixed read/write interference, NUMA, cross-pool contention"
 )

@@ -1,17 +1,20 @@
-"""A byte-addressable area of fixed-size records (the encrypted training set) in any backend.
+"""A byte-addressable area of fixed-size samples (the encrypted training set) in any backend.
 
-Written once with :func:`put_records`; read one record at a time by index through the backend's
-byte-addressable ``map`` view, so a restarted trainer touches only the records of its batch and
-reloads nothing from disk. The records are stored as given (the owner already sealed each one):
+Written once with :func:`put_samples`; read one sample at a time by index through the backend's
+byte-addressable ``map`` view, so a restarted trainer touches only the samples of its batch and
+reloads nothing from disk. The samples are stored as given (the owner already sealed each one):
 this layer adds a small header and fixed stride, never plaintext.
 
-Layout: ``[magic 8][format u16][pad u16][record_size u32][count u64][name_len u16][name][pad to
-64]`` then ``count`` records of ``record_size`` bytes each.
+Layout: ``[magic 8][format u16][pad u16][sample_size u32][count u64][name_len u16][name][pad to
+64]`` then ``count`` samples of ``sample_size`` bytes each.
 
 The header is plaintext that storage can edit, so it is parsed strictly (reserved and padding
-bytes must be zero, the name must match) and its record size and count are worth nothing on their
-own: :mod:`plinius.pmdata` checks them against the authenticated dataset header, and each record's
+bytes must be zero, the name must match) and its sample size and count are worth nothing on their
+own: :mod:`plinius.pmdata` checks them against the authenticated dataset header, and each sample's
 AES-GCM associated data binds its index and the split's count.
+
+On-disk names keep the older word "record" (magic ``PLNRECS``, blob key ``records.<name>``) so
+areas stored before the rename still open.
 """
 
 from __future__ import annotations
@@ -29,58 +32,59 @@ from plinius.errors import (
 )
 from plinius.memory import CACHE_LINE, align_up
 
-MAGIC = b"PLNRECS\x00"
+MAGIC = b"PLNRECS\x00"  # on-disk: keeps "record" so stored areas still open
 FORMAT_VERSION = 1
 _HEAD = struct.Struct("<8sHHIQH")
 
 
 def area_key(name: str) -> str:
+    """Blob name of a sample area; on-disk, so it keeps "records." for stored areas."""
     return f"records.{name}"
 
 
-def _header(name: str, record_size: int, count: int) -> bytes:
+def _header(name: str, sample_size: int, count: int) -> bytes:
     raw = name.encode()
-    head = _HEAD.pack(MAGIC, FORMAT_VERSION, 0, record_size, count, len(raw)) + raw
+    head = _HEAD.pack(MAGIC, FORMAT_VERSION, 0, sample_size, count, len(raw)) + raw
     return head.ljust(align_up(len(head), CACHE_LINE), b"\0")
 
 
-def put_records(
+def put_samples(
     backend: Backend,
     name: str,
-    records: Iterable[bytes | memoryview],
-    record_size: int,
+    samples: Iterable[bytes | memoryview],
+    sample_size: int,
     count: int,
 ) -> IoStats:
-    """Store ``count`` records of ``record_size`` bytes atomically under ``name``."""
-    head = _header(name, record_size, count)
-    total = len(head) + record_size * count
+    """Store ``count`` samples of ``sample_size`` bytes atomically under ``name``."""
+    head = _header(name, sample_size, count)
+    total = len(head) + sample_size * count
     with backend.begin_write(area_key(name), total) as txn:
         txn.view(0, len(head))[:] = head
         written = 0
-        for i, rec in enumerate(records):
+        for i, sample in enumerate(samples):
             if i >= count:
-                raise ValueError(f"more than the announced {count} records")
-            mv = memoryview(rec).cast("B")
-            if mv.nbytes != record_size:
-                raise ValueError(f"record {i} is {mv.nbytes} B, expected {record_size} B")
-            txn.view(len(head) + i * record_size, record_size)[:] = mv
+                raise ValueError(f"more than the announced {count} samples")
+            mv = memoryview(sample).cast("B")
+            if mv.nbytes != sample_size:
+                raise ValueError(f"sample {i} is {mv.nbytes} B, expected {sample_size} B")
+            txn.view(len(head) + i * sample_size, sample_size)[:] = mv
             written += 1
         if written != count:
-            raise ValueError(f"got {written} records, announced {count}")
+            raise ValueError(f"got {written} samples, announced {count}")
         return txn.commit()
 
 
-class RecordArea:
-    """Random access to a stored record area; ``area[i]`` is a read-only view of record ``i``."""
+class SampleArea:
+    """Random access to a stored sample area; ``area[i]`` is a read-only view of sample ``i``."""
 
     def __init__(self, backend: Backend, name: str) -> None:
         self.name = name
-        what = f"record area {name!r} in {backend.spec}"
+        what = f"sample area {name!r} in {backend.spec}"
         view = backend.map(area_key(name))
         if view is None:
             raise NotFoundError(f"{what} does not exist; load the dataset first")
         if view.nbytes < _HEAD.size or bytes(view[:8]) != MAGIC:
-            raise NotAMirrorError(f"{what} is not a plinius record area")
+            raise NotAMirrorError(f"{what} is not a plinius sample area")
         _, fmt, pad, size, count, name_len = _HEAD.unpack(bytes(view[: _HEAD.size]))
         if fmt > FORMAT_VERSION:
             raise UnsupportedVersionError(f"{what} uses format {fmt}; upgrade plinius")
@@ -94,13 +98,13 @@ class RecordArea:
         except UnicodeDecodeError:
             raise FormatError(f"{what} has a corrupt header (name is not UTF-8)") from None
         if stored_name != name:
-            raise FormatError(f"{what} holds records named {stored_name!r}")
+            raise FormatError(f"{what} holds samples named {stored_name!r}")
         if any(view[_HEAD.size + name_len : self._start]):
             raise FormatError(f"{what} has a corrupt header (non-zero padding)")
         need = self._start + size * count
         if view.nbytes < need:
             raise TruncatedError(f"{what} is truncated: {view.nbytes} B of {need} B")
-        self.record_size = size
+        self.sample_size = size
         self.count = count
         self._view = view
 
@@ -109,6 +113,6 @@ class RecordArea:
 
     def __getitem__(self, index: int) -> memoryview:
         if not 0 <= index < self.count:
-            raise IndexError(f"record {index} outside 0..{self.count - 1}")
-        at = self._start + index * self.record_size
-        return self._view[at : at + self.record_size]
+            raise IndexError(f"sample {index} outside 0..{self.count - 1}")
+        at = self._start + index * self.sample_size
+        return self._view[at : at + self.sample_size]
