@@ -25,7 +25,15 @@ import redis
 from plinius.backends import open_backend
 from plinius.backends.redis import PASSWORD_ENV, RedisBackend
 from plinius.backends.redis_server import RedisServer, free_port
-from plinius.backends.testing import FP, KEY, BackendContract, model_records, raw_get, raw_put
+from plinius.backends.testing import (
+    FP,
+    KEY,
+    SAVING_CHILD,
+    BackendContract,
+    model_records,
+    raw_get,
+    raw_put,
+)
 from plinius.crypto import make_engine
 from plinius.errors import BackendError, BackendLockedError, ConfigError, NotFoundError
 from plinius.mirror import MirrorStore
@@ -146,25 +154,6 @@ def test_killed_clients_leave_nothing_after_next_save(server: RedisServer) -> No
 
 # --- the server killed mid-save ------------------------------------------------------------------
 
-SERVER_KILLER = textwrap.dedent(
-    """
-    import sys
-    from plinius.backends.testing import model_records, KEY, FP
-    from plinius.backends import open_backend
-    from plinius.crypto import make_engine
-    from plinius.mirror import MirrorStore
-    b = open_backend(sys.argv[1])
-    s = MirrorStore(b, make_engine(KEY), FP)
-    info = s.peek()
-    v = 0 if info is None else info.version
-    print("ready", flush=True)
-    while True:
-        v += 1
-        s.save(model_records(v, scale=int(v % 5) * 30 + 1), version=v)
-        print(v, flush=True)
-    """
-)
-
 
 def kill_server_mid_save(rounds: int, seed: int) -> None:
     """SIGKILL the server while a child saves; after a restart from the AOF the previous or
@@ -175,7 +164,7 @@ def kill_server_mid_save(rounds: int, seed: int) -> None:
         last = 0
         for _ in range(rounds):
             proc = subprocess.Popen(
-                [sys.executable, "-c", SERVER_KILLER, spec], stdout=subprocess.PIPE, text=True
+                [sys.executable, "-c", SAVING_CHILD, spec], stdout=subprocess.PIPE, text=True
             )
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             time.sleep(rng.uniform(0.02, 0.4))
@@ -194,7 +183,7 @@ def kill_server_mid_save(rounds: int, seed: int) -> None:
             v = got.info.version
             assert v in (last, last + 1), (v, last)
             last = v
-            for r in model_records(v, scale=int(v % 5) * 30 + 1):
+            for r in model_records(v, scale=int(v % 7) * 40 + 1):
                 assert np.array_equal(got.arrays[(r.layer, r.name)], r.array)
         assert last > 0, "no save ever committed"
 

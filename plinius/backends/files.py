@@ -32,12 +32,12 @@ from typing import Any, ClassVar
 
 from plinius.backends.base import Durability, IoStats, RunsOn, check_blob_name, check_range
 from plinius.backends.fsinfo import MountInfo, block_device_facts, mount_label, mount_of
+from plinius.backends.owned_dir import LOCK_NAME, open_owned_dir
 from plinius.backends.staging import StagedBackend
-from plinius.errors import BackendError, BackendLockedError, ConfigError, NotFoundError
-from plinius.fsutil import HeldLock, check_path, try_lock
+from plinius.errors import BackendError, ConfigError
+from plinius.fsutil import HeldLock, check_path
 from plinius.memory import PAGE, StagingBuffer, align_up
 
-LOCK_NAME = ".lock"
 _TMP_SUFFIX = ".tmp"
 _OLD_TMP_MARK = ".tmp-"  # temp names of plinius <= 0.x: <blob>.tmp-<pid>
 _CHUNK = 1 << 30  # write(2) moves at most ~2 GiB per call
@@ -105,55 +105,14 @@ class FileBackend(StagedBackend):
 
     def _open_dir(self) -> None:
         """Open (create) the directory without following a symlink, lock it, clear stale temps."""
-        d = self.dir
-        if not d.exists() and not d.is_symlink():
-            if self.create == "never":  # read-only commands never create anything
-                raise NotFoundError(f"{self.name}: no backend at {d}: nothing to read there")
-            if not d.parent.is_dir():
-                raise BackendError(
-                    f"{self.name}: parent directory {d.parent} does not exist; create it first"
-                )
-            try:
-                d.mkdir(mode=0o700)
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise BackendError(f"{self.name}: cannot create {d}: {exc.strerror}") from None
-        try:
-            self._dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            if d.is_symlink():
-                raise BackendError(
-                    f"{self.name}: {d} is a symbolic link; refusing to follow it "
-                    "(give the real directory)"
-                ) from None
-            if exc.errno == errno.ENOTDIR:
-                raise BackendError(f"{self.name}: {d} exists and is not a directory") from None
-            raise BackendError(f"{self.name}: cannot open {d}: {exc.strerror}") from None
-        try:
-            lock, holder = try_lock(LOCK_NAME, f"{d / LOCK_NAME}", dir_fd=self._dfd)
-        except ConfigError as exc:
-            if "cannot open" in str(exc):
-                raise BackendError(
-                    f"{self.name}: directory {d} is not writable ({exc}); "
-                    "choose a directory you can write to"
-                ) from None
-            raise
-        if lock is None:
-            who = f"pid {holder}" if holder else "another process"
-            raise BackendLockedError(
-                f"backend {self.spec} is in use by {who}; wait for it to finish or stop it"
-            )
-        self._lock = lock
+        self._dfd, self._lock = open_owned_dir(
+            self.dir, self.name, self.spec, create=self.create != "never"
+        )
         # we hold the directory alone: every staging file left here is from a dead process
         for name in os.listdir(self._dfd):
             if _is_tmp_name(name):
                 with contextlib.suppress(OSError):
                     os.unlink(name, dir_fd=self._dfd)
-        if not os.access(d, os.W_OK):
-            raise BackendError(
-                f"{self.name}: directory {d} is not writable; choose a directory you can write to"
-            )
 
     def _open_file(self, blob: str) -> int | None:
         """A read descriptor of committed blob ``blob`` (never through a symlink), or None."""

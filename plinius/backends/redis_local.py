@@ -17,9 +17,10 @@ import signal
 import time
 from pathlib import Path
 
+from plinius.backends.owned_dir import open_owned_dir
 from plinius.backends.redis_server import RedisServer
-from plinius.errors import BackendError, BackendLockedError, ConfigError, NotFoundError
-from plinius.fsutil import HeldLock, atomic_write, check_path, read_regular, try_lock
+from plinius.errors import BackendError, ConfigError, NotFoundError
+from plinius.fsutil import HeldLock, atomic_write, check_path, read_regular
 
 PID_FILE = "server.pid"
 
@@ -50,27 +51,7 @@ class LocalServer:
             raise
 
     def _open(self, name: str, create: bool) -> None:
-        d = self.dir
-        if not d.is_dir():
-            if not create:
-                raise NotFoundError(f"{name}: no server directory {d}: nothing to read there")
-            try:
-                d.mkdir(mode=0o700)
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise BackendError(f"{name}: cannot create {d}: {exc.strerror}") from None
-        try:
-            self._dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            raise BackendError(f"{name}: cannot open directory {d}: {exc.strerror}") from None
-        lock, holder = try_lock(".lock", f"{d / '.lock'}", dir_fd=self._dfd)
-        if lock is None:
-            who = f"pid {holder}" if holder else "another process"
-            raise BackendLockedError(
-                f"backend {name}:{d} is in use by {who}; wait for it to finish or stop it"
-            )
-        self._lock = lock
+        self._dfd, self._lock = open_owned_dir(self.dir, name, f"{name}:{self.dir}", create=create)
 
     @property
     def port(self) -> int:

@@ -51,6 +51,28 @@ SIZES = [0, 1, 63, 64, 65, 4095, 4096, 4097, (1 << 20) + 3]
 KILLS = int(os.environ.get("PLINIUS_KILLS", "20"))
 
 
+#: a child process that saves ever larger mirrors to the spec in argv[1] forever, printing each
+#: committed version; the crash tests SIGKILL it (or the server under it) at random moments
+SAVING_CHILD = textwrap.dedent(
+    """
+    import sys
+    from plinius.backends.testing import model_records, KEY, FP
+    from plinius.backends import open_backend
+    from plinius.crypto import make_engine
+    from plinius.mirror import MirrorStore
+    b = open_backend(sys.argv[1])
+    s = MirrorStore(b, make_engine(KEY), FP)
+    info = s.peek()
+    v = 0 if info is None else info.version
+    print("ready", flush=True)
+    while True:
+        v += 1
+        s.save(model_records(v, scale=int(v % 7) * 40 + 1), version=v)
+        print(v, flush=True)
+    """
+)
+
+
 def model_records(version: int, layers: int = 3, scale: int = 1) -> list[Record]:
     """Deterministic buffers whose content and shapes depend on ``version``."""
     rng = np.random.default_rng(version)
@@ -417,28 +439,11 @@ class BackendContract:
 
     def test_interrupted_saves_keep_a_committed_mirror(self, spec: str) -> None:
         """SIGKILL a saving child at random moments; every reload is exactly one committed state."""
-        child = textwrap.dedent(
-            f"""
-            from plinius.backends.testing import model_records, KEY, FP
-            from plinius.backends import open_backend
-            from plinius.crypto import make_engine
-            from plinius.mirror import MirrorStore
-            b = open_backend({spec!r})
-            s = MirrorStore(b, make_engine(KEY), FP)
-            info = s.peek()
-            v = 0 if info is None else info.version
-            print("ready", flush=True)
-            while True:
-                v += 1
-                s.save(model_records(v, scale=int(v % 7) * 40 + 1), version=v)
-                print(v, flush=True)
-            """
-        )
         rng = random.Random(1234)
         last_committed = 0
         for _ in range(KILLS):
             proc = subprocess.Popen(
-                [sys.executable, "-P", "-c", child], stdout=subprocess.PIPE, text=True
+                [sys.executable, "-P", "-c", SAVING_CHILD, spec], stdout=subprocess.PIPE, text=True
             )
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "ready"
