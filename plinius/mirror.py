@@ -102,6 +102,17 @@ class MirrorInfo:
         return metadata_bytes(len(self.entries))
 
 
+def header_stamp(data: memoryview) -> tuple[bytes, int, bytes] | None:
+    """(run id, version, save id) a stored mirror's plaintext header names; None if it is not
+    one. Unauthenticated: for copying sealed bytes elsewhere (replicas) without opening them."""
+    if data.nbytes < HEADER_SIZE:
+        return None
+    fields = _HEADER.unpack(bytes(data[: _HEADER.size]))
+    if fields[0] != MAGIC:
+        return None
+    return fields[11], fields[5], fields[12]
+
+
 def metadata_bytes(n_records: int) -> int:
     """Encryption metadata of a mirror of ``n_records`` buffers: 28 B (IV + tag) for each and
     for the manifest. The one place this size is computed (reports, ``verify``, the trainer)."""

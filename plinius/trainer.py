@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from plinius import fsutil
+from plinius.backends.base import Backend
 from plinius.backends.registry import backend_class, open_backend, parse_spec
 from plinius.crypto import key_id, make_engine, read_key_file
 from plinius.encdata import iter_sealed, read_info
 from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.trusted import Enclave, StepResult
-from plinius.errors import ConfigError
+from plinius.errors import ConfigError, PliniusError
 from plinius.mirror import metadata_bytes
 from plinius.nn import Network, parse_cfg_text, zoo
 from plinius.owner import default_dataset, provision
@@ -60,6 +61,12 @@ class TrainOptions:
     batch: int | None = None
     state_dir: str | None = None
     no_mirror: bool = False
+    replicas: list[str] = field(default_factory=list)
+    replica_every: int = 1
+
+
+#: how long a clean exit waits for the replica copy in flight
+REPLICA_DRAIN_S = 60.0
 
 
 @dataclass
@@ -83,6 +90,8 @@ class TrainReport:
     metadata_bytes_per_mirror: int
     buffers_per_mirror: int
     notes: list[str] = field(default_factory=list)
+    #: with ``--replica``: per replica copies ok/failed/superseded, last version, bytes, seconds
+    replica: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,6 +173,7 @@ def check_options(opts: TrainOptions) -> None:
         ("--crash-at", opts.crash_at, 1),
         ("--batch", opts.batch, 1),
         ("--seed", opts.seed, 0),
+        ("--replica-every", opts.replica_every, 1),
     ):
         hi = MAX_SEED if flag == "--seed" else MAX_COUNT
         if value is not None and not lo <= value <= hi:
@@ -173,6 +183,7 @@ def check_options(opts: TrainOptions) -> None:
             raise ConfigError(f"{what} path is empty: give a file")
     name, location, _ = parse_spec(opts.backend)
     fsutil.check_path(location, f"backend {name} location")
+    check_replicas(opts)
     if opts.data is not None:
         os.close(fsutil.open_regular(opts.data, "dataset (--data)"))
     if opts.log is not None:
@@ -190,6 +201,46 @@ def check_options(opts: TrainOptions) -> None:
         parent = Path(opts.log).parent
         if not parent.is_dir():
             raise ConfigError(f"directory {parent} of the loss log {opts.log} does not exist")
+
+
+def check_replicas(opts: TrainOptions) -> None:
+    """``--replica`` specs: well formed, each a different place than the primary and the rest."""
+    if opts.replicas and opts.no_mirror:
+        raise ConfigError("--replica copies the mirror: it cannot go with --no-mirror")
+    seen = {_place(opts.backend)}
+    for spec in opts.replicas:
+        name, location, _ = parse_spec(spec)
+        fsutil.check_path(location, f"replica {name} location")
+        place = _place(spec)
+        if place in seen:
+            raise ConfigError(
+                f"--replica {spec} is the same place as the primary or another replica: "
+                "a replica must be a different backend instance"
+            )
+        seen.add(place)
+
+
+def _place(spec: str) -> tuple[str, str]:
+    name, location, _ = parse_spec(spec)
+    return name, os.path.abspath(location) if "://" not in location else location
+
+
+def open_replicas(
+    opts: TrainOptions, net: Network, say: Callable[[str], None]
+) -> tuple[list[Backend], list[dict[str, Any]]]:
+    """The replica backends that open; one that does not is warned about and left out
+    (a replica never stops training)."""
+    opened: list[Backend] = []
+    failed: list[dict[str, Any]] = []
+    mirror = sum(a.nbytes for _, _, a in net.mirror_buffers())
+    for spec in opts.replicas:
+        cls = backend_class(parse_spec(spec)[0])
+        try:
+            opened.append(open_backend(spec, **cls.creation_options(mirror + (64 << 10), 0)))
+        except PliniusError as exc:
+            say(f"warning: replica {spec} is unavailable ({exc}); training goes on without it")
+            failed.append({"spec": spec, "ok": 0, "failed": 1, "last_error": str(exc)})
+    return opened, failed
 
 
 def creation_options(spec: str, net: Network, data_path: str) -> dict[str, str | int]:
@@ -254,25 +305,34 @@ def run_training(
 
     restore_ms = 0.0
     resumed_from: int | None = None
+    replicas, unavailable = open_replicas(opts, net, say)
+    mirror_ms: list[float] = []
     if not opts.no_mirror:
         enclave.ecall_attach_mirror(backend, MirrorCounters(platform))
+        if opts.replicas:
+            enclave.ecall_attach_replicas(replicas, opts.replica_every, say)
         enclave.ecall_set_async(opts.async_mirror)
         if opts.fresh:
             enclave.ecall_forget_mirror()
         else:
             t0 = time.perf_counter()
-            resumed_from = enclave.ecall_restore()
+            resumed_from = enclave.ecall_restore(say)
             restore_ms = (time.perf_counter() - t0) * 1e3
             if resumed_from is not None:
                 say(
                     f"resumed from the mirror at iteration {resumed_from} "
                     f"({restore_ms:.1f} ms to restore)"
                 )
+            lost = enclave.ecall_restore_warning()
+            if lost is not None:
+                say(lost)
+                notes.append(lost)
+                # re-seed the primary: a new save, so its freshness record moves forward
+                mirror_ms.append(enclave.ecall_mirror() * 1e3)
     start = enclave.ecall_iteration()
     target = opts.iterations if opts.iterations is not None else net.max_batches
     log = LossLog(opts.log)
     iter_times: list[float] = []
-    mirror_ms: list[float] = []
     try:
         it = start
         while it < target:
@@ -292,9 +352,18 @@ def run_training(
             if on_step is not None:
                 on_step(step, target)
         enclave.ecall_flush()
+        if not enclave.ecall_drain_replicas(REPLICA_DRAIN_S):
+            say(f"warning: a replica copy was still in flight after {REPLICA_DRAIN_S:.0f} s")
     finally:
         log.close()
-        enclave.ecall_close()
+        idle = enclave.ecall_close()
+        for b in replicas:
+            if b in idle:  # one still writing is left to the process exit
+                b.close()
+    replica = enclave.ecall_replica_report()
+    if replica is not None or unavailable:
+        replica = replica or {"every": opts.replica_every, "replicas": []}
+        replica["replicas"] += unavailable
     n_buffers = len(net.mirror_buffers())
     report = TrainReport(
         model=label,
@@ -316,6 +385,7 @@ def run_training(
         metadata_bytes_per_mirror=metadata_bytes(n_buffers),
         buffers_per_mirror=n_buffers,
         notes=notes,
+        replica=replica,
     )
     backend.close()
     return report

@@ -2,11 +2,13 @@
 
 Both measure the real enclave code paths: batches read by index from the backend's sample area
 and decrypted sample by sample (PM-data), versus the same batches gathered from plaintext arrays;
-and a step followed by a synchronous or asynchronous mirror into a backend, versus no mirror.
+and a step followed by a synchronous or asynchronous mirror into a backend, versus no mirror,
+also with every mirror copied to a replica (a private ``redis-server`` on loopback).
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import time
@@ -26,6 +28,7 @@ from plinius.encdata import encrypt_dataset
 from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.trusted import Enclave
+from plinius.errors import PliniusError
 from plinius.nn import Network, parse_cfg_text
 from plinius.pmdata import PMData
 from plinius.trainer import creation_options, model_source
@@ -128,8 +131,12 @@ class MirrorOverhead:
     instance: str = ""  # name + options of the mirror's backend instance
     durability: str = ""  # what its describe() reported
     emulated: bool = False
+    replica: str = ""  # where every mirror was also copied ("": no replica)
+    not_run: str = ""  # why the row has no measurement (a replica that could not run)
 
     def as_dict(self) -> dict[str, Any]:
+        if self.not_run:
+            return {**asdict(self), "sync_overhead": None, "async_overhead": None}
         return {
             **asdict(self),
             "sync_overhead": self.sync_s / self.no_mirror_s - 1,
@@ -137,16 +144,47 @@ class MirrorOverhead:
         }
 
 
+REPLICA_DESC = "redis-server on loopback (private, AOF always)"
+
+
+def replica_overhead(
+    model: str = "mnist", iterations: int = 5, batch: int | None = None
+) -> MirrorOverhead:
+    """:func:`mirror_overhead` with every mirror also copied to a private loopback Redis; a
+    row saying "not run" and why when no server can run here."""
+    try:
+        return mirror_overhead(model, iterations=iterations, batch=batch, replica=True)
+    except PliniusError as exc:
+        label, _ = model_source(model)
+        why = " ".join(str(exc).split())
+        return MirrorOverhead(label, "", 0.0, 0.0, 0.0, replica=REPLICA_DESC, not_run=why)
+
+
+def _replica_blocks(enclave: Enclave, iterations: int, times: dict[str, list[float]]) -> None:
+    """Each mode as a block of consecutive steps, timed up to the last replica copy written:
+    background copies overlap the steps after them, as in training, and none is left out."""
+    for mode in ("none", "sync", "async"):
+        enclave.ecall_set_async(mode == "async")
+        t0 = time.perf_counter()
+        for _ in range(iterations):
+            enclave.ecall_train_step(mirror=mode != "none")
+        enclave.ecall_flush()
+        enclave.ecall_drain_replicas(600.0)
+        times[mode].append((time.perf_counter() - t0) / iterations)
+
+
 def mirror_overhead(
     model: str = "mnist",
     backend_spec: str | None = None,
     iterations: int = 5,
     batch: int | None = None,
+    replica: bool = False,
 ) -> MirrorOverhead:
     """Median iteration time without a mirror, with a synchronous and an asynchronous one.
 
     Without ``backend_spec`` the mirror goes to the first instance of the default plan (the
-    paper's setup), sized by its backend class for this model and data.
+    paper's setup), sized by its backend class for this model and data. ``replica``: every
+    mirror is also copied to a private ``redis-server`` on loopback (``--replica redis:DIR``).
     """
     label, cfg = model_source(model)
     ds = load_dataset(None)
@@ -165,12 +203,20 @@ def mirror_overhead(
 
         provision(enclave, key, platform.quoting_public_pem, net.fingerprint())
         sized = {} if backend_spec else creation_options(spec, net, str(data_file))
-        with open_backend(spec, **sized) as backend:
+        with contextlib.ExitStack() as stack:
+            backend = stack.enter_context(open_backend(spec, **sized))
             enclave.ecall_load_data(backend, data_file)
             enclave.ecall_attach_mirror(backend, MirrorCounters(platform))
+            if replica:
+                rb = stack.enter_context(open_backend(f"redis:{tmp}/replica"))
+                enclave.ecall_attach_replicas([rb], 1, lambda m: None)
             times: dict[str, list[float]] = {"none": [], "sync": [], "async": []}
             enclave.ecall_train_step(mirror=True)  # warm-up: pool allocation, first save
-            for _ in range(iterations):  # interleaved, so load drift hits all three alike
+            if replica:
+                enclave.ecall_drain_replicas(600.0)
+                for _ in range(3):
+                    _replica_blocks(enclave, iterations, times)
+            for _ in range(0 if replica else iterations):  # interleaved: drift hits all alike
                 for mode in ("none", "sync", "async"):
                     enclave.ecall_set_async(mode == "async")
                     t0 = time.perf_counter()
@@ -178,8 +224,12 @@ def mirror_overhead(
                     times[mode].append(time.perf_counter() - t0)
                     enclave.ecall_flush()  # the next mode starts with nothing in flight
             runs_on = backend.describe()
+            copies = (enclave.ecall_replica_report() or {}).get("replicas", [])
             enclave.ecall_close()
             name = backend.name
+            for r in copies:
+                if r["failed"]:
+                    raise PliniusError(f"replica copies failed: {r['last_error']}")
     _, _, options = parse_spec(spec)
     query = "&".join(f"{k}={v}" for k, v in sorted(options.items()))
     return MirrorOverhead(
@@ -191,4 +241,5 @@ def mirror_overhead(
         instance=name + (f"?{query}" if query else ""),
         durability=runs_on.durability,
         emulated=runs_on.emulated,
+        replica=REPLICA_DESC if replica else "",
     )

@@ -549,14 +549,22 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
                         "instance": o.get("instance") or o["backend"],
                         "durability": o.get("durability") or "-",
                         "emulated": "yes" if o.get("emulated") else "no",
-                        "sync_overhead": f"{o['sync_overhead']:+.1%}",
-                        "async_overhead": f"{o['async_overhead']:+.1%}",
+                        "replica": o.get("replica") or "-",
+                        **(
+                            {"sync_overhead": "not run", "async_overhead": o["not_run"]}
+                            if o.get("not_run")
+                            else {
+                                "sync_overhead": f"{o['sync_overhead']:+.1%}",
+                                "async_overhead": f"{o['async_overhead']:+.1%}",
+                            }
+                        ),
                     }
                     for o in doc["overhead"]
                 ],
                 [
                     "model",
                     "instance",
+                    "replica",
                     "durability",
                     "emulated",
                     "no_mirror_s",

@@ -151,10 +151,11 @@ def _batch(opts: SuiteOptions) -> list[dict[str, Any]]:
 
 
 def _overhead(opts: SuiteOptions) -> list[dict[str, Any]]:
-    from plinius.bench.iteration import mirror_overhead
+    from plinius.bench.iteration import mirror_overhead, replica_overhead
 
     model = "batch" if opts.quick else "mnist"
-    return [mirror_overhead(model, iterations=3 if opts.quick else 5).as_dict()]
+    n = 3 if opts.quick else 5
+    return [mirror_overhead(model, iterations=n).as_dict(), replica_overhead(model, n).as_dict()]
 
 
 def _mib(n: float) -> str:

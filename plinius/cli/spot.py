@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -14,10 +16,21 @@ from plinius.cli.common import (
     float_arg,
     int_arg,
 )
+from plinius.cli.crash_test import add_vm_loss_flags, check_vm_loss_args
+from plinius.experiments import vmreport
 from plinius.experiments.placement import run_specs
+from plinius.experiments.vmloss import VM_RUNS, replica_target
 from plinius.experiments.workspace import publish, workspace
-from plinius.spot.experiment import RUNS, SpotOptions, markdown, plot, run_spot
-from plinius.spot.trace import MAX_PRICE, load_trace
+from plinius.spot.experiment import (
+    DEFAULT_BID,
+    RUNS,
+    SpotOptions,
+    markdown,
+    plot,
+    run_spot,
+    run_spot_vm_loss,
+)
+from plinius.spot.trace import MAX_PRICE, SpotTrace, load_trace
 from plinius.trainer import MAX_SEED
 
 _T = TypeVar("_T")
@@ -40,13 +53,13 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--bid",
         type=float_arg(0, MAX_PRICE),
-        default=0.0955,
+        default=DEFAULT_BID,
         help="maximum bid in USD/hour",
     )
     p.add_argument(
         "--slot-seconds",
         type=float_arg(0, MAX_SLOT_SECONDS, lo_open=True),
-        help="real seconds per 5-minute slot, > 0 (default 5; quick 0.15)",
+        help="real seconds per 5-minute slot, > 0 (default 5, --vm-loss 1.5; quick 0.15, 0.25)",
     )
     p.add_argument(
         "--start", type=int_arg(0), help="first trace slot (default: a window with interruptions)"
@@ -54,10 +67,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--window",
         type=int_arg(1),
-        help="slots searched for interruptions (default 160, quick 32)",
+        help="slots searched for interruptions (default 160, quick 32; --vm-loss 160)",
     )
     p.add_argument("--model", help="default batch (quick: tiny)")
-    p.add_argument("--iterations", type=int_arg(1), help="default 500 (quick: 200)")
+    p.add_argument("--iterations", type=int_arg(1), help="default 500, --vm-loss 250 (quick: 200)")
     p.add_argument("--backend", default=DEFAULT_SCRATCH, help="backend name or NAME:DIRECTORY")
     p.add_argument("--key-file", help="owner key (default: a throw-away key)")
     p.add_argument("--data", help="owner's encrypted dataset (default: embedded MNIST)")
@@ -68,6 +81,9 @@ def register(sub: Any) -> None:
         help="training seed, and the trace seed of --trace synthetic",
     )
     p.add_argument("--quick", action="store_true", help="tiny model, short trace window")
+    add_vm_loss_flags(
+        p, "slot 1.5 s (quick 0.25), 250 iterations, window 160, from the trace's first slots"
+    )
     p.add_argument("--out", default="spot-out", help="directory for results.json, report.md, PNG")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -81,17 +97,22 @@ def _given(value: _T | None, default: _T) -> _T:
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     check_experiment_inputs(args)
+    check_vm_loss_args(args)
     trace = load_trace(args.trace, seed=args.seed)
+    if args.vm_loss:  # three arms in < 5 minutes: shorter slots and runs, the early window
+        quick_slot, long_slot, long_iterations, quick_window = 0.25, 1.5, 250, 160
+    else:
+        quick_slot, long_slot, long_iterations, quick_window = 0.15, 5.0, 500, 32
     with workspace(args.key_file, args.data, args.seed, "spot") as ws:
         opts = SpotOptions(
             model=args.model or ("tiny" if args.quick else "batch"),
             backend=args.backend,
             key_file=ws.key_file,
-            iterations=_given(args.iterations, 200 if args.quick else 500),
+            iterations=_given(args.iterations, 200 if args.quick else long_iterations),
             bid=args.bid,
-            slot_seconds=_given(args.slot_seconds, 0.15 if args.quick else 5.0),
+            slot_seconds=_given(args.slot_seconds, quick_slot if args.quick else long_slot),
             start=args.start,
-            window=_given(args.window, 32 if args.quick else 160),
+            window=_given(args.window, quick_window if args.quick else 160),
             seed=args.seed,
             data=ws.data,
             state_dir=ws.state_dir,
@@ -102,9 +123,42 @@ def run(args: argparse.Namespace) -> int:
             state = "running" if on else "OFF (killed)"
             console.print(f"  {run}: slot {slot} {state}", highlight=False)
 
+        if args.vm_loss:
+            return _vm_loss(args, opts, trace, ws.tmp / "runs", tick)
         with run_specs(args.backend, list(RUNS)) as specs:
             result = run_spot(opts, trace, specs, ws.tmp / "runs", tick)
     publish(
         "plinius-spot/1", opts.__dict__, result, args.out, "spot.png", markdown, plot, args.json
+    )
+    return 0 if result["complete"] else 1
+
+
+def _vm_loss(
+    args: argparse.Namespace,
+    opts: SpotOptions,
+    trace: SpotTrace,
+    workdir: Path,
+    tick: Callable[[str, int, bool], None],
+) -> int:
+    """The three ``--vm-loss`` arms through the same trace window, one report and figure."""
+    with replica_target(args.replica) as target, run_specs(args.backend, list(VM_RUNS)) as specs:
+        if target.spec is None:
+            Console(stderr=True).print(f"  local_replica: {target.reason}")
+        result = run_spot_vm_loss(opts, trace, specs, workdir, target, args.replica_every, tick)
+    setup = (
+        f"Trace {result['trace']} from slot {result['start_slot']}, bid {opts.bid}, one "
+        f"5-minute slot replayed as {opts.slot_seconds} s; model `{opts.model}` to "
+        f"{opts.iterations} iterations; backend `{opts.backend}`. Above the bid the VM is "
+        "reclaimed. Cost: the running slots each arm used, at the trace's prices."
+    )
+    publish(
+        "plinius-spot-vm-loss/1",
+        {**opts.__dict__, "replica_every": args.replica_every},
+        result,
+        args.out,
+        "spot-vm-loss.png",
+        lambda doc: vmreport.markdown(doc, "plinius spot", setup),
+        lambda doc, path: vmreport.plot(doc, path, "plinius spot"),
+        args.json,
     )
     return 0 if result["complete"] else 1

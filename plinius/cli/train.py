@@ -49,6 +49,21 @@ def register(sub: Any) -> None:
     p.add_argument("--batch", type=int_arg(1), help="override the cfg's batch size")
     p.add_argument("--state-dir", help=STATE_DIR_HELP)
     p.add_argument("--no-mirror", action="store_true", help="train without any mirror")
+    p.add_argument(
+        "--replica",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="also copy the sealed mirror to this backend in the background (repeatable); a "
+        "restore takes the newest fresh mirror among the primary and its replicas",
+    )
+    p.add_argument(
+        "--replica-every",
+        type=int_arg(1),
+        default=1,
+        metavar="R",
+        help="copy every R-th mirror to the replicas (default 1: every mirror)",
+    )
     p.add_argument("--report", help="write the run report as JSON to FILE")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -70,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch,
         state_dir=args.state_dir,
         no_mirror=args.no_mirror,
+        replicas=list(args.replica),
+        replica_every=args.replica_every,
     )
     if args.report is not None:
         output_file(args.report, "run report (--report)")
@@ -98,8 +115,12 @@ def run(args: argparse.Namespace) -> int:
             ms=f"{step.mirror_s * 1e3:.1f}",
         )
 
+    def say(message: str) -> None:
+        # one message, one line (never wrapped: warnings are grepped); specs are not markup
+        console.print(message, soft_wrap=True, markup=False, highlight=False)
+
     try:
-        report = run_training(opts, on_step=on_step, say=lambda m: console.print(m))
+        report = run_training(opts, on_step=on_step, say=say)
     finally:
         if started:
             bar.stop()
@@ -124,5 +145,10 @@ def run(args: argparse.Namespace) -> int:
     )
     for n in report.notes[1:]:
         print(f"  {n}")
+    for r in (report.replica or {}).get("replicas", []):
+        print(
+            f"replica {r['spec']}: {r.get('ok', 0)} copies ok, {r.get('failed', 0)} failed, "
+            f"{r.get('superseded', 0)} superseded, last version {r.get('last_version')}"
+        )
     print(f"weights sha256 {report.weights_sha256}")
     return 0

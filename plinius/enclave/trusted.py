@@ -26,12 +26,19 @@ from plinius.enclave.counter import ID_BYTES, FreshnessGuard, MirrorCounters, St
 from plinius.enclave.measure import measurement
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.sealing import SealedStore
-from plinius.errors import ConfigError, ModelMismatchError, NotFoundError, PliniusError
+from plinius.errors import (
+    ConfigError,
+    ModelMismatchError,
+    NotFoundError,
+    PliniusError,
+    RollbackError,
+)
 from plinius.memory import aligned_empty
 from plinius.mirror import MirrorInfo, MirrorStore, OpenedMirror, Record, Restored
 from plinius.model import Mirrorable, NamedBuffer, Trainable
 from plinius.nn import Network
 from plinius.pmdata import LoadReport, PMData
+from plinius.replica import Replica, Replicator, Warn
 
 PROVISION_AAD = b"plinius-data-key-v1"
 
@@ -142,6 +149,8 @@ class Enclave:
         self._async: ThreadPoolExecutor | None = None
         self._pending: Future[IoStats] | None = None
         self._snapshot: np.ndarray | None = None
+        self._replicas: Replicator | None = None
+        self._restore_warning: str | None = None  # set when a replica replaced a lost primary
 
     # --- attestation and provisioning ------------------------------------------------------
 
@@ -244,12 +253,99 @@ class Enclave:
             "batch": self._model.batch,
         }
 
-    def ecall_restore(self) -> int | None:
-        """Restore model, optimizer, RNGs and data cursor from the last mirror; its iteration."""
+    def ecall_attach_replicas(self, backends: list[Backend], every: int, warn: Warn) -> None:
+        """Copy every ``every``-th mirror, as sealed, to each backend (a slot of its own each).
+
+        Versions continue above every slot's record, so each replica's slot accepts them."""
+        if self._store is None or self._guard is None:
+            raise EnclaveStateError("attach a mirror first")
+        counters = self._guard.counters
+        self._replicas = Replicator(backends, counters, self._store.blob, every, warn)
+        for r in self._replicas.replicas:
+            state = counters.read(r.slot)
+            self._version = max(self._version, state.high if state else 0)
+
+    def ecall_drain_replicas(self, timeout: float) -> bool:
+        """Wait (bounded) for the replica copies in flight; False if some are still going."""
+        return self._replicas.drain(timeout) if self._replicas is not None else True
+
+    def ecall_replica_report(self) -> dict[str, Any] | None:
+        return self._replicas.report() if self._replicas is not None else None
+
+    def ecall_restore_warning(self) -> str | None:
+        """Set by a restore from a replica: what was lost; the caller then mirrors at once."""
+        return self._restore_warning
+
+    def _replica_store(self, r: Replica) -> MirrorStore:
+        return MirrorStore(r.backend, self._eng, self._fp, r.blob)
+
+    def _newest_replica(self, warn: Warn) -> tuple[Replica, MirrorInfo] | None:
+        """The replica holding the newest mirror that authenticates and is fresh (its own
+        slot's record, settled to what it holds, as a restore does); a replica that fails any
+        check is named and skipped."""
+        best: tuple[Replica, MirrorInfo] | None = None
+        assert self._replicas is not None
+        for r in self._replicas.replicas:
+            store = self._replica_store(r)
+            try:
+                info = store.peek(freshness=r.guard(store.what, settle=True))
+            except PliniusError as exc:
+                r.stats.last_error = str(exc)
+                warn(f"warning: replica {r.backend.spec} not usable for restore: {exc}")
+                continue
+            if info is not None and (best is None or info.version > best[1].version):
+                best = (r, info)
+        return best
+
+    def _restore_replicated(self, warn: Warn) -> Restored | None:
+        """The newest fresh mirror among the primary and its replicas. The primary's own
+        errors (tampering, rollback) stop as without replicas; only a missing primary mirror,
+        or an older one, gives way to a replica."""
+        assert self._store is not None and self._guard is not None
+        guard = self._guard
+        primary = self._store.open(freshness=guard)
+        best = self._newest_replica(warn)
+        into = _buffer_map(self._model)
+        if best is None or (primary is not None and primary.info.version >= best[1].version):
+            if primary is None:
+                try:
+                    guard.absent()
+                except RollbackError as exc:
+                    raise RollbackError(f"{exc}; no replica holds a usable mirror") from None
+                return None
+            return primary.load(into)
+        r, info = best
+        store = self._replica_store(r)
+        got = open_fresh(store, r.guard(store.what, settle=True)).load(into)
+        state = guard.counters.read(guard.slot)
+        last = state.committed.version if state and state.committed else None
+        spec = self._store.backend.spec
+        if primary is None:
+            lost = f"{max(0, last - info.version)}" if last is not None else "no"
+            lost += " mirrors"
+            self._restore_warning = (
+                f"warning: primary mirror at {spec} is missing: restored version {info.version} "
+                f"from replica {r.backend.spec}; {lost} since then are lost"
+            )
+        else:
+            self._restore_warning = (
+                f"warning: replica {r.backend.spec} holds a newer mirror (version "
+                f"{info.version}) than the primary at {spec} (version {primary.info.version}): "
+                "restored from the replica"
+            )
+        return got
+
+    def ecall_restore(self, warn: Warn | None = None) -> int | None:
+        """Restore model, optimizer, RNGs and data cursor from the last mirror; its iteration.
+
+        With replicas attached, the newest fresh mirror among primary and replicas."""
         if self._store is None or self._guard is None:
             raise EnclaveStateError("attach a mirror first")
         guard = self._guard
-        got = load_buffers(self._store, self._model, guard)
+        if self._replicas is not None and self._replicas.replicas:
+            got = self._restore_replicated(warn or (lambda m: None))
+        else:
+            got = load_buffers(self._store, self._model, guard)
         if got is None:
             guard.absent()
             return None
@@ -289,6 +385,8 @@ class Enclave:
             save_id=stamp.save_id,
         )
         counters.commit(slot, stamp)
+        if self._replicas is not None and self._replicas.due(version):
+            self._replicas.submit(self._store.backend, stamp)
         return stats
 
     def ecall_set_async(self, enabled: bool) -> None:
@@ -372,5 +470,7 @@ class Enclave:
             correct += int(np.sum(pred == np.argmax(y[: len(idx)], axis=1)))
         return correct / n, n
 
-    def ecall_close(self) -> None:
+    def ecall_close(self) -> list[Backend]:
+        """Stop mirroring; the replica backends now idle (the caller closes them)."""
         self.ecall_set_async(False)
+        return self._replicas.close() if self._replicas is not None else []

@@ -19,6 +19,7 @@ from typing import Any
 
 from plinius.errors import ConfigError
 from plinius.experiments.supervisor import ExperimentOptions, Supervisor, read_log, wait_until
+from plinius.experiments.vmloss import ReplicaTarget, VmSupervisor, billed_seconds, run_arms
 
 RUNS = ("baseline", "resilient", "nonresilient")
 
@@ -49,7 +50,7 @@ def kill_points(iterations: int, kills: int, seed: int) -> list[int]:
     return marks
 
 
-def _drive(
+def drive_kills(
     sup: Supervisor,
     marks: list[int],
     rng: random.Random,
@@ -84,6 +85,22 @@ def _drive(
     sup.last_iteration()
 
 
+def run_summary(sup: Supervisor, backend: str) -> dict[str, Any]:
+    """A finished run: the supervisor's summary, its loss curve and median mirror time."""
+    rows = read_log(sup.log)
+    summary = sup.summary()
+    summary["curve"] = {
+        "iteration": [int(r["iteration"]) for r in rows],
+        "loss": [r["loss"] for r in rows],
+        "avg_loss": [r["avg_loss"] for r in rows],
+        "mirror_ms": [r["mirror_ms"] for r in rows],
+    }
+    ms = [r["mirror_ms"] for r in rows if r["mirror_ms"] > 0]
+    summary["mirror_ms_median"] = statistics.median(ms) if ms else 0.0
+    summary["backend"] = backend
+    return summary
+
+
 def run_crash_test(
     opts: CrashOptions,
     specs: dict[str, str],
@@ -96,7 +113,7 @@ def run_crash_test(
     for run in RUNS:
         sup = Supervisor(opts.run_spec(specs[run], run != "nonresilient"), workdir / run)
         try:
-            _drive(
+            drive_kills(
                 sup,
                 [] if run == "baseline" else marks,
                 random.Random(opts.seed + 1),
@@ -105,18 +122,7 @@ def run_crash_test(
             )
         finally:
             sup.stop()
-        rows = read_log(sup.log)
-        summary = sup.summary()
-        summary["curve"] = {
-            "iteration": [int(r["iteration"]) for r in rows],
-            "loss": [r["loss"] for r in rows],
-            "avg_loss": [r["avg_loss"] for r in rows],
-            "mirror_ms": [r["mirror_ms"] for r in rows],
-        }
-        ms = [r["mirror_ms"] for r in rows if r["mirror_ms"] > 0]
-        summary["mirror_ms_median"] = statistics.median(ms) if ms else 0.0
-        summary["backend"] = specs[run]
-        out[run] = summary
+        out[run] = run_summary(sup, specs[run])
     base = out["baseline"]["final"].get("weights_sha256")
     out["exact_resume"] = bool(base) and base == out["resilient"]["final"].get("weights_sha256")
     out["extra_iterations"] = {
@@ -209,3 +215,35 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run_crash_vm_loss(
+    opts: CrashOptions,
+    specs: dict[str, str],
+    workdir: Path,
+    target: ReplicaTarget,
+    every: int,
+    price_per_hour: float,
+    tick: Callable[[str, int], None] = lambda kind, it: None,
+) -> dict[str, Any]:
+    """``--vm-loss``: the same kill marks in every arm, each kill a VM loss; the cost bills each
+    arm's up-time at ``price_per_hour`` (the paper trace's mean paid spot price)."""
+    marks = kill_points(opts.iterations, opts.kills, opts.seed)
+    deadline = time.monotonic() + opts.timeout_s
+
+    def drive(sup: VmSupervisor) -> dict[str, Any]:
+        try:
+            drive_kills(sup, marks, random.Random(opts.seed + 1), deadline, tick)
+        finally:
+            sup.stop()
+        summary = run_summary(sup, sup.spec.backend)
+        summary["iterations_lost"] = summary["iterations_executed"] - opts.iterations
+        summary["billed_s"] = billed_seconds(summary["events"])
+        summary["cost_usd"] = summary["billed_s"] * price_per_hour / 3600
+        summary["finished"] = sup.finished
+        return summary
+
+    out = run_arms(opts, specs, workdir, target, every, drive)
+    out["kill_marks"] = marks
+    out["price_usd_per_hour"] = price_per_hour
+    return out

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,3 +44,25 @@ def run_specs(backend: str, runs: list[str], keep: bool = False) -> Iterator[dic
     finally:
         if made is not None and not keep:
             shutil.rmtree(made, ignore_errors=True)
+
+
+def local_instances(specs: Iterable[str]) -> list[Path]:
+    """Where the instances among ``specs`` that live on this machine are (the backend class's
+    ``locality``, never its name): what a reclaimed VM takes with it. Off-machine ones are left
+    out."""
+    out = []
+    for spec in specs:
+        name, location, _ = parse_spec(spec)
+        if backend_class(name).locality == "local":
+            out.append(Path(location))
+    return out
+
+
+def delete_instances(paths: Iterable[Path]) -> None:
+    """Delete instances (a directory, or a pool file) as a VM loss would; the directory that
+    holds one stays, as the mount point of the new VM's empty disk."""
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            path.unlink()

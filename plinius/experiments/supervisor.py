@@ -51,6 +51,9 @@ class RunSpec:
     extra: list[str] = field(default_factory=list)
     #: the simulated CPU of this run (None: the user's); experiments use a throw-away one
     platform_dir: str | None = None
+    #: ``--replica`` specs: copies of the mirror elsewhere (the VM-loss experiments)
+    replicas: list[str] = field(default_factory=list)
+    replica_every: int = 1
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -74,6 +77,10 @@ class RunSpec:
             args.append("--no-mirror")
         if fresh:
             args.append("--fresh")
+        for replica in self.replicas:
+            args += ["--replica", replica]
+        if self.replicas:
+            args += ["--replica-every", str(self.replica_every)]
         return args + self.extra
 
 
@@ -146,11 +153,12 @@ class Supervisor:
         self._rows_seen = len(rows)
         return int(rows[-1]["iteration"]) if rows else 0
 
-    def start(self) -> None:
+    def start(self, fresh: bool | None = None) -> None:
         """Start (or restart) the trainer unless it runs, or the run already finished.
 
         A trainer that exited by itself since the last look (say, right at a slot boundary)
-        is collected first: a finished run is final and is never started again.
+        is collected first: a finished run is final and is never started again. ``fresh``:
+        pass ``--fresh`` (default: on the first start only).
         """
         if self.finished:
             return
@@ -158,7 +166,8 @@ class Supervisor:
             return
         if self.running():
             return
-        fresh = self.starts == 0
+        if fresh is None:
+            fresh = self.starts == 0
         self.proc = subprocess.Popen(
             self.spec.argv(self.log, self.report, fresh),
             env=self.spec.env(),

@@ -121,7 +121,7 @@ BENCH_ITEMS: dict[str, dict[str, str]] = {
         "ratio": _NUMBER,
         "decrypt_s": _NUMBER,
     },
-    "overhead": {"sync_overhead": _NUMBER, "async_overhead": _NUMBER},
+    "overhead": {"sync_overhead": _OPT_NUMBER, "async_overhead": _OPT_NUMBER},
 }
 SPS_ROW = {"mode": "string", "swaps_per_txn": _NUMBER, "sps_c": _NUMBER}
 

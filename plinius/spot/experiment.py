@@ -8,6 +8,7 @@ resumes where it was; without it, it starts from scratch. Both runs see the same
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections.abc import Callable
@@ -18,14 +19,16 @@ from typing import Any
 import numpy as np
 
 from plinius.experiments.supervisor import ExperimentOptions, Supervisor, read_log
+from plinius.experiments.vmloss import VM_RUNS, ReplicaTarget, VmSupervisor, run_arms
 from plinius.spot.trace import SpotTrace, TraceError
 
 RUNS = ("resilient", "nonresilient")
+DEFAULT_BID = 0.0955  # USD/hour: the paper's bid on its c3.2xlarge trace
 
 
 @dataclass
 class SpotOptions(ExperimentOptions):
-    bid: float = 0.0955
+    bid: float = DEFAULT_BID
     slot_seconds: float = 5.0
     start: int | None = None  # None: pick a window with interruptions
     window: int = 160
@@ -53,6 +56,75 @@ def pick_start(trace: SpotTrace, bid: float, window: int) -> int:
     return int(np.argmax(on))
 
 
+def replay(
+    sup: Supervisor,
+    opts: SpotOptions,
+    trace: SpotTrace,
+    start: int,
+    tick: Callable[[int, bool], None],
+) -> dict[str, Any]:
+    """Run one trainer configuration through the trace from ``start``: killed in every slot
+    above the bid, started again at or below it; its summary, cost and iterations lost."""
+    states: list[dict[str, Any]] = []
+    done = False
+    try:
+        for slot in range(start, len(trace)):
+            price = float(trace.prices[slot])
+            on = price <= opts.bid
+            if on:
+                sup.start()
+            else:
+                sup.kill(f"slot {slot}: price {price} above bid {opts.bid}")
+            tick(slot, on)
+            end = sup.now() + opts.slot_seconds
+            while sup.now() < end:
+                if sup.poll_exit():
+                    done = True
+                    break
+                time.sleep(min(0.05, max(0.0, end - sup.now())))
+            states.append(
+                {
+                    "slot": slot,
+                    "price": price,
+                    "on": on,
+                    "t": sup.now(),
+                    "iteration": sup.last_iteration(),
+                }
+            )
+            if done:
+                break
+    finally:
+        sup.stop()
+    rows = read_log(sup.log)
+    used = states
+    summary = sup.summary()
+    summary.update(
+        finished=done,
+        slots_used=len(used),
+        completion_trace_minutes=len(used) * trace.slot_seconds / 60,
+        cost_usd=sum(s["price"] for s in used if s["on"]) * trace.slot_seconds / 3600,
+        interruptions=sum(1 for a, b in itertools.pairwise(used) if a["on"] and not b["on"]),
+        iterations_lost=max(0, sup.executed - opts.iterations) if done else None,
+        states=used,
+        curve={
+            "iteration": [int(r["iteration"]) for r in rows],
+            "loss": [r["loss"] for r in rows],
+            "avg_loss": [r["avg_loss"] for r in rows],
+            "time": [r["time"] for r in rows],
+        },
+    )
+    return summary
+
+
+def chosen_start(opts: SpotOptions, trace: SpotTrace) -> int:
+    """``--start``, or a window with interruptions; refused outside the trace."""
+    trace.check_bid(opts.bid)
+    start = opts.start if opts.start is not None else pick_start(trace, opts.bid, opts.window)
+    if not 0 <= start < len(trace):
+        raise TraceError(f"--start {start} is outside the trace (0..{len(trace) - 1})")
+    return start
+
+
 def run_spot(
     opts: SpotOptions,
     trace: SpotTrace,
@@ -60,63 +132,12 @@ def run_spot(
     workdir: Path,
     tick: Callable[[str, int, bool], None] = lambda run, slot, on: None,
 ) -> dict[str, Any]:
-    trace.check_bid(opts.bid)
-    start = opts.start if opts.start is not None else pick_start(trace, opts.bid, opts.window)
-    if not 0 <= start < len(trace):
-        raise TraceError(f"--start {start} is outside the trace (0..{len(trace) - 1})")
+    start = chosen_start(opts, trace)
     out: dict[str, Any] = {"start_slot": start, "trace": trace.source}
     for run in RUNS:
         sup = Supervisor(opts.run_spec(specs[run], run == "resilient"), workdir / run)
-        states: list[dict[str, Any]] = []
-        done = False
-        try:
-            for slot in range(start, len(trace)):
-                price = float(trace.prices[slot])
-                on = price <= opts.bid
-                if on:
-                    sup.start()
-                else:
-                    sup.kill(f"slot {slot}: price {price} above bid {opts.bid}")
-                tick(run, slot, on)
-                end = sup.now() + opts.slot_seconds
-                while sup.now() < end:
-                    if sup.poll_exit():
-                        done = True
-                        break
-                    time.sleep(min(0.05, max(0.0, end - sup.now())))
-                states.append(
-                    {
-                        "slot": slot,
-                        "price": price,
-                        "on": on,
-                        "t": sup.now(),
-                        "iteration": sup.last_iteration(),
-                    }
-                )
-                if done:
-                    break
-        finally:
-            sup.stop()
-        rows = read_log(sup.log)
-        used = states
-        summary = sup.summary()
-        summary.update(
-            finished=done,
-            slots_used=len(used),
-            completion_trace_minutes=len(used) * trace.slot_seconds / 60,
-            cost_usd=sum(s["price"] for s in used if s["on"]) * trace.slot_seconds / 3600,
-            interruptions=sum(1 for a, b in itertools.pairwise(used) if a["on"] and not b["on"]),
-            iterations_lost=max(0, sup.executed - opts.iterations) if done else None,
-            states=used,
-            curve={
-                "iteration": [int(r["iteration"]) for r in rows],
-                "loss": [r["loss"] for r in rows],
-                "avg_loss": [r["avg_loss"] for r in rows],
-                "time": [r["time"] for r in rows],
-            },
-            backend=specs[run],
-        )
-        out[run] = summary
+        out[run] = replay(sup, opts, trace, start, functools.partial(tick, run))
+        out[run]["backend"] = specs[run]
     out["complete"] = all(out[r]["finished"] for r in RUNS)
     return out
 
@@ -176,3 +197,24 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run_spot_vm_loss(
+    opts: SpotOptions,
+    trace: SpotTrace,
+    specs: dict[str, str],
+    workdir: Path,
+    target: ReplicaTarget,
+    every: int,
+    tick: Callable[[str, int, bool], None] = lambda run, slot, on: None,
+) -> dict[str, Any]:
+    """``--vm-loss``: every arm through the same trace window, each interruption a VM loss."""
+    start = chosen_start(opts, trace)
+
+    def drive(sup: VmSupervisor) -> dict[str, Any]:
+        return replay(sup, opts, trace, start, functools.partial(tick, sup.dir.name))
+
+    out = run_arms(opts, specs, workdir, target, every, drive)
+    out.update(start_slot=start, trace=trace.source)
+    out["complete"] = all(out[r].get("finished", True) for r in VM_RUNS)
+    return out

@@ -96,6 +96,11 @@ class SpotTrace:
         r = self.running(bid).astype(np.int8)
         return int(np.sum((r[:-1] == 1) & (r[1:] == 0)))
 
+    def mean_paid_price(self, bid: float) -> float:
+        """USD/hour paid on average while running at ``bid`` (what an up-second costs)."""
+        self.check_bid(bid)
+        return float(np.mean(self.prices[self.running(bid)]))
+
     def cost(self, bid: float, slots_used: int | None = None) -> float:
         """Dollars paid for the running slots among the first ``slots_used`` (default: all)."""
         p = self.prices[:slots_used]

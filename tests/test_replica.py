@@ -1,0 +1,339 @@
+"""Replicated mirroring end to end: real trainer processes, real ``redis-server`` replicas.
+
+A replica gets the sealed mirror as committed (same stamp), in its own freshness slot; a wiped
+primary restores from it and is re-seeded; a dead replica never stops training; an old replica
+copy put back is refused; SIGKILLs mid-copy always leave a mirror to restore.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_runner import cli_argv
+from cli_runner import run_cli as plinius
+
+from plinius.backends.redis_server import RedisServer
+from plinius.crypto import generate_key, write_key_file
+from plinius.enclave.counter import MirrorCounters, slot_name
+from plinius.enclave.platform import SimulatedPlatform
+from plinius.errors import PliniusError
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An owner key and the owner's encrypted dataset, shared."""
+    root = tmp_path_factory.mktemp("world")
+    key = root / "owner.key"
+    write_key_file(key, generate_key())
+    env = {**os.environ, "PLINIUS_STATE_DIR": str(root / "state")}
+    data = root / "data.pld"
+    res = plinius("owner", "encrypt-data", "--key-file", str(key), "--out", str(data), env=env)
+    assert res.returncode == 0, res.stderr
+    return {"key": str(key), "data": str(data)}
+
+
+@pytest.fixture
+def env(world: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """A simulated CPU (and its sealed state) of this test's own: no slot is shared."""
+    return {
+        **os.environ,
+        "PLINIUS_STATE_DIR": str(tmp_path / "state"),
+        "PLINIUS_PLATFORM_DIR": str(tmp_path / "platform"),
+    }
+
+
+#: a model whose mirror (~8 MB) takes longer to copy than one step takes: kills land mid-copy
+BIG = ("--model", "size-4", "--batch", "1")
+
+
+def train_argv(world: dict[str, str], spec: str, iterations: int, *extra: str) -> list[str]:
+    """``extra`` may name another ``--model`` (the last one given wins)."""
+    return cli_argv(
+        "train",
+        "--model",
+        "tiny",
+        "--backend",
+        spec,
+        "--key-file",
+        world["key"],
+        "--data",
+        world["data"],
+        "--iterations",
+        str(iterations),
+        "--json",
+        *extra,
+    )
+
+
+def train(
+    world: dict[str, str], env: dict[str, str], spec: str, iterations: int, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        train_argv(world, spec, iterations, *extra),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def ok(res: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert res.returncode == 0, res.stderr
+    doc: dict[str, Any] = json.loads(res.stdout)
+    return doc
+
+
+def reference(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path, n: int, *model: str
+) -> str:
+    """The digest of an uninterrupted run of ``n`` iterations."""
+    res = train(world, env, f"tmpfs:{shm_dir / 'ref'}", n, "--no-mirror", *model)
+    return str(ok(res)["weights_sha256"])
+
+
+def verify(
+    world: dict[str, str], env: dict[str, str], spec: str
+) -> subprocess.CompletedProcess[str]:
+    return plinius("verify", "--backend", spec, "--key-file", world["key"], "--json", env=env)
+
+
+def wipe(spec: str) -> None:
+    """Delete a local backend instance (a reclaimed VM keeps nothing local)."""
+    path = Path(spec.split(":", 1)[1].split("?")[0])
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def test_replica_holds_a_verifiable_mirror(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path
+) -> None:
+    primary, replica = f"tmpfs:{shm_dir / 'p'}", f"redis:{shm_dir / 'r'}"
+    doc = ok(train(world, env, primary, 12, "--replica", replica))
+    (rep,) = doc["replica"]["replicas"]
+    assert (rep["ok"], rep["failed"], rep["last_version"]) == (12, 0, 12)
+    assert rep["bytes"] > 12 * 80_000 and rep["seconds"] > 0
+    v = verify(world, env, replica)
+    assert v.returncode == 0, v.stderr
+    got = json.loads(v.stdout)
+    assert got["iteration"] == 12 and got["version"] == 12
+    # the same sealed mirror: same size and version as the primary's
+    prim = verify(world, env, primary)
+    assert prim.returncode == 0, prim.stderr
+    assert {k: json.loads(prim.stdout)[k] for k in got} == got
+
+
+@pytest.mark.parametrize("kind", ["tmpfs", "romulus"])
+def test_wiped_primary_resumes_from_replica_exactly(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path, kind: str
+) -> None:
+    ref = reference(world, env, shm_dir, 12)
+    primary = f"{kind}:{shm_dir / ('p.pool' if kind == 'romulus' else 'p')}"
+    replica = f"redis:{shm_dir / 'r'}"
+    ok(train(world, env, primary, 6, "--replica", replica))
+    wipe(primary)
+    res = train(world, env, primary, 12, "--replica", replica)
+    doc = ok(res)
+    assert doc["start_iteration"] == 6 and doc["weights_sha256"] == ref
+    assert f"primary mirror at {primary} is missing: restored version 6 from replica" in res.stderr
+    assert "0 mirrors since then are lost" in res.stderr
+    # the primary was re-seeded with new versions: it verifies and is the newest again
+    v = verify(world, env, primary)
+    assert v.returncode == 0 and json.loads(v.stdout)["iteration"] == 12, v.stderr
+    again = train(world, env, primary, 13, "--replica", replica)
+    assert ok(again)["start_iteration"] == 12 and "missing" not in again.stderr
+
+
+def test_without_replica_a_wiped_primary_is_still_refused(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path
+) -> None:
+    primary = f"tmpfs:{shm_dir / 'p'}"
+    ok(train(world, env, primary, 4, "--replica", f"redis:{shm_dir / 'r'}"))
+    wipe(primary)
+    res = train(world, env, primary, 8)
+    assert res.returncode == 2 and "the mirror was deleted" in res.stderr
+
+
+def test_replica_every_r_primary_preferred_then_older_replica(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path
+) -> None:
+    ref = reference(world, env, shm_dir, 12)
+    primary, replica = f"tmpfs:{shm_dir / 'p'}", f"redis:{shm_dir / 'r'}"
+    args = ("--replica", replica, "--replica-every", "4")
+    doc = ok(train(world, env, primary, 7, *args))
+    assert doc["replica"]["replicas"][0]["last_version"] == 4
+    assert doc["replica"]["replicas"][0]["ok"] == 1
+    # the primary (version 7) is newer than the replica (version 4): it wins
+    res = train(world, env, primary, 9, *args)
+    assert ok(res)["start_iteration"] == 7 and "replica" not in res.stderr
+    assert json.loads(verify(world, env, replica).stdout)["version"] == 8
+    wipe(primary)
+    res = train(world, env, primary, 12, *args)
+    doc = ok(res)
+    assert doc["start_iteration"] == 8 and doc["weights_sha256"] == ref
+    assert "restored version 8 from replica" in res.stderr
+    assert "1 mirrors since then are lost" in res.stderr
+
+
+def test_replica_server_killed_mid_run(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path, tmp_path: Path
+) -> None:
+    server = RedisServer(directory=tmp_path / "srv").start()
+    replica = f"redis://127.0.0.1:{server.port}/0"
+    log = tmp_path / "loss.csv"
+    try:
+        proc = subprocess.Popen(
+            train_argv(
+                world, f"tmpfs:{shm_dir / 'p'}", 400, "--replica", replica, "--log", str(log)
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if log.exists() and len(log.read_text().splitlines()) > 40:
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+        server.kill()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        server.close()
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["final_iteration"] == 400
+    (rep,) = doc["replica"]["replicas"]
+    assert rep["ok"] >= 20 and rep["failed"] >= 1 and rep["last_version"] < 400
+    assert rep["last_error"]
+    assert err.count(f"warning: replica {replica}") == 1  # once per failure streak
+
+
+def test_old_replica_copy_put_back_is_refused(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path
+) -> None:
+    primary, replica = f"tmpfs:{shm_dir / 'p'}", f"redis:{shm_dir / 'r'}"
+    ok(train(world, env, primary, 4, "--replica", replica))
+    shutil.copytree(shm_dir / "r", shm_dir / "old")
+    ok(train(world, env, primary, 8, "--replica", replica))
+    shutil.rmtree(shm_dir / "r")
+    shutil.copytree(shm_dir / "old", shm_dir / "r")  # the replica's server files put back
+    v = verify(world, env, replica)
+    assert v.returncode == 2 and "rollback refused" in v.stderr
+    wipe(primary)
+    res = train(world, env, primary, 10, "--replica", replica)
+    assert res.returncode == 2
+    assert "rollback refused" in res.stderr and "no replica holds a usable mirror" in res.stderr
+
+
+def test_bad_replica_options(world: dict[str, str], env: dict[str, str], shm_dir: Path) -> None:
+    primary = f"tmpfs:{shm_dir / 'p'}"
+    res = train(world, env, primary, 2, "--replica", primary)
+    assert res.returncode == 2 and "same place as the primary" in res.stderr
+    res = train(world, env, primary, 2, "--replica", "nocolon")
+    assert res.returncode == 2 and "malformed backend spec" in res.stderr
+    res = train(world, env, primary, 2, "--replica-every", "0")
+    assert res.returncode == 2
+    res = train(world, env, primary, 2, "--no-mirror", "--replica", f"tmpfs:{shm_dir / 'r'}")
+    assert res.returncode == 2 and "--no-mirror" in res.stderr
+
+
+def kill_mid_copy(
+    world: dict[str, str],
+    env: dict[str, str],
+    argv: list[str],
+    counters: MirrorCounters,
+    slot: str,
+    after: int,
+) -> tuple[int, str]:
+    """Start the trainer and SIGKILL it while a replica copy above version ``after`` is in
+    flight (the replica slot's record shows it pending) and an earlier one is committed;
+    (that version, its stderr)."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 120
+    state = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                state = counters.read(slot)
+            except PliniusError:  # read while the record was being rewritten
+                continue
+            if (
+                state is not None
+                and state.committed is not None
+                and state.pending is not None
+                and state.pending.version > after
+            ):
+                proc.kill()
+                break
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -9, err
+    assert state is not None and state.pending is not None, err
+    return state.pending.version, err
+
+
+def kill_loop(world: dict[str, str], env: dict[str, str], shm_dir: Path, rounds: int) -> None:
+    """SIGKILL the trainer mid replica copy (between the replica slot's begin and commit) again
+    and again, wiping the primary after every second kill: every restart restores a mirror,
+    and the run still ends exactly."""
+    final = 60
+    ref = reference(world, env, shm_dir, final, *BIG)
+    primary, replica = f"tmpfs:{shm_dir / 'p'}", f"redis:{shm_dir / 'r'}"
+    argv = train_argv(world, primary, final, *BIG, "--replica", replica, "--async-mirror")
+    counters = MirrorCounters(SimulatedPlatform(env["PLINIUS_PLATFORM_DIR"]))
+    slot = slot_name("redis", str(shm_dir / "r"), "mirror")
+    version = wiped = 0
+    for i in range(rounds):
+        version, err = kill_mid_copy(world, env, argv, counters, slot, version)
+        if i:
+            assert "resumed from the mirror" in err, err
+        if i % 2:
+            wipe(primary)  # a replica copy committed before: the restart must find a mirror
+            wiped += 1
+    res = train(world, env, primary, final, *BIG, "--replica", replica, "--async-mirror")
+    doc = ok(res)
+    assert "resumed from the mirror" in res.stderr and doc["weights_sha256"] == ref
+    assert wiped == rounds // 2
+
+
+def test_sigkill_mid_replica_copy_restores(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path
+) -> None:
+    kill_loop(world, env, shm_dir, 3)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_replica_copy_many_times(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path
+) -> None:
+    kill_loop(world, env, shm_dir, 12)
+
+
+def test_bench_overhead_rows_with_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    from plinius.bench.iteration import replica_overhead
+
+    row = replica_overhead("batch", 2).as_dict()
+    assert row["replica"].startswith("redis-server on loopback") and not row["not_run"]
+    assert row["no_mirror_s"] > 0 and row["sync_s"] > 0 and row["async_s"] > 0
+    assert row["async_overhead"] == row["async_s"] / row["no_mirror_s"] - 1
+    monkeypatch.delenv("PLINIUS_REDIS_SERVER", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    row = replica_overhead("batch", 2).as_dict()
+    assert "redis-server not found" in row["not_run"]
+    assert row["sync_overhead"] is None and row["async_overhead"] is None
