@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from plinius.errors import ConfigError
 from plinius.fio import FioReport, plot_fig2
 from plinius.fio.client import DEFAULT_PORT, FioClient, parse_clients
 from plinius.fio.report import fig2_lines
-from tests.cli_runner import run_cli
 
 JOBS = Path(__file__).resolve().parents[1] / "fio_jobs"
 #: the smallest sweep: one job file, one thread, 1 MiB files, one run capped at 1 s per job

@@ -34,8 +34,8 @@ def _cell(value: Any, fmt: str = "{}") -> str:
 def _replica_line(rep: dict[str, Any]) -> str:
     if not rep["run"]:
         return str(rep.get("reason", "not run"))
-    every = "every mirror" if rep["every"] == 1 else f"every {rep['every']}th mirror"
-    return f"{rep['server']}; a copy of {every}"
+    every = "every mirror" if rep["every"] == 1 else f"one mirror in {rep['every']}"
+    return f"{rep['server']}; it receives a copy of {every}."
 
 
 def markdown(doc: dict[str, Any], title: str, setup: str) -> str:
