@@ -53,7 +53,7 @@ class Replica:
         self.backend = backend
         self.counters = counters
         self.blob = blob
-        self.slot = slot_name(backend.name, backend.location, blob)
+        self.slot = slot_name(*backend.slot_parts(), blob)
         self.stats = ReplicaStats(backend.spec)
         self._warn = warn
         self._cond = threading.Condition()

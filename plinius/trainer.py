@@ -226,20 +226,37 @@ def _place(spec: str) -> tuple[str, str]:
 
 
 def open_replicas(
-    opts: TrainOptions, net: Network, say: Callable[[str], None]
+    opts: TrainOptions, net: Network, say: Callable[[str], None], primary: Backend
 ) -> tuple[list[Backend], list[dict[str, Any]]]:
     """The replica backends that open; one that does not is warned about and left out
-    (a replica never stops training)."""
+    (a replica never stops training). One that names the same storage as the primary or another
+    replica (however the spec spells it: the backends' own slot identity) is refused."""
+    seen = {primary.slot_parts()}
     opened: list[Backend] = []
     failed: list[dict[str, Any]] = []
     mirror = sum(a.nbytes for _, _, a in net.mirror_buffers())
     for spec in opts.replicas:
         cls = backend_class(parse_spec(spec)[0])
         try:
-            opened.append(open_backend(spec, **cls.creation_options(mirror + (64 << 10), 0)))
+            replica = open_backend(spec, **cls.creation_options(mirror + (64 << 10), 0))
+        except ConfigError:
+            for b in opened:
+                b.close()
+            raise  # a malformed replica spec (or a secret in it) stops before training
         except PliniusError as exc:
             say(f"warning: replica {spec} is unavailable ({exc}); training goes on without it")
             failed.append({"spec": spec, "ok": 0, "failed": 1, "last_error": str(exc)})
+            continue
+        if replica.slot_parts() in seen:
+            replica.close()
+            for b in opened:
+                b.close()
+            raise ConfigError(
+                f"--replica {spec} is the same storage as the primary or another replica: "
+                "a replica must be a different backend instance"
+            )
+        seen.add(replica.slot_parts())
+        opened.append(replica)
     return opened, failed
 
 
@@ -305,7 +322,7 @@ def run_training(
 
     restore_ms = 0.0
     resumed_from: int | None = None
-    replicas, unavailable = open_replicas(opts, net, say)
+    replicas, unavailable = open_replicas(opts, net, say, backend)
     mirror_ms: list[float] = []
     if not opts.no_mirror:
         enclave.ecall_attach_mirror(backend, MirrorCounters(platform))

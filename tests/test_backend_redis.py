@@ -415,3 +415,21 @@ def test_missing_redis_py_gives_the_install_hint() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert "pip install 'plinius[redis]'" in out
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("cs", b"0"), ("s", b"abc"), ("v", b"\xff\xfe"), ("n", b"99")]
+)
+def test_malformed_pointer_is_a_one_line_backend_error(
+    server: RedisServer, field: str, value: bytes
+) -> None:
+    """The server is untrusted: garbage in a blob's pointer is a BackendError, never a
+    ZeroDivisionError/ValueError/UnicodeDecodeError escaping as an internal error."""
+    prefix = f"bad{field}"
+    spec = f"{server.url}?prefix={prefix}"
+    with open_backend(spec) as b:
+        raw_put(b, "blob", b"x" * 5000)
+    r = redis.Redis(host=server.host, port=server.port)
+    r.hset(f"{prefix}:cur:blob", field, value)
+    with open_backend(spec) as b, pytest.raises(BackendError, match="malformed data"):
+        b.read("blob")

@@ -297,7 +297,7 @@ def kill_loop(world: dict[str, str], env: dict[str, str], shm_dir: Path, rounds:
     primary, replica = f"tmpfs:{shm_dir / 'p'}", f"redis:{shm_dir / 'r'}"
     argv = train_argv(world, primary, final, *BIG, "--replica", replica, "--async-mirror")
     counters = MirrorCounters(SimulatedPlatform(env["PLINIUS_PLATFORM_DIR"]))
-    slot = slot_name("redis", str(shm_dir / "r"), "mirror")
+    slot = slot_name("redis", f"{shm_dir / 'r'}?prefix=plinius", "mirror")
     version = wiped = 0
     for i in range(rounds):
         version, err = kill_mid_copy(world, env, argv, counters, slot, version)
@@ -337,3 +337,78 @@ def test_bench_overhead_rows_with_replica(monkeypatch: pytest.MonkeyPatch) -> No
     row = replica_overhead("batch", 2).as_dict()
     assert "redis-server not found" in row["not_run"]
     assert row["sync_overhead"] is None and row["async_overhead"] is None
+
+
+# --- review findings: a shared or abandoned replica is never another run's mirror -----------------
+
+
+def test_shared_replica_never_restores_another_jobs_run(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path
+) -> None:
+    """Jobs A and B (same model, key and data) share one replica. A's present primary wins
+    even when B copied a newer version; with A's primary wiped, B's copy is refused (it is not
+    the run the platform recorded for A's primary) instead of silently resuming B's model."""
+    a, b, replica = f"tmpfs:{shm_dir / 'a'}", f"tmpfs:{shm_dir / 'b'}", f"redis:{shm_dir / 'r'}"
+    doc_a = ok(train(world, env, a, 6, "--replica", replica))
+    ok(train(world, env, b, 12, "--replica", replica))  # the replica now holds B's version 12
+    more = train(world, env, a, 8, "--replica", replica)
+    doc_more = ok(more)
+    assert doc_more["start_iteration"] == 6 and "restored version" not in more.stderr
+    assert doc_more["weights_sha256"] != doc_a["weights_sha256"]
+    # B's later copy is on the replica again; A's primary is wiped: refused, not B's model
+    ok(train(world, env, b, 14, "--replica", replica))
+    wipe(a)
+    res = train(world, env, a, 10, "--replica", replica)
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "another run" in res.stderr and "no replica holds a usable mirror" in res.stderr
+
+
+def test_replica_spelled_twice_is_one_storage(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path
+) -> None:
+    """Slot identity comes from the backend: a replica naming the primary's storage through
+    another spelling is refused before training."""
+    primary = f"tmpfs:{shm_dir / 'p'}"
+    res = train(world, env, primary, 2, "--replica", f"tmpfs:{shm_dir}/./p/")
+    assert res.returncode == 2 and "same" in res.stderr, res.stderr
+
+
+def test_redis_slot_identity_is_server_db_prefix() -> None:
+    """One freshness slot per server, db and prefix however the spec spells it (default port
+    and db, redis vs rediss), never the caller's working directory."""
+    from plinius.backends import open_backend
+
+    with RedisServer() as srv:
+        port = srv.port
+        parts = {}
+        for spec in (
+            f"redis://127.0.0.1:{port}?prefix=j1",
+            f"redis://127.0.0.1:{port}/0?prefix=j1",
+            f"redis://127.0.0.1:{port}/0?prefix=j2",
+            f"redis://127.0.0.1:{port}/1?prefix=j1",
+        ):
+            with open_backend(spec) as b:
+                parts[spec] = b.slot_parts()
+        cwd = os.getcwd()
+        try:
+            os.chdir("/")
+            with open_backend(f"redis://127.0.0.1:{port}/0?prefix=j1") as b:
+                elsewhere = b.slot_parts()
+        finally:
+            os.chdir(cwd)
+    values = list(parts.values())
+    assert values[0] == values[1] == elsewhere
+    assert len({values[1], values[2], values[3]}) == 3
+    assert values[0] == ("redis", f"127.0.0.1:{port}/0?prefix=j1")
+
+
+def test_secret_in_replica_spec_stops_before_training_and_is_not_echoed(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path
+) -> None:
+    res = train(
+        world, env, f"tmpfs:{shm_dir / 'p'}", 2,
+        "--replica", f"redis:{shm_dir / 'r'}?password=hunter2",
+    )  # fmt: skip
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "hunter2" not in res.stderr + res.stdout
+    assert not (shm_dir / "p").exists() or not any((shm_dir / "p").glob("mirror*"))

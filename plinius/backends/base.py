@@ -24,6 +24,7 @@ default instances live, how fio and plots treat it, its benchmark instances), so
 
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Collection
@@ -258,6 +259,14 @@ class Backend(ABC):
         """(emulated?, notes) when fio measures ``mount`` with ``engine`` on this backend's
         behalf: emulated when that storage only stands in for what the backend is meant for."""
         return False, []
+
+    def slot_parts(self) -> tuple[str, str]:
+        """``(family, where)``: what identifies this instance's storage for the platform's
+        freshness records. Two spellings of the same storage must give the same parts, and two
+        different storages different parts. Default: the backend name and the location as the
+        user names it (absolute, symlinks deliberately not resolved: a re-pointed link is another
+        slot, never the old one's record)."""
+        return self.name, os.path.abspath(os.path.expanduser(self.location))
 
     @property
     def spec(self) -> str:

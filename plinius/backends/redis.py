@@ -161,6 +161,16 @@ class RedisBackend(StagedBackend):
         BenchInstance("private redis-server on loopback, AOF appendfsync always", optional=True),
     )
 
+    def slot_parts(self) -> tuple[str, str]:
+        """One freshness slot per server, db and prefix, however the spec spells them: ``redis``
+        and ``rediss`` share it, the default port and db count as given, a private server is
+        its directory (absolute) plus the prefix."""
+        if self.local:
+            where = os.path.abspath(os.path.expanduser(self.location.partition("?")[0]))
+        else:
+            where = f"{self.host.lower()}:{self.port}/{self.db}"
+        return "redis", f"{where}?prefix={self.prefix}"
+
     @classmethod
     def spec_example(cls) -> str:
         return f"{cls.name}://{cls.example_location}"
@@ -355,6 +365,13 @@ class RedisBackend(StagedBackend):
             self._start = self._end = 0
             if isinstance(exc, (redis.RedisError, OSError)):
                 raise self._error(exc, doing) from None
+            if isinstance(exc, (ValueError, TypeError, ArithmeticError, RecursionError)):
+                # the server is untrusted: a malformed reply or pointer is its fault, said in
+                # one line (UnicodeError is a ValueError)
+                raise BackendError(
+                    f"{self.server}: cannot {doing}: malformed data on the server ({exc!r}); "
+                    "the prefix holds something plinius did not write"
+                ) from None
             raise
 
     def _error(self, exc: BaseException, doing: str) -> BackendError:
@@ -623,7 +640,10 @@ class RedisBackend(StagedBackend):
         v, s, n, cs = self._cmd("HMGET", self._k("cur", blob), "v", "s", "n", "cs")
         if v is None:
             return None
-        return bytes(v).decode(), int(s), int(n), int(cs)
+        ver, size, count, chunk = bytes(v).decode(), int(s), int(n), int(cs)
+        if chunk <= 0 or size < 0 or count != -(-size // chunk):
+            raise ValueError(f"inconsistent pointer of {blob!r}: size {size}, {count} x {chunk} B")
+        return ver, size, count, chunk
 
     def _get(
         self, blob: str, offset: int, length: int | None, stage: StagingBuffer

@@ -94,17 +94,12 @@ class SlotState:
         return s.run_id if s else None
 
 
-def logical_location(location: str) -> str:
-    """The location as the user names it: absolute, but symlinks deliberately not resolved."""
-    if "://" in location:
-        return location
-    return os.path.abspath(os.path.expanduser(location))
-
-
-def slot_name(backend_name: str, location: str, blob: str) -> str:
-    """The one place a mirror slot's identity is computed."""
+def slot_name(family: str, where: str, blob: str) -> str:
+    """The one place a mirror slot's identity is hashed: ``(family, where)`` come from the
+    backend (:meth:`plinius.backends.base.Backend.slot_parts`), which alone knows what names the
+    same storage (a directory as named, a Redis server + db + prefix)."""
     h = hashlib.sha256(b"plinius-slot-v1")
-    for part in (backend_name, logical_location(location), blob):
+    for part in (family, where, blob):
         raw = part.encode()
         h.update(struct.pack("<I", len(raw)) + raw)
     return h.hexdigest()[:32]

@@ -62,7 +62,7 @@ def _data_seed(seed: int) -> np.random.SeedSequence:
 def mirror_guard(counters: MirrorCounters, store: MirrorStore, *, settle: bool) -> FreshnessGuard:
     """The freshness guard of the slot ``store`` writes to (identity computed in one place)."""
     backend = store.backend
-    slot = slot_name(backend.name, backend.location, store.blob)
+    slot = slot_name(*backend.slot_parts(), store.blob)
     return counters.guard(slot, store.what, settle=settle)
 
 
@@ -279,10 +279,14 @@ class Enclave:
     def _replica_store(self, r: Replica) -> MirrorStore:
         return MirrorStore(r.backend, self._eng, self._fp, r.blob)
 
-    def _newest_replica(self, warn: Warn) -> tuple[Replica, MirrorInfo] | None:
-        """The replica holding the newest mirror that authenticates and is fresh (its own
-        slot's record, settled to what it holds, as a restore does); a replica that fails any
-        check is named and skipped."""
+    def _newest_replica(
+        self, warn: Warn, run: bytes, high: int
+    ) -> tuple[Replica, MirrorInfo] | None:
+        """The replica holding the newest mirror of the primary's recorded ``run`` (a version
+        the primary's record has seen: ``<= high``) that authenticates and is fresh by its own
+        slot's record (settled to what it holds, as a restore does). A replica that fails any
+        check, or holds another run's mirror (a shared or abandoned replica), is named and
+        skipped."""
         best: tuple[Replica, MirrorInfo] | None = None
         assert self._replicas is not None
         for r in self._replicas.replicas:
@@ -293,46 +297,69 @@ class Enclave:
                 r.stats.last_error = str(exc)
                 warn(f"warning: replica {r.backend.spec} not usable for restore: {exc}")
                 continue
-            if info is not None and (best is None or info.version > best[1].version):
+            if info is None:
+                continue
+            if info.run_id != run or info.version > high:
+                warn(
+                    f"warning: replica {r.backend.spec} holds a mirror of another run (version "
+                    f"{info.version}), not of the run recorded for the primary: not used"
+                )
+                continue
+            if best is None or info.version > best[1].version:
                 best = (r, info)
         return best
 
+    def _replica_floor(self, run: bytes) -> tuple[int, str]:
+        """The newest copy of ``run`` the platform recorded as committed on any replica slot,
+        and that replica's spec: a restore never goes below it (an attacker who makes the newest
+        replica unreachable must not get an older one accepted)."""
+        assert self._replicas is not None
+        floor, where = 0, ""
+        for r in self._replicas.replicas:
+            state = r.counters.read(r.slot)
+            c = state.committed if state is not None else None
+            if c is not None and c.run_id == run and c.version > floor:
+                floor, where = c.version, r.backend.spec
+        return floor, where
+
     def _restore_replicated(self, warn: Warn) -> Restored | None:
-        """The newest fresh mirror among the primary and its replicas. The primary's own
-        errors (tampering, rollback) stop as without replicas; only a missing primary mirror,
-        or an older one, gives way to a replica."""
+        """The primary's mirror when it is there (its own errors — tampering, rollback — stop
+        as without replicas); only a *missing* primary mirror gives way to a replica, and only to
+        the newest copy of the run the platform recorded for the primary, never below the
+        newest copy any replica slot recorded."""
         assert self._store is not None and self._guard is not None
         guard = self._guard
-        primary = self._store.open(freshness=guard)
-        best = self._newest_replica(warn)
         into = _buffer_map(self._model)
-        if best is None or (primary is not None and primary.info.version >= best[1].version):
-            if primary is None:
-                try:
-                    guard.absent()
-                except RollbackError as exc:
-                    raise RollbackError(f"{exc}; no replica holds a usable mirror") from None
-                return None
+        primary = self._store.open(freshness=guard)
+        if primary is not None:
             return primary.load(into)
+        state = guard.counters.read(guard.slot)
+        run = state.current_run if state is not None else None
+        if state is None or run is None:
+            return None  # nothing was ever mirrored here: a replica's content is not this run's
+        best = self._newest_replica(warn, run, state.high)
+        floor, where = self._replica_floor(run)
+        if best is None or best[1].version < floor:
+            try:
+                guard.absent()
+            except RollbackError as exc:
+                have = "no replica holds a usable mirror of this run"
+                if best is not None:
+                    have = (
+                        f"the reachable replicas hold version {best[1].version}, older than "
+                        f"version {floor} the platform recorded on {where} (bring it back)"
+                    )
+                raise RollbackError(f"{exc}; {have}") from None
+            return None
         r, info = best
         store = self._replica_store(r)
         got = open_fresh(store, r.guard(store.what, settle=True)).load(into)
-        state = guard.counters.read(guard.slot)
-        last = state.committed.version if state and state.committed else None
-        spec = self._store.backend.spec
-        if primary is None:
-            lost = f"{max(0, last - info.version)}" if last is not None else "no"
-            lost += " mirrors"
-            self._restore_warning = (
-                f"warning: primary mirror at {spec} is missing: restored version {info.version} "
-                f"from replica {r.backend.spec}; {lost} since then are lost"
-            )
-        else:
-            self._restore_warning = (
-                f"warning: replica {r.backend.spec} holds a newer mirror (version "
-                f"{info.version}) than the primary at {spec} (version {primary.info.version}): "
-                "restored from the replica"
-            )
+        last = state.committed.version if state.committed else None
+        lost = f"{max(0, last - info.version)}" if last is not None else "no"
+        self._restore_warning = (
+            f"warning: primary mirror at {self._store.backend.spec} is missing: restored version "
+            f"{info.version} from replica {r.backend.spec}; {lost} mirrors since then are lost"
+        )
         return got
 
     def ecall_restore(self, warn: Warn | None = None) -> int | None:
