@@ -433,3 +433,41 @@ def test_malformed_pointer_is_a_one_line_backend_error(
     r.hset(f"{prefix}:cur:blob", field, value)
     with open_backend(spec) as b, pytest.raises(BackendError, match="malformed data"):
         b.read("blob")
+
+
+def test_private_server_refuses_a_planted_data_symlink(shm_dir: Path, tmp_path: Path) -> None:
+    """The directory is attacker-writable storage: a symlinked ``data`` would send the server's
+    AOF anywhere; it is refused, and nothing is written where it points."""
+    loc = shm_dir / "loc"
+    loc.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (loc / "data").symlink_to(elsewhere)
+    with pytest.raises(BackendError, match="symbolic link"):
+        open_backend(f"redis:{loc}")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_private_server_log_is_not_in_attacker_storage(shm_dir: Path, tmp_path: Path) -> None:
+    """A planted ``redis.log`` link in the server's directory is never appended to: the log
+    lives in a private directory of plinius's own."""
+    loc = shm_dir / "loc"
+    (loc / "data").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (loc / "data" / "redis.log").symlink_to(victim)
+    with open_backend(f"redis:{loc}") as b:
+        raw_put(b, "blob", b"x" * 100)
+    assert victim.read_text() == "precious\n"
+
+
+def test_pid_file_never_kills_a_server_that_is_not_ours(shm_dir: Path) -> None:
+    """``server.pid`` is attacker-writable: naming the user's own redis-server (or another
+    job's) must not get it killed."""
+    with RedisServer() as other:
+        loc = shm_dir / "loc"
+        loc.mkdir()
+        (loc / "server.pid").write_text(f"{other.pid}\n")
+        with open_backend(f"redis:{loc}") as b:
+            raw_put(b, "blob", b"y" * 10)
+        assert other.proc is not None and other.proc.poll() is None

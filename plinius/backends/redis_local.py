@@ -12,6 +12,7 @@ from the same AOF, after killing any server a dead opener left (``server.pid``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import time
@@ -36,6 +37,7 @@ class LocalServer:
         try:
             self._open(name, create)
             _kill_leftover(self.dir / PID_FILE)
+            _own_subdir(self._dfd, "data", self.dir)
             srv = RedisServer(
                 directory=self.dir / "data",
                 appendonly=True,
@@ -74,26 +76,50 @@ class LocalServer:
             self._dfd = -1
 
 
+def _own_subdir(dfd: int, name: str, parent: Path) -> None:
+    """``parent/name`` as a real directory of ours, made through the directory fd: the directory
+    is attacker-writable storage, and a planted symlink there would send the server's files
+    anywhere."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o700, dir_fd=dfd)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+    except OSError as exc:
+        raise BackendError(
+            f"redis: {parent / name} is a symbolic link or not a directory ({exc.strerror}); "
+            "refusing to start a server there"
+        ) from None
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise BackendError(f"redis: {parent / name} is not owned by this user; refusing it")
+    finally:
+        os.close(fd)
+
+
 def _kill_leftover(pid_file: Path) -> None:
     """SIGKILL a ``redis-server`` a dead opener left running on this directory, and wait."""
     try:
         pid = int(read_regular(pid_file, "redis server pid file", max_bytes=32).strip() or 0)
     except (NotFoundError, ConfigError, ValueError):
         return
-    if pid <= 0 or not _is_redis(pid):
+    if pid <= 0 or not _is_redis(pid, pid_file.parent / "data"):
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while _is_redis(pid) and time.monotonic() < deadline:
+    while _is_redis(pid, pid_file.parent / "data") and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
-def _is_redis(pid: int) -> bool:
-    """A live (not zombie) ``redis-server`` process."""
+def _is_redis(pid: int, data_dir: Path) -> bool:
+    """A live (not zombie) ``redis-server`` that plinius started on ``data_dir``: the pid file
+    is in attacker-writable storage, so a pid naming any other process (the user's own Redis,
+    another job's server) is never killed."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return False
-    return b"redis-server" in cmd and state != "Z"
+    args = cmd.split(b"\0")
+    ours = any(a == b"--dir" and b == os.fsencode(data_dir) for a, b in itertools.pairwise(args))
+    return b"redis-server" in cmd and ours and state != "Z"

@@ -71,6 +71,9 @@ class RedisServer:
     ) -> None:
         self.binary = find_server()
         self._own_dir = directory is None
+        #: the log lives in a private directory of ours, never in ``directory``: a caller's
+        #: directory may be attacker-controlled storage, and redis opens its log following links
+        self.log_dir = Path(tempfile.mkdtemp(prefix="plinius-redis-log-"))
         self.directory = Path(directory or tempfile.mkdtemp(prefix="plinius-redis-"))
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -121,7 +124,7 @@ class RedisServer:
             "--appendfsync", self.appendfsync,
             "--save", self.save,
             "--daemonize", "no",
-            "--logfile", str(self.directory / "redis.log"),
+            "--logfile", str(self.log_dir / "redis.log"),
             "--protected-mode", "yes",
             # replicas sync at once instead of waiting 5 s for more replicas to join
             "--repl-diskless-sync-delay", "0",
@@ -233,7 +236,7 @@ class RedisServer:
 
     def log_tail(self, n: int = 2000) -> str:
         with contextlib.suppress(OSError):
-            return (self.directory / "redis.log").read_text(errors="replace")[-n:]
+            return (self.log_dir / "redis.log").read_text(errors="replace")[-n:]
         return ""
 
     def kill(self) -> None:
@@ -259,8 +262,10 @@ class RedisServer:
         self.proc = None
 
     def close(self) -> None:
-        """Stop the server and remove its directory if this object created it."""
+        """Stop the server, remove its log directory, and its data directory if this object
+        created it."""
         self.kill()
+        shutil.rmtree(self.log_dir, ignore_errors=True)
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
