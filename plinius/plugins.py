@@ -174,9 +174,9 @@ class Registry(Generic[T]):
                 raise self.load_error(
                     f"{self.kind} {name!r} ({target}) cannot be loaded: {exc}{self._hint(name)}"
                 ) from exc
-            except AttributeError as exc:
+            except Exception as exc:  # a plug-in's own import-time bug names the plug-in
                 raise self.load_error(
-                    f"{self.kind} {name!r} ({target}) cannot be loaded: {exc}"
+                    f"{self.kind} {name!r} ({target}) cannot be loaded: {exc!r}"
                 ) from exc
         else:
             obj = target

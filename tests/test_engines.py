@@ -101,3 +101,17 @@ def test_entry_point_engines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert available_engines() == ["cryptography", "pycryptodome", "slow"]
     assert type(make_engine(KEY, "slow")) is SlowEngine
     assert type(make_engine(KEY, "cryptography")) is SlowEngine
+
+
+def test_a_plugin_that_breaks_at_import_breaks_only_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A third-party engine whose import raises something other than ImportError is not
+    usable and named in one line; every other engine still works."""
+    (tmp_path / "brokenengine.py").write_text("raise RuntimeError('plug-in bug')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    register_engine("broken", "brokenengine:Engine")
+    assert "broken" not in available_engines()
+    assert make_engine(KEY).name in ("cryptography", "pycryptodome")
+    with pytest.raises(ConfigError, match=r"broken.*plug-in bug"):
+        make_engine(KEY, "broken")
