@@ -18,7 +18,7 @@ import os
 import struct
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +111,24 @@ class Engine(ABC):
             raise ValueError(f"output is {out.nbytes} B, sealed buffer holds {n} B")
         if not self._decrypt(bytes(sv[:IV_BYTES]), aad, sv[IV_BYTES:], out):
             raise IntegrityError(what, "tag mismatch (tampered, moved, replayed or wrong key)")
+
+    #: True when :meth:`encrypt_many`/:meth:`decrypt_many` spread their jobs over several cores
+    #: (the GIL released); the Python engines hold the GIL and run them one after another
+    parallel: bool = False
+
+    def encrypt_many(self, jobs: Sequence[tuple[bytes, Buffer, memoryview]]) -> None:
+        """Encrypt many ``(aad, plaintext, out)`` jobs, each as :meth:`encrypt_into` (own random
+        IV). Parallel engines override this to seal them on all cores in one call."""
+        for aad, plaintext, out in jobs:
+            self.encrypt_into(aad, plaintext, out)
+
+    def decrypt_many(self, jobs: Sequence[tuple[bytes, Buffer, Buffer, str]]) -> None:
+        """Decrypt many ``(aad, sealed, out, what)`` jobs, each as :meth:`decrypt_into`; raise
+        :class:`IntegrityError` naming the first job (in list order) that fails to open.
+
+        On failure every ``out`` may hold unauthenticated bytes (see :meth:`decrypt_into`)."""
+        for aad, sealed, out, what in jobs:
+            self.decrypt_into(aad, sealed, out, what)
 
     @abstractmethod
     def _encrypt(
