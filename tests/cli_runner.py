@@ -32,3 +32,24 @@ def run_cli(
         check=False,
         stdin=subprocess.DEVNULL,
     )
+
+
+def train_args(
+    spec: str, key: str | Path, data: str | Path, iterations: int, *extra: str, model: str = "tiny"
+) -> list[str]:
+    """The arguments of ``plinius train`` as the trainer tests run it (``extra`` may name another
+    ``--model``: the last one given wins)."""
+    return [
+        "train",
+        "--model",
+        model,
+        "--backend",
+        spec,
+        "--key-file",
+        str(key),
+        "--data",
+        str(data),
+        "--iterations",
+        str(iterations),
+        *extra,
+    ]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_runner import cli_argv
+from cli_runner import cli_argv, train_args
 from cli_runner import run_cli as plinius
 
 from plinius.backends.redis_server import RedisServer
@@ -55,21 +55,7 @@ BIG = ("--model", "size-4", "--batch", "1")
 
 def train_argv(world: dict[str, str], spec: str, iterations: int, *extra: str) -> list[str]:
     """``extra`` may name another ``--model`` (the last one given wins)."""
-    return cli_argv(
-        "train",
-        "--model",
-        "tiny",
-        "--backend",
-        spec,
-        "--key-file",
-        world["key"],
-        "--data",
-        world["data"],
-        "--iterations",
-        str(iterations),
-        "--json",
-        *extra,
-    )
+    return cli_argv(*train_args(spec, world["key"], world["data"], iterations, "--json", *extra))
 
 
 def train(

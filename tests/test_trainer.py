@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli as plinius
+from cli_runner import train_args
 
 from plinius.backends import backend_class
 from plinius.crypto import generate_key, write_key_file
@@ -50,20 +51,7 @@ def train(
     world: dict[str, str], env: dict[str, str], spec: str, *extra: str, iterations: int = ITER
 ) -> subprocess.CompletedProcess[str]:
     return plinius(
-        "train",
-        "--model",
-        "tiny",
-        "--backend",
-        spec,
-        "--key-file",
-        world["key"],
-        "--data",
-        world["data"],
-        "--iterations",
-        str(iterations),
-        "--json",
-        *extra,
-        env=env,
+        *train_args(spec, world["key"], world["data"], iterations, "--json", *extra), env=env
     )
 
 

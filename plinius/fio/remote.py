@@ -18,23 +18,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from plinius.fio.client import FioClient, probe
-from plinius.fio.results import (
-    FioOutputError,
-    JobResult,
-    average_runs,
-    failed_results,
-    parse_client_json,
-)
+from plinius.fio.results import JobResult, parse_client_json
 from plinius.fio.runner import (
     SUITES,
     FioParams,
     FioReport,
+    SweepHost,
     Target,
-    _sizes,
-    _timeout,
-    job_sections,
     jobs_dir,
     plan_targets,
+    sweep_target,
 )
 from plinius.fio.tool import FioTool, find_fio
 from plinius.reporting.provenance import provenance
@@ -80,53 +73,17 @@ def run_remote_target(
     tick: Callable[[], None] | None = None,
 ) -> list[JobResult]:
     """Every suite on one target of one server; failures are marked, never raised."""
-    results: list[JobResult] = []
     with tempfile.TemporaryDirectory(prefix="plinius-fio-sent-") as tmp:
-        for suite in params.suites:
-            job_file = jobs / f"{suite}.fio"
-            sent = _sent_copy(job_file, Path(tmp), suite)
-            sections = job_sections(job_file)
-            size, thread_counts = _sizes(params, suite)
-            raw: list[JobResult] = []
-            for _run in range(params.runs):
-                for n in thread_counts:
-                    env = {
-                        "PLINIUS_DIR": target.root,
-                        "PLINIUS_ENGINE": target.engine,
-                        "PLINIUS_SIZE": str(size),
-                        "PLINIUS_THREADS": str(n),
-                        "PLINIUS_RUNTIME": str(params.runtime_s),
-                        **target.env,
-                    }
-                    timeout = _timeout(params, size, n, len(sections))
-                    res = fio.run_job_file(sent, env, timeout, client=client.fio_arg)
-                    common = {"suite": suite, "target": target.name, "host": client.label}
-                    try:
-                        if res.timed_out:
-                            raise FioOutputError(res.stderr.strip().splitlines()[-1])
-                        runs = parse_client_json(
-                            res.stdout, sections=sections, threads=n, stderr=res.stderr
-                        )
-                    except FioOutputError as exc:
-                        why = f"on {client.label}: {exc}; fio exited {res.returncode}"
-                        said = " ".join(f"{res.stdout}\n{res.stderr}".split())[:500]
-                        if said:
-                            why += ": " + said
-                        runs = failed_results(sections, n, why, engine=target.engine, **common)
-                    for r in runs:
-                        r.suite, r.target, r.host = suite, target.name, client.label
-                        r.engine = r.engine or target.engine
-                    raw.extend(runs)
-                    if tick:
-                        tick()
-            order = {name: i for i, (name, _) in enumerate(sections)}
-            averaged = average_runs(raw)
-            averaged.sort(key=lambda r: (order.get(r.job.split(":")[0], len(order)), r.threads))
-            results.extend(averaged)
-    if any(r.status != "ok" for r in results):
-        target.status = "partial"
-        target.error = next(r.error for r in results if r.status != "ok")
-    return results
+        host = SweepHost(
+            directory=target.root,
+            label=client.label,
+            client=client.fio_arg,
+            job_file=lambda suite, path: _sent_copy(path, Path(tmp), suite),
+            parse=lambda out, sections, n, err: parse_client_json(
+                out, sections=sections, threads=n, stderr=err
+            ),
+        )
+        return sweep_target(target, host, params, fio, jobs, tick)
 
 
 def run_fio_clients(

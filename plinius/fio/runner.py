@@ -414,6 +414,85 @@ def _timeout(params: FioParams, size: int, threads: int, njobs: int) -> float:
     return 120 + layout + njobs * (cap + 30)
 
 
+@dataclass
+class SweepHost:
+    """How one host runs the sweep's jobs: locally in a scratch directory, or on a fio server."""
+
+    directory: str  # what ${PLINIUS_DIR} names on that host
+    label: str = ""  # "on HOST" in errors ("" locally)
+    client: str | None = None  # fio's --client argument, None to run here
+    job_file: Callable[[str, Path], Path] = lambda suite, path: path  # the file fio is given
+    after_suite: Callable[[], None] = lambda: None  # e.g. free the scratch space
+    parse: Callable[[str, list[tuple[str, str]], int, str], list[JobResult]] = (
+        lambda out, sections, n, err: parse_fio_json(out, threads=n, stderr=err)
+    )
+
+
+def sweep_target(
+    target: Target,
+    host: SweepHost,
+    params: FioParams,
+    fio: FioTool,
+    jobs: Path,
+    tick: Callable[[], None] | None = None,
+) -> list[JobResult]:
+    """Every suite of ``params`` on ``target`` as ``host`` runs it: the one loop over suites,
+    runs and thread counts that local and remote sweeps share. fio failures become failed
+    results (never raised) and mark the target partial."""
+    results: list[JobResult] = []
+    for suite in params.suites:
+        job_file = jobs / f"{suite}.fio"
+        sent = host.job_file(suite, job_file)
+        sections = job_sections(job_file)
+        size, thread_counts = _sizes(params, suite)
+        raw: list[JobResult] = []
+        for _run in range(params.runs):
+            for n in thread_counts:
+                env = {
+                    "PLINIUS_DIR": host.directory,
+                    "PLINIUS_ENGINE": target.engine,
+                    "PLINIUS_SIZE": str(size),
+                    "PLINIUS_THREADS": str(n),
+                    "PLINIUS_RUNTIME": str(params.runtime_s),
+                    **target.env,
+                }
+                timeout = _timeout(params, size, n, len(sections))
+                res = fio.run_job_file(sent, env, timeout, client=host.client)
+                common: dict[str, Any] = {"suite": suite, "target": target.name}
+                common |= {"host": host.label} if host.client else {"engine": target.engine}
+                try:
+                    if res.timed_out:
+                        raise FioOutputError(res.stderr.strip().splitlines()[-1])
+                    runs = host.parse(res.stdout, sections, n, res.stderr)
+                except FioOutputError as exc:
+                    where = f"on {host.label}: " if host.client else ""
+                    why = f"{where}{exc}; fio exited {res.returncode}"
+                    said = " ".join(f"{res.stdout}\n{res.stderr}".split())[:500]
+                    if said:
+                        why += ": " + said
+                    if host.client:
+                        common["engine"] = target.engine
+                    runs = failed_results(sections, n, why, **common)
+                for r in runs:
+                    r.suite, r.target, r.engine = suite, target.name, r.engine or target.engine
+                    if host.client:
+                        r.host = host.label
+                    elif r.status == "ok" and res.returncode != 0:
+                        r.extra["fio_exit"] = res.returncode
+                raw.extend(runs)
+                if tick:
+                    tick()
+        host.after_suite()
+        order = {name: i for i, (name, _) in enumerate(sections)}
+        averaged = average_runs(raw)
+        averaged.sort(key=lambda r: (order.get(r.job.split(":")[0], len(order)), r.threads))
+        results.extend(averaged)
+    if any(r.status != "ok" for r in results):
+        target.status = "partial"
+        target.error = next(r.error for r in results if r.status != "ok")
+    return results
+
+
 def run_target(
     target: Target,
     params: FioParams,
@@ -441,55 +520,17 @@ def run_target(
                 tick()
         return []
     target.directory = str(scratch)
-    results: list[JobResult] = []
+
+    def free_scratch() -> None:  # free the space before the next suite
+        for p in scratch.iterdir():
+            if p.is_file():
+                p.unlink(missing_ok=True)
+
     try:
-        for suite in params.suites:
-            job_file = jobs / f"{suite}.fio"
-            sections = job_sections(job_file)
-            size, thread_counts = _sizes(params, suite)
-            raw: list[JobResult] = []
-            for _run in range(params.runs):
-                for n in thread_counts:
-                    env = {
-                        "PLINIUS_DIR": str(scratch),
-                        "PLINIUS_ENGINE": target.engine,
-                        "PLINIUS_SIZE": str(size),
-                        "PLINIUS_THREADS": str(n),
-                        "PLINIUS_RUNTIME": str(params.runtime_s),
-                        **target.env,
-                    }
-                    res = fio.run_job_file(job_file, env, _timeout(params, size, n, len(sections)))
-                    common = {"suite": suite, "target": target.name, "engine": target.engine}
-                    try:
-                        if res.timed_out:
-                            raise FioOutputError(res.stderr.strip().splitlines()[-1])
-                        runs = parse_fio_json(res.stdout, threads=n, stderr=res.stderr)
-                    except FioOutputError as exc:
-                        why = f"{exc}; fio exited {res.returncode}"
-                        said = " ".join(f"{res.stdout}\n{res.stderr}".split())[:500]
-                        if said:
-                            why += ": " + said
-                        runs = failed_results(sections, n, why, **common)
-                    for r in runs:
-                        r.suite, r.target, r.engine = suite, target.name, r.engine or target.engine
-                        if r.status == "ok" and res.returncode != 0:
-                            r.extra["fio_exit"] = res.returncode
-                    raw.extend(runs)
-                    if tick:
-                        tick()
-            for p in scratch.iterdir():  # free the space before the next suite
-                if p.is_file():
-                    p.unlink(missing_ok=True)
-            order = {name: i for i, (name, _) in enumerate(sections)}
-            averaged = average_runs(raw)
-            averaged.sort(key=lambda r: (order.get(r.job.split(":")[0], len(order)), r.threads))
-            results.extend(averaged)
+        host = SweepHost(directory=str(scratch), after_suite=free_scratch)
+        return sweep_target(target, host, params, fio, jobs, tick)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if any(r.status != "ok" for r in results):
-        target.status = "partial"
-        target.error = next(r.error for r in results if r.status != "ok")
-    return results
 
 
 def run_fio(

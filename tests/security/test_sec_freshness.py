@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_runner import train_args
 
 from plinius.backends.registry import open_backend
 from plinius.crypto import make_engine, read_key_file
@@ -39,19 +40,7 @@ def train(
     run_cli: CliRunner, world: World, spec: str, iterations: int, *extra: str, model: str = "tiny"
 ) -> None:
     res = run_cli(
-        "train",
-        "--model",
-        model,
-        "--backend",
-        spec,
-        "--key-file",
-        str(world.key),
-        "--data",
-        str(world.data),
-        "--iterations",
-        str(iterations),
-        *extra,
-        env=world.env,
+        *train_args(spec, world.key, world.data, iterations, *extra, model=model), env=world.env
     )
     assert res.returncode == 0, res.stderr
 
