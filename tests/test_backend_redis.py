@@ -435,6 +435,21 @@ def test_malformed_pointer_is_a_one_line_backend_error(
         b.read("blob")
 
 
+def test_pointer_claiming_more_than_memory_is_refused_before_allocating(
+    server: RedisServer,
+) -> None:
+    """A hostile server's pointer may claim any size (consistent with its chunk count): the
+    read is refused in one line instead of staging that many bytes."""
+    spec = f"{server.url}?prefix=huge"
+    with open_backend(spec) as b:
+        raw_put(b, "blob", b"x" * 5000)
+    r = redis.Redis(host=server.host, port=server.port)
+    size = 1 << 50
+    r.hset("huge:cur:blob", mapping={"s": size, "n": size // (1 << 20), "cs": 1 << 20})
+    with open_backend(spec) as b, pytest.raises(BackendError, match="more than this machine"):
+        b.read("blob")
+
+
 def test_private_server_refuses_a_planted_data_symlink(shm_dir: Path, tmp_path: Path) -> None:
     """The directory is attacker-writable storage: a symlinked ``data`` would send the server's
     AOF anywhere; it is refused, and nothing is written where it points."""

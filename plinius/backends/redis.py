@@ -643,6 +643,13 @@ class RedisBackend(StagedBackend):
         ver, size, count, chunk = bytes(v).decode(), int(s), int(n), int(cs)
         if chunk <= 0 or size < 0 or count != -(-size // chunk):
             raise ValueError(f"inconsistent pointer of {blob!r}: size {size}, {count} x {chunk} B")
+        if size > _physical_memory():
+            # the server holds the pointer: a hostile one must not make a restore allocate
+            # whatever it claims (staging is lazy, but address space is not unlimited)
+            raise ValueError(
+                f"pointer of {blob!r} claims {size} B, more than this machine's memory "
+                f"({_physical_memory()} B): corrupt or hostile server, refusing to read it"
+            )
         return ver, size, count, chunk
 
     def _get(
@@ -883,3 +890,8 @@ def _sha1(source: str) -> str:
 
 
 _SHAS: dict[str, str] = {}
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM here: no blob this machine can restore is larger."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -281,9 +281,15 @@ class RedisServer:
         self.close()
 
 
+# prctl resolved once, in the parent: the child between fork and exec must not dlopen/dlsym
+# (their locks may be held by another thread of the parent at fork time)
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """prctl(PR_SET_PDEATHSIG, SIGKILL): the server dies when the process that started it does."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _resp(*parts: str) -> bytes:

@@ -82,7 +82,8 @@ def replica_target(given: str | None) -> Iterator[ReplicaTarget]:
             _clear(spec)
         return
     try:
-        server = RedisServer(appendonly=True, appendfsync="always")
+        # killed with the experiment: an interrupted run leaves no server behind
+        server = RedisServer(appendonly=True, appendfsync="always", die_with_parent=True)
     except PliniusError as exc:  # not installed: the install hint
         yield ReplicaTarget(None, "", f"not run: {exc}")
         return
