@@ -50,5 +50,7 @@ setup(
         "plinius.spot": ["data/*.csv.gz", "data/README.md"],
     },
     cmdclass={"build_py": BuildPyWithCommit},
-    cffi_modules=["native/build_romulus.py:ffibuilder"],
+    # the native AEAD engine is optional: without OpenSSL's headers it is left out (see
+    # native/build_aead.py) and plinius uses its Python engines
+    cffi_modules=["native/build_romulus.py:ffibuilder", "native/build_aead.py:ffibuilder"],
 )

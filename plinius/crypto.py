@@ -6,8 +6,10 @@ record in place with no temporary. Every buffer gets a fresh random IV and assoc
 binds it to its model, layer, name and mirror version (see :func:`associated_data`), so a buffer
 moved to another place, another model or another mirror version fails to open.
 
-Two engines share one interface: ``pycryptodome`` (always installed) and ``cryptography`` (the
-``fast`` extra, about twice as fast here). :func:`default_engine` picks the fastest one installed.
+Engines share one interface: ``openssl`` (native, libcrypto on all cores, built where OpenSSL's
+headers are: :mod:`plinius.crypto_native`), ``cryptography`` (the ``fast`` extra) and
+``pycryptodome`` (always installed); plug-ins add more. :func:`make_engine` without a name takes
+the fastest, measured once per process (:mod:`plinius.crypto_choice`).
 """
 
 from __future__ import annotations
@@ -212,7 +214,15 @@ def _cryptography_usable() -> bool:
 
 # Fastest first: the default is the first one installed. Engines registered through the
 # entry-point group ``plinius.engines`` or :func:`register_engine` come after these.
-ENGINES: dict[str, tuple[type[Engine], Callable[[], bool]]] = {
+def _openssl_usable() -> bool:
+    from plinius.crypto_native import usable
+
+    return usable()
+
+
+ENGINES: dict[str, tuple[type[Engine] | str, Callable[[], bool]]] = {
+    # native/aead.c: libcrypto on all cores; built only where OpenSSL's headers are
+    "openssl": ("plinius.crypto_native:OpenSSLEngine", _openssl_usable),
     "cryptography": (CryptographyEngine, _cryptography_usable),
     "pycryptodome": (PycryptodomeEngine, lambda: True),
 }
@@ -220,6 +230,7 @@ ENGINES: dict[str, tuple[type[Engine], Callable[[], bool]]] = {
 ENGINE_GROUP = "plinius.engines"
 #: what to install for a known engine that is missing here
 ENGINE_HINTS: dict[str, str] = {
+    "openssl": "reinstall plinius with OpenSSL's headers (apt-get install libssl-dev)",
     "cryptography": "pip install 'plinius[fast]' (needs cryptography >= 42 with encrypt_into)",
 }
 
@@ -263,9 +274,12 @@ def available_engines() -> list[str]:
 
 
 def make_engine(key: bytes, name: str | None = None) -> Engine:
-    """Build engine ``name`` (default: the fastest installed) for ``key``."""
+    """Build engine ``name`` for ``key``; ``None``/``"auto"``: the fastest installed here,
+    measured once per process (:mod:`plinius.crypto_choice`)."""
     if name is None or name == "auto":
-        name = available_engines()[0]
+        from plinius.crypto_choice import choose
+
+        name = choose(available_engines())
     return ENGINE_REGISTRY.load_usable(name)(key)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from plinius import crypto
+from plinius import crypto, crypto_choice
 from plinius.backends import registry
 from plinius.crypto import (
     CryptographyEngine,
@@ -41,9 +41,10 @@ def test_one_registry_mechanism_for_backends_and_engines() -> None:
 
 def test_register_engine_in_code() -> None:
     register_engine("slow", SlowEngine)
-    assert engine_names()[:2] == ["cryptography", "pycryptodome"]  # built-ins stay first
+    assert engine_names()[:3] == ["openssl", "cryptography", "pycryptodome"]  # built-ins first
     assert available_engines()[-1] == "slow"
-    assert make_engine(KEY).name == "cryptography"  # the default is still the fastest
+    # the default is still the faster built-in measured here, never the slow plug-in
+    assert make_engine(KEY).name == crypto_choice.last_choice["chosen"] != "slow"
     e = make_engine(KEY, "slow")
     assert isinstance(e, SlowEngine) and e.key_id == crypto.key_id(KEY)
 
@@ -70,7 +71,17 @@ def test_unusable_engine_is_not_available_and_says_what_to_install(
         make_engine(KEY, "needs-hw")
 
 
+def test_missing_native_engine_hints_openssl_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an install built without OpenSSL's headers: the Python engines take over
+    monkeypatch.setitem(crypto.ENGINES, "openssl", (crypto.ENGINES["openssl"][0], lambda: False))
+    assert available_engines() == ["cryptography", "pycryptodome"]
+    assert make_engine(KEY).name == "cryptography"
+    with pytest.raises(ConfigError, match=r"not installed: reinstall plinius .*libssl-dev"):
+        make_engine(KEY, "openssl")
+
+
 def test_missing_cryptography_hints_the_fast_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(crypto.ENGINES, "openssl", (crypto.ENGINES["openssl"][0], lambda: False))
     monkeypatch.setitem(crypto.ENGINES, "cryptography", (CryptographyEngine, lambda: False))
     assert available_engines() == ["pycryptodome"]
     assert make_engine(KEY).name == "pycryptodome"
@@ -98,7 +109,7 @@ def test_entry_point_engines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     with pytest.raises(PluginConflictError, match=r"aes-plugin.*built-in crypto engine"):
         make_engine(KEY, "slow")
     monkeypatch.setenv("PLINIUS_OVERRIDE_ENGINES", "cryptography")
-    assert available_engines() == ["cryptography", "pycryptodome", "slow"]
+    assert available_engines() == ["openssl", "cryptography", "pycryptodome", "slow"]
     assert type(make_engine(KEY, "slow")) is SlowEngine
     assert type(make_engine(KEY, "cryptography")) is SlowEngine
 
@@ -112,6 +123,6 @@ def test_a_plugin_that_breaks_at_import_breaks_only_itself(
     monkeypatch.syspath_prepend(str(tmp_path))
     register_engine("broken", "brokenengine:Engine")
     assert "broken" not in available_engines()
-    assert make_engine(KEY).name in ("cryptography", "pycryptodome")
+    assert make_engine(KEY).name in ("openssl", "cryptography", "pycryptodome")
     with pytest.raises(ConfigError, match=r"broken.*plug-in bug"):
         make_engine(KEY, "broken")

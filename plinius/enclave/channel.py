@@ -1,16 +1,19 @@
-"""The provisioning channel: X25519 ECDH, HKDF-SHA256, and the data key wrapped with AES-GCM."""
+"""The provisioning channel: X25519 ECDH, HKDF-SHA256, and the data key wrapped with AES-GCM.
+
+The wrap is one AES-GCM record (``IV || ciphertext || tag``) through the crypto engine interface,
+so every engine reads what any other wrote.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import os
 
-from Crypto.Cipher import AES
 from Crypto.Hash import SHA256
 from Crypto.Protocol.DH import key_agreement
 from Crypto.Protocol.KDF import HKDF
 from Crypto.PublicKey import ECC
 
+from plinius.crypto import OVERHEAD, make_engine
 from plinius.errors import IntegrityError
 
 INFO = b"plinius provisioning channel v1"
@@ -46,20 +49,20 @@ class EphemeralKey:
         return key
 
 
-def wrap(channel_key: bytes, secret: bytes, aad: bytes) -> bytes:
-    iv = os.urandom(12)
-    c = AES.new(channel_key, AES.MODE_GCM, nonce=iv)
-    c.update(aad)
-    ct, tag = c.encrypt_and_digest(secret)
-    return iv + ct + tag
+def wrap(channel_key: bytes, secret: bytes, aad: bytes, engine: str | None = None) -> bytes:
+    out = bytearray(len(secret) + OVERHEAD)
+    make_engine(channel_key, engine).encrypt_into(aad, secret, memoryview(out))
+    return bytes(out)
 
 
-def unwrap(channel_key: bytes, blob: bytes, aad: bytes, what: str) -> bytes:
-    if len(blob) < 28:
+def unwrap(
+    channel_key: bytes, blob: bytes, aad: bytes, what: str, engine: str | None = None
+) -> bytes:
+    if len(blob) < OVERHEAD:
         raise IntegrityError(what, "message too short")
-    c = AES.new(channel_key, AES.MODE_GCM, nonce=blob[:12])
-    c.update(aad)
+    out = bytearray(len(blob) - OVERHEAD)
     try:
-        return bytes(c.decrypt_and_verify(blob[12:-16], blob[-16:]))
-    except ValueError:
+        make_engine(channel_key, engine).decrypt_into(aad, blob, out, what)
+    except IntegrityError:
         raise IntegrityError(what, "tag mismatch (altered in transit or wrong session)") from None
+    return bytes(out)

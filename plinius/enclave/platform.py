@@ -83,6 +83,7 @@ class SimulatedPlatform:
             )
         self.dir = private_dir(plat, "platform location", create=create)
         self.state_dir = private_dir(state, "state directory") if create else state
+        self._derived: dict[tuple[bytes, bytes, int], bytes] = {}
         self._fuse = self._load_or_create(self.dir / "fuse.key", lambda: os.urandom(FUSE_BYTES))
         if len(self._fuse) != FUSE_BYTES:
             raise ConfigError(
@@ -116,8 +117,12 @@ class SimulatedPlatform:
 
     def derive(self, purpose: bytes, measurement: bytes, length: int = 16) -> bytes:
         """A key only code with this ``measurement`` obtains (SGX EGETKEY, MRENCLAVE policy)."""
-        key = HKDF(self._fuse, length, salt=measurement, hashmod=SHA256, context=purpose)
-        assert isinstance(key, bytes)
+        memo = (purpose, measurement, length)
+        key = self._derived.get(memo)
+        if key is None:  # derived once per purpose: every mirror commit seals counter state
+            key = HKDF(self._fuse, length, salt=measurement, hashmod=SHA256, context=purpose)
+            assert isinstance(key, bytes)
+            self._derived[memo] = key
         return key
 
     @property
