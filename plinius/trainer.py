@@ -381,7 +381,8 @@ def run_training(
     if replica is not None or unavailable:
         replica = replica or {"every": opts.replica_every, "replicas": []}
         replica["replicas"] += unavailable
-    n_buffers = len(net.mirror_buffers())
+    buffers = net.mirror_buffers()
+    n_buffers = len(buffers)
     report = TrainReport(
         model=label,
         dataset=info.name,
@@ -399,7 +400,7 @@ def run_training(
         restore_ms=restore_ms,
         data=data,
         weights_sha256=enclave.ecall_weights_digest(),
-        metadata_bytes_per_mirror=metadata_bytes(n_buffers),
+        metadata_bytes_per_mirror=metadata_bytes(int(b[2].nbytes) for b in buffers),
         buffers_per_mirror=n_buffers,
         notes=notes,
         replica=replica,

@@ -13,6 +13,10 @@ keeps (the mirror, the training-set sample area) is a *blob* under a short name:
   PM backends return a view into the pool), so a reader of a header does not move the blob.
 * ``map(blob)`` returns a byte-addressable read-only view (mmap for files, the pool for PM) so
   single samples can be read by offset without loading the whole blob.
+* ``read_into(blob, offset, out)`` copies a range into the caller's memory (a pipelined restore
+  reads the next batch of segments into its own reusable buffer while it decrypts this one).
+* ``evict(blob)`` drops a file-backed blob from the page cache so the next read is a cold one
+  (benchmarks); None where that means nothing (PM, remote stores).
 
 Views are valid until the next call on the same backend that could move them (the next ``read`` or
 ``map`` of that blob, a commit, ``close``); callers copy or decrypt out of them before that.
@@ -32,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from plinius.errors import BackendError, ConfigError
+from plinius.errors import BackendError, ConfigError, NotFoundError
 
 if TYPE_CHECKING:
     from plinius.backends.fsinfo import MountInfo
@@ -133,6 +137,10 @@ class WriteTxn(ABC):
     def view(self, offset: int, length: int) -> memoryview:
         """Writable memory for bytes [offset, offset+length) of the new version."""
 
+    def written(self, offset: int, length: int) -> None:  # noqa: B027 - optional hook
+        """Optional hook: bytes [offset, offset+length) are final (sealed). A backend may start
+        flushing them while the caller seals the rest; the default does nothing."""
+
     @abstractmethod
     def commit(self) -> IoStats:
         """Make the new version durable (to the backend's durability level) and current."""
@@ -166,6 +174,22 @@ class Blob:
     def __post_init__(self) -> None:
         if self.size < 0:
             self.size = self.data.nbytes
+
+
+@dataclass
+class EvictResult:
+    """What :meth:`Backend.evict` achieved, checked with ``mincore`` rather than assumed."""
+
+    #: True only when no page of the blob is resident any more
+    evicted: bool
+    pages_total: int
+    resident_before: int
+    resident_after: int
+    #: why it is not evicted (a RAM file system, pages still mapped), empty when it is
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -280,6 +304,24 @@ class Backend(ABC):
     def read(self, blob: str, offset: int = 0, length: int | None = None) -> Blob | None:
         """Bytes [offset, offset+length) of the last committed version of ``blob`` (length None:
         to its end), or None if it was never written. A range outside it is a BackendError."""
+
+    def read_into(self, blob: str, offset: int, out: memoryview) -> int:
+        """Copy bytes [offset, offset+len(out)) of the last committed ``blob`` into ``out``
+        (writable caller memory) and return how many were copied (all of them). A missing blob
+        is a NotFoundError, a range outside it a BackendError. Default: :meth:`read` and a
+        copy; file backends read straight into ``out``."""
+        got = self.read(blob, offset, out.nbytes)
+        if got is None:
+            raise NotFoundError(f"blob {blob!r} of backend {self.spec} does not exist")
+        n = got.data.nbytes
+        out[:n] = got.data
+        return n
+
+    def evict(self, blob: str) -> EvictResult | None:
+        """Drop ``blob`` from the page cache so that the next read comes from the device (a
+        cold restore), and say how far that went. None: not applicable (not file-backed: a
+        persistent-memory pool, a remote store)."""
+        return None
 
     @abstractmethod
     def map(self, blob: str) -> memoryview | None:

@@ -21,6 +21,7 @@ The three backends differ only in class attributes (fsync or not, what they expe
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import mmap
 import os
@@ -30,11 +31,18 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from plinius.backends.base import Durability, IoStats, RunsOn, check_blob_name, check_range
+from plinius.backends.base import (
+    Durability,
+    EvictResult,
+    IoStats,
+    RunsOn,
+    check_blob_name,
+    check_range,
+)
 from plinius.backends.fsinfo import MountInfo, block_device_facts, mount_label, mount_of
 from plinius.backends.owned_dir import LOCK_NAME, open_owned_dir
 from plinius.backends.staging import StagedBackend
-from plinius.errors import BackendError, ConfigError
+from plinius.errors import BackendError, ConfigError, NotFoundError
 from plinius.fsutil import HeldLock, check_path
 from plinius.memory import PAGE, StagingBuffer, align_up
 
@@ -220,6 +228,57 @@ class FileBackend(StagedBackend):
             os.close(fd)
         return view[:got], size
 
+    def read_into(self, blob: str, offset: int, out: memoryview) -> int:
+        """``pread`` straight into the caller's (reusable, page-aligned) memory: no staging copy,
+        and the GIL is released while the kernel copies, so a restore decrypts meanwhile."""
+        self._check_open()
+        fd = self._open_file(blob)
+        if fd is None:
+            raise NotFoundError(f"{self.name}: {self.dir / blob} does not exist")
+        try:
+            n = check_range(f"{self.dir / blob}", offset, out.nbytes, os.fstat(fd).st_size)
+            got = 0
+            while got < n:
+                k = os.preadv(fd, [out[got : min(n, got + _CHUNK)]], offset + got)
+                if k == 0:
+                    raise BackendError(f"{self.name}: {self.dir / blob} shrank while it was read")
+                got += k
+        finally:
+            os.close(fd)
+        return got
+
+    def evict(self, blob: str) -> EvictResult:
+        """fsync, then ``posix_fadvise(DONTNEED)``; residency checked with ``mincore`` before
+        and after. A RAM file system (tmpfs) cannot evict: its cached pages are the file."""
+        self._check_open()
+        cached = self._maps.pop(blob, None)
+        if cached is not None:  # our own mapping would keep its pages resident
+            with contextlib.suppress(BufferError):
+                cached[1].close()
+        fd = self._open_file(blob)
+        if fd is None:
+            raise NotFoundError(f"{self.name}: {self.dir / blob} does not exist")
+        try:
+            size = os.fstat(fd).st_size
+            before = resident_pages(fd, size)
+            os.fsync(fd)  # dirty pages cannot be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            after = resident_pages(fd, size)
+        finally:
+            os.close(fd)
+        total = -(-size // PAGE)
+        mount = mount_of(self.dir)
+        if mount.volatile:
+            reason = (
+                f"{self.dir} is on {mount.fs_type}, which keeps files in RAM: its pages are the "
+                "file itself, nothing can be evicted (every read is a warm one)"
+            )
+            return EvictResult(False, total, before, after, reason)
+        if after:
+            reason = f"{after} of {total} pages still resident (mapped or locked elsewhere?)"
+            return EvictResult(False, total, before, after, reason)
+        return EvictResult(True, total, before, after)
+
     # --- contract ------------------------------------------------------------------------------
 
     def map(self, blob: str) -> memoryview | None:
@@ -327,6 +386,37 @@ class FileBackend(StagedBackend):
         # an instance dropped without close() must not keep the directory locked
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long,
+    ]  # fmt: skip
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    return libc
+
+
+def resident_pages(fd: int, size: int) -> int:
+    """How many pages of the first ``size`` bytes of file ``fd`` are in the page cache:
+    ``mincore`` on a fresh read-only mapping (which faults nothing in), through ctypes."""
+    if size == 0:
+        return 0
+    libc = _libc()
+    addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        err = ctypes.get_errno()
+        raise BackendError(f"cannot map a file to check its residency: {os.strerror(err)}")
+    try:
+        vec = (ctypes.c_ubyte * (-(-size // PAGE)))()
+        if libc.mincore(addr, size, vec) != 0:
+            err = ctypes.get_errno()
+            raise BackendError(f"mincore failed: {os.strerror(err)}")
+        return sum(b & 1 for b in vec)
+    finally:
+        libc.munmap(addr, size)
 
 
 def _write_all(fd: int, data: memoryview, path: Path) -> None:
