@@ -24,11 +24,12 @@ from plinius.enclave.trusted import (
     Enclave,
     mirror_guard,
     network_from_mirror,
+    network_from_opened,
     open_fresh,
 )
-from plinius.errors import PliniusError
+from plinius.errors import ConfigError, PliniusError
 from plinius.fsutil import private_dir
-from plinius.mirror import MirrorInfo, MirrorStore
+from plinius.mirror import MirrorInfo, MirrorStore, OpenedMirror
 from plinius.nn import Network, save_weights
 
 
@@ -97,10 +98,41 @@ def open_mirror(
     return net, info.iteration, str(info.meta["model"])
 
 
-def export_weights(
-    backend: Backend, engine: Engine, platform: SimulatedPlatform, out: str | os.PathLike[str]
-) -> tuple[int, str]:
-    """Write the mirrored model as a Darknet ``.weights`` file; (iteration, model label)."""
-    net, iteration, label = open_mirror(backend, engine, platform)
+def open_owned(backend: Backend, engine: Engine, platform: SimulatedPlatform) -> OpenedMirror:
+    """The stored mirror (any kind) read once, header and manifest authenticated, checked fresh."""
+    return open_fresh(*_owner_store(backend, engine, platform))
+
+
+#: ``meta["net"]["model_kind"]`` of a mirror written by ``plinius.torch.TorchMirror``
+TORCH_KIND = "torch"
+TORCH_HINT = "pip install 'plinius[torch]'"
+
+
+def mirror_kind(opened: OpenedMirror) -> str:
+    """``"torch"`` or ``"darknet"``: which way out the mirror takes."""
+    net = opened.info.meta.get("net")
+    return (
+        TORCH_KIND if isinstance(net, dict) and net.get("model_kind") == TORCH_KIND else "darknet"
+    )
+
+
+def export_weights(opened: OpenedMirror, out: str | os.PathLike[str]) -> tuple[int, str]:
+    """Write a Darknet mirror as a ``.weights`` file; (iteration, model label).
+
+    Decrypting every record authenticates it, so this verifies too."""
+    net, info = network_from_opened(opened)
     save_weights(net, Path(out))
-    return iteration, label
+    return info.iteration, str(info.meta["model"])
+
+
+def export_safetensors(opened: OpenedMirror, out: str | os.PathLike[str]) -> tuple[int, str]:
+    """Write a PyTorch mirror's model tensors as a ``safetensors`` file (0600, never over an
+    existing file); (iteration, model label). Needs the ``torch`` extra."""
+    try:
+        from plinius.torch.export import write_safetensors
+    except ImportError as exc:
+        raise ConfigError(
+            f"this mirror holds a PyTorch model; exporting it needs {exc.name}: {TORCH_HINT}"
+        ) from None
+    write_safetensors(opened, out)
+    return opened.info.iteration, str(opened.info.meta.get("model"))

@@ -1,32 +1,62 @@
-"""``plinius export``: the owner's way out, the mirrored model as a Darknet ``.weights`` file."""
+"""``plinius export``: the owner's way out, the mirrored model as a Darknet ``.weights`` file
+(``--weights``) or, for a PyTorch mirror (``plinius.torch``), a ``safetensors`` file."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from plinius.backends.registry import open_backend
 from plinius.cli.common import STATE_DIR_HELP, check_backend, output_file
 from plinius.crypto import make_engine, read_key_file
 from plinius.enclave.platform import SimulatedPlatform
-from plinius.owner import export_weights
+from plinius.errors import ConfigError
+from plinius.owner import (
+    TORCH_KIND,
+    export_safetensors,
+    export_weights,
+    mirror_kind,
+    open_owned,
+)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("export", help="decrypt the mirror (owner's key) into a .weights file")
+    p = sub.add_parser(
+        "export", help="decrypt the mirror (owner's key) into a .weights or .safetensors file"
+    )
     p.add_argument("--backend", required=True, help="backend spec")
     p.add_argument("--key-file", required=True, help="the owner's key file")
-    p.add_argument("--weights", required=True, help="output Darknet .weights file")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--weights", help="output Darknet .weights file (a Darknet mirror)")
+    out.add_argument(
+        "--safetensors",
+        help="output .safetensors file of the model tensors (a PyTorch mirror; mode 0600, "
+        "never overwrites)",
+    )
     p.add_argument("--state-dir", help=STATE_DIR_HELP)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    output_file(args.weights, "weights file (--weights)")
+    out = args.weights if args.weights is not None else args.safetensors
+    what = "weights file (--weights)" if args.weights is not None else "output (--safetensors)"
+    output_file(out, what)
+    if args.safetensors is not None and os.path.lexists(out):
+        raise ConfigError(f"{what} {out} exists: export never overwrites, give a new path")
     engine = make_engine(read_key_file(args.key_file))
     with open_backend(check_backend(args.backend), create="never") as backend:
-        iteration, label = export_weights(
-            backend, engine, SimulatedPlatform(state_dir=args.state_dir, create=False), args.weights
-        )
-    print(f"wrote {args.weights}: {label} at iteration {iteration} (Darknet .weights format)")
+        platform = SimulatedPlatform(state_dir=args.state_dir, create=False)
+        opened = open_owned(backend, engine, platform)  # one read serves the check and export
+        torch_mirror = mirror_kind(opened) == TORCH_KIND
+        if torch_mirror != (args.safetensors is not None):
+            raise ConfigError(
+                "this mirror holds a PyTorch model: export it with --safetensors FILE"
+                if torch_mirror
+                else "this mirror holds a Darknet model: export it with --weights FILE"
+            )
+        export = export_safetensors if torch_mirror else export_weights
+        iteration, label = export(opened, out)
+    kind = "safetensors" if torch_mirror else "Darknet .weights"
+    print(f"wrote {out}: {label} at iteration {iteration} ({kind} format)")
     return 0

@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
         "iteration": info.iteration,
         "version": info.version,
         "model": info.meta.get("model"),
+        # a plinius.torch mirror names itself in its training state (export --safetensors)
+        "kind": (info.meta.get("net") or {}).get("model_kind", "darknet"),
         "buffers": len(info.entries),
         "bytes": info.size,
         "metadata_bytes": info.metadata_bytes,

@@ -95,9 +95,13 @@ def network_from_mirror(store: MirrorStore, guard: FreshnessGuard) -> tuple[Netw
 
     Everything is authenticated and checked fresh before the configuration is parsed.
     """
+    return network_from_opened(open_fresh(store, guard))  # one read: the cfg and every record
+
+
+def network_from_opened(opened: OpenedMirror) -> tuple[Network, MirrorInfo]:
+    """:func:`network_from_mirror` for a mirror already read and checked fresh."""
     from plinius.nn import parse_cfg_text
 
-    opened = open_fresh(store, guard)  # one read serves the cfg and every record
     info = opened.info
     meta = info.meta
     net = Network(parse_cfg_text(meta["cfg"], f"mirror:{meta['model']}"), batch=meta["batch"])

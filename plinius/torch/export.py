@@ -1,0 +1,65 @@
+"""The owner's way out of a PyTorch mirror: the model's tensors as a ``safetensors`` file.
+
+Decrypting authenticates every record; the model tensors (layer 0, tied ones under every name
+``state_dict`` gives them) are rebuilt in their torch dtypes from the raw records and the manifest,
+never unpickled. The file holds plaintext weights: created 0600, never over an existing file.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from plinius import fsutil
+from plinius.errors import ConfigError
+from plinius.mirror import OpenedMirror
+from plinius.torch.codec import dtype_from_name
+from plinius.torch.state import KIND, MODEL
+
+SAFETENSORS_HINT = "pip install 'plinius[torch]' (or: pip install safetensors)"
+
+
+def model_state(opened: OpenedMirror) -> dict[str, torch.Tensor]:
+    """The mirrored model's ``state_dict`` (every name, tied tensors as separate copies)."""
+    net = opened.info.meta.get("net") or {}
+    if net.get("model_kind") != KIND:
+        raise ConfigError(f"{opened.what} does not hold a PyTorch model")
+    dtypes = {(r[0], r[1]): r[2] for r in net["layout"]}
+    arrays = opened.load().arrays
+    out: dict[str, torch.Tensor] = {}
+    for (layer, name), arr in arrays.items():
+        if layer != MODEL:
+            continue
+        t = torch.from_numpy(arr)
+        want = dtype_from_name(dtypes[(layer, name)])
+        out[name] = t if t.dtype == want else t.view(want)
+    for alias, first in net.get("aliases", {}).items():
+        out[alias] = out[first].clone()
+    return out
+
+
+def write_safetensors(opened: OpenedMirror, path: str | os.PathLike[str]) -> int:
+    """Write the model tensors of ``opened`` to ``path`` (0600, refused if it exists); bytes."""
+    try:
+        from safetensors.torch import save
+    except ImportError:
+        raise ConfigError(
+            f"export to safetensors needs the safetensors package: {SAFETENSORS_HINT}"
+        ) from None
+    tensors = model_state(opened)
+    meta = {
+        "plinius_iteration": str(opened.info.iteration),
+        "plinius_version": str(opened.info.version),
+    }
+    data = save(tensors, metadata=meta)
+    try:
+        fsutil.create_exclusive(path, data, mode=0o600)
+    except FileExistsError:
+        raise ConfigError(
+            f"{path} exists: plinius export never overwrites, give a new path"
+        ) from None
+    return len(data)
+
+
+__all__ = ["SAFETENSORS_HINT", "model_state", "write_safetensors"]
