@@ -221,7 +221,12 @@ def test_progress_total_equals_the_steps_done(tmp_path: Path) -> None:
     ticks, doc = _count(opts)
     assert doc["sections"]["results"]["status"] == "ok"
     assert len(doc["results"]) == 3 * 2
-    assert total_steps(opts) == steps(3, 2, 2) == ticks
+    # one step per interleaved round of each workload
+    assert total_steps(opts) == steps(2, 2) == ticks
+    # every round ran every instance once, in an order rotated from round to round
+    order = doc["rounds"]["size-1"]["order"]
+    assert len(order) == 2 and sorted(order[0]) == sorted(order[1]) and order[0] != order[1]
+    assert order[1] == [*order[0][1:], order[0][0]]
 
 
 def test_progress_total_holds_when_the_save_section_fails(tmp_path: Path) -> None:
@@ -229,7 +234,7 @@ def test_progress_total_holds_when_the_save_section_fails(tmp_path: Path) -> Non
     opts = SuiteOptions(plan, [1.0], 3, make_engine(generate_key()), sections=("save",))
     ticks, doc = _count(opts)
     assert doc["sections"]["results"]["status"] == "failed"
-    assert ticks == total_steps(opts) == 6
+    assert ticks == total_steps(opts) == 3
 
 
 # -- the default plan makes every comparison like for like ----------------------------------------

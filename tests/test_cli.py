@@ -103,10 +103,14 @@ def test_bench_small_run(tmp_path: Path) -> None:
         assert r["save_mbps"] == pytest.approx(r["bytes"] / 2**20 / r["save_s"])
     ssd = [r for r in doc["results"] if r["backend"] == "ssd"]
     assert all(r["speedup_save_vs_ssd"] == 1.0 for r in ssd)
-    assert {e["engine"] for e in doc["engines"]} == {"cryptography", "pycryptodome"}
+    assert {e["engine"] for e in doc["engines"]} == {"openssl", "cryptography", "pycryptodome"}
     assert all(e["seal_mbps"] > 0 and e["raw_encrypt_mbps"] > 0 for e in doc["engines"])
     prov = doc["provenance"]
-    assert prov["sgx"] == "simulated" and prov["crypto_engine"] in ("cryptography", "pycryptodome")
+    # the engine "auto" measured fastest here, and how (test_native_aead checks the choice)
+    assert prov["sgx"] == "simulated" and prov["crypto_engine"] in ("openssl", "cryptography")
+    choice = prov["crypto_engine_choice"]
+    assert choice["chosen"] == prov["crypto_engine"] and choice["how"] == "measured"
+    assert set(choice["gb_per_s"]) == {"openssl", "cryptography"}
     assert doc["backends"]["ssd"]["fs_type"] and "emulated" in doc["backends"]["tmpfs"]
 
 
@@ -116,9 +120,24 @@ def test_bench_quick_every_section(tmp_path: Path) -> None:
     res = run_cli("bench", "--quick", "--out", str(out), "--json")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
-    assert {k: v["status"] for k, v in doc["sections"].items()} == {
-        s: "ok" for s in ("results", "engines", "sps", "fio", "batch", "overhead")
+    status = {k: v["status"] for k, v in doc["sections"].items()}
+    assert status.pop("torch") == "skipped"  # it runs on the real-model workloads, none in quick
+    assert "real-model workloads" in doc["sections"]["torch"]["error"]
+    from plinius.bench.peers import peers_unavailable
+
+    # the peers need torch and safetensors (the bench extra, on the Python 3.11 envs)
+    assert status.pop("peers") == ("ok" if peers_unavailable() is None else "skipped")
+    assert status == {
+        s: "ok" for s in ("results", "limits", "engines", "sps", "fio", "batch", "overhead")
     }
+    # quick: fewer rounds than a full run, and it says so; every target has a verdict
+    assert doc["parameters"]["rounds"] == 3 and "quick run" in doc["parameters"]["rounds_note"]
+    from plinius.bench.torch_section import EXAMPLE_MODEL, torch_unavailable
+
+    # batch: the overhead section's model; the PyTorch example's row where torch is installed
+    example = set() if torch_unavailable() else {EXAMPLE_MODEL}
+    assert {t["workload"] for t in doc["targets"]} == {"size-64", "batch", *example}
+    assert all(t["verdict"] != "not run" or t["why"] for t in doc["targets"])
     # every registered backend is benchmarked: the built-ins, redis on a private loopback
     # server (redis-server is installed where tests run), and any plug-in installed beside
     backends = {r["backend"] for r in doc["results"]}
@@ -136,7 +155,7 @@ def test_bench_quick_every_section(tmp_path: Path) -> None:
     assert {r["model_mb"] for r in doc["results"]} == {10, 64}
     assert doc["sps"]["rows"] and doc["sps"]["txn_cost"]["bytes"] == 64 << 20
     assert doc["batch"][0]["encrypted_s"] > 0 and doc["overhead"][0]["model"] == "batch"
-    for png in ("save_restore", "speedup", "sps", "batch", "fio_fig2"):
+    for png in ("save_restore", "speedup", "sps", "batch", "fio_fig2", "targets"):
         assert (out / f"{png}.png").stat().st_size > 10_000, png
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "romulus?mode=msync save vs ssd, size-64" in report

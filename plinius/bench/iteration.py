@@ -13,7 +13,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from plinius.backends.catalog import DEFAULT_SCRATCH
 from plinius.backends.registry import open_backend, parse_spec
+from plinius.bench.stats import Interval, ratio_interval
 from plinius.crypto import generate_key, make_engine
 from plinius.datasets import load_dataset
 from plinius.defaults import default_plan, default_spec
@@ -133,15 +134,41 @@ class MirrorOverhead:
     emulated: bool = False
     replica: str = ""  # where every mirror was also copied ("": no replica)
     not_run: str = ""  # why the row has no measurement (a replica that could not run)
+    #: seconds per iteration (or per block) of each mode, paired by round: the intervals' input
+    samples: dict[str, list[float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         if self.not_run:
             return {**asdict(self), "sync_overhead": None, "async_overhead": None}
-        return {
+        out = {
             **asdict(self),
             "sync_overhead": self.sync_s / self.no_mirror_s - 1,
             "async_overhead": self.async_s / self.no_mirror_s - 1,
         }
+        for mode in ("sync", "async"):
+            iv = overhead_interval(self.samples, mode)
+            out[f"{mode}_overhead_interval"] = None if iv is None else iv.as_json()
+        return out
+
+
+def overhead_interval(samples: dict[str, list[float]], mode: str) -> Interval | None:
+    """``median(mode) / median(none) - 1`` with its paired bootstrap interval; None without
+    samples of both."""
+    mine, base = samples.get(mode) or [], samples.get("none") or []
+    if not mine or not base:
+        return None
+    iv = ratio_interval(mine, base)
+    return Interval(iv.median - 1, iv.lo - 1, iv.hi - 1, iv.n, iv.paired)
+
+
+def from_samples(
+    model: str, backend: str, samples: dict[str, list[float]], **facts: Any
+) -> MirrorOverhead:
+    """A :class:`MirrorOverhead` row from per-round samples of ``none``, ``sync``, ``async``."""
+    med = {m: statistics.median(samples[m]) for m in ("none", "sync", "async")}
+    return MirrorOverhead(
+        model, backend, med["none"], med["sync"], med["async"], samples=samples, **facts
+    )
 
 
 REPLICA_DESC = "redis-server on loopback (private, AOF always)"
@@ -232,12 +259,10 @@ def mirror_overhead(
                     raise PliniusError(f"replica copies failed: {r['last_error']}")
     _, _, options = parse_spec(spec)
     query = "&".join(f"{k}={v}" for k, v in sorted(options.items()))
-    return MirrorOverhead(
+    return from_samples(
         label,
         name,
-        statistics.median(times["none"]),
-        statistics.median(times["sync"]),
-        statistics.median(times["async"]),
+        times,
         instance=name + (f"?{query}" if query else ""),
         durability=runs_on.durability,
         emulated=runs_on.emulated,

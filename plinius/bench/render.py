@@ -13,7 +13,9 @@ from typing import Any
 
 from plinius.backends.base import DURABILITY_LEVELS
 from plinius.bench.saverestore import MIB, add_speedups, fmt_ms
-from plinius.bench.suite import targets
+from plinius.bench.stats import Interval
+from plinius.bench.suite import targets as earlier_bars
+from plinius.bench.targets import targets
 from plinius.reporting import plots
 from plinius.reporting.markdown import md_table, provenance_md
 
@@ -22,8 +24,16 @@ UNITS = (
     "(fio included); ms = 10^-3 s."
 )
 NOISE_RULE = (
-    "a difference is *beyond the noise* when the two rows' min–max ranges over the timed "
-    "repeats do not overlap (the faster row's slowest repeat beats the slower row's fastest)"
+    "a difference is *beyond the noise* when the two rows' 95 % bootstrap intervals of the "
+    "median do not overlap (rows without intervals, from older runs: when their min–max "
+    "ranges over the timed repeats do not overlap)"
+)
+STATS_NOTE = (
+    "Statistics: every figure is the median of the interleaved rounds (each contender once per "
+    "round, order rotated from round to round) with its 95 % percentile-bootstrap confidence "
+    "interval in brackets (2000 resamples, seeded); ratios are bootstrapped paired by round. "
+    "A target is *met* only when its whole interval meets the bar, *not met* when the whole "
+    "interval misses it, *inconclusive* when the interval straddles it."
 )
 SAVE_COLUMNS = [
     "instance",
@@ -31,8 +41,9 @@ SAVE_COLUMNS = [
     "emulated",
     "model",
     "mirror B",
-    "save ms (min–max)",
-    "restore ms (min–max)",
+    "save ms [95% CI]",
+    "cold restore ms [95% CI]",
+    "restore ms [95% CI]",
     "save MiB/s",
     "restore MiB/s",
     "baseline",
@@ -47,8 +58,9 @@ CONSOLE_SAVE_COLUMNS = [
     "emulated",
     "model",
     "mirror MiB",
-    "save ms (min–max)",
-    "restore ms (min–max)",
+    "save ms [95% CI]",
+    "cold restore ms [95% CI]",
+    "restore ms [95% CI]",
     "save ×baseline",
     "restore ×baseline",
 ]
@@ -71,7 +83,27 @@ ENGINE_COLUMNS = [
     "decrypt_into MiB/s",
     "open/raw",
 ]
-TARGET_COLUMNS = ["target", "durability (both sides)", "measured", "bar", "met"]
+TARGET_COLUMNS = [
+    "target",
+    "compared",
+    "durability (both sides)",
+    "ratio [95% CI]",
+    "verdict",
+    "note",
+]
+#: the report's fuller targets table
+TARGET_MD_COLUMNS = [
+    "target",
+    "workload",
+    "compared",
+    "durability (both sides)",
+    "ratio [95% CI]",
+    "bar",
+    "verdict",
+    "note",
+]
+EARLIER_COLUMNS = ["target", "durability (both sides)", "measured", "bar", "met"]
+CONTENDER_COLUMNS = ["section", "contender", "op", "ms [95% CI]", "MiB/s [95% CI]", "runs on"]
 SUMMARY_COLUMNS = ["durability", "instances compared", "save", "restore"]
 RECOMMEND_COLUMNS = [
     "durability",
@@ -94,6 +126,32 @@ def _spread(med: float, lo: float, hi: float) -> str:
 
 def _x(v: float | None) -> str:
     return f"{v:.2f}×" if v is not None else "-"
+
+
+def _iv(d: dict[str, Any] | None) -> Interval | None:
+    return Interval.from_json(d) if d else None
+
+
+def ms_text(iv: Interval) -> str:
+    return f"{fmt_ms(iv.median)} [{fmt_ms(iv.lo)}–{fmt_ms(iv.hi)}]"
+
+
+def _ms(p: dict[str, Any], op: str) -> str:
+    """``median [lo–hi]`` ms of ``op`` from the row's intervals; older rows: median (min–max);
+    ``-`` where the op does not apply (a cold restore of a backend that cannot evict)."""
+    iv = _iv((p.get("intervals") or {}).get(f"{op}_s"))
+    if iv is not None:
+        return ms_text(iv)
+    if op == "restore_cold":
+        return "n/a" if "intervals" in p else "-"
+    return _spread(p[f"{op}_s"], p[f"{op}_s_min"], p[f"{op}_s_max"])
+
+
+def _xiv(p: dict[str, Any], key: str) -> str:
+    iv = _iv((p.get("intervals") or {}).get(key))
+    if iv is not None:
+        return f"{iv.median:.2f}× [{iv.lo:.2f}–{iv.hi:.2f}]"
+    return _x(p.get(key))
 
 
 def _level(d: str) -> int:
@@ -135,13 +193,14 @@ def save_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "model": p.get("model") or f"size-{p['model_mb']:g}",
             "mirror B": f"{p['bytes']:,}",
             "mirror MiB": f"{p['bytes'] / MIB:.1f}",
-            "save ms (min–max)": _spread(p["save_s"], p["save_s_min"], p["save_s_max"]),
-            "restore ms (min–max)": _spread(p["restore_s"], p["restore_s_min"], p["restore_s_max"]),
+            "save ms [95% CI]": _ms(p, "save"),
+            "cold restore ms [95% CI]": _ms(p, "restore_cold"),
+            "restore ms [95% CI]": _ms(p, "restore"),
             "save MiB/s": round(p["save_mbps"]),
             "restore MiB/s": round(p["restore_mbps"]),
             "baseline": p.get("baseline") or "-",
-            "save ×baseline": _x(p.get("speedup_save_vs_baseline")),
-            "restore ×baseline": _x(p.get("speedup_restore_vs_baseline")),
+            "save ×baseline": _xiv(p, "speedup_save_vs_baseline"),
+            "restore ×baseline": _xiv(p, "speedup_restore_vs_baseline"),
             "save/raw AES": f"{p['save_vs_raw_seal']:.0%}" if p.get("save_vs_raw_seal") else "-",
         }
         for p in ordered(results)
@@ -176,9 +235,67 @@ def engine_rows(engines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _overhead_text(o: dict[str, Any], mode: str) -> str:
+    """``+3.9% [+1.2%–+6.0%]``: the median overhead and its 95 % interval when recorded."""
+    iv = o.get(f"{mode}_overhead_interval")
+    text = f"{o[f'{mode}_overhead']:+.1%}"
+    if not isinstance(iv, dict):
+        return text
+    lo, hi = iv["ci95"]
+    return f"{text} [{lo:+.1%}–{hi:+.1%}]"
+
+
+def doc_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's targets table: as saved, else computed from its samples (older documents)."""
+    if not doc.get("targets"):
+        doc["targets"] = targets(doc)
+    return list(doc["targets"])
+
+
+def _ratio_text(t: dict[str, Any]) -> str:
+    iv = _iv(t.get("interval"))
+    if iv is None:
+        return "-"
+    if t.get("point_estimate"):
+        v = iv.median
+        return f"{v:+.1%} (point estimate: medians only)" if not t["at_least"] else f"{v:.3g}"
+    if t.get("unit") == "fraction":  # an overhead: +4.2 % of the step time
+        return f"{iv.median:+.1%} [{iv.lo:+.1%}–{iv.hi:+.1%}]"
+    return f"{iv.median:.3g}× [{iv.lo:.3g}–{iv.hi:.3g}]"
+
+
 def target_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per target of the issue: the ratio with its interval, the bar and the verdict."""
     rows = []
-    for t in targets(doc):
+    for t in doc_targets(doc):
+        note = t.get("why") or t.get("reference") or ""
+        if t.get("point_estimate"):
+            note = (note + "; " if note else "") + "no interval: the section records medians"
+        bar = t["bar"]
+        fraction = t.get("point_estimate") or t.get("unit") == "fraction"
+        if t.get("bar_value") is not None and not fraction:
+            bar = f"{bar}×"
+        elif fraction and t.get("bar_value") is not None:
+            bar = f"{'>=' if t['at_least'] else '<='} {t['bar_value']:.0%}"
+        rows.append(
+            {
+                "target": t["target"],
+                "workload": t.get("workload") or "-",
+                "compared": t.get("sides") or "-",
+                "durability (both sides)": t.get("durability", "-"),
+                "ratio [95% CI]": _ratio_text(t),
+                "bar": bar,
+                "verdict": t["verdict"],
+                "note": note,
+            }
+        )
+    return rows
+
+
+def earlier_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bars of earlier issues (point medians, kept for comparison with older reports)."""
+    rows = []
+    for t in earlier_bars(doc):
         v = t["measured"]
         rows.append(
             {
@@ -192,11 +309,94 @@ def target_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _runs_on(c: dict[str, Any]) -> str:
+    f = c.get("facts") or {}
+    if c["section"] == "save":
+        bits = [str(f.get("durability", "?"))]
+        if f.get("emulated"):
+            bits.append("emulated")
+        if f.get("cold_restore", "").startswith("not"):
+            bits.append("no cold restore")
+        return ", ".join(bits)
+    keep = ("label", "fs", "engine", "threads", "how", "durability")
+    return "; ".join(f"{k} {f[k]}" for k in keep if k in f and f[k] not in (None, ""))
+
+
+def contender_rows(doc: dict[str, Any], workload: str) -> list[dict[str, Any]]:
+    """Every contender of ``workload``'s rounds, one row per operation, medians with CI."""
+    rows = []
+    for c in doc.get("contenders") or []:
+        if c["workload"] != workload:
+            continue
+        for op, o in c["ops"].items():
+            iv = Interval.from_json(o["interval"])
+            thr = Interval.from_json(o["mibps"])
+            rows.append(
+                {
+                    "section": c["section"],
+                    "contender": c["name"],
+                    "op": op,
+                    "ms [95% CI]": ms_text(iv),
+                    "MiB/s [95% CI]": f"{thr.median:,.0f} [{thr.lo:,.0f}–{thr.hi:,.0f}]",
+                    "runs on": _runs_on(c),
+                }
+            )
+        status = (c.get("facts") or {}).get("status")
+        if not c["ops"] and status:
+            rows.append(
+                {"section": c["section"], "contender": c["name"], "op": "-", "runs on": status}
+            )
+        if c.get("errors"):
+            rows.append(
+                {
+                    "section": c["section"],
+                    "contender": c["name"],
+                    "op": "error",
+                    "runs on": "; ".join(c["errors"]),
+                }
+            )
+    return rows
+
+
+def rounds_md(doc: dict[str, Any]) -> list[str]:
+    """Per workload: its sections in the same rounds, every contender, the order that ran."""
+    parts: list[str] = []
+    for w in doc.get("workloads") or []:
+        name = w["workload"]
+        r = (doc.get("rounds") or {}).get(name) or {}
+        parts += [
+            f"### Workload {name} ({w['mirror_bytes'] / MIB:,.1f} MiB in {w['tensors']} "
+            f"tensors; optimizer state {w['optimizer_bytes'] / MIB:,.1f} MiB)",
+            "",
+        ]
+        order = r.get("order") or []
+        if order:
+            shown = "; ".join(f"round {i + 1}: {', '.join(o)}" for i, o in enumerate(order[:2]))
+            parts += [
+                f"{r.get('count')} interleaved rounds of {r.get('contenders')} contenders, order "
+                f"rotated each round ({shown}; every round's order is in results.json).",
+                "",
+            ]
+        for section, why in (w.get("not_run") or {}).items():
+            parts += [f"- `{section}`: {why}"]
+        if w.get("not_run"):
+            parts.append("")
+        rows = contender_rows(doc, name)
+        if rows:
+            parts += [md_table(rows, CONTENDER_COLUMNS), ""]
+    return parts
+
+
 # -- the answer -----------------------------------------------------------------------------------
 
 
 def beyond_noise(fast: dict[str, Any], slow: dict[str, Any], key: str) -> bool:
-    """True when the min–max ranges of ``key`` (``save``/``restore``) do not overlap."""
+    """True when the 95 % intervals of ``key`` (``save``/``restore``) do not overlap; rows
+    without intervals (older runs): when their min–max ranges do not overlap."""
+    a = _iv((fast.get("intervals") or {}).get(f"{key}_s"))
+    b = _iv((slow.get("intervals") or {}).get(f"{key}_s"))
+    if a is not None and b is not None:
+        return a.hi < b.lo
     return bool(fast[f"{key}_s_max"] < slow[f"{key}_s_min"])
 
 
@@ -332,7 +532,7 @@ def recommendation_md(doc: dict[str, Any]) -> str:
         "Where should the encrypted mirror live? Only instances of **equal durability** are "
         "compared: pick the durability you need (power-fail: survives power loss and reboot; "
         "process-crash: survives a killed process only), then the fastest instance of that "
-        f"level. Medians of {doc['parameters']['repeats']} timed repeats; {NOISE_RULE}. "
+        f"level. Medians of {doc['parameters']['repeats']} timed rounds; {NOISE_RULE}. "
         "`(emulated)` instances ran on stand-in storage (see provenance). " + UNITS,
         "",
         md_table(summary_rows(results), SUMMARY_COLUMNS),
@@ -390,6 +590,20 @@ def sps_plot_rows(sps: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+REF_COLUMN = "RomulusLog C++ ref (not this machine)"
+
+
+def reference_note(sps: dict[str, Any]) -> str:
+    """Where the reference column comes from: never read as a figure of this run."""
+    ref = sps.get("reference") or {}
+    machine = ref.get("machine") or ref.get("measured_on") or "another machine (an AMD EPYC)"
+    date = ref.get("date") or "date not recorded"
+    return (
+        f"The RomulusLog C++ reference is **not this machine**: measured on {machine}, "
+        f"{date}; it is printed for orientation, not compared with this run's figures."
+    )
+
+
 def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
     """report.md and every figure the document has data for."""
     normalise(doc)
@@ -401,6 +615,13 @@ def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
             for p in doc["results"]
         ):
             written.append(plots.speedups(doc["results"], out / "speedup.png"))
+    shown = [
+        t
+        for t in doc_targets(doc)
+        if t.get("interval") and not t.get("point_estimate") and t.get("unit") != "fraction"
+    ]
+    if shown:
+        written.append(plots.targets(shown, out / "targets.png"))
     if doc.get("sps", {}).get("rows"):
         written.append(plots.sps(sps_plot_rows(doc["sps"]), out / "sps.png"))
     if doc.get("batch"):
@@ -426,17 +647,29 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
         f"Models size-N for N in {params['sizes_mb']} (N MiB of parameters: 3×3, 256-filter conv "
         "layers of 2.25 MiB); each is saved as `plinius train` mirrors it, parameters **plus** "
         "momentum buffers, so a mirror holds about 2N MiB (exact bytes per row). "
-        f"{params['repeats']} timed repeats after one warm-up, medians with min–max; crypto "
-        f"engine `{params['engine']}`; {'quick' if params.get('quick') else 'full'} run. Every row "
+        f"{params['repeats']} interleaved rounds after one warm-up"
+        f"{' (quick run: fewer rounds than the full run)' if params.get('quick') else ''}; "
+        f"crypto engine `{params['engine']}`; {'quick' if params.get('quick') else 'full'} run. "
+        "Every row "
         "is a backend *instance* (name and options) with the durability and emulation its "
         "backend reported; speed-ups are only against the baseline of the same durability "
         "(the first non-emulated file instance of that level), never RAM against a disk. "
         "Figures from emulated storage are marked: they are not real persistent-memory, DAX or "
         "SGX figures. The answer is the **Recommendation** at the end.",
         "",
+        STATS_NOTE,
+        "",
         "## Targets",
         "",
-        md_table(target_rows(doc), TARGET_COLUMNS),
+        "Ratios measured in this run, in the same interleaved rounds (× = how many times the "
+        "first side's throughput; cold = restore after the file was evicted from the page "
+        "cache).",
+        "",
+        md_table(target_rows(doc), TARGET_MD_COLUMNS),
+        "",
+        "### Bars of earlier issues (medians, no intervals)",
+        "",
+        md_table(earlier_rows(doc), EARLIER_COLUMNS),
         "",
     ]
     for status, title in (
@@ -462,10 +695,26 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
                 "",
             ]
         parts += [
+            "File backends: the **cold** restore (file evicted from the page cache after the "
+            "save, as after a restart) is the headline, the warm restore the second figure; "
+            "`n/a`: the backend has no page cache to evict (RAM, persistent memory, a server).",
+            "",
+        ]
+        parts += [
             "### Save breakdown (median seconds: the paper's Table I)",
             "",
             md_table(breakdown_rows(doc["results"]), BREAKDOWN_COLUMNS),
             "",
+        ]
+    if doc.get("workloads"):
+        parts += [
+            "## Every contender per workload (backends, peers, limits, PyTorch)",
+            "",
+            "What users would pick instead (peers) and the machine's limits (memcpy, raw "
+            "AES-GCM with one thread and with all cores) ran in the same rounds as the "
+            "backends, on the same tensors.",
+            "",
+            *rounds_md(doc),
         ]
     if doc.get("engines"):
         parts += [
@@ -486,12 +735,14 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
                         "swaps/txn": r["swaps_per_txn"],
                         "M swaps/s (C)": r["sps_c"] / 1e6,
                         "M swaps/s (Python)": (r["sps_python"] or 0) / 1e6,
-                        "RomulusLog C++ ref": (r["reference_romulus_log"] or 0) / 1e6 or "-",
+                        REF_COLUMN: (r["reference_romulus_log"] or 0) / 1e6 or "-",
                     }
                     for r in sps["rows"]
                 ],
-                ["mode", "swaps/txn", "M swaps/s (C)", "M swaps/s (Python)", "RomulusLog C++ ref"],
+                ["mode", "swaps/txn", "M swaps/s (C)", "M swaps/s (Python)", REF_COLUMN],
             ),
+            "",
+            reference_note(sps),
             "",
         ]
         txn = sps.get("txn_cost")
@@ -554,8 +805,8 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
                             {"sync_overhead": "not run", "async_overhead": o["not_run"]}
                             if o.get("not_run")
                             else {
-                                "sync_overhead": f"{o['sync_overhead']:+.1%}",
-                                "async_overhead": f"{o['async_overhead']:+.1%}",
+                                "sync_overhead": _overhead_text(o, "sync"),
+                                "async_overhead": _overhead_text(o, "async"),
                             }
                         ),
                     }

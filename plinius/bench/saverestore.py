@@ -12,18 +12,22 @@ computed only between instances of equal durability.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from plinius.backends import open_backend
 from plinius.backends.catalog import class_fact
+from plinius.bench.contenders import Contender, Samples, run_rounds
+from plinius.bench.stats import median_interval, speedup
 from plinius.crypto import OVERHEAD, Engine, associated_data
 from plinius.memory import PAGE, align_up, aligned_empty
 from plinius.mirror import MirrorStore, Record
@@ -31,6 +35,8 @@ from plinius.mirror import MirrorStore, Record
 MIB = 1 << 20
 PAPER_SIZES_MB = (10, 22, 33, 44, 56, 67, 78, 89, 100)
 BENCH_FINGERPRINT = bytes(32)  # synthetic models share one architecture id per size below
+#: the torch section's peers in `plinius bench` (None: every one torch_section builds)
+TORCH_PEERS: tuple[str, ...] | None = None
 
 
 def model_bytes(records: Sequence[Record]) -> int:
@@ -95,51 +101,6 @@ def fingerprint_for(records: Sequence[Record]) -> bytes:
     return hashlib.sha256(b"plinius-bench-model:" + shapes.encode()).digest()
 
 
-@dataclass
-class Point:
-    """Medians and spread of one backend instance at one model."""
-
-    backend: str  # registry name
-    model_mb: float  # N of the zoo model size-N (MiB of parameters; the paper's labels)
-    bytes: int  # the mirror bytes really sealed (parameters + momentum)
-    repeats: int
-    save_s: float
-    restore_s: float
-    save_mbps: float  # MiB/s of mirror bytes
-    restore_mbps: float
-    save_s_min: float
-    save_s_max: float
-    restore_s_min: float
-    restore_s_max: float
-    save_breakdown: dict[str, float] = field(default_factory=dict)
-    restore_breakdown: dict[str, float] = field(default_factory=dict)
-    raw_seal_mbps: float = 0.0
-    speedup_save_vs_ssd: float | None = None
-    speedup_restore_vs_ssd: float | None = None
-    save_vs_raw_seal: float | None = None
-    instance: str = ""  # name + options, e.g. "romulus?mode=msync"
-    durability: str = ""  # what the instance's describe() reported
-    emulated: bool = False
-    byte_addressable: bool = False
-    role: str = ""
-    model: str = ""  # "size-N"
-    mirror_bytes: int = 0
-    param_bytes: int = 0
-    optimizer_bytes: int = 0
-    baseline: str | None = None
-    speedup_save_vs_baseline: float | None = None
-    speedup_restore_vs_baseline: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {
-            "instance": d.pop("instance"),
-            "durability": d.pop("durability"),
-            "emulated": d.pop("emulated"),
-            **d,
-        }
-
-
 def raw_seal_seconds(engine: Engine, records: Sequence[Record], repeats: int) -> float:
     """Median time to seal the same bytes into preallocated memory, no storage at all."""
     sizes = [r.array.nbytes + OVERHEAD for r in records]
@@ -154,68 +115,229 @@ def raw_seal_seconds(engine: Engine, records: Sequence[Record], repeats: int) ->
     return statistics.median(times)
 
 
-def _median_breakdown(stats: list[dict[str, float]], keys: Sequence[str]) -> dict[str, float]:
-    return {k: statistics.median(s[k] for s in stats) for k in keys}
+def named_workload(label: str) -> BenchModel:
+    """A workload shaped like a real model (``resnet50``, ``bert-base+adam``, ...): the exact
+    parameter shapes (and optimizer state) from :mod:`plinius.bench.workloads`, random values."""
+    from plinius.bench import workloads
+
+    specs = workloads.workload_specs(label)
+    arrays = workloads.make_arrays(specs, seed=0)
+    records = [Record(i, name, np.ascontiguousarray(a)) for i, (name, a) in enumerate(arrays)]
+    total = model_bytes(records)
+    opt = sum(r.array.nbytes for r in records if _is_optimizer_state(r.name))
+    return BenchModel(label, round(total / MIB, 2), records, total - opt, opt)
 
 
-def measure(
-    spec: str,
-    records: Sequence[Record],
-    engine: Engine,
-    repeats: int,
-    tick: Callable[[], None] | None = None,
-    model_mb: float | None = None,
-    instance: str | None = None,
-) -> Point:
-    """Save and restore ``records`` ``repeats`` times on ``spec`` (after one warm-up of each)."""
-    nbytes = model_bytes(records)
-    dests = {(r.layer, r.name): np.empty_like(r.array) for r in records}
-    save_t: list[float] = []
-    load_t: list[float] = []
-    save_st: list[dict[str, float]] = []
-    load_st: list[dict[str, float]] = []
-    with open_backend(spec) as backend:
-        runs_on = backend.describe()
-        store = MirrorStore(backend, engine, fingerprint_for(records))
-        for i in range(repeats + 1):
-            s = store.save(records, version=i + 1, iteration=i)
-            got = store.load(into=dests, min_version=i + 1)
-            assert got is not None
-            if i == 0:
-                continue  # warm-up: first touch of files, pools and staging memory
-            save_t.append(s.total_s)
-            load_t.append(got.stats.total_s)
-            save_st.append(s.as_dict())
-            load_st.append(got.stats.as_dict())
-            if tick:
-                tick()
-        for r in (records[0], records[-1]):
-            if not np.array_equal(dests[(r.layer, r.name)], r.array):
-                raise AssertionError(f"{spec}: restored bytes differ from saved bytes")
-    mib = nbytes / MIB
-    save_med = statistics.median(save_t)
-    load_med = statistics.median(load_t)
-    return Point(
-        backend=backend.name,
-        model_mb=model_mb if model_mb is not None else round(mib, 2),
-        bytes=nbytes,
-        repeats=repeats,
-        save_s=save_med,
-        restore_s=load_med,
-        save_mbps=mib / save_med,
-        restore_mbps=mib / load_med,
-        save_s_min=min(save_t),
-        save_s_max=max(save_t),
-        restore_s_min=min(load_t),
-        restore_s_max=max(load_t),
-        save_breakdown=_median_breakdown(save_st, ("encrypt_s", "write_s", "flush_s", "fsync_s")),
-        restore_breakdown=_median_breakdown(load_st, ("read_s", "decrypt_s")),
-        instance=instance or backend.name,
-        durability=runs_on.durability,
-        emulated=runs_on.emulated,
-        byte_addressable=runs_on.byte_addressable,
-        mirror_bytes=nbytes,
+def _is_optimizer_state(name: str) -> bool:
+    low = name.lower()
+    return low.startswith("opt.") or any(
+        m in low for m in ("momentum", "exp_avg", "adam", "optim", "moment")
     )
+
+
+def workload(label: str) -> BenchModel:
+    """``size-N`` (the paper's models) or a named real-model workload."""
+    if label.startswith("size-"):
+        return bench_model(float(label.removeprefix("size-")))
+    return named_workload(label)
+
+
+def _facts_of(result: Any) -> Any:
+    """A JSON-ready form of an eviction result (a dataclass, an object with ``as_dict``...)."""
+    if result is None:
+        return None
+    if is_dataclass(result) and not isinstance(result, type):
+        return asdict(result)
+    as_dict = getattr(result, "as_dict", None)
+    return as_dict() if callable(as_dict) else str(result)
+
+
+def _evict(backend: Any, blob: str) -> Any:
+    """``backend.evict(blob)`` where backends have it (None: cold restore not applicable)."""
+    evict = getattr(backend, "evict", None)
+    return evict(blob) if callable(evict) else None
+
+
+class BackendRun:
+    """One backend instance saving and restoring one workload: a :class:`Contender` of section
+    ``save`` with ops ``save``, ``restore`` (warm) and, where the backend can evict its blob
+    from the page cache, ``restore_cold`` (evicted first, untimed; the eviction result is kept
+    in the facts). One untimed save and restore warm up pools, files and staging memory."""
+
+    def __init__(
+        self, label: str, spec: str, model: BenchModel, engine: Engine, role: str = ""
+    ) -> None:
+        self.model = model
+        self.save_stats: list[dict[str, float]] = []
+        self.restore_stats: list[dict[str, float]] = []
+        self._stack = ExitStack()
+        try:
+            backend = self._stack.enter_context(open_backend(spec))
+            runs_on = backend.describe()
+            self.store = MirrorStore(backend, engine, fingerprint_for(model.records))
+            self.dests = {(r.layer, r.name): np.empty_like(r.array) for r in model.records}
+            self.version = 1
+            self.store.save(model.records, version=1)
+            self._load()
+            first = _evict(backend, self.store.blob)
+        except BaseException:
+            self._stack.close()
+            raise
+        self.backend = backend
+        facts = _facts_of(first)
+        evicts = first is not None and not (
+            isinstance(facts, dict) and not facts.get("evicted", True)
+        )
+        if first is None:
+            cold = "not applicable (the backend has no page cache to evict from)"
+        elif not evicts:
+            why = facts.get("reason") if isinstance(facts, dict) else ""
+            cold = f"not applicable (eviction had no effect: {why or 'pages stay resident'})"
+        else:
+            cold = "evicted before each cold restore (result of the last in 'eviction')"
+        ops = ("save", "restore") + (("restore_cold",) if evicts else ())
+        self.contender = Contender(
+            section="save",
+            name=label,
+            workload=model.name,
+            nbytes=model.mirror_bytes,
+            ops=ops,
+            run=self.run,
+            close=self.close,
+            facts={
+                "instance": label,
+                "spec": spec,
+                "backend": backend.name,
+                "role": role,
+                "durability": runs_on.durability,
+                "emulated": runs_on.emulated,
+                "byte_addressable": runs_on.byte_addressable,
+                "cold_restore": cold,
+                "eviction": [facts] if first is not None else [],
+            },
+        )
+
+    def _load(self) -> float:
+        t0 = time.perf_counter()
+        got = self.store.load(into=self.dests, min_version=self.version)
+        secs = time.perf_counter() - t0
+        if got is None:
+            raise AssertionError(f"{self.store.what}: nothing to restore after a save")
+        self.restore_stats.append(got.stats.as_dict())
+        return secs
+
+    def run(self, op: str) -> float:
+        if op == "save":
+            self.version += 1
+            t0 = time.perf_counter()
+            s = self.store.save(self.model.records, version=self.version, iteration=self.version)
+            secs = time.perf_counter() - t0
+            self.save_stats.append(s.as_dict())
+            return secs
+        if op == "restore":
+            return self._load()
+        if op == "restore_cold":
+            ev = _evict(self.backend, self.store.blob)
+            evictions = self.contender.facts["eviction"]
+            evictions.append(_facts_of(ev))
+            del evictions[:-3]  # the last few are enough to show whether eviction held
+            return self._load()
+        raise ValueError(f"unknown operation {op!r}")
+
+    def close(self) -> None:
+        try:
+            for r in (self.model.records[0], self.model.records[-1]):
+                if not np.array_equal(self.dests[(r.layer, r.name)], r.array):
+                    raise AssertionError(f"{self.store.what}: restored bytes differ from saved")
+        finally:
+            self._stack.close()
+
+
+def _median_breakdown(stats: list[dict[str, float]], keys: Sequence[str]) -> dict[str, float]:
+    return {k: statistics.median(s[k] for s in stats) if stats else 0.0 for k in keys}
+
+
+def samples_json(s: Samples) -> dict[str, Any]:
+    """One contender's record in results.json: what it is, its facts, every sample and the
+    median with its bootstrap interval per operation (seconds and MiB/s)."""
+    c = s.contender
+    ops: dict[str, Any] = {}
+    for op, secs in s.seconds.items():
+        iv = median_interval(secs)
+        thr = median_interval([c.nbytes / MIB / x for x in secs])
+        ops[op] = {"seconds": list(secs), "interval": iv.as_json(), "mibps": thr.as_json()}
+    facts = json.loads(json.dumps(c.facts, default=str))
+    return {
+        "section": c.section,
+        "name": c.name,
+        "workload": c.workload,
+        "nbytes": c.nbytes,
+        "ops": ops,
+        "facts": facts,
+        "errors": list(s.errors),
+    }
+
+
+def backend_row(run: BackendRun, s: Samples, raw_seal_s: float) -> dict[str, Any] | None:
+    """The results row of one backend instance at one workload (the keys results.json always
+    had, plus ``rounds``, ``samples``, ``intervals`` and the cold restore)."""
+    if "save" not in s.seconds or "restore" not in s.seconds:
+        return None
+    f = run.contender.facts
+    m = run.model
+    nbytes = m.mirror_bytes
+    mib = nbytes / MIB
+    save, warm = s.seconds["save"], s.seconds["restore"]
+    cold = s.seconds.get("restore_cold")
+    save_med, load_med = statistics.median(save), statistics.median(warm)
+    intervals: dict[str, Any] = {
+        "save_s": median_interval(save).as_json(),
+        "restore_s": median_interval(warm).as_json(),
+        "save_mbps": median_interval([mib / x for x in save]).as_json(),
+        "restore_mbps": median_interval([mib / x for x in warm]).as_json(),
+    }
+    if cold:
+        intervals["restore_cold_s"] = median_interval(cold).as_json()
+        intervals["restore_cold_mbps"] = median_interval([mib / x for x in cold]).as_json()
+    raw_mbps = mib / raw_seal_s
+    return {
+        "instance": f["instance"],
+        "durability": f["durability"],
+        "emulated": f["emulated"],
+        "backend": f["backend"],
+        "model_mb": m.model_mb,
+        "bytes": nbytes,
+        "repeats": len(save),
+        "rounds": len(save),
+        "save_s": save_med,
+        "restore_s": load_med,
+        "save_mbps": mib / save_med,
+        "restore_mbps": mib / load_med,
+        "save_s_min": min(save),
+        "save_s_max": max(save),
+        "restore_s_min": min(warm),
+        "restore_s_max": max(warm),
+        "restore_cold_s": statistics.median(cold) if cold else None,
+        "restore_cold_mbps": mib / statistics.median(cold) if cold else None,
+        "restore_headline": "cold" if cold else "warm",
+        "cold_restore": f["cold_restore"],
+        "eviction": f["eviction"][-1] if f["eviction"] else None,
+        "save_breakdown": _median_breakdown(
+            run.save_stats, ("encrypt_s", "write_s", "flush_s", "fsync_s")
+        ),
+        "restore_breakdown": _median_breakdown(run.restore_stats, ("read_s", "decrypt_s")),
+        "raw_seal_mbps": raw_mbps,
+        "save_vs_raw_seal": (mib / save_med) / raw_mbps,
+        "byte_addressable": f["byte_addressable"],
+        "role": f["role"],
+        "model": m.name,
+        "mirror_bytes": nbytes,
+        "param_bytes": m.param_bytes,
+        "optimizer_bytes": m.optimizer_bytes,
+        "samples": {op: list(v) for op, v in s.seconds.items()},
+        "intervals": intervals,
+        "errors": list(s.errors),
+    }
 
 
 def _baseline(group: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -235,12 +357,15 @@ def _is_paper(backend: str) -> bool:
 
 def add_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fill the speed-up keys of ``rows`` (results rows, in plan order), pairing only rows of
-    equal ``durability`` at the same ``model_mb``: never RAM against a disk.
+    equal ``durability`` at the same model: never RAM against a disk.
 
     ``speedup_*_vs_baseline``: versus the baseline of the row's durability level (see
     :func:`_baseline`; its label in ``baseline``). ``speedup_*_vs_ssd``: versus the first
     instance of the paper's baseline backend (the class that declares ``baseline``) at that model,
-    only for rows of that instance's durability; None otherwise.
+    only for rows of that instance's durability; None otherwise. Rows with per-round
+    ``samples`` also get each speed-up's bootstrap interval in ``intervals`` (paired by round),
+    and ``speedup_restore_cold_vs_baseline``: the baseline's cold restore (where it has one)
+    against this row's headline restore (cold where it has one).
     """
     for r in rows:
         for k in (
@@ -251,9 +376,11 @@ def add_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ):
             r[k] = None
         r["baseline"] = None
-    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
+        if "samples" in r:
+            r["speedup_restore_cold_vs_baseline"] = None
+    groups: dict[tuple[Any, str], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["model_mb"], r["durability"]), []).append(r)
+        groups.setdefault((r.get("model") or r["model_mb"], r["durability"]), []).append(r)
     for group in groups.values():
         base = _baseline(group)
         if base is None:
@@ -262,54 +389,249 @@ def add_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             r["baseline"] = base["instance"]
             r["speedup_save_vs_baseline"] = base["save_s"] / r["save_s"]
             r["speedup_restore_vs_baseline"] = base["restore_s"] / r["restore_s"]
-    for mb in dict.fromkeys(r["model_mb"] for r in rows):
-        paper = next((r for r in rows if r["model_mb"] == mb and _is_paper(r["backend"])), None)
+            _speedup_intervals(r, base, "baseline")
+    for model in dict.fromkeys(r.get("model") or r["model_mb"] for r in rows):
+        at = [r for r in rows if (r.get("model") or r["model_mb"]) == model]
+        paper = next((r for r in at if _is_paper(r["backend"])), None)
         if paper is None:
             continue
-        for r in rows:
-            if r["model_mb"] == mb and r["durability"] == paper["durability"]:
+        for r in at:
+            if r["durability"] == paper["durability"]:
                 r["speedup_save_vs_ssd"] = paper["save_s"] / r["save_s"]
                 r["speedup_restore_vs_ssd"] = paper["restore_s"] / r["restore_s"]
+                _speedup_intervals(r, paper, "ssd")
     return rows
 
 
-def run_matrix(
+def headline_restore(r: dict[str, Any]) -> list[float]:
+    """A row's headline restore samples: cold where the backend can evict, else warm."""
+    s = r["samples"]
+    return list(s.get("restore_cold") or s["restore"])
+
+
+def _speedup_intervals(r: dict[str, Any], base: dict[str, Any], against: str) -> None:
+    if "samples" not in r or "samples" not in base:
+        return
+    iv = r.setdefault("intervals", {})
+    iv[f"speedup_save_vs_{against}"] = speedup(r["samples"]["save"], base["samples"]["save"])
+    iv[f"speedup_save_vs_{against}"] = iv[f"speedup_save_vs_{against}"].as_json()
+    iv[f"speedup_restore_vs_{against}"] = speedup(
+        r["samples"]["restore"], base["samples"]["restore"]
+    ).as_json()
+    if against == "baseline":
+        cold = speedup(headline_restore(r), headline_restore(base))
+        r["speedup_restore_cold_vs_baseline"] = cold.median
+        iv["speedup_restore_cold_vs_baseline"] = cold.as_json()
+
+
+@dataclass
+class SideSection:
+    """What a section beside the backends (peers, limits, torch) gave for one workload."""
+
+    contenders: list[Contender] = field(default_factory=list)
+    not_run: dict[str, str] = field(default_factory=dict)  # section -> why
+
+
+#: the sections run beside the backends on a full workload: (section, module, builder)
+SIDE_SECTIONS = (
+    ("peers", "plinius.bench.peers"),
+    ("limits", "plinius.bench.limits"),
+    ("torch", "plinius.bench.torch_section"),
+)
+
+
+def side_contenders(
+    model: BenchModel, engine: Engine, dirs: dict[str, Path], sections: Sequence[str]
+) -> SideSection:
+    """Peers, limits and the PyTorch adapter for ``model``, each where its module exists here
+    (built by other parts of plinius) and its tools are installed; else "not run" and why."""
+    import importlib
+
+    out = SideSection()
+    arrays = [(f"{r.layer}.{r.name}", r.array) for r in model.records]
+    for section, module in SIDE_SECTIONS:
+        if section not in sections:
+            continue
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            out.not_run[section] = f"not run: {module} cannot be imported ({exc})"
+            continue
+        try:
+            if section == "peers":
+                why = mod.peers_unavailable()
+                if why:
+                    out.not_run[section] = why
+                    continue
+                got = mod.peer_contenders(arrays, model.name, dirs, engine)
+            elif section == "limits":
+                got = mod.limit_contenders(model.mirror_bytes, model.name, engine)
+            else:
+                why = mod.torch_unavailable()
+                if why:
+                    out.not_run[section] = why
+                    continue
+                if model.name.startswith("size-"):
+                    out.not_run[section] = (
+                        "not run: the PyTorch section runs on the real-model workloads "
+                        "(--workloads), not on the paper's size-N models"
+                    )
+                    continue
+                got = _torch(mod, model, engine, dirs)
+        except Exception as exc:  # one side section failing leaves the backends standing
+            out.not_run[section] = f"failed: {type(exc).__name__}: {exc}"
+            continue
+        out.contenders.extend(got)
+    return out
+
+
+def _torch(mod: Any, model: BenchModel, engine: Engine, dirs: dict[str, Path]) -> list[Contender]:
+    """The PyTorch adapter's contenders: TorchMirror on ``romulus`` in RAM beside the peers,
+    with a throw-away owner key and simulated CPU next to the peers' files (removed with them:
+    a benchmark leaves no counter on this machine's platform)."""
+    from plinius.crypto import generate_key, write_key_file
+    from plinius.defaults import default_spec
+    from plinius.enclave.platform import SimulatedPlatform
+
+    shm = dirs.get("tmpfs")
+    if shm is None:
+        raise ValueError("the torch section needs the peers' tmpfs directory")
+    key_file = shm / "torch-owner.key"
+    if not key_file.exists():
+        write_key_file(key_file, generate_key())
+    platform = SimulatedPlatform(shm / "torch-platform", state_dir=shm / "torch-state")
+    mirror_dir = shm / f"torch-mirror-{model.name}"
+    mirror_dir.mkdir(exist_ok=True)
+    spec = default_spec("romulus", mirror_dir)
+    return list(
+        mod.torch_contenders(
+            model.name,
+            dirs,
+            [spec],
+            key_file,
+            engine=engine.name,
+            platform=platform,
+            peers=TORCH_PEERS,
+        )
+    )
+
+
+@dataclass
+class RoundsResult:
+    """Everything the interleaved rounds of every workload produced."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    contenders: list[dict[str, Any]] = field(default_factory=list)
+    rounds: dict[str, Any] = field(default_factory=dict)
+    workloads: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_workloads(
     instances: Callable[[], AbstractContextManager[list[tuple[str, str]]]],
-    sizes_mb: Sequence[float],
+    models: Sequence[str],
     engine: Engine,
-    repeats: int,
+    rounds: int,
     tick: Callable[[], None] | None = None,
     roles: dict[str, str] | None = None,
-) -> list[dict[str, Any]]:
-    """Every instance at every model, as results rows with like-for-like speed-ups.
+    full: Sequence[str] = (),
+    side: Sequence[str] = ("peers", "limits", "torch"),
+    dirs: Callable[[], AbstractContextManager[dict[str, Path]]] | None = None,
+) -> RoundsResult:
+    """Every backend instance on every workload in ``models`` (``size-N`` or a named one), in
+    interleaved rotated rounds (:func:`plinius.bench.contenders.run_rounds`); on the workloads
+    in ``full`` the peers, limits and PyTorch sections run in the same rounds.
 
-    ``instances()`` gives ``(label, spec)`` of every instance for one model; default instances
-    are fresh for each model, so none inherits the allocations (or files) of the ones before.
+    ``tick`` is called once per round of each workload. ``instances()`` gives fresh
+    ``(label, spec)`` pairs for one workload, so none inherits the files of the one before.
     """
-    points: list[Point] = []
-    for size in sizes_mb:
-        model = bench_model(size)
-        raw = raw_seal_seconds(engine, model.records, max(3, repeats))
-        row = []
-        with instances() as specs:
-            for label, spec in specs:
-                p = measure(spec, model.records, engine, repeats, tick, size, label)
-                p.model = model.name
-                p.param_bytes = model.param_bytes
-                p.optimizer_bytes = model.optimizer_bytes
-                p.role = (roles or {}).get(label, "")
-                row.append(p)
-        for p in row:
-            p.raw_seal_mbps = p.bytes / MIB / raw
-            p.save_vs_raw_seal = p.save_mbps / p.raw_seal_mbps
-        points.extend(row)
+    res = RoundsResult()
+    for label in models:
+        model = workload(label)
+        raw = raw_seal_seconds(engine, model.records, 3)
+        is_full = label in full
+        with ExitStack() as stack:
+            specs = stack.enter_context(instances())
+            runs: list[BackendRun] = []
+            try:
+                for name, spec in specs:
+                    runs.append(BackendRun(name, spec, model, engine, (roles or {}).get(name, "")))
+            except BaseException:
+                for r in runs:
+                    r.close()
+                raise
+            extra = SideSection()
+            if is_full:
+                where = stack.enter_context(dirs()) if dirs else {}
+                extra = side_contenders(model, engine, where, side)
+            contenders = [r.contender for r in runs] + extra.contenders
+            order: list[list[str]] = []
+            wrapped = [_recording(c, order) for c in contenders]
+            samples = run_rounds(wrapped, rounds, _every(len(wrapped), tick))
+        by_key = {s.contender.key: s for s in samples}
+        for r in runs:
+            row = backend_row(r, by_key[r.contender.key], raw)
+            if row is not None:
+                res.rows.append(row)
+        res.contenders += [samples_json(s) for s in samples]
+        res.rounds[label] = {
+            "count": rounds,
+            "contenders": len(contenders),
+            "order": order,
+            "rotated": True,
+            "paired_ratios": True,
+        }
+        res.workloads.append(
+            {
+                "workload": label,
+                "mirror_bytes": model.mirror_bytes,
+                "param_bytes": model.param_bytes,
+                "optimizer_bytes": model.optimizer_bytes,
+                "tensors": len(model.records),
+                "full": is_full,
+                "not_run": extra.not_run,
+            }
+        )
         del model
-    return add_speedups([p.as_dict() for p in points])
+    add_speedups(res.rows)
+    return res
 
 
-def steps(n_instances: int, n_sizes: int, repeats: int) -> int:
-    """Progress steps of :func:`run_matrix`: one per timed repeat of each instance and model."""
-    return n_instances * n_sizes * repeats
+def _every(k: int, tick: Callable[[], None] | None) -> Callable[[], None]:
+    """A tick for :func:`run_rounds` (one per contender per round) that calls ``tick`` once
+    per round."""
+    n = 0
+
+    def each() -> None:
+        nonlocal n
+        n += 1
+        if n % k == 0 and tick:
+            tick()
+
+    return each
+
+
+def _recording(c: Contender, order: list[list[str]]) -> Contender:
+    """``c`` whose first operation of each round appends its name to ``order`` (one list per
+    round), so the report shows the interleaving and rotation that really ran."""
+    first = c.ops[0]
+    inner = c.run
+    calls = 0
+
+    def run(op: str) -> float:
+        nonlocal calls
+        if op == first:
+            while len(order) <= calls:
+                order.append([])
+            order[calls].append(f"{c.section}:{c.name}")
+            calls += 1
+        return inner(op)
+
+    return replace(c, run=run)
+
+
+def steps(n_workloads: int, rounds: int) -> int:
+    """Progress steps of :func:`run_workloads`: one per round of each workload."""
+    return n_workloads * rounds
 
 
 def fmt_ms(seconds: float) -> str:

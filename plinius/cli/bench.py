@@ -21,12 +21,14 @@ from rich.console import Console
 
 from plinius.backends.catalog import class_fact, loadable
 from plinius.backends.registry import open_backend
+from plinius.bench.contenders import DEFAULT_ROUNDS
 from plinius.bench.render import (
     CONSOLE_SAVE_COLUMNS,
     ENGINE_COLUMNS,
     SUMMARY_COLUMNS,
     TARGET_COLUMNS,
     UNITS,
+    doc_targets,
     engine_rows,
     normalise,
     save_rows,
@@ -35,7 +37,7 @@ from plinius.bench.render import (
     write_outputs,
 )
 from plinius.bench.saverestore import PAPER_SIZES_MB
-from plinius.bench.suite import SECTIONS, SuiteOptions, run_suite, total_steps
+from plinius.bench.suite import QUICK_ROUNDS, SECTIONS, SuiteOptions, run_suite, total_steps
 from plinius.cli.common import (
     add_json_flag,
     check_backend,
@@ -57,11 +59,13 @@ from plinius.defaults import (
 )
 from plinius.errors import ConfigError
 from plinius.nn.zoo import layers_for_size
-from plinius.reporting.provenance import provenance
+from plinius.reporting.provenance import load_average, provenance
 
 SCHEMA = "plinius-bench/1"
 QUICK_SIZES = (10, 64)
 DEFAULT_SIZES = tuple(sorted({*PAPER_SIZES_MB, 64}))
+#: real-model workloads of a full run (``--workloads all``: every one); none in --quick
+DEFAULT_WORKLOADS = ("resnet50+sgd-momentum",)
 
 
 def register(sub: Any) -> None:
@@ -75,7 +79,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"models size-N for N in {QUICK_SIZES}, 3 repeats, short fio/SPS/batch sweeps",
+        help=f"models size-N for N in {QUICK_SIZES}, {QUICK_ROUNDS} rounds (fewer than the "
+        f"{DEFAULT_ROUNDS} a trustworthy interval wants; the report says so), no real-model "
+        "workload, short fio/SPS/batch sweeps",
     )
     p.add_argument(
         "--backends",
@@ -90,9 +96,26 @@ def register(sub: Any) -> None:
         "momentum: about 2N MiB) (default: paper + 64)",
     )
     p.add_argument(
-        "--repeats", type=int_arg(1, 1000), help="timed repeats per point (default 5, quick 3)"
+        "--rounds",
+        "--repeats",
+        dest="repeats",
+        type=int_arg(1, 1000),
+        help=f"interleaved rounds: every backend, peer and limit once per round, order rotated "
+        f"(default {DEFAULT_ROUNDS}, quick {QUICK_ROUNDS})",
     )
-    p.add_argument("--engine", default="auto", help="auto, cryptography or pycryptodome")
+    p.add_argument(
+        "--workloads",
+        help="comma-separated real-model workloads beside the size-N models (resnet50, "
+        "resnet50+sgd-momentum, bert-base+adam, gpt2-small+adam, ...), 'all' or 'none' "
+        f"(default: {','.join(DEFAULT_WORKLOADS)}; none with --quick or --sizes)",
+    )
+    p.add_argument(
+        "--engine",
+        default="auto",
+        help="crypto engine: auto (the fastest, measured here), openssl, cryptography, "
+        "pycryptodome "
+        "or a plug-in's name",
+    )
     p.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
     p.add_argument("--skip", help="comma-separated sections to leave out")
     p.add_argument("--out", default="bench-out", help="directory for results.json, report.md, PNG")
@@ -115,6 +138,28 @@ def _parse_sizes(text: str | None, quick: bool) -> list[float]:
         except ConfigError as exc:
             raise ConfigError(f"--sizes {text!r}: {exc}") from None
     return sizes
+
+
+def _workloads(text: str | None, narrowed: bool) -> tuple[str, ...]:
+    """The named workloads: the user's, else the default ones unless --quick or --sizes
+    narrowed the run to the models it names."""
+    if text is None:
+        return () if narrowed else DEFAULT_WORKLOADS
+    if text.strip() == "none":
+        return ()
+    from plinius.bench.workloads import workload_labels
+
+    known = workload_labels(optimizer=True)
+    if text.strip() == "all":
+        return tuple(known)
+    names = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    bad = [n for n in names if n not in known and not n.startswith("size-")]
+    if bad or not names:
+        raise ConfigError(
+            f"--workloads {text!r}: unknown workload(s) {', '.join(bad) or '(none)'}; "
+            f"choose from {', '.join(known)}, 'all' or 'none'"
+        )
+    return names
 
 
 def _sections(only: str | None, skip: str | None) -> tuple[str, ...]:
@@ -190,8 +235,14 @@ def _probe_optional(plan: list[InstancePlan]) -> tuple[list[InstancePlan], list[
 
 
 def run(args: argparse.Namespace) -> int:
+    load_before = load_average()
     sizes = _parse_sizes(args.sizes, args.quick)
-    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 5)
+    repeats = (
+        args.repeats
+        if args.repeats is not None
+        else (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
+    )
+    workloads = _workloads(args.workloads, args.quick or args.sizes is not None)
     sections = _sections(args.only, args.skip)
     engine = make_engine(generate_key(), None if args.engine == "auto" else args.engine)
     plan, plan_record = _probe_optional(_plan(args.backends))
@@ -206,18 +257,28 @@ def run(args: argparse.Namespace) -> int:
         if entry["instance"] in runs_on:
             entry["durability"] = runs_on[entry["instance"]]["durability"]
             entry["emulated"] = runs_on[entry["instance"]]["emulated"]
-    opts = SuiteOptions(plan, sizes, repeats, engine, args.quick, sections)
+    opts = SuiteOptions(plan, sizes, repeats, engine, args.quick, sections, workloads=workloads)
     with progress_bar("bench", console, args.json) as bar:
         task = bar.add_task("bench", total=total_steps(opts))
         doc = run_suite(opts, tick=lambda: bar.advance(task))
     doc = {
         "schema": SCHEMA,
-        "provenance": provenance(engine.name),
+        "provenance": provenance(engine.name, load_before),
         "backends": runs_on,
         "plan": plan_record,
         "parameters": {
             "sizes_mb": sizes,
             "repeats": repeats,
+            "rounds": repeats,
+            "rounds_note": (
+                f"quick run: {repeats} rounds (a full run takes {DEFAULT_ROUNDS})"
+                if args.quick and repeats < DEFAULT_ROUNDS
+                else f"{repeats} interleaved rounds, order rotated"
+            ),
+            "workloads": list(opts.models),
+            "full_workloads": list(opts.full),
+            "statistics": "median, 95 % percentile bootstrap (2000 resamples, seed 0), "
+            "ratios paired by round",
             "engine": engine.name,
             "quick": args.quick,
             "sections": list(sections),
@@ -227,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
     }
     doc.setdefault("results", [])
     normalise(doc)
+    doc_targets(doc)
     write_text(out / "results.json", json.dumps(doc, indent=2) + "\n", "results")
     write_outputs(doc, out)
     failed = [k for k, v in doc["sections"].items() if v["status"] == "failed"]
@@ -243,7 +305,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if doc.get("engines"):
         print_table(engine_rows(doc["engines"]), ENGINE_COLUMNS, title="AES-GCM, 64 MiB")
-    print_table(target_rows(doc), TARGET_COLUMNS, title="targets measured in this run")
+    print_table(
+        target_rows(doc),
+        TARGET_COLUMNS,
+        title=f"targets measured in this run ({doc['parameters']['rounds_note']}; median [95% CI])",
+    )
     if doc["results"]:
         print_table(
             summary_rows(doc["results"]),

@@ -22,20 +22,41 @@ def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join([head, sep, *body])
 
 
+def _choice_text(prov: dict[str, Any]) -> str:
+    """`` (auto: measured here, openssl 5.4 GB/s, cryptography 12.1 GB/s)`` or nothing."""
+    c = prov.get("crypto_engine_choice")
+    if not isinstance(c, dict) or c.get("how") == "named":
+        return ""
+    speeds = c.get("gb_per_s")
+    if isinstance(speeds, dict):
+        return (
+            " (auto: measured here, " + ", ".join(f"{k} {v} GB/s" for k, v in speeds.items()) + ")"
+        )
+    return f" (auto: {c.get('how')})"
+
+
 def provenance_md(
     prov: dict[str, Any], backends: dict[str, dict[str, Any]], key_column: str = "backend"
 ) -> str:
     """Provenance and one row per entry of ``backends`` (named in column ``key_column``)."""
     cpu = prov.get("cpu", {})
+    load = prov.get("load_average") or {}
+
+    def avg(v: Any) -> str:
+        return " / ".join(f"{x:g}" for x in v) if v else "not recorded"
+
     lines = [
         "## Provenance",
         "",
         f"- date: {prov.get('date')}; host {prov.get('host')}; kernel {prov.get('kernel')}; "
         f"python {prov.get('python')}; git {prov.get('git_commit')}",
         f"- CPU: {cpu.get('model')} ({cpu.get('cores')} cores; "
-        f"flags {' '.join(cpu.get('flags', []))})",
-        f"- crypto engine: {prov.get('crypto_engine')}; SGX: {prov.get('sgx')}; "
-        f"persistent memory: {prov.get('pm')}",
+        f"flags {' '.join(cpu.get('flags', []))}); cpufreq governor: "
+        f"{cpu.get('governor', 'not recorded')}",
+        f"- load average (1/5/15 min) before the run: {avg(load.get('before'))}; after: "
+        f"{avg(load.get('after'))}",
+        f"- crypto engine: {prov.get('crypto_engine')}{_choice_text(prov)}; "
+        f"SGX: {prov.get('sgx')}; persistent memory: {prov.get('pm')}",
         f"- packages: {', '.join(f'{k} {v}' for k, v in prov.get('packages', {}).items() if v)}",
         "",
         f"### What each {key_column} ran on",
@@ -122,6 +143,15 @@ BENCH_ITEMS: dict[str, dict[str, str]] = {
         "decrypt_s": _NUMBER,
     },
     "overhead": {"sync_overhead": _OPT_NUMBER, "async_overhead": _OPT_NUMBER},
+    "targets": {"id": "string", "target": "string", "verdict": "string"},
+    "contenders": {
+        "section": "string",
+        "name": "string",
+        "workload": "string",
+        "nbytes": _NUMBER,
+        "ops": "object",
+    },
+    "workloads": {"workload": "string", "mirror_bytes": _NUMBER, "tensors": _NUMBER},
 }
 SPS_ROW = {"mode": "string", "swaps_per_txn": _NUMBER, "sps_c": _NUMBER}
 

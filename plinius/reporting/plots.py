@@ -72,6 +72,29 @@ def _style(rows: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
     }
 
 
+def _interval(r: dict[str, Any], key: str) -> tuple[float, float, float] | None:
+    """(median, lo, hi) of ``key`` from a row's bootstrap intervals, None in older rows."""
+    iv = (r.get("intervals") or {}).get(key)
+    if not iv:
+        return None
+    lo, hi = iv["ci95"]
+    return float(iv["median"]), float(lo), float(hi)
+
+
+def _bars(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], ...]:
+    """Medians (ms) and error-bar lengths: the 95 % interval, else min–max (older runs)."""
+    med, lo, hi = [], [], []
+    for r in rows:
+        got = _interval(r, f"{key}_s")
+        if got is None:
+            got = (r[f"{key}_s"], r.get(f"{key}_s_min", r[f"{key}_s"]), r.get(f"{key}_s_max", 0))
+        m, a, b = (v * 1e3 for v in got)
+        med.append(m)
+        lo.append(max(m - a, 0.0))
+        hi.append(max(b - m, 0.0))
+    return med, lo, hi
+
+
 def save_restore(results: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Fig. 7: save and restore time versus mirror size, one line per backend instance
     (legend: instance [durability, emulated]; dashed = process-crash, solid = power-fail)."""
@@ -81,12 +104,16 @@ def save_restore(results: Sequence[dict[str, Any]], path: Path, title: str = "")
     for name, rows in _by_backend(results).items():
         xs = _xs(rows, xkey)
         for ax, key in zip(axes, ("save", "restore"), strict=True):
-            med = [r[f"{key}_s"] * 1e3 for r in rows]
-            lo = [m - r[f"{key}_s_min"] * 1e3 for m, r in zip(med, rows, strict=True)]
-            hi = [r[f"{key}_s_max"] * 1e3 - m for m, r in zip(med, rows, strict=True)]
+            med, lo, hi = _bars(rows, key)
             ax.errorbar(xs, med, yerr=[lo, hi], capsize=2, label=name, **_style(rows, name))
+            cold = [r for r in rows if r.get("restore_cold_s") is not None]
+            if key == "restore" and len(cold) == len(rows):
+                cmed, clo, chi = _bars(rows, "restore_cold")
+                style = {**_style(rows, name), "linestyle": "-."}
+                ax.errorbar(xs, cmed, yerr=[clo, chi], capsize=2, label=f"{name} cold", **style)
+    spread = "95 % CI" if all(_interval(r, "save_s") for r in results) else "min–max"
     for ax, key in zip(axes, ("save", "restore"), strict=True):
-        ax.set(xlabel=xlabel, ylabel=f"{key} time (ms)", title=f"{key} (median, min–max)")
+        ax.set(xlabel=xlabel, ylabel=f"{key} time (ms)", title=f"{key} (median, {spread})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle(title or "Encrypted mirror save/restore per backend instance [durability]")
@@ -105,24 +132,56 @@ def speedups(results: Sequence[dict[str, Any]], path: Path) -> Path:
             continue
         label = f"{name} vs {rows[0]['baseline']}"
         for ax, key in zip(axes, ("save", "restore"), strict=True):
+            k = f"speedup_{key}_vs_baseline"
             pts = [
-                (x, r[f"speedup_{key}_vs_baseline"])
+                (x, r[k], _interval(r, k))
                 for x, r in zip(_xs(rows, xkey), rows, strict=True)
-                if r.get(f"speedup_{key}_vs_baseline") is not None
+                if r.get(k) is not None
             ]
             if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, label=label, **_style(rows, name))
+                xs = [p[0] for p in pts]
+                ys = [p[1] for p in pts]
+                err = [
+                    [y - (p[2][1] if p[2] else y) for y, p in zip(ys, pts, strict=True)],
+                    [(p[2][2] if p[2] else y) - y for y, p in zip(ys, pts, strict=True)],
+                ]
+                ax.errorbar(xs, ys, yerr=err, capsize=2, label=label, **_style(rows, name))
     for ax, key in zip(axes, ("save", "restore"), strict=True):
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set(
             xlabel=xlabel,
             ylabel="× faster than the baseline of equal durability",
-            title=f"{key} speed-up, like for like",
+            title=f"{key} speed-up, like for like (95 % CI where measured)",
         )
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
+    return _save(fig, plt, path)
+
+
+def targets(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """The targets table as a figure: each ratio's median with its 95 % interval beside its
+    bar (a dashed mark), so a straddled bar reads as inconclusive at a glance."""
+    plt = _plt()
+    shown = [
+        t
+        for t in rows
+        if t.get("interval") and not t.get("point_estimate") and t.get("unit") != "fraction"
+    ]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * max(len(shown), 2) + 1.2))
+    colours = {"met": "tab:green", "not met": "tab:red", "inconclusive": "tab:orange"}
+    for i, t in enumerate(shown):
+        iv = t["interval"]
+        lo, hi = iv["ci95"]
+        m = iv["median"]
+        c = colours.get(t["verdict"], "tab:gray")
+        ax.errorbar([m], [i], xerr=[[m - lo], [hi - m]], fmt="o", color=c, capsize=3)
+        if t.get("bar_value") is not None:
+            ax.plot([t["bar_value"]] * 2, [i - 0.35, i + 0.35], color="black", ls="--", lw=1)
+    ax.set_yticks(range(len(shown)), [t["target"] for t in shown], fontsize=7)
+    ax.set(xscale="log", xlabel="ratio (median, 95 % CI); dashed: the bar", title="Targets")
+    ax.invert_yaxis()
+    ax.grid(alpha=0.3, axis="x")
     return _save(fig, plt, path)
 
 

@@ -47,9 +47,30 @@ def cpu_info() -> dict[str, Any]:
     return {
         "model": model,
         "cores": os.cpu_count(),
+        "governor": cpu_governor(),
         "flags": [f for f in FLAGS_OF_INTEREST if f in flags],
         "sgx_in_cpu": "sgx" in flags,
     }
+
+
+def cpu_governor() -> str:
+    """The cpufreq scaling governor of every CPU (one value, or each distinct one joined);
+    ``not exposed`` where the kernel or the hypervisor gives none (typical on cloud VMs)."""
+    found = []
+    for f in sorted(Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_governor")):
+        try:
+            found.append(f.read_text().strip())
+        except OSError:
+            continue
+    return "/".join(dict.fromkeys(found)) if found else "not exposed"
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the system has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def package_versions() -> dict[str, str | None]:
@@ -78,10 +99,13 @@ def git_commit() -> str | None:
     return checkout_commit(here)
 
 
-def provenance(engine: str | None = None) -> dict[str, Any]:
-    """A JSON-ready record of the machine and software behind a result."""
+def provenance(engine: str | None = None, load_before: list[float] | None = None) -> dict[str, Any]:
+    """A JSON-ready record of the machine and software behind a result. ``load_before``: the
+    load average taken before the run (the one after is taken now), so a reader sees whether
+    other work shared the machine."""
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {
+        "load_average": {"before": load_before, "after": load_average()},
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "kernel": platform.release(),
@@ -91,6 +115,19 @@ def provenance(engine: str | None = None) -> dict[str, Any]:
         "packages": package_versions(),
         "git_commit": git_commit(),
         "crypto_engine": engine,
+        "crypto_engine_choice": _engine_choice(engine),
         "sgx": "simulated",
         "pm": "emulated" if not Path("/dev/pmem0").exists() else "present",
     }
+
+
+def _engine_choice(engine: str | None) -> dict[str, Any] | None:
+    """How ``auto`` chose ``engine`` in this process (measured speeds, or the override), or
+    ``{"how": "named"}`` when the run named it."""
+    from plinius.crypto_choice import last_choice
+
+    if engine is None:
+        return None
+    if last_choice.get("chosen") == engine:
+        return dict(last_choice)
+    return {"chosen": engine, "how": "named"}
