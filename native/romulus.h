@@ -57,6 +57,19 @@
  *            if lost, recovery redoes the same rollback).
  *
  *   Exactly four fences per committed transaction, whatever its size (two per aborted one).
+ *
+ * BACKGROUND COMMIT (ROM_COMMIT_BACKGROUND, the default; rom_set_commit)
+ *
+ *   The transaction is durable at FENCE 3. A commit whose copy to back is at least bg_min bytes
+ *   hands the copy, FENCE 4 and the IDLE store to the pool's copier thread and returns right
+ *   after FENCE 3: the copy leaves the critical path. Until it is done, back is stale but never
+ *   needed: the state word reads COPYING, so a crash rolls forward from main (which is
+ *   complete since FENCE 2). What needs back waits for the copier: the next rom_begin (before
+ *   FENCE 1: MUTATING must never be written while back is incomplete), rom_close, committed
+ *   reads (rom_root_get/_at, rom_block_cap with committed=1), rom_get_stats and rom_wait_copy.
+ *   Reads of main never wait: main is already the committed state. The copier follows the
+ *   same order as a synchronous commit (its own sfence is FENCE 4, the mutex handoff orders
+ *   the committing thread's stores before its loads), so the crash protocol is unchanged.
  *   Flushes and copies of 8 MiB or more are split over helper threads (one per CPU): each ends
  *   with its own sfence and is joined before the committing thread's next fence, so the order
  *   above holds for their stores too.
@@ -115,7 +128,8 @@
  *   trainer); the committed state is always readable in back.
  *
  * TUNING (environment, read at open): PLINIUS_PM_MODE, PLINIUS_PM_FLUSH (override the defaults,
- * not explicit arguments), PLINIUS_PM_THREADS (helpers for big copies), PLINIUS_PM_NT_MIN
+ * not explicit arguments), PLINIUS_PM_COMMIT, PLINIUS_PM_BG_MIN (background commit),
+ * PLINIUS_PM_THREADS (helpers for big copies), PLINIUS_PM_NT_MIN
  * (smallest copy to back that uses streaming stores; default 0 = all). The device model
  * (rom_device) is chosen by the caller: the Python wrapper reads PLINIUS_PM_DEVICE.
  *
@@ -149,6 +163,10 @@
 #define ROM_MODE_PMEM 0
 #define ROM_MODE_MSYNC 1
 #define ROM_MODE_NONE 2
+
+/* commit modes (rom_set_commit) */
+#define ROM_COMMIT_SYNC 0       /* the copy main -> back runs inside rom_commit */
+#define ROM_COMMIT_BACKGROUND 1 /* big copies run on the pool's copier thread (default) */
 
 /* flush instructions */
 #define ROM_FLUSH_AUTO (-1)
@@ -222,6 +240,13 @@ typedef struct rom_stats {
     uint64_t dev_write_wait_ns; /* this session: ns spent waiting for the modelled media */
     uint64_t dev_read_bytes;    /* this session: bytes charged by rom_model_read */
     uint64_t dev_read_wait_ns;  /* this session: ns spent in rom_model_read */
+    int32_t commit_mode;        /* ROM_COMMIT_SYNC / ROM_COMMIT_BACKGROUND */
+    int32_t bg_reserved;
+    uint64_t bg_min;            /* smallest copy handed to the copier (bytes) */
+    uint64_t bg_copies;         /* this session: commits whose copy ran in the background */
+    uint64_t bg_copy_ns;        /* this session: ns the copier spent (copy + FENCE 4) */
+    uint64_t last_bg_copy_ns;   /* ns of the last background copy */
+    uint64_t bg_wait_ns;        /* this session: ns rom_begin/rom_close waited for the copier */
 } rom_stats;
 
 /* A persistent-memory DEVICE MODEL (optional; all zero = none, DRAM speed).
@@ -277,6 +302,12 @@ int rom_begin(rom_pool *p);
 int rom_commit(rom_pool *p);
 int rom_abort(rom_pool *p);
 int rom_log(rom_pool *p, uint64_t off, uint64_t len); /* declare main[off, off+len) written */
+/* commit: ROM_COMMIT_SYNC or _BACKGROUND; bg_min: smallest copy (bytes) worth handing to the
+ * copier (UINT64_MAX: keep the current one). Not inside a transaction. The defaults come from
+ * PLINIUS_PM_COMMIT (sync|background) and PLINIUS_PM_BG_MIN at open. */
+int rom_set_commit(rom_pool *p, int commit, uint64_t bg_min);
+/* wait until back is the last committed state (the background copy is done); ns waited */
+uint64_t rom_wait_copy(rom_pool *p);
 
 /* --- allocator (offsets are relative to main; 0 means none) ----------------------------------- */
 int rom_alloc(rom_pool *p, uint64_t size, uint64_t *off);

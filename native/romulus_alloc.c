@@ -362,6 +362,8 @@ int rom_free(rom_pool *p, uint64_t off) {
 int rom_block_cap(rom_pool *p, uint64_t off, int committed, uint64_t *cap) {
     uint64_t size, cls;
     int rc;
+    if (committed)
+        bg_wait(p, 0);
     if (!block_of(p, committed ? p->back : p->main, off, &size, &cls, &rc))
         return rc ? rc
                   : fail(ROM_E_BADOFF, "pool %s: offset %llu is not an allocated block%s",
@@ -444,6 +446,8 @@ static int check_name(rom_pool *p, const char *name) {
 
 /* the committed table is the copy in back: it differs from main only inside a transaction */
 static struct rom_meta *meta_of(rom_pool *p, int committed) {
+    if (committed)
+        bg_wait(p, 0); /* back is the committed state once the copier is done */
     return committed ? (struct rom_meta *)p->back : p->meta;
 }
 

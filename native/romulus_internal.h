@@ -20,6 +20,7 @@
 #include "romulus.h"
 
 #include <pthread.h>
+#include <sys/types.h>
 #include <stdlib.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -168,6 +169,20 @@ struct rom_pool {
     uint64_t dev_pending;  /* bytes charged since the last drain point */
     uint64_t dev_drain_at; /* CLOCK_MONOTONIC ns of the last drain point */
     uint64_t dev_write_bytes, dev_write_wait_ns, dev_read_bytes, dev_read_wait_ns;
+
+    /* background commit (romulus.h, BACKGROUND COMMIT): the copier thread owns the log, the
+     * msync list, the fence counters and the device model's write side from the handoff until
+     * it clears bg_pending; everything below bg_mu is guarded by it */
+    int commit_bg;
+    uint64_t bg_min;
+    pthread_mutex_t bg_mu;
+    pthread_cond_t bg_cv;
+    pthread_t bg_thread;
+    int bg_started, bg_pending, bg_stop, bg_waiters;
+    pid_t bg_pid; /* the process whose copier this is (a forked child has none) */
+    int bg_hold;          /* test hook: the copier starts only once someone waits for it */
+    uint32_t bg_delay_ms; /* test hook: the copier sleeps half-way through its copy */
+    uint64_t bg_copies, bg_copy_ns, last_bg_copy_ns, bg_wait_ns;
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -256,6 +271,11 @@ static inline void st64(rom_pool *p, uint64_t *addr, uint64_t v) {
 /* romulus_txn.c: transactions */
 ROM_HIDDEN int check_txn(rom_pool *p); /* ROM_E_NOTXN unless this thread has one open */
 ROM_HIDDEN void abort_txn(rom_pool *p);
+/* romulus_txn.c: the copier thread (romulus.h, BACKGROUND COMMIT) */
+#define BG_MIN_DEFAULT (256u * 1024u) /* smaller copies cost less than the handoff */
+ROM_HIDDEN void bg_init(rom_pool *p);
+ROM_HIDDEN uint64_t bg_wait(rom_pool *p, int count); /* ns waited; count: add to bg_wait_ns */
+ROM_HIDDEN void bg_shutdown(rom_pool *p);            /* wait, then stop and join the copier */
 
 /* romulus_alloc.c: the allocator metadata and root table of main or back, checked at open */
 ROM_HIDDEN int check_meta(rom_pool *p, uint8_t *region);

@@ -265,6 +265,7 @@ int rom_open_dev(const char *path, size_t path_len, uint64_t size, int create, i
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
     pthread_mutex_init(&p->lock, &attr);
     pthread_mutexattr_destroy(&attr);
+    bg_init(p);
 
     p->fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
     if (p->fd < 0) {
@@ -484,6 +485,7 @@ int rom_close(rom_pool *p) {
         return ROM_OK;
     if (p->in_txn)
         abort_txn(p);
+    bg_shutdown(p); /* back complete, the copier joined */
     p->hdr->holder_pid = 0;
     pm_fence(p); /* orders the last IDLE (and, in msync mode, writes the pending pages) */
     sim_forget(p);
@@ -500,6 +502,8 @@ void rom_release(rom_pool *p) {
     rom_close(p);
     munmap(p->base, p->map_size);
     pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->bg_cv);
+    pthread_mutex_destroy(&p->bg_mu);
     free(p->bitmap);
     free(p->runs);
     free(p->sync);
@@ -510,6 +514,7 @@ void rom_release(rom_pool *p) {
 uint8_t *rom_base(rom_pool *p) { return p->base; }
 
 void rom_get_stats(rom_pool *p, rom_stats *s) {
+    bg_wait(p, 0); /* the copier's counters are its own until it is done */
     memset(s, 0, sizeof *s);
     s->pool_size = p->map_size;
     s->region_size = p->region;
@@ -540,4 +545,12 @@ void rom_get_stats(rom_pool *p, rom_stats *s) {
     s->dev_write_wait_ns = p->dev_write_wait_ns;
     s->dev_read_bytes = p->dev_read_bytes;
     s->dev_read_wait_ns = p->dev_read_wait_ns;
+    s->commit_mode = p->commit_bg ? ROM_COMMIT_BACKGROUND : ROM_COMMIT_SYNC;
+    s->bg_min = p->bg_min;
+    pthread_mutex_lock(&p->bg_mu);
+    s->bg_copies = p->bg_copies;
+    s->bg_copy_ns = p->bg_copy_ns;
+    s->last_bg_copy_ns = p->last_bg_copy_ns;
+    s->bg_wait_ns = p->bg_wait_ns;
+    pthread_mutex_unlock(&p->bg_mu);
 }

@@ -93,6 +93,7 @@ int sim_fence(rom_pool *p) {
 
 int rom_sim_arm(rom_pool *p, uint64_t crash_at, int kind, uint64_t seed, uint32_t skip_fences) {
     rom_sim_disarm();
+    bg_wait(p, 0); /* the pool is persistent when armed: no copy in flight */
     if (kind != 1 && kind != 2)
         return fail(ROM_E_INVAL, "simulated crash kind must be 1 (process) or 2 (power)");
     if (kind == 2) {
@@ -111,6 +112,8 @@ int rom_sim_arm(rom_pool *p, uint64_t crash_at, int kind, uint64_t seed, uint32_
 }
 
 void rom_sim_disarm(void) {
+    if (sim_pool)
+        bg_wait(sim_pool, 0); /* the copier may still be counting events */
     free(g_sim.shadow);
     g_sim.shadow = NULL;
     g_sim.npend = 0;
@@ -119,7 +122,20 @@ void rom_sim_disarm(void) {
     g_sim.skip_fences = 0;
 }
 
-uint64_t rom_sim_events(void) { return g_sim.events; }
+uint64_t rom_sim_events(void) {
+    if (sim_pool)
+        bg_wait(sim_pool, 0); /* count the copier's events too */
+    return g_sim.events;
+}
+
+int rom_sim_bg(rom_pool *p, int hold, uint32_t delay_ms) {
+    bg_wait(p, 0);
+    pthread_mutex_lock(&p->bg_mu);
+    p->bg_hold = hold != 0;
+    p->bg_delay_ms = delay_ms;
+    pthread_mutex_unlock(&p->bg_mu);
+    return ROM_OK;
+}
 
 void sim_forget(rom_pool *p) {
     if (sim_pool == p)

@@ -7,11 +7,13 @@
 #include "romulus_internal.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #if ROM_X86
 #include <cpuid.h>
@@ -446,6 +448,8 @@ int rom_begin(rom_pool *p) {
     if (rc != 0)
         return fail(ROM_E_IO, "pool %s: cannot take the transaction lock: %s", p->path,
                     strerror(rc));
+    /* back must be complete before MUTATING can make recovery copy it over main */
+    bg_wait(p, 1);
     p->in_txn = 1;
     p->owner = pthread_self();
     p->txn_fences = 0;
@@ -464,6 +468,54 @@ static void end_txn(rom_pool *p) {
     p->in_txn = 0;
     pthread_mutex_unlock(&p->lock);
 }
+
+/* After FENCE 3: copy the logged ranges (on overflow all of [0, used)) main -> back, FENCE 4,
+ * IDLE. Run by rom_commit or by the copier thread, which then owns the log (the next begin
+ * waits for it). The test hook bg_delay_ms sleeps half-way, so a kill can land mid-copy. */
+static void copy_piece(rom_pool *p, uint64_t off, uint64_t n, int nt, uint64_t *copied,
+                       uint64_t half) {
+    while (n) {
+        uint64_t k = n;
+        if (half && *copied < half && *copied + k > half)
+            k = half - *copied; /* stop at the half-way point */
+        copy_persist(p, p->back + off, p->main + off, k, nt);
+        *copied += k;
+        off += k;
+        n -= k;
+        if (half && *copied == half) {
+            struct timespec ts = {p->bg_delay_ms / 1000, (long)(p->bg_delay_ms % 1000) * 1000000L};
+            while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+            }
+            half = 0;
+        }
+    }
+}
+
+static void copy_to_back(rom_pool *p, int copier) {
+    struct rom_hdr *h = p->hdr;
+    uint64_t used = p->used, copied = 0;
+    uint64_t total = p->overflow ? used : p->log_lines * LINE;
+    uint64_t half = (copier && p->bg_delay_ms) ? align_up(total / 2, LINE) : 0;
+    if (half >= total)
+        half = 0;
+    if (p->overflow) {
+        copy_piece(p, 0, used, used >= p->nt_min, &copied, half);
+        p->full_copies++;
+    } else {
+        for (size_t i = 0; i < p->nruns; i++) {
+            uint64_t off = p->runs[i].first * LINE, n = p->runs[i].n * LINE;
+            copy_piece(p, off, n, n >= p->nt_min, &copied, half);
+        }
+    }
+    pm_fence(p); /* FENCE 4: back complete before IDLE */
+    /* IDLE is neither flushed nor fenced: while COPYING is what PM holds, recovery redoes the
+     * idempotent copy main -> back, which changes nothing. Flushing it would make the next
+     * begin's store to this line wait for the write-back. */
+    h->state = ROM_IDLE;
+    p->last_copy_bytes = copied;
+}
+
+static int bg_post(rom_pool *p);
 
 int rom_commit(rom_pool *p) {
     int rc = check_txn(p);
@@ -497,25 +549,129 @@ int rom_commit(rom_pool *p) {
     pm_flush(p, &h->state, 8);
     pm_fence(p); /* FENCE 3: COPYING durable before back is touched; the txn is durable */
     prefetch_w(&h->state); /* for the IDLE store */
-    uint64_t copied = 0;
-    if (p->overflow) {
-        copy_persist(p, p->back, p->main, used, used >= p->nt_min);
-        copied = used;
-        p->full_copies++;
-    } else {
-        for (size_t i = 0; i < p->nruns; i++) {
-            uint64_t off = p->runs[i].first * LINE, n = p->runs[i].n * LINE;
-            copy_persist(p, p->back + off, p->main + off, n, n >= p->nt_min);
-            copied += n;
-        }
-    }
-    pm_fence(p); /* FENCE 4: back complete before IDLE */
-    /* IDLE is neither flushed nor fenced: while COPYING is what PM holds, recovery redoes the
-     * idempotent copy main -> back, which changes nothing. Flushing it would make the next
-     * begin's store to this line wait for the write-back. */
-    h->state = ROM_IDLE;
-    p->last_copy_bytes = copied;
+    uint64_t bytes = p->overflow ? used : p->log_lines * LINE;
+    if (p->commit_bg && bytes >= p->bg_min && bg_post(p))
+        return ROM_OK; /* durable; the copier does the rest and ends the log */
+    copy_to_back(p, 0);
     end_txn(p);
+    return ROM_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The copier thread (romulus.h, BACKGROUND COMMIT)
+ * ------------------------------------------------------------------------------------------- */
+
+void bg_init(rom_pool *p) {
+    pthread_mutex_init(&p->bg_mu, NULL);
+    pthread_cond_init(&p->bg_cv, NULL);
+    const char *e = getenv("PLINIUS_PM_COMMIT");
+    p->commit_bg = !(e && strcmp(e, "sync") == 0);
+    e = getenv("PLINIUS_PM_BG_MIN");
+    p->bg_min = (e && *e) ? strtoull(e, NULL, 10) : BG_MIN_DEFAULT;
+    e = getenv("PLINIUS_ROMULUS_BG_HOLD"); /* test hooks, romulus_sim.h */
+    p->bg_hold = e && *e && strcmp(e, "0") != 0;
+    e = getenv("PLINIUS_ROMULUS_BG_DELAY_MS");
+    p->bg_delay_ms = (e && *e) ? (uint32_t)strtoul(e, NULL, 10) : 0;
+}
+
+static void *bg_main(void *arg) {
+    rom_pool *p = arg;
+    sigset_t all; /* signals belong to the application's threads */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    pthread_mutex_lock(&p->bg_mu);
+    for (;;) {
+        while (!p->bg_stop && (!p->bg_pending || (p->bg_hold && !p->bg_waiters)))
+            pthread_cond_wait(&p->bg_cv, &p->bg_mu);
+        if (!p->bg_pending)
+            break; /* stopped with nothing to copy */
+        pthread_mutex_unlock(&p->bg_mu);
+        uint64_t t0 = mono_ns();
+        copy_to_back(p, 1);
+        p->last_fences = p->txn_fences;
+        log_reset(p);
+        uint64_t ns = mono_ns() - t0;
+        pthread_mutex_lock(&p->bg_mu);
+        p->bg_copies++;
+        p->bg_copy_ns += ns;
+        p->last_bg_copy_ns = ns;
+        p->bg_pending = 0;
+        pthread_cond_broadcast(&p->bg_cv);
+    }
+    pthread_mutex_unlock(&p->bg_mu);
+    return NULL;
+}
+
+/* hand the copy after FENCE 3 to the copier and end the transaction; 0: no copier (do it here) */
+static int bg_post(rom_pool *p) {
+    pthread_mutex_lock(&p->bg_mu);
+    if (!p->bg_started) {
+        if (pthread_create(&p->bg_thread, NULL, bg_main, p) != 0) {
+            pthread_mutex_unlock(&p->bg_mu);
+            return 0;
+        }
+        p->bg_started = 1;
+        p->bg_pid = getpid();
+    }
+    p->last_log_lines = p->log_lines;
+    p->in_txn = 0;
+    p->bg_pending = 1;
+    pthread_cond_broadcast(&p->bg_cv);
+    pthread_mutex_unlock(&p->bg_mu);
+    pthread_mutex_unlock(&p->lock);
+    return 1;
+}
+
+uint64_t bg_wait(rom_pool *p, int count) {
+    uint64_t waited = 0;
+    pthread_mutex_lock(&p->bg_mu);
+    /* a forked child has no copier (the parent's finishes the copy in the shared mapping):
+     * waiting there would never end */
+    if (p->bg_pending && p->bg_pid == getpid()) {
+        uint64_t t0 = mono_ns();
+        p->bg_waiters++;
+        pthread_cond_broadcast(&p->bg_cv); /* a held copier (test hook) starts now */
+        while (p->bg_pending)
+            pthread_cond_wait(&p->bg_cv, &p->bg_mu);
+        p->bg_waiters--;
+        waited = mono_ns() - t0;
+        if (count)
+            p->bg_wait_ns += waited;
+    }
+    pthread_mutex_unlock(&p->bg_mu);
+    return waited;
+}
+
+void bg_shutdown(rom_pool *p) {
+    bg_wait(p, 1);
+    pthread_mutex_lock(&p->bg_mu);
+    int started = p->bg_started && p->bg_pid == getpid(); /* not a forked child's */
+    p->bg_stop = 1;
+    p->bg_started = 0;
+    pthread_cond_broadcast(&p->bg_cv);
+    pthread_mutex_unlock(&p->bg_mu);
+    if (started)
+        pthread_join(p->bg_thread, NULL);
+    pthread_mutex_lock(&p->bg_mu);
+    p->bg_stop = 0; /* a later commit (none after close) could start a new copier */
+    pthread_mutex_unlock(&p->bg_mu);
+}
+
+uint64_t rom_wait_copy(rom_pool *p) { return bg_wait(p, 0); }
+
+int rom_set_commit(rom_pool *p, int commit, uint64_t bg_min) {
+    if (commit != ROM_COMMIT_SYNC && commit != ROM_COMMIT_BACKGROUND)
+        return fail(ROM_E_INVAL, "unknown commit mode %d: use sync (0) or background (1)",
+                    commit);
+    if (p->closed)
+        return fail(ROM_E_CLOSED, "pool %s is closed", p->path);
+    if (p->in_txn)
+        return fail(ROM_E_INTXN, "pool %s: the commit mode cannot change inside a transaction",
+                    p->path);
+    bg_wait(p, 0);
+    p->commit_bg = commit == ROM_COMMIT_BACKGROUND;
+    if (bg_min != UINT64_MAX)
+        p->bg_min = bg_min;
     return ROM_OK;
 }
 

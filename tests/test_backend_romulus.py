@@ -277,3 +277,24 @@ def test_describe_reports_the_real_pool_size_and_allocation(shm_dir: Path) -> No
     assert "real size" in extra["pool_size_note"]
     # tmpfs: the allocated blocks are RAM (the engine allocates every page at open)
     assert extra["pool_file_allocated_bytes"] == pool.stat().st_blocks * 512 > 0
+
+
+@pytest.mark.parametrize("commit", ["sync", "background"])
+def test_commit_option_and_what_describe_says_of_the_copier(shm_dir: Path, commit: str) -> None:
+    """commit=background returns once durable and reports the copier's time; sync copies
+    inline. Both leave back equal to main and the data readable."""
+    b = open_backend(f"romulus:{shm_dir / 'c.pool'}?size=16M&commit={commit}")
+    assert isinstance(b, RomulusBackend)
+    data = np.random.default_rng(1).integers(0, 256, 2 << 20, dtype=np.uint8).tobytes()
+    for version in (data, data[::-1]):
+        raw_put(b, "m", version)  # 2 MiB: above the copier's default bg_min
+        assert raw_get(b, "m") == version
+    extra = b.describe().extra
+    assert extra["romulus_commit"] == commit
+    assert (extra["romulus_bg_copies"] > 0) == (commit == "background")
+    assert (extra["romulus_bg_copy_s"] > 0) == (commit == "background")
+    off, size = b.pool.root("m") or (0, 0)
+    assert bytes(b.pool.view(off, size, committed=True)) == data[::-1]
+    b.close()
+    with pytest.raises(ConfigError, match="commit='later'"):
+        open_backend(f"romulus:{shm_dir / 'c.pool'}?commit=later")

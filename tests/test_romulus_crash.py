@@ -6,6 +6,10 @@
 * Crash points: the engine's test hook exits at the N-th flush or fence; the walk covers every
   point of two consecutive transactions (one on the logged path, one overflowing to a full copy),
   of pool creation and of recovery itself.
+* Background commit: the same walks with the copy to back on the copier thread, and with the
+  copier held until the next transaction (or close) waits for it, so the crash points in the
+  copy land during that wait; after recovery main and back are equal. Real SIGKILLs land while
+  the copier sleeps half-way through its copy (test hook), counted from the pool file.
 * Power failure: at the N-th event the file is replaced by what PM could hold (flushed and fenced
   lines plus a random subset of the pending ones, as PMDK's pmreorder does); recovery must give
   the state before or after. With a fence removed on purpose, the same walk must find a torn state:
@@ -26,13 +30,21 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from plinius.backends import open_backend
-from plinius.backends.romulus import CRASH_EXIT, Pool, RomulusBackend, sim_disarm, sim_events
+from plinius.backends.romulus import (
+    CRASH_EXIT,
+    Pool,
+    RomulusBackend,
+    sim_copier,
+    sim_disarm,
+    sim_events,
+)
 from plinius.errors import PliniusError
 
 LONG = os.environ.get("PLINIUS_LONG", "") not in ("", "0")
@@ -119,8 +131,18 @@ def txn2(p: Pool) -> None:
         write_blob(p, "b", STATES[2]["b"], reuse=True)
 
 
+def assert_twins(p: Pool) -> None:
+    """After recovery back is main, byte for byte over the used size: never a mix."""
+    st = p.stats()
+    raw = p.raw()
+    main = raw[st.main_off : st.main_off + st.used]
+    back = raw[st.back_off : st.back_off + st.used]
+    assert main == back, "main and back differ after recovery"
+
+
 def which_state(p: Pool) -> int:
     """Index of the committed state the pool holds; AssertionError on anything else."""
+    assert_twins(p)
     got = {}
     for name in ("a", "b"):
         found = p.root(name)
@@ -144,10 +166,24 @@ def template(tmp_path: Path) -> Path:
     return path
 
 
-def count_events(template: Path, work: Path) -> tuple[int, int]:
+#: how the commits of the walks copy main to back: inline (the default for these small
+#: transactions: below bg_min), on the copier thread, or on a copier held until the next begin
+#: (or close) waits for it, so its crash points are crashes during that wait
+COPIERS = ("sync", "copier", "held")
+
+
+def open_walk_pool(path: Path, copier: str) -> Pool:
+    p = Pool(path)
+    if copier != "sync":
+        p.set_commit("background", bg_min=0)
+        sim_copier(p, hold=copier == "held")
+    return p
+
+
+def count_events(template: Path, work: Path, copier: str = "sync") -> tuple[int, int]:
     """Flush/fence events of T1 alone and of T1+T2, counted in this process (no crash)."""
     shutil.copyfile(template, work)
-    with Pool(work) as p:
+    with open_walk_pool(work, copier) as p:
         p.sim_arm(0)
         txn1(p)
         e1 = sim_events()
@@ -155,18 +191,25 @@ def count_events(template: Path, work: Path) -> tuple[int, int]:
         txn2(p)
         e2 = sim_events()
         assert p.stats().full_copies == 1  # ... and T2 overflows to a full copy
+        assert p.stats().bg_copies == (0 if copier == "sync" else 2)
         sim_disarm()
     return e1, e2
 
 
 def crash_run(
-    template: Path, work: Path, at: int, kind: str, seed: int = 1, skip_fences: int = 0
+    template: Path,
+    work: Path,
+    at: int,
+    kind: str,
+    seed: int = 1,
+    skip_fences: int = 0,
+    copier: str = "sync",
 ) -> int:
     """Run T1 then T2 on a copy of ``template`` in a child that crashes at event ``at``."""
     shutil.copyfile(template, work)
 
     def child() -> None:
-        p = Pool(work)
+        p = open_walk_pool(work, copier)
         p.sim_arm(at, kind, seed, skip_fences)  # type: ignore[arg-type]
         txn1(p)
         txn2(p)
@@ -180,22 +223,46 @@ def recovered_state(work: Path) -> int:
         return which_state(p)
 
 
-def test_crash_point_walk_process(template: Path, tmp_path: Path) -> None:
+def header_state(path: Path) -> int:
+    """The state word as the file holds it (before any recovery)."""
+    with open(path, "rb") as f:
+        f.seek(128)
+        return int(struct.unpack("<Q", f.read(8))[0])
+
+
+@pytest.mark.parametrize("copier", COPIERS)
+def test_crash_point_walk_process(template: Path, tmp_path: Path, copier: str) -> None:
     """Exit at every flush and fence of two transactions; recovery gives before or after."""
     work = tmp_path / "work.pool"
-    e1, e2 = count_events(template, work)
+    e1, e2 = count_events(template, work, copier)
     assert e2 - e1 >= 8 and e1 >= 8
     seen = []
+    copying = 0
     for at in range(1, e2 + 1):
-        assert crash_run(template, work, at, "process") == CRASH_EXIT
+        assert crash_run(template, work, at, "process", copier=copier) == CRASH_EXIT
+        copying += header_state(work) == 2  # crashed after FENCE 3, before the copy ended
         state = recovered_state(work)
         allowed = (0, 1) if at <= e1 else (1, 2)
         assert state in allowed, (at, state)
         seen.append(state)
     assert seen == sorted(seen), "a later crash point recovered an older state"
     assert {0, 1, 2} <= set(seen)  # every transition was crossed
-    assert crash_run(template, work, e2 + 100, "process") == 0  # past the last point: no crash
+    # crashes inside the copy to back (on the copier thread, during the next begin's or the
+    # close's wait when held): at least the copy runs and FENCE 4 of both transactions
+    assert copying >= 4, copying
+    assert crash_run(template, work, e2 + 100, "process", copier=copier) == 0  # no crash
     assert recovered_state(work) == 2
+
+
+def test_power_failure_walk_during_the_wait(template: Path, tmp_path: Path) -> None:
+    """Power failures at every point with the copy held until the next begin waits."""
+    work = tmp_path / "work.pool"
+    e1, e2 = count_events(template, work, "held")
+    for at in range(1, e2 + 1):
+        for seed in range(max(2, POWER_SEEDS // 3)):
+            assert crash_run(template, work, at, "power", seed, copier="held") == CRASH_EXIT
+            state = recovered_state(work)
+            assert state in ((0, 1) if at <= e1 else (1, 2)), (at, seed, state)
 
 
 def test_crash_point_walk_power(template: Path, tmp_path: Path) -> None:
@@ -219,14 +286,18 @@ def test_power_failure_random_points(template: Path, tmp_path: Path) -> None:
         assert recovered_state(work) in ((0, 1) if at <= e1 else (1, 2)), (at, seed)
 
 
-@pytest.mark.parametrize("fence", [1, 2, 3, 4])
-def test_a_missing_fence_is_caught(template: Path, tmp_path: Path, fence: int) -> None:
+@pytest.mark.parametrize(
+    ("fence", "copier"), [(1, "sync"), (2, "sync"), (3, "sync"), (4, "sync"), (4, "held")]
+)
+def test_a_missing_fence_is_caught(template: Path, tmp_path: Path, fence: int, copier: str) -> None:
     """Remove one of the four fences: some power failure must now tear the state."""
     work = tmp_path / "work.pool"
-    e1, e2 = count_events(template, work)
+    e1, e2 = count_events(template, work, copier)
     for seed in range(64):
         for at in range(1, e2 + 1):
-            code = crash_run(template, work, at, "power", seed, skip_fences=1 << fence)
+            code = crash_run(
+                template, work, at, "power", seed, skip_fences=1 << fence, copier=copier
+            )
             if code != CRASH_EXIT:
                 continue  # a skipped fence is not an event: the walk can end early
             try:
@@ -401,3 +472,101 @@ def test_sigkill_during_saves_keeps_a_committed_mirror(shm_dir: Path) -> None:
     # the kills must land inside transactions, not only between them
     assert total.get("rolled back", 0) >= KILLS // 20, total
     assert total.get("rolled forward", 0) >= KILLS // 20, total
+
+
+# --- real kills while the copier copies main to back ------------------------------------------
+
+#: futex(2), where a thread waiting on the copier's condition variable sleeps
+_FUTEX = {"x86_64": 202, "aarch64": 98}
+_KILL_SIZE = 2 * MiB + 8  # above bg_min: this commit's copy runs on the copier thread
+
+
+def _main_thread_syscall(pid: int) -> int:
+    with open(f"/proc/{pid}/syscall") as f:
+        first = f.read().split()[0]
+    return int(first) if first.isdigit() else -1  # "running": not in a system call
+
+
+def _committed_then(spec: str, wfd: int, then: str) -> None:
+    """Child: commit one version, report it and its offset, then wait in begin or sleep."""
+    with env(PLINIUS_ROMULUS_BG_DELAY_MS="60000"):  # the copier sleeps half-way
+        b = open_backend(spec)
+    assert isinstance(b, RomulusBackend)
+    blob = b.read("mirror")
+    seq = 1 if blob is None else check_fixed(blob.data) + 1
+    with b.begin_write("mirror", _KILL_SIZE) as txn:
+        fill(txn.view(0, _KILL_SIZE), seq)
+        txn.commit()
+    found = b.pool.root("mirror")  # main's table: no wait
+    assert found is not None
+    os.write(wfd, struct.pack("<QQQ", seq, found[0], b.pool.region_size))
+    if then == "wait":
+        b.begin_write("mirror", _KILL_SIZE)  # waits for the copier: killed in the wait
+    time.sleep(120)
+
+
+def check_fixed(data: memoryview) -> int:
+    words = np.frombuffer(data, dtype=np.uint64)
+    seq = int(words[0])
+    assert np.array_equal(words[1:], _BASE[1 : len(words)] + np.uint64(seq)), f"torn {seq}"
+    return seq
+
+
+def _wait_until(cond: Callable[[], bool], what: str, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():
+        assert time.monotonic() < deadline, f"gave up waiting: {what}"
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("mode", ["pmem", "none", "msync"])
+def test_sigkill_during_the_background_copy(shm_dir: Path, mode: str) -> None:
+    """SIGKILL a child while its copier sleeps half-way through the copy to back, once while
+    the child sleeps and once while its next begin waits for the copier: every kill lands with
+    back half-copied (counted from the file), and recovery rolls the commit forward."""
+    path = shm_dir / f"{mode}.pool"
+    spec = f"romulus:{path}?size=16M&mode={mode}"
+    landed = {"sleeping": 0, "wait": 0}
+    for then in ("sleep", "wait", "sleep", "wait"):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                os.close(r)
+                _committed_then(spec, w, then)
+            finally:
+                os._exit(1)
+        os.close(w)
+        head = b""
+        while len(head) < 24:
+            chunk = os.read(r, 24 - len(head))
+            assert chunk, "the child died before committing"
+            head += chunk
+        os.close(r)
+        seq, off, region = struct.unpack("<QQQ", head)
+        main_at, back_at = 4096 + off, 4096 + region + off
+
+        def part(at: int, n: int = 4096) -> bytes:
+            with open(path, "rb") as f:
+                f.seek(at)
+                return f.read(n)
+
+        # the copier has copied the blob's start and sleeps half-way
+        first_half = partial(lambda b, m: part(b) == part(m), back_at, main_at)
+        _wait_until(first_half, "the copier's first half")
+        if then == "wait":
+            futex = _FUTEX[os.uname().machine]
+            in_wait = partial(lambda c, f: _main_thread_syscall(c) == f, pid, futex)
+            _wait_until(in_wait, "begin waiting")
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        tail = _KILL_SIZE - 4096
+        if header_state(path) == 2 and part(back_at + tail) != part(main_at + tail):
+            landed["wait" if then == "wait" else "sleeping"] += 1
+        with open_backend(spec) as b:
+            assert isinstance(b, RomulusBackend)
+            assert b.pool.opened_as == "rolled forward"
+            assert_twins(b.pool)
+            blob = b.read("mirror")
+            assert blob is not None and check_fixed(blob.data) == seq
+    assert landed == {"sleeping": 2, "wait": 2}, landed

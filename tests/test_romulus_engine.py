@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -609,3 +610,109 @@ def test_damage_while_open_is_caught_at_use(path: Path) -> None:
         ):
             p.alloc(100_000)
         assert get(p, "b") == b"y" * 300
+
+
+# --- background commit: the copy to back leaves the critical path --------------------------------
+
+
+@pytest.mark.parametrize("mode", ["pmem", "msync", "none"])
+def test_background_commit_copies_back_and_next_begin_waits(path: Path, mode: str) -> None:
+    """A held copier (test hook) has not copied when commit returns; the state word already
+    says COPYING (durable); the next begin waits, after which back equals main."""
+    from plinius.backends.romulus import sim_copier
+
+    n = 1 << 20
+    with Pool(path, 8 << 20, mode=mode, commit="background", bg_min=0) as p:
+        assert p.commit_mode == "background"
+        with p.transaction():
+            off = p.alloc(n)
+            p.writable(off, n)[:] = b"\1" * n
+        sim_copier(p, hold=True)
+        p.begin()
+        p.writable(off, n)[:] = b"\2" * n
+        p.commit()
+        # the copier is held: back still has version 1 and COPYING is what the file says
+        assert peek(path, 128, 8) == struct.pack("<Q", 2)
+        assert peek(path, p.back_off + off, 16) == b"\1" * 16
+        assert bytes(p.view(off, 16)) == b"\2" * 16  # main is read without waiting
+        p.begin()  # waits for the copier
+        assert peek(path, p.back_off + off, n) == b"\2" * n
+        p.abort()
+        st = p.stats()
+        assert st.bg_copies == 2 and st.last_fences == 2  # the abort's two fences
+        assert st.bg_copy_s > 0 and st.bg_wait_s > 0 and st.commit == "background"
+    with Pool(path) as p:
+        assert p.opened_as == "opened" and bytes(p.view(off, n)) == b"\2" * n
+
+
+def test_committed_reads_wait_for_the_copier(path: Path) -> None:
+    from plinius.backends.romulus import sim_copier
+
+    with Pool(path, 4 << 20, commit="background", bg_min=0) as p:
+        sim_copier(p, hold=True)
+        with p.transaction():
+            off = p.alloc(4096)
+            p.writable(off, 4096)[:] = b"x" * 4096
+            p.set_root("r", off, 4096)
+        assert p.root("r", committed=True) == (off, 4096)  # back's table: waited
+        assert bytes(p.view(off, 4096, committed=True)) == b"x" * 4096
+        assert p.stats().last_copy_bytes > 4096 and p.stats().state == "idle"
+
+
+def test_sync_commit_and_small_copies_stay_inline(path: Path) -> None:
+    with Pool(path, 4 << 20, commit="sync") as p:
+        with p.transaction():
+            off = p.alloc(1 << 20)
+            p.writable(off, 1 << 20)[:] = b"y" * (1 << 20)
+        assert p.stats().bg_copies == 0 and p.stats().commit == "sync"
+        p.set_commit("background", bg_min=2 << 20)  # above this copy: still inline
+        with p.transaction():
+            p.writable(off, 1 << 20)[:] = b"z" * (1 << 20)
+        assert p.stats().bg_copies == 0
+        p.set_commit(bg_min=0)
+        with p.transaction():
+            p.writable(off, 1 << 20)[:] = b"w" * (1 << 20)
+        st = p.stats()
+        assert st.bg_copies == 1 and st.last_fences == 4 and st.bg_min == 0
+        assert peek(path, p.back_off + off, 1 << 20) == b"w" * (1 << 20)
+
+
+def test_commit_mode_is_checked(path: Path) -> None:
+    with pytest.raises(ConfigError, match="commit='later'"):
+        Pool(path, 4 << 20, commit="later")
+    with Pool(path, 4 << 20) as p:
+        assert p.commit_mode == "background"  # the default
+        p.begin()
+        with pytest.raises(BackendError, match="inside a transaction"):
+            p.set_commit("sync")
+        p.abort()
+    with env_var("PLINIUS_PM_COMMIT", "sync"), Pool(path) as p:
+        assert p.commit_mode == "sync"
+
+
+@contextmanager
+def env_var(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def test_close_waits_for_the_copier_and_reopens_idle(path: Path) -> None:
+    from plinius.backends.romulus import sim_copier
+
+    p = Pool(path, 8 << 20, commit="background", bg_min=0)
+    sim_copier(p, hold=True)
+    with p.transaction():
+        off = p.alloc(2 << 20)
+        p.writable(off, 2 << 20)[:] = b"c" * (2 << 20)
+    p.close()  # releases the held copier and joins it
+    assert peek(path, 128, 8) == struct.pack("<Q", 0)
+    with Pool(path) as q:
+        assert q.opened_as == "opened"
+        assert peek(path, q.back_off + off, 2 << 20) == b"c" * (2 << 20)

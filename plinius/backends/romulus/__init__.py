@@ -4,6 +4,7 @@ bound by ``pool``), the PM device model (``device``) and the backend itself (``b
 from plinius.backends.romulus.backend import RomulusBackend, suggested_pool_size
 from plinius.backends.romulus.device import DEVICES, DeviceModel, device_model
 from plinius.backends.romulus.pool import (
+    COMMITS,
     CRASH_EXIT,
     FLUSHES,
     MAX_POOL_SIZE,
@@ -15,11 +16,13 @@ from plinius.backends.romulus.pool import (
     PoolStats,
     cpu_flush,
     cpu_has,
+    sim_copier,
     sim_disarm,
     sim_events,
 )
 
 __all__ = [
+    "COMMITS",
     "CRASH_EXIT",
     "DEVICES",
     "FLUSHES",
@@ -35,6 +38,7 @@ __all__ = [
     "cpu_flush",
     "cpu_has",
     "device_model",
+    "sim_copier",
     "sim_disarm",
     "sim_events",
     "suggested_pool_size",

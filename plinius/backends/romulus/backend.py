@@ -10,6 +10,11 @@ Reads are zero-copy views into the pool: into ``main`` normally, into ``back`` (
 last committed state) while a write transaction is open, so a reader never sees a half-written
 version. Spec: ``romulus:/dev/shm/plinius.pool?size=1G&mode=pmem&flush=clwb&device=optane-2dimm``.
 
+BACKGROUND COMMIT. ``commit=background`` (the default) returns from ``commit`` once the
+transaction is durable and copies main to back on the pool's copier thread; the next write
+transaction waits for that copy (``commit=sync``: copy inside ``commit``). Reads of main never
+wait. ``IoStats.flush_s`` of a commit is its critical path; ``describe()`` has the copier's time.
+
 POOL SIZE. A pool has a fixed size, chosen at creation: ``size=`` if given, else the caller's
 ``size_hint=`` (what it is about to store, as computed by :func:`suggested_pool_size`; ``plinius
 train`` passes it), else :data:`DEFAULT_POOL_SIZE`. Both are ignored for an existing pool, which
@@ -65,6 +70,7 @@ from plinius.backends.base import (
 from plinius.backends.fsinfo import MountInfo, block_device_facts, mount_label, mount_of
 from plinius.backends.romulus.device import DEVICES, NOTE, DeviceModel, device_model
 from plinius.backends.romulus.pool import (
+    COMMITS,
     FLUSHES,
     MAX_POOL_SIZE,
     MIN_POOL_SIZE,
@@ -85,7 +91,7 @@ from plinius.units import fmt_bytes, parse_size
 #: size of a pool created without ``size=``: room for a 100 MB mirror being replaced by a
 #: bigger one (old and new coexist inside the transaction) plus the MNIST sample area
 DEFAULT_POOL_SIZE = 1 << 30
-_OPTIONS = ("size", "size_hint", "mode", "flush", "create", "device")
+_OPTIONS = ("size", "size_hint", "mode", "flush", "create", "device", "commit")
 _CREATE: dict[str, CreatePolicy] = {"auto": True, "never": False, "force": "force"}
 _MIB = 1 << 20
 _PAGE = 4096
@@ -182,7 +188,9 @@ class RomulusWriteTxn(WriteTxn):
             self._finish()
         t1 = time.perf_counter()
         # the data went straight into PM while it was encrypted: the commit is the flush of the
-        # logged lines plus the copy to back
+        # logged lines plus, with commit=sync, the copy to back. With commit=background (the
+        # default) the copy runs on the copier thread after this returns: flush_s is the
+        # critical path only; describe() reports the copier's time (romulus_bg_copy_s)
         return IoStats(bytes=self.size, write_s=0.0, flush_s=t1 - t0, total_s=t1 - self._t0)
 
     def abort(self) -> None:
@@ -263,7 +271,8 @@ class RomulusBackend(Backend):
                 f"romulus backend does not take option(s) {', '.join(sorted(unknown))}; it "
                 f"knows: size=1G (pool file size, at creation), size_hint= (the same, unless "
                 f"size= is given), mode={'|'.join(MODES)}, flush={'|'.join(FLUSHES)}, "
-                f"create={'|'.join(_CREATE)}, device={'|'.join(DEVICES)}"
+                f"create={'|'.join(_CREATE)}, device={'|'.join(DEVICES)}, "
+                f"commit={'|'.join(COMMITS)}"
             )
         size = _pool_size(str(options["size"])) if "size" in options else None
         hint = (
@@ -289,6 +298,12 @@ class RomulusBackend(Backend):
             raise ConfigError(f"romulus: mode={mode!r}; use one of {', '.join(MODES)}")
         if flush is not None and flush not in FLUSHES:
             raise ConfigError(f"romulus: flush={flush!r}; use one of {', '.join(FLUSHES)}")
+        commit = options.get("commit")
+        if commit is not None and commit not in COMMITS:
+            raise ConfigError(
+                f"romulus: commit={commit!r}; use background (copy to back off the critical "
+                "path, the default) or sync"
+            )
         path = Path(check_path(location, "romulus pool"))
         if create == "never" and not path.exists():  # checks only: no file, no directory made
             raise NotFoundError(self._no_pool(path))
@@ -308,7 +323,13 @@ class RomulusBackend(Backend):
         self.path = path
         try:
             self.pool = Pool(
-                path, size, create=_CREATE[create], mode=mode, flush=flush, device=device
+                path,
+                size,
+                create=_CREATE[create],
+                mode=mode,
+                flush=flush,
+                device=device,
+                commit=commit,
             )
         except NotFoundError:  # removed between the check above and the open
             raise NotFoundError(self._no_pool(path)) from None
@@ -491,6 +512,17 @@ class RomulusBackend(Backend):
                 # not "device_model": the block device's model string below has that name
                 "pm_device_model": model.as_dict() if model is not None else None,
                 "pool_opened_as": pool.opened_as,
+                "romulus_commit": st.commit if st else None,
+                "romulus_commit_note": (
+                    "background: a commit returns once durable (COPYING persistent); the copy "
+                    "of main to back runs on a copier thread, and the next write transaction "
+                    "waits for it (bg_wait_s: the part not hidden)"
+                ),
+                "romulus_bg_min": st.bg_min if st else None,
+                "romulus_bg_copies": st.bg_copies if st else None,
+                "romulus_bg_copy_s": st.bg_copy_s if st else None,
+                "romulus_last_bg_copy_s": st.last_bg_copy_s if st else None,
+                "romulus_bg_wait_s": st.bg_wait_s if st else None,
                 **{f"device_{k}": v for k, v in dev.items()},
             },
         )

@@ -46,6 +46,10 @@ except ImportError as exc:  # pragma: no cover - only without a build
 Mode = Literal["pmem", "msync", "none"]
 MODES: tuple[Mode, ...] = ("pmem", "msync", "none")
 FLUSHES: tuple[str, ...] = ("clwb", "clflushopt", "clflush")
+#: ``commit=`` of :class:`Pool`: ``background`` (the default) returns once the transaction is
+#: durable (COPYING persistent) and copies main to back on the pool's copier thread; ``sync``
+#: copies inside :meth:`Pool.commit`, as the published RomulusLog does
+COMMITS: tuple[str, ...] = ("sync", "background")
 ROOT_NAME_MAX: int = lib.ROM_ROOT_NAME_MAX
 MAX_ROOTS: int = lib.ROM_MAX_ROOTS
 MIN_POOL_SIZE: int = lib.ROM_MIN_POOL
@@ -128,6 +132,15 @@ class PoolStats:
     dev_write_wait_s: float = 0.0
     dev_read_bytes: int = 0
     dev_read_wait_s: float = 0.0
+    #: background commit: the mode, the smallest copy handed to the copier, how many commits
+    #: it copied and the time it spent (off the critical path), and the time rom_begin/close
+    #: waited for it (the part that was not hidden), this session
+    commit: str = "background"
+    bg_min: int = 0
+    bg_copies: int = 0
+    bg_copy_s: float = 0.0
+    last_bg_copy_s: float = 0.0
+    bg_wait_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,8 +173,14 @@ class Pool:
         mode: str | None = None,
         flush: str | None = None,
         device: str | DeviceModel | None = None,
+        commit: str | None = None,
+        bg_min: int | None = None,
     ) -> None:
         self.path = check_path(path, "pool")  # a NUL would name another file in C
+        if commit is not None and commit not in COMMITS:
+            raise ConfigError(f"commit={commit!r}: use one of {', '.join(COMMITS)}")
+        if bg_min is not None and not 0 <= bg_min < 1 << 64:
+            raise ConfigError(f"bg_min={bg_min!r}: use a byte count >= 0")
         if create not in (True, False, "force"):
             raise ConfigError(f"create={create!r}: use True, False or 'force'")
         if mode is not None and mode not in MODES:
@@ -221,6 +240,8 @@ class Pool:
         self._mv: memoryview = memoryview(ffi.buffer(keep, self.size))
         self._ro: memoryview = self._mv.toreadonly()
         self._closed = False
+        if commit is not None or bg_min is not None:
+            self.set_commit(commit, bg_min)
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -265,11 +286,34 @@ class Pool:
             _raise(rc)
 
     def commit(self) -> None:
-        """Make every declared store durable and visible: fences 2, 3 and 4."""
+        """Make every declared store durable and visible: fences 2, 3 and 4 (with background
+        commit, fence 4 and the copy to back run on the copier thread after this returns)."""
         self._check()
         rc = lib.rom_commit(self._h)
         if rc:
             _raise(rc)
+
+    @property
+    def commit_mode(self) -> str:
+        """``background`` or ``sync`` (see :data:`COMMITS`)."""
+        self._check()
+        return COMMITS[self._raw_stats().commit_mode]
+
+    def set_commit(self, commit: str | None = None, bg_min: int | None = None) -> None:
+        """Choose sync or background commit (None keeps it); ``bg_min``: smallest copy to
+        back, in bytes, worth handing to the copier thread (smaller ones stay inline)."""
+        self._check()
+        if commit is not None and commit not in COMMITS:
+            raise ConfigError(f"commit={commit!r}: use one of {', '.join(COMMITS)}")
+        mode = COMMITS.index(commit) if commit is not None else self._raw_stats().commit_mode
+        rc = lib.rom_set_commit(self._h, mode, (1 << 64) - 1 if bg_min is None else bg_min)
+        if rc:
+            _raise(rc)
+
+    def wait_copy(self) -> float:
+        """Wait until back holds the last commit (the background copy is done); seconds."""
+        self._check()
+        return int(lib.rom_wait_copy(self._h)) * 1e-9
 
     def abort(self) -> None:
         """Roll main back to the last committed state."""
@@ -316,6 +360,8 @@ class Pool:
     def view(self, offset: int, length: int, *, committed: bool = False) -> memoryview:
         """A read-only view of main, or of back (the last committed state) with ``committed``."""
         self._bounds(offset, length)
+        if committed:  # back is current once the background copy is done; main always is
+            lib.rom_wait_copy(self._h)
         at = (self.back_off if committed else self.main_off) + offset
         return self._ro[at : at + length]
 
@@ -328,6 +374,7 @@ class Pool:
     def raw(self) -> memoryview:
         """The whole mapping, read-only (header, main, back): for tests and inspection."""
         self._check()
+        lib.rom_wait_copy(self._h)  # back complete
         return self._ro
 
     # --- allocator ----------------------------------------------------------------------------
@@ -463,6 +510,12 @@ class Pool:
             dev_write_wait_s=st.dev_write_wait_ns * 1e-9,
             dev_read_bytes=st.dev_read_bytes,
             dev_read_wait_s=st.dev_read_wait_ns * 1e-9,
+            commit=COMMITS[st.commit_mode],
+            bg_min=st.bg_min,
+            bg_copies=st.bg_copies,
+            bg_copy_s=st.bg_copy_ns * 1e-9,
+            last_bg_copy_s=st.last_bg_copy_ns * 1e-9,
+            bg_wait_s=st.bg_wait_ns * 1e-9,
         )
 
     # --- benchmark loop and test hooks (native/romulus_bench.h, romulus_sim.h) -------------------
@@ -500,6 +553,14 @@ class Pool:
 
 
 # --- test hooks (native/romulus_sim.h): simulated crashes, for the crash tests only ------------
+
+
+def sim_copier(pool: Pool, *, hold: bool = False, delay_ms: int = 0) -> None:
+    """Test hook: ``hold`` starts each background copy only once a caller waits for it (so a
+    simulated crash in the copy lands during that wait); ``delay_ms`` sleeps half-way through."""
+    pool._check()
+    lib.rom_sim_bg(pool._h, 1 if hold else 0, delay_ms)
+
 
 #: exit status of a process whose simulated crash fired
 CRASH_EXIT: int = lib.ROM_CRASH_EXIT
