@@ -258,4 +258,4 @@ def _native_engine(engine: Engine) -> Engine | None:
 
     if engine.parallel or not crypto_native.usable():
         return None
-    return crypto_native.OpenSSLEngine(os.urandom(16))
+    return crypto_native.OpenSSLEngine(os.urandom(16), serial_below=0)

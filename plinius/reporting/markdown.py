@@ -23,16 +23,12 @@ def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def _choice_text(prov: dict[str, Any]) -> str:
-    """`` (auto: measured here, openssl 5.4 GB/s, cryptography 12.1 GB/s)`` or nothing."""
+    """`` (auto: fastest installed; calls under 16 MiB on ...)`` or nothing."""
     c = prov.get("crypto_engine_choice")
     if not isinstance(c, dict) or c.get("how") == "named":
         return ""
-    speeds = c.get("gb_per_s")
-    if isinstance(speeds, dict):
-        return (
-            " (auto: measured here, " + ", ".join(f"{k} {v} GB/s" for k, v in speeds.items()) + ")"
-        )
-    return f" (auto: {c.get('how')})"
+    note = f"; {c['note']}" if c.get("note") else ""
+    return f" (auto: {c.get('how')}{note})"
 
 
 def provenance_md(
