@@ -60,8 +60,13 @@ class TorchSaveRestore:
         workload.checking = False  # asv times the whole call: no zeroing, no comparing
 
     def teardown(self, *args: Any) -> None:
-        self.contender.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        # asv tears down after a setup that skipped (NotImplementedError) too
+        contender = getattr(self, "contender", None)
+        if contender is not None:
+            contender.close()
+        root = getattr(self, "root", None)
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
 
     def time_save(self, contender: str) -> None:
         self.contender.run(SAVE)
