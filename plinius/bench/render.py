@@ -732,6 +732,7 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
                 [
                     {
                         "mode": r["mode"],
+                        "back written by": r.get("back_writes", "-"),
                         "swaps/txn": r["swaps_per_txn"],
                         "M swaps/s (C)": r["sps_c"] / 1e6,
                         "M swaps/s (Python)": (r["sps_python"] or 0) / 1e6,
@@ -739,7 +740,14 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
                     }
                     for r in sps["rows"]
                 ],
-                ["mode", "swaps/txn", "M swaps/s (C)", "M swaps/s (Python)", REF_COLUMN],
+                [
+                    "mode",
+                    "back written by",
+                    "swaps/txn",
+                    "M swaps/s (C)",
+                    "M swaps/s (Python)",
+                    REF_COLUMN,
+                ],
             ),
             "",
             reference_note(sps),

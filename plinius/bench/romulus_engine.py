@@ -19,7 +19,8 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,28 @@ class SwapArray:
         self.path.unlink(missing_ok=True)
 
 
+NT_ENV = "PLINIUS_PM_NT_MIN"
+#: a streaming threshold no copy reaches: back is written by copy + flush, as the original does
+COPY_AND_FLUSH = str(1 << 62)
+
+
+@contextmanager
+def _nt_min(value: str | None) -> Iterator[None]:
+    """``PLINIUS_PM_NT_MIN`` set to ``value`` while a pool opens (the engine reads it then)."""
+    if value is None:
+        yield
+        return
+    old = os.environ.get(NT_ENV)
+    os.environ[NT_ENV] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[NT_ENV]
+        else:
+            os.environ[NT_ENV] = old
+
+
 def sps(
     txn_sizes: Sequence[int] = TXN_SIZES,
     modes: Sequence[tuple[str, str | None]] | None = None,
@@ -120,13 +143,32 @@ def sps(
     repeats: int = 3,
     python_seconds: float = 0.15,
     directory: str | None = None,
+    both_back_writes: bool = True,
 ) -> dict[str, Any]:
-    """SPS for every transaction size and flush mode; median and best of ``repeats`` runs."""
+    """SPS for every transaction size and flush mode; median and best of ``repeats`` runs.
+
+    ``both_back_writes``: the first ``pmem`` mode runs a second time with back written by copy +
+    flush (as the original RomulusLog) beside the engine's streaming stores, unless
+    ``PLINIUS_PM_NT_MIN`` pins one way for the whole run."""
     directory = directory or _default_dir()
     rows: list[dict[str, Any]] = []
     runs_on: dict[str, Any] = {}
-    for mode, flush in modes if modes is not None else flush_modes():
-        arr = SwapArray(directory, mode, flush)
+    chosen = list(modes if modes is not None else flush_modes())
+    variants: list[tuple[str, str | None, str | None]] = [(m, f, None) for m, f in chosen]
+    pmem = [(m, f) for m, f in chosen if m == "pmem"]
+    if both_back_writes and pmem and not os.environ.get(NT_ENV):
+        variants.append((*pmem[0], COPY_AND_FLUSH))
+    for mode, flush, nt in variants:
+        with _nt_min(nt):
+            arr = SwapArray(directory, mode, flush)
+        name = label(mode, flush) + (" copy+flush back" if nt else "")
+        pinned = os.environ.get(NT_ENV) or "0"
+        if mode != "pmem":  # streaming stores are the pmem mode's way to skip the flushes
+            back = "copy (msync or no persistence)"
+        elif nt is not None:
+            back = "copy + flush"
+        else:
+            back = "streaming stores" if pinned == "0" else f"{NT_ENV}={pinned}"
         try:
             runs_on = {
                 "directory": directory,
@@ -138,7 +180,8 @@ def sps(
                 py = arr.python_rate(k, python_seconds) if python_seconds else None
                 rows.append(
                     {
-                        "mode": label(mode, flush),
+                        "mode": name,
+                        "back_writes": back,
                         "swaps_per_txn": k,
                         "sps_c": statistics.median(rates),
                         "sps_c_best": max(rates),
