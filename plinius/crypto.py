@@ -277,9 +277,11 @@ def make_engine(key: bytes, name: str | None = None) -> Engine:
     """Build engine ``name`` for ``key``; ``None``/``"auto"``: the fastest installed here,
     measured once per process (:mod:`plinius.crypto_choice`)."""
     if name is None or name == "auto":
-        from plinius.crypto_choice import choose
+        from plinius.crypto_choice import choose, record
 
-        name = choose(available_engines())
+        engine = ENGINE_REGISTRY.load_usable(choose(available_engines()))(key)
+        record(engine)
+        return engine
     return ENGINE_REGISTRY.load_usable(name)(key)
 
 

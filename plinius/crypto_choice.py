@@ -35,22 +35,26 @@ def choose(available: list[str]) -> str:
         chosen, how = available[0], "fastest installed"
     last_choice.clear()
     last_choice.update(chosen=chosen, how=how, installed=list(available))
-    if chosen == "openssl":
-        from plinius.crypto import _cryptography_usable
-        from plinius.crypto_native import default_serial_below, default_threads
-
-        below = default_serial_below() if _cryptography_usable() else 0
-        last_choice.update(
-            threads=default_threads(),
-            serial_below=below,
-            note=(
-                f"calls under {below >> 20} MiB on one core of cryptography, larger ones on "
-                f"{default_threads()} threads of the native engine"
-                if below
-                else "every call on the native engine"
-            ),
-        )
     return chosen
 
 
-__all__ = ["ENV", "choose", "last_choice"]
+def record(engine: Any) -> None:
+    """Add to :data:`last_choice` how the engine ``auto`` built splits its calls (read from the
+    engine itself: ``threads`` and ``serial_below`` of the ``openssl`` engine)."""
+    below = getattr(engine, "serial_below", None)
+    if below is None:
+        return
+    threads = engine.threads
+    last_choice.update(
+        threads=threads,
+        serial_below=below,
+        note=(
+            f"calls under {below >> 20} MiB on one core of cryptography, larger ones on "
+            f"{threads} threads of the native engine"
+            if below
+            else "every call on the native engine"
+        ),
+    )
+
+
+__all__ = ["ENV", "choose", "last_choice", "record"]

@@ -43,7 +43,7 @@ STREAMING_NOTE = (
     "The C engine writes back with streaming (non-temporal) stores, which need no flush; the "
     "original RomulusLog copies then flushes each line. PLINIUS_PM_NT_MIN picks per copy: 0 "
     "(default) streams every copy, a size larger than any copy (e.g. 1T) copies and flushes "
-    "like the original. Run the SPS section under both to compare like for like."
+    "like the original. The SPS section runs its first pmem mode both ways."
 )
 
 

@@ -35,8 +35,6 @@ from plinius.mirror import MirrorStore, Record
 MIB = 1 << 20
 PAPER_SIZES_MB = (10, 22, 33, 44, 56, 67, 78, 89, 100)
 BENCH_FINGERPRINT = bytes(32)  # synthetic models share one architecture id per size below
-#: the torch section's peers in `plinius bench` (None: every one torch_section builds)
-TORCH_PEERS: tuple[str, ...] | None = None
 
 
 def model_bytes(records: Sequence[Record]) -> int:
@@ -511,7 +509,6 @@ def _torch(mod: Any, model: BenchModel, engine: Engine, dirs: dict[str, Path]) -
             key_file,
             engine=engine.name,
             platform=platform,
-            peers=TORCH_PEERS,
         )
     )
 

@@ -388,7 +388,6 @@ def torch_contenders(
     seed: int = 0,
     workload: TorchWorkload | None = None,
     platform: SimulatedPlatform | None = None,
-    peers: Sequence[str] | None = None,
 ) -> list[Contender]:
     """Every contender of the torch section on one workload, sharing one live model.
 
@@ -398,8 +397,7 @@ def torch_contenders(
     AES-GCM key); ``engine`` picks the crypto engine of the sealed peer. ``specs`` replaces
     the architecture's parameter list (tests); ``workload`` is a :func:`build_workload` to use
     instead of building one; ``platform`` the simulated CPU TorchMirror keeps its counters on
-    (benchmarks pass a throw-away one); ``peers`` keeps only the peers whose names start with
-    one of these (``torch.save``, ``safetensors``, ``dcp.save``...; default: all).
+    (benchmarks pass a throw-away one).
     """
     reason = torch_unavailable()
     if reason:
@@ -422,9 +420,6 @@ def torch_contenders(
             (f"dcp.save ({label})", partial(_dcp, w, label, d, False)),
             (f"dcp.async_save ({label})", partial(_dcp, w, label, d, True)),
         ]
-    if peers is not None:
-        keep = tuple(peers)
-        builders = [b for b in builders if b[0].startswith("TorchMirror") or b[0].startswith(keep)]
     for name, build in builders:
         try:
             out.append(build())
