@@ -114,6 +114,11 @@ class RollbackError(IntegrityError):
         self.what = message
 
 
+class ReplicaLagError(PliniusError):
+    """No replica holds a copy recent enough: the primary would run further ahead of the
+    replicas than ``--replica-max-lag`` allows (a deleted primary would lose more)."""
+
+
 class NotFoundError(PliniusError, FileNotFoundError):
     """Something that must exist does not: a dataset file, a mirror, a stored sample area."""
 

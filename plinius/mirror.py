@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -132,15 +132,32 @@ class MirrorInfo:
         return metadata_bytes([e.length for e in self.entries], self.segment)
 
 
-def header_stamp(data: memoryview) -> tuple[bytes, int, bytes] | None:
-    """(run id, version, save id) a stored mirror's plaintext header names; None if it is not
-    one. Unauthenticated: for copying sealed bytes elsewhere (replicas) without opening them."""
+@dataclass(frozen=True)
+class HeaderStamp:
+    """What a stored mirror's plaintext header says of itself, unauthenticated: its stamp
+    (run, version, save) and its extent (blob size, sealed manifest length)."""
+
+    run_id: bytes
+    version: int
+    save_id: bytes
+    size: int
+    manifest: int
+
+
+def header_stamp(data: memoryview) -> HeaderStamp | None:
+    """The stamp and extent a stored mirror's plaintext header names; None if it is not one.
+    Unauthenticated: for copying sealed bytes elsewhere (replicas) without opening them."""
     if data.nbytes < HEADER_SIZE:
         return None
     fields = _HEADER.unpack(bytes(data[: _HEADER.size]))
     if fields[0] != MAGIC:
         return None
-    return fields[11], fields[5], fields[12]
+    return HeaderStamp(fields[11], fields[5], fields[12], fields[7], fields[9])
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine: no mirror it can restore is larger."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def metadata_bytes(records: int | Iterable[int], segment: int = SEGMENT_BYTES) -> int:
@@ -243,7 +260,21 @@ def record_aad(
     return associated_data(fingerprint, layer, name, version) + run_id + save_id
 
 
-Freshness = Callable[[MirrorInfo], None]
+class Freshness(Protocol):
+    """The platform's check of a mirror slot (:class:`plinius.enclave.counter.FreshnessGuard`)."""
+
+    def admit(self, run_id: bytes, version: int, save_id: bytes, size: int, manifest: int) -> bool:
+        """Before the reader allocates or reads what the unauthenticated header claims: refuse
+        a stamp or extent the platform did not record. False: no extent was recorded (the
+        reader then bounds the sizes itself)."""
+
+    def __call__(self, info: MirrorInfo) -> None:
+        """After the manifest authenticated the header: refuse all but the committed mirror."""
+
+
+#: the largest sealed manifest read without a platform record of its size to bound it (JSON:
+#: ~150 B per record plus the metadata: a model of 100,000 tensors needs ~15 MiB)
+MAX_MANIFEST = 64 << 20
 
 
 def _manifest_bytes(
@@ -258,6 +289,27 @@ def _manifest_bytes(
         "records": [e.as_json() for e in entries],
     }
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+@dataclass(frozen=True)
+class _Header:
+    """A mirror's plaintext header, unpacked (``raw``: its 128 bytes, the manifest's AAD)."""
+
+    raw: bytes
+    magic: bytes
+    fmt: int
+    hsize: int
+    flags: int
+    kid: bytes
+    version: int
+    fp: bytes
+    total: int
+    m_at: int
+    m_len: int
+    count: int
+    run_id: bytes
+    save_id: bytes
+    segment: int
 
 
 class MirrorStore:
@@ -308,12 +360,14 @@ class MirrorStore:
         *,
         run_id: bytes | None = None,
         save_id: bytes | None = None,
+        before_write: Callable[[int, int], None] | None = None,
     ) -> IoStats:
         """Replace the stored mirror atomically by a new one at ``version``.
 
         ``run_id`` and ``save_id`` (random when not given) are the stamp the platform's
-        freshness record names; the enclave passes the ones it registered with ``begin``.
-        Every segment of every record goes to the engine in a few batched calls.
+        freshness record names; ``before_write(blob size, sealed manifest length)`` is called
+        once both are known and before anything is written (the enclave records the save in
+        flight there). Every segment of every record goes to the engine in a few batched calls.
         """
         if version < 0:
             raise ValueError("mirror version must be >= 0")
@@ -345,6 +399,8 @@ class MirrorStore:
             save_id,
             seg,
         ).ljust(HEADER_SIZE, b"\0")
+        if before_write is not None:
+            before_write(total, len(manifest) + OVERHEAD)
         with self.backend.begin_write(self.blob, total) as txn:
             txn.view(0, HEADER_SIZE)[:] = header
             batch = _SealBatch(txn, self.engine)
@@ -365,15 +421,17 @@ class MirrorStore:
 
     # --- open --------------------------------------------------------------------------------
 
-    def _open_info(
+    def _check_header(
         self,
         data: memoryview,
         min_version: int | None,
-        freshness: Freshness | None = None,
+        freshness: Freshness | None,
         size: int | None = None,
-    ) -> MirrorInfo:
-        """``data``: the whole blob; or, with ``size`` (the blob's), only its header, and the
-        manifest is then read by range (a peek that never moves the records)."""
+    ) -> _Header:
+        """The plaintext header of a blob of ``size`` B (default: ``data``'s), checked: format,
+        sizes, key, model, version bound; then admitted by the platform (stamp and extent) or,
+        without a platform record, bounded by ``MAX_MANIFEST``. Nothing the header claims is
+        allocated or read before this returns."""
         what = self.what
         nbytes = data.nbytes if size is None else size
         if nbytes < HEADER_SIZE:
@@ -382,51 +440,67 @@ class MirrorStore:
                     f"{what} is truncated: {nbytes} B, shorter than its {HEADER_SIZE} B header"
                 )
             raise NotAMirrorError(f"{what} is not a plinius mirror ({nbytes} B, no header)")
-        header = bytes(data[:HEADER_SIZE])
-        (
-            magic,
-            fmt,
-            hsize,
-            _flags,
-            kid,
-            version,
-            fp,
-            total,
-            m_at,
-            m_len,
-            count,
-            run_id,
-            save_id,
-            segment,
-        ) = _HEADER.unpack(header[: _HEADER.size])
-        if magic != MAGIC:
-            raise NotAMirrorError(f"{what} is not a plinius mirror (magic {magic!r})")
-        if fmt > FORMAT_VERSION:
+        raw = bytes(data[:HEADER_SIZE])
+        h = _Header(raw, *_HEADER.unpack(raw[: _HEADER.size]))
+        if h.magic != MAGIC:
+            raise NotAMirrorError(f"{what} is not a plinius mirror (magic {h.magic!r})")
+        if h.fmt > FORMAT_VERSION:
             raise UnsupportedVersionError(
-                f"{what} uses mirror format {fmt}, this plinius reads up to {FORMAT_VERSION}: "
+                f"{what} uses mirror format {h.fmt}, this plinius reads up to {FORMAT_VERSION}: "
                 "upgrade plinius"
             )
-        if fmt < OLDEST_FORMAT:
+        if h.fmt < OLDEST_FORMAT:
             raise UnsupportedVersionError(
-                f"{what} uses mirror format {fmt}, which binds no run or save id, so its "
+                f"{what} uses mirror format {h.fmt}, which binds no run or save id, so its "
                 "freshness cannot be proven: start over with --fresh"
             )
-        if hsize != HEADER_SIZE or m_len < OVERHEAD or m_at + m_len != total:
+        if h.hsize != HEADER_SIZE or h.m_len < OVERHEAD or h.m_at + h.m_len != h.total:
             raise FormatError(f"{what} has an inconsistent header (corrupt file)")
-        if nbytes < total:
-            raise TruncatedError(f"{what} is truncated: {nbytes} B of {total} B")
-        check_key_matches(what, kid, self.engine)
-        if self.fingerprint is not None and fp != self.fingerprint:
+        if nbytes < h.total:
+            raise TruncatedError(f"{what} is truncated: {nbytes} B of {h.total} B")
+        if nbytes > h.total:
+            raise FormatError(
+                f"{what} is {nbytes} B, but its header says {h.total} B: bytes were added "
+                "after the manifest (not what plinius wrote)"
+            )
+        check_key_matches(what, h.kid, self.engine)
+        if self.fingerprint is not None and h.fp != self.fingerprint:
             raise ModelMismatchError(
-                f"{what} belongs to model {fp.hex()}, not to this model "
+                f"{what} belongs to model {h.fp.hex()}, not to this model "
                 f"{self.fingerprint.hex()}: use the model it was trained with, or --fresh"
             )
-        if min_version is not None and version < min_version:
-            raise StaleMirrorError(what, version, min_version)
+        if min_version is not None and h.version < min_version:
+            raise StaleMirrorError(what, h.version, min_version)
+        admitted = freshness is not None and freshness.admit(
+            h.run_id, h.version, h.save_id, h.total, h.m_len
+        )
+        if not admitted and h.m_len > MAX_MANIFEST:
+            raise FormatError(
+                f"{what} claims a {h.m_len} B manifest, more than any mirror has "
+                f"({MAX_MANIFEST} B): corrupt or hostile storage, refusing to read it"
+            )
+        return h
+
+    def _open_info(
+        self,
+        data: memoryview,
+        min_version: int | None,
+        freshness: Freshness | None = None,
+        size: int | None = None,
+        header: _Header | None = None,
+    ) -> MirrorInfo:
+        """``data``: the whole blob; or, with ``size`` (the blob's), only its header, and the
+        manifest is then read by range (a peek that never moves the records). ``header``: the
+        blob's header, checked and admitted already (:meth:`_check_header`)."""
+        what = self.what
+        h = header or self._check_header(data, min_version, freshness, size)
+        fp, version, m_at, m_len, total = h.fp, h.version, h.m_at, h.m_len, h.total
+        header_bytes, fmt, segment, count = h.raw, h.fmt, h.segment, h.count
+        run_id, save_id = h.run_id, h.save_id
         manifest = bytearray(m_len - OVERHEAD)
         sealed = data[m_at:total] if size is None else self._read_range(m_at, m_len)
         self.engine.decrypt_into(
-            _manifest_aad(fp, header, version), sealed, manifest, f"{what} manifest"
+            _manifest_aad(fp, header_bytes, version), sealed, manifest, f"{what} manifest"
         )
         # the segment size is used only once the manifest tag has authenticated the header
         if fmt == 2:
@@ -478,16 +552,48 @@ class MirrorStore:
             if blob is None:
                 return None
             return self._open_info(blob.data, min_version, freshness)
-        probe = self.backend.read(self.blob, 0, 0)  # the blob's size, no bytes
+        size = self._probe()
+        if size is None:
+            return None
+        return self._peek_sized(size, min_version, freshness)
+
+    def _probe(self) -> int | None:
+        """The blob's size (None: no blob), refused when no mirror this machine could restore
+        is that large; reads no bytes."""
+        probe = self.backend.read(self.blob, 0, 0)
         if probe is None:
             return None
-        return self._peek_sized(probe.size, min_version, freshness)
+        if probe.size > physical_memory():
+            raise FormatError(
+                f"{self.what} claims {probe.size} B, more than this machine's memory "
+                f"({physical_memory()} B): corrupt or hostile storage, refusing to read it"
+            )
+        return probe.size
 
     def _peek_sized(
         self, size: int, min_version: int | None, freshness: Freshness | None
     ) -> MirrorInfo:
         head = self._read_range(0, min(size, HEADER_SIZE))
         return self._open_info(head, min_version, freshness, size=size)
+
+    def _read_admitted(
+        self, min_version: int | None, freshness: Freshness | None
+    ) -> tuple[memoryview, IoStats, _Header | None] | None:
+        """The whole blob, read only after its size and its header's stamp and extent were
+        admitted (a ranged backend; the admitted header is returned too, so it is checked
+        once); a backend without ranged reads is read whole at once."""
+        if not self.backend.ranged_read:
+            blob = self.backend.read(self.blob)
+            return None if blob is None else (blob.data, blob.stats, None)
+        size = self._probe()
+        if size is None:
+            return None
+        head = self._read_range(0, min(size, HEADER_SIZE))
+        header = self._check_header(head, min_version, freshness, size)
+        blob = self.backend.read(self.blob, 0, size)  # what was admitted, never more
+        if blob is None:
+            raise NotAMirrorError(f"{self.what} was deleted while it was read")
+        return blob.data, blob.stats, header
 
     def _read_range(self, offset: int, length: int) -> memoryview:
         blob = self.backend.read(self.blob, offset, length)
@@ -502,13 +608,14 @@ class MirrorStore:
         records stay sealed until :meth:`OpenedMirror.verify` or :meth:`OpenedMirror.load`,
         which use this same read. None if no mirror was ever saved."""
         t0 = time.perf_counter()
-        blob = self.backend.read(self.blob)
-        if blob is None:
+        got = self._read_admitted(min_version, freshness)
+        if got is None:
             return None
-        info = self._open_info(blob.data, min_version, freshness)
-        return OpenedMirror(
-            info, blob.data, blob.stats, self.engine, self.what, time.perf_counter() - t0
-        )
+        data, stats, header = got
+        if header is not None and bytes(data[:HEADER_SIZE]) != header.raw:
+            header = None  # replaced between the reads: the new header is checked from scratch
+        info = self._open_info(data, min_version, freshness, header=header)
+        return OpenedMirror(info, data, stats, self.engine, self.what, time.perf_counter() - t0)
 
     def verify(
         self, min_version: int | None = None, freshness: Freshness | None = None
@@ -539,13 +646,13 @@ class MirrorStore:
             opened = self.open(min_version, freshness)
             return None if opened is None else opened.load(into)
         t0 = time.perf_counter()
-        probe = backend.read(self.blob, 0, 0)
-        if probe is None:
+        size = self._probe()
+        if size is None:
             return None
-        if probe.size < 2 * _batch_bytes(self.segment):  # too small to gain from a pipeline
+        if size < 2 * _batch_bytes(self.segment):  # too small to gain from a pipeline
             opened = self.open(min_version, freshness)
             return None if opened is None else opened.load(into)
-        info = self._peek_sized(probe.size, min_version, freshness)
+        info = self._peek_sized(size, min_version, freshness)
         peek_s = time.perf_counter() - t0
         arrays, jobs = _restore_jobs(info, into, self.what)
         stats = self._stream(info, jobs)

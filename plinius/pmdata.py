@@ -18,11 +18,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from plinius.backends.base import Backend
+from plinius.backends.base import Backend, Blob
 from plinius.crypto import Engine
-from plinius.encdata import DatasetInfo, iter_sealed, parse_header, read_header, sample_aad
-from plinius.errors import IntegrityError, NotFoundError
-from plinius.samples import SampleArea, area_key, put_samples
+from plinius.encdata import (
+    HEADER_BYTES,
+    DatasetInfo,
+    iter_sealed,
+    parse_header,
+    read_header,
+    sample_aad,
+)
+from plinius.errors import FormatError, IntegrityError, NotFoundError
+from plinius.samples import SampleArea, area_bytes, area_key, area_size, put_samples
 
 
 def _info_key(dataset_id: bytes) -> str:
@@ -46,6 +53,27 @@ class LoadReport:
         return dict(self.__dict__)
 
 
+def _read_header_blob(backend: Backend, key: str, what: str) -> Blob | None:
+    """A stored dataset header, read only when it has the one size a header has (the stored
+    size is the attacker's: it never sizes the read)."""
+    if backend.ranged_read:
+        probe = backend.read(key, 0, 0)
+        if probe is None:
+            return None
+        if probe.size != HEADER_BYTES:
+            raise FormatError(f"{what} is {probe.size} B; a dataset header is {HEADER_BYTES} B")
+        return backend.read(key, 0, HEADER_BYTES)
+    return backend.read(key)
+
+
+def _area_whole(backend: Backend, info: DatasetInfo, split: str) -> bool:
+    """The stored area of ``split`` has the size the authenticated header gives it (or the
+    backend cannot tell without reading it)."""
+    size = area_size(backend, _area_name(info, split), info.sealed_bytes, info.counts[split])
+    need = area_bytes(_area_name(info, split), info.sealed_bytes, info.counts[split])
+    return size is None or size == need
+
+
 class PMData:
     """Random access to one split of an encrypted dataset stored in a backend."""
 
@@ -54,7 +82,9 @@ class PMData:
         self.engine = engine
         self.info = info
         self.split = split
-        self.area = SampleArea(backend, _area_name(info, split))
+        self.area = SampleArea(
+            backend, _area_name(info, split), (info.sealed_bytes, info.counts[split])
+        )
         what = f"{split} sample area of dataset {info.name} in {backend.spec}"
         if self.area.sample_size != info.sealed_bytes:
             raise IntegrityError(
@@ -77,10 +107,10 @@ class PMData:
     @classmethod
     def stored(cls, backend: Backend, engine: Engine, dataset_id: bytes, split: str) -> PMData:
         """Open a dataset already in the backend, without its file."""
-        blob = backend.read(_info_key(dataset_id))
+        what = f"dataset {dataset_id.hex()} header in {backend.spec}"
+        blob = _read_header_blob(backend, _info_key(dataset_id), what)
         if blob is None:
             raise NotFoundError(f"dataset {dataset_id.hex()} is not stored in {backend.spec}")
-        what = f"dataset {dataset_id.hex()} header in {backend.spec}"
         info = parse_header(bytes(blob.data), what, engine)
         if info.dataset_id != dataset_id:
             raise IntegrityError(what, f"it describes dataset {info.dataset_id.hex()}")
@@ -99,13 +129,17 @@ class PMData:
         t0 = time.perf_counter()
         info, header = read_header(path, engine)
         keys = set(backend.blobs())
-        stored = backend.read(_info_key(info.dataset_id))
+        try:
+            stored = _read_header_blob(backend, _info_key(info.dataset_id), "stored header")
+        except FormatError:
+            stored = None  # altered: replaced from the owner's file below
         # present only when the backend holds this very (authenticated) header: anything else,
         # an older format, another copy or a modified one, is replaced from the owner's file
         present = (
             stored is not None
             and bytes(stored.data) == header
             and all(area_key(_area_name(info, s)) in keys for s in splits)
+            and all(_area_whole(backend, info, s) for s in splits)
         )
         moved = 0
         if force or not present:

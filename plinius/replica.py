@@ -8,8 +8,18 @@ replica exactly its last committed copy and never an older one put back.
 
 Per replica at most one copy is in flight and at most one waits; a newer mirror replaces the
 waiting one (superseded), so the queue never grows and the training loop pays only the read-back
-and one memory copy. A failing replica (server down, ``WAIT`` not met) never stops training: the
-failure is counted, and warned about once per streak of failures.
+and one memory copy. A failing copy (server down, ``WAIT`` not met) is counted and warned about
+once per streak of failures.
+
+**The lag bound.** A deleted primary is replaced by the newest replica copy, so what a replica
+lacks is what such an attack rolls back. After each primary commit the replicator checks the
+*lag*: the primary's version minus the newest version any configured replica slot recorded as
+committed for this run (unreachable replicas included). Above ``max_lag`` it copies this very
+mirror (due or not) and waits for the copies in flight; if the lag is still above the bound, it
+raises :class:`~plinius.errors.ReplicaLagError` and training stops, instead of piling up mirrors
+no replica holds. So the primary is never more than ``max_lag`` versions ahead of the newest
+replica copy while training goes on, and a restore refuses any larger loss (see
+:meth:`plinius.enclave.trusted.Enclave.ecall_restore`).
 """
 
 from __future__ import annotations
@@ -21,7 +31,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from plinius.backends.base import Backend
-from plinius.enclave.counter import FreshnessGuard, MirrorCounters, Stamp, slot_name
+from plinius.enclave.counter import Extent, FreshnessGuard, MirrorCounters, Stamp, slot_name
+from plinius.errors import ReplicaLagError
 from plinius.memory import StagingBuffer
 from plinius.mirror import header_stamp
 
@@ -37,6 +48,8 @@ class ReplicaStats:
     failed: int = 0
     superseded: int = 0
     last_version: int | None = None
+    #: the newest version the platform recorded as committed on this replica's slot
+    committed_version: int | None = None
     bytes: int = 0
     seconds: float = 0.0
     last_error: str = ""
@@ -55,9 +68,13 @@ class Replica:
         self.blob = blob
         self.slot = slot_name(*backend.slot_parts(), blob)
         self.stats = ReplicaStats(backend.spec)
+        state = counters.read(self.slot)
+        #: the copy the platform recorded as committed on this slot (kept current after copies)
+        self.committed = state.committed if state is not None else None
+        self.stats.committed_version = self.committed.version if self.committed else None
         self._warn = warn
         self._cond = threading.Condition()
-        self._queued: tuple[Stamp, int] | None = None
+        self._queued: tuple[Stamp, Extent] | None = None
         self._qbuf = StagingBuffer()  # the waiting copy
         self._wbuf = StagingBuffer()  # the copy being written
         self._busy = False
@@ -69,8 +86,9 @@ class Replica:
         """The freshness guard of this replica's own slot."""
         return self.counters.guard(self.slot, what, settle=settle)
 
-    def offer(self, stamp: Stamp, data: memoryview) -> None:
-        """Queue a copy of ``data`` (copied now), replacing a copy still waiting."""
+    def offer(self, stamp: Stamp, data: memoryview, extent: Extent) -> None:
+        """Queue a copy of ``data`` (copied now; ``extent``: what the platform recorded for
+        ``stamp`` on the primary), replacing a copy still waiting."""
         with self._cond:
             if self._closed:
                 return
@@ -79,7 +97,7 @@ class Replica:
             dest = self._qbuf.view(data.nbytes)
             dest[:] = data
             dest.release()
-            self._queued = (stamp, data.nbytes)
+            self._queued = (stamp, extent)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"plinius-replica-{self.slot[:8]}", daemon=True
@@ -109,13 +127,14 @@ class Replica:
                     self._cond.wait()
                 if self._queued is None:
                     return
-                stamp, size = self._queued
+                stamp, extent = self._queued
+                size = extent.size
                 self._queued = None
                 self._qbuf, self._wbuf = self._wbuf, self._qbuf
                 self._busy = True
             t0 = time.perf_counter()
             try:
-                self._write(stamp, size)
+                self._write(stamp, extent)
             except Exception as exc:  # any failure of the replica: counted, never raised
                 with self._cond:
                     self._fail(_one_line(exc))
@@ -124,6 +143,8 @@ class Replica:
                     s = self.stats
                     s.ok += 1
                     s.last_version = stamp.version
+                    self.committed = stamp
+                    s.committed_version = stamp.version
                     s.bytes += size
                     s.seconds += time.perf_counter() - t0
                     if self._streak:
@@ -134,10 +155,14 @@ class Replica:
                     self._busy = False
                     self._cond.notify_all()
 
-    def _write(self, stamp: Stamp, size: int) -> None:
+    def _write(self, stamp: Stamp, extent: Extent) -> None:
+        size = extent.size
         src = self._wbuf.view(size)
         try:
-            self.counters.begin(self.slot, stamp)
+            head = header_stamp(src)
+            if head is None or (head.size, head.manifest) != (extent.size, extent.manifest):
+                raise ValueError("the copy's header is not the extent the platform recorded")
+            self.counters.begin(self.slot, stamp, extent)
             with self.backend.begin_write(self.blob, size) as txn:
                 out = txn.view(0, size)
                 out[:] = src
@@ -170,8 +195,24 @@ class Replica:
         return idle
 
 
+@dataclass(frozen=True)
+class MissingReplica:
+    """A configured replica that did not open: no copies go to it, but its slot's record still
+    counts for the restore floor and the lag (an attacker who makes it unreachable must not
+    gain a deeper rollback)."""
+
+    spec: str
+    slot: str
+    committed: Stamp | None
+
+
+#: how long a commit waits for the replica copies in flight when the lag bound is reached
+REPLICA_WAIT_S = 600.0
+
+
 class Replicator:
-    """The replicas of one mirror slot and the schedule (every R-th mirror version)."""
+    """The replicas of one mirror slot, the schedule (every R-th mirror version) and the lag
+    bound (``max_lag`` versions; see the module docstring)."""
 
     def __init__(
         self,
@@ -180,31 +221,143 @@ class Replicator:
         blob: str,
         every: int,
         warn: Warn,
+        *,
+        max_lag: int | None = None,
+        missing: list[tuple[str, tuple[str, str]]] | None = None,
     ) -> None:
+        """``missing``: (spec, slot parts) of configured replicas that did not open."""
         if every < 1:
             raise ValueError("replica schedule must be >= 1")
         self.every = every
+        self.max_lag = default_max_lag(every) if max_lag is None else max_lag
+        if self.max_lag < 1:
+            raise ValueError("replica max lag must be >= 1")
         self.replicas = [Replica(b, counters, blob, warn) for b in backends]
+        self.missing: list[MissingReplica] = []
+        for spec, parts in missing or []:
+            slot = slot_name(*parts, blob)
+            state = counters.read(slot)
+            self.missing.append(MissingReplica(spec, slot, state.committed if state else None))
         self.blob = blob
+        self._base: tuple[bytes, int] | None = None
+
+    @property
+    def slots(self) -> list[tuple[str, str]]:
+        """(spec, slot) of every configured replica, reachable or not."""
+        return [(r.backend.spec, r.slot) for r in self.replicas] + [
+            (m.spec, m.slot) for m in self.missing
+        ]
 
     def due(self, version: int) -> bool:
         return bool(self.replicas) and version % self.every == 0
 
-    def submit(self, primary: Backend, stamp: Stamp) -> None:
-        """Copy the committed mirror ``stamp`` from ``primary`` to every replica's queue."""
+    def newest(self, run: bytes) -> tuple[int, str] | None:
+        """The newest copy of ``run`` any configured replica slot recorded as committed, and
+        that replica's spec (None: no replica holds a copy of this run)."""
+        best: tuple[int, str] | None = None
+        committed = [(r.committed, r.backend.spec) for r in self.replicas]
+        for stamp, spec in committed + [(m.committed, m.spec) for m in self.missing]:
+            if stamp is None or stamp.run_id != run:
+                continue
+            if best is None or stamp.version > best[0]:
+                best = (stamp.version, spec)
+        return best
+
+    def lag(self, run: bytes, version: int) -> int:
+        """Mirrors a deleted primary at ``version`` would lose: versions above the newest
+        replica copy of ``run`` (or above where this run began here, when none holds one)."""
+        newest = self.newest(run)
+        if newest is not None:
+            return version - newest[0]
+        if self._base is None or self._base[0] != run:
+            self._base = (run, version - 1)
+        return version - self._base[1]
+
+    def before_commit(
+        self,
+        primary: Backend,
+        run: bytes,
+        version: int,
+        last: Callable[[], tuple[Stamp, Extent | None] | None],
+    ) -> None:
+        """Before the primary commits ``version``: keep it within ``max_lag`` of the newest
+        replica copy. Above the bound, copy the primary's last committed mirror (``last()``)
+        and wait for the copies in flight; still above it, raise :class:`ReplicaLagError`."""
+        prev = last() if self.lag(run, version) > self.max_lag else None
+        if self._within(run, version, prev):
+            return
+        self.drain(REPLICA_WAIT_S)  # the copies in flight may close the gap
+        if self._within(run, version, prev):
+            return
+        # nothing in flight now: copy the primary's newest mirror and wait for it
+        newest = self.newest(run)
+        newer = prev is not None and (newest is None or prev[0].version > newest[0])
+        if prev is not None and prev[1] is not None and prev[0].run_id == run and newer:
+            self.submit(primary, prev[0], prev[1])
+            self.drain(REPLICA_WAIT_S)
+        if self._within(run, version, prev):
+            return
+        lag = self.lag(run, version)
+        newest = self.newest(run)
+        held = f"version {newest[0]} on {newest[1]}" if newest else "no copy of this run"
+        errors = "; ".join(
+            f"{r.backend.spec}: {r.stats.last_error}" for r in self.replicas if r.stats.last_error
+        )
+        unavailable = ", ".join(m.spec for m in self.missing)
+        why = errors or (f"unavailable: {unavailable}" if unavailable else "")
+        why = why or (
+            f"no copy completed within {REPLICA_WAIT_S:.0f} s" if self.replicas else "none opened"
+        )
+        raise ReplicaLagError(
+            f"mirror version {version} would be {lag} versions ahead of the newest replica copy "
+            f"({held}), above --replica-max-lag {self.max_lag} ({why}): stopping before it is "
+            "written, so that a deleted primary cannot roll training back further; fix the "
+            "replicas and run again (the primary mirror is intact), or raise --replica-max-lag"
+        )
+
+    def _within(self, run: bytes, version: int, prev: tuple[Stamp, Extent | None] | None) -> bool:
+        """Committing ``version`` keeps the bound: the lag is at most ``max_lag``, or a replica
+        already holds the primary's last committed mirror ``prev`` (then this commit risks one
+        mirror: versions between are saves cut short by a crash, which hold no mirror)."""
+        if self.lag(run, version) <= self.max_lag:
+            return True
+        newest = self.newest(run)
+        return (
+            prev is not None
+            and newest is not None
+            and prev[0].run_id == run
+            and newest[0] >= prev[0].version
+        )
+
+    def after_commit(
+        self, primary: Backend, stamp: Stamp, extent: Extent, *, force: bool = False
+    ) -> None:
+        """The primary committed ``stamp`` (of ``extent``): copy it to the replicas if due (or
+        ``force``: the primary re-seeded from a replica, whose copies must catch up)."""
+        if self.due(stamp.version) or (force and self.replicas):
+            self.submit(primary, stamp, extent)
+
+    def submit(self, primary: Backend, stamp: Stamp, extent: Extent) -> None:
+        """Copy the committed mirror ``stamp`` from ``primary`` to every replica's queue; only
+        the ``extent.size`` bytes recorded for it are read back, whatever the storage holds."""
         try:
-            blob = primary.read(self.blob)
+            blob = primary.read(self.blob, 0, extent.size)
             found = header_stamp(blob.data) if blob is not None else None
         except Exception as exc:  # a failed read-back costs this copy only
             for r in self.replicas:
                 r.failed(f"reading the mirror back from {primary.spec}: {_one_line(exc)}")
             return
-        if blob is None or found != (stamp.run_id, stamp.version, stamp.save_id):
+        same = found is not None and (found.run_id, found.version, found.save_id) == (
+            stamp.run_id,
+            stamp.version,
+            stamp.save_id,
+        )
+        if blob is None or not same or blob.size != extent.size:
             for r in self.replicas:
                 r.failed(f"{primary.spec} no longer holds mirror version {stamp.version}")
             return
         for r in self.replicas:
-            r.offer(stamp, blob.data)
+            r.offer(stamp, blob.data, extent)
 
     def drain(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` s in all) until every copy is written or has failed."""
@@ -219,5 +372,12 @@ class Replicator:
         """Copies ok/failed/superseded, last version replicated, bytes, seconds per replica."""
         return {
             "every": self.every,
+            "max_lag": self.max_lag,
             "replicas": [asdict(r.stats) for r in self.replicas],
         }
+
+
+def default_max_lag(every: int) -> int:
+    """``--replica-max-lag`` when not given: two copy intervals, so one copy may be in flight
+    for a whole interval before training waits for it."""
+    return 2 * every

@@ -48,6 +48,20 @@ def _header(name: str, sample_size: int, count: int) -> bytes:
     return head.ljust(align_up(len(head), CACHE_LINE), b"\0")
 
 
+def area_bytes(name: str, sample_size: int, count: int) -> int:
+    """How large the area ``name`` of ``count`` samples of ``sample_size`` bytes is."""
+    return len(_header(name, sample_size, count)) + sample_size * count
+
+
+def area_size(backend: Backend, name: str, sample_size: int, count: int) -> int | None:
+    """The stored size of area ``name`` (None: absent, or a backend without ranged reads),
+    read without reading or mapping the area."""
+    if not backend.ranged_read:
+        return None
+    probe = backend.read(area_key(name), 0, 0)
+    return None if probe is None else probe.size
+
+
 def put_samples(
     backend: Backend,
     name: str,
@@ -77,9 +91,18 @@ def put_samples(
 class SampleArea:
     """Random access to a stored sample area; ``area[i]`` is a read-only view of sample ``i``."""
 
-    def __init__(self, backend: Backend, name: str) -> None:
+    def __init__(self, backend: Backend, name: str, expect: tuple[int, int] | None = None) -> None:
+        """``expect``: (sample size, count) as an authenticated header says: the area must then
+        be exactly that large, checked before it is mapped (its size is the attacker's)."""
         self.name = name
         what = f"sample area {name!r} in {backend.spec}"
+        if expect is not None:
+            size, need = area_size(backend, name, *expect), area_bytes(name, *expect)
+            if size is not None and size != need:
+                raise FormatError(
+                    f"{what} is {size} B, but the authenticated dataset header makes it "
+                    f"{need} B: altered or replaced; load the dataset again"
+                )
         view = backend.map(area_key(name))
         if view is None:
             raise NotFoundError(f"{what} does not exist; load the dataset first")

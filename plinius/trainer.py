@@ -63,6 +63,9 @@ class TrainOptions:
     no_mirror: bool = False
     replicas: list[str] = field(default_factory=list)
     replica_every: int = 1
+    #: None: two copy intervals (``replica.default_max_lag``)
+    replica_max_lag: int | None = None
+    accept_replica_loss: int | None = None
 
 
 #: how long a clean exit waits for the replica copy in flight
@@ -174,6 +177,8 @@ def check_options(opts: TrainOptions) -> None:
         ("--batch", opts.batch, 1),
         ("--seed", opts.seed, 0),
         ("--replica-every", opts.replica_every, 1),
+        ("--replica-max-lag", opts.replica_max_lag, 1),
+        ("--accept-replica-loss", opts.accept_replica_loss, 0),
     ):
         hi = MAX_SEED if flag == "--seed" else MAX_COUNT
         if value is not None and not lo <= value <= hi:
@@ -207,6 +212,12 @@ def check_replicas(opts: TrainOptions) -> None:
     """``--replica`` specs: well formed, each a different place than the primary and the rest."""
     if opts.replicas and opts.no_mirror:
         raise ConfigError("--replica copies the mirror: it cannot go with --no-mirror")
+    for flag, value in (
+        ("--replica-max-lag", opts.replica_max_lag),
+        ("--accept-replica-loss", opts.accept_replica_loss),
+    ):
+        if value is not None and not opts.replicas:
+            raise ConfigError(f"{flag} bounds replica copies: give --replica SPEC with it")
     seen = {_place(opts.backend)}
     for spec in opts.replicas:
         name, location, _ = parse_spec(spec)
@@ -225,39 +236,52 @@ def _place(spec: str) -> tuple[str, str]:
     return name, os.path.abspath(location) if "://" not in location else location
 
 
+@dataclass
+class OpenedReplicas:
+    """The replica backends that opened, and the configured ones that did not: (spec, slot
+    parts) for the platform's records, a report row each."""
+
+    backends: list[Backend]
+    missing: list[tuple[str, tuple[str, str]]]
+    failed: list[dict[str, Any]]
+
+
 def open_replicas(
     opts: TrainOptions, net: Network, say: Callable[[str], None], primary: Backend
-) -> tuple[list[Backend], list[dict[str, Any]]]:
-    """The replica backends that open; one that does not is warned about and left out
-    (a replica never stops training). One that names the same storage as the primary or another
-    replica (however the spec spells it: the backends' own slot identity) is refused."""
+) -> OpenedReplicas:
+    """The replica backends that open; one that does not is warned about and left out of the
+    copies, but its slot's record still bounds a restore and the lag. One that names the same
+    storage as the primary or another replica (however the spec spells it: the backends' own
+    slot identity) is refused."""
     seen = {primary.slot_parts()}
-    opened: list[Backend] = []
-    failed: list[dict[str, Any]] = []
+    got = OpenedReplicas([], [], [])
     mirror = sum(a.nbytes for _, _, a in net.mirror_buffers())
     for spec in opts.replicas:
-        cls = backend_class(parse_spec(spec)[0])
+        name, location, options = parse_spec(spec)
+        cls = backend_class(name)
+        parts = cls.slot_parts_of(location, options)
         try:
             replica = open_backend(spec, **cls.creation_options(mirror + (64 << 10), 0))
         except ConfigError:
-            for b in opened:
+            for b in got.backends:
                 b.close()
             raise  # a malformed replica spec (or a secret in it) stops before training
         except PliniusError as exc:
             say(f"warning: replica {spec} is unavailable ({exc}); training goes on without it")
-            failed.append({"spec": spec, "ok": 0, "failed": 1, "last_error": str(exc)})
+            got.failed.append({"spec": spec, "ok": 0, "failed": 1, "last_error": str(exc)})
+            got.missing.append((spec, parts))
             continue
         if replica.slot_parts() in seen:
             replica.close()
-            for b in opened:
+            for b in got.backends:
                 b.close()
             raise ConfigError(
                 f"--replica {spec} is the same storage as the primary or another replica: "
                 "a replica must be a different backend instance"
             )
         seen.add(replica.slot_parts())
-        opened.append(replica)
-    return opened, failed
+        got.backends.append(replica)
+    return got
 
 
 def creation_options(spec: str, net: Network, data_path: str) -> dict[str, str | int]:
@@ -322,12 +346,20 @@ def run_training(
 
     restore_ms = 0.0
     resumed_from: int | None = None
-    replicas, unavailable = open_replicas(opts, net, say, backend)
+    opened = open_replicas(opts, net, say, backend)
+    replicas, unavailable = opened.backends, opened.failed
     mirror_ms: list[float] = []
     if not opts.no_mirror:
         enclave.ecall_attach_mirror(backend, MirrorCounters(platform))
         if opts.replicas:
-            enclave.ecall_attach_replicas(replicas, opts.replica_every, say)
+            enclave.ecall_attach_replicas(
+                replicas,
+                opts.replica_every,
+                say,
+                max_lag=opts.replica_max_lag,
+                missing=opened.missing,
+                accept_loss=opts.accept_replica_loss,
+            )
         enclave.ecall_set_async(opts.async_mirror)
         if opts.fresh:
             enclave.ecall_forget_mirror()

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from cli_runner import run_cli, train_args
 
 from plinius.backends import open_backend
 from plinius.backends.redis import PASSWORD_ENV, RedisBackend
@@ -34,7 +35,7 @@ from plinius.backends.testing import (
     raw_get,
     raw_put,
 )
-from plinius.crypto import make_engine
+from plinius.crypto import generate_key, make_engine, write_key_file
 from plinius.errors import BackendError, BackendLockedError, ConfigError, NotFoundError
 from plinius.mirror import MirrorStore
 
@@ -486,3 +487,82 @@ def test_pid_file_never_kills_a_server_that_is_not_ours(shm_dir: Path) -> None:
         with open_backend(f"redis:{loc}") as b:
             raw_put(b, "blob", b"y" * 10)
         assert other.proc is not None and other.proc.poll() is None
+
+
+# --- nothing left in the temp directory ----------------------------------------------------------
+
+
+def _redis_temp_entries(tmp: Path) -> list[str]:
+    return sorted(p.name for p in tmp.iterdir() if p.name.startswith("plinius-redis-"))
+
+
+def test_plinius_backends_leaves_no_redis_temp_dirs(tmp_path: Path) -> None:
+    """Each private server of ``plinius backends`` (redis and rediss) used to leave a
+    ``plinius-redis-log-*`` directory behind."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    res = run_cli("backends", "--json", env={**os.environ, "TMPDIR": str(tmp)})
+    assert res.returncode == 0, res.stderr
+    assert '"redis"' in res.stdout
+    assert _redis_temp_entries(tmp) == []
+
+
+def test_private_redis_train_leaves_no_redis_temp_dirs(tmp_path: Path, shm_dir: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {
+        **os.environ,
+        "TMPDIR": str(tmp),
+        "PLINIUS_STATE_DIR": str(tmp_path / "state"),
+        "PLINIUS_PLATFORM_DIR": str(tmp_path / "platform"),
+    }
+    key = tmp_path / "owner.key"
+    write_key_file(key, generate_key())
+    data = tmp_path / "data.pld"
+    res = run_cli("owner", "encrypt-data", "--key-file", str(key), "--out", str(data), env=env)
+    assert res.returncode == 0, res.stderr
+    spec = f"redis:{shm_dir / 'r'}?prefix=p"
+    res = run_cli(*train_args(spec, key, data, 2), env=env)
+    assert res.returncode == 0, res.stderr
+    res = run_cli("verify", "--backend", spec, "--key-file", str(key), env=env)
+    assert res.returncode == 0, res.stderr
+    assert _redis_temp_entries(tmp) == []
+
+
+def test_servers_not_closed_are_cleaned_up_at_exit(tmp_path: Path) -> None:
+    """A throw-away server whose owner forgets ``close()`` (or a backend never closed) is
+    stopped and its files removed when the owning process exits normally; a forked child
+    exiting does not touch its parent's server."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    child = textwrap.dedent(
+        f"""
+        import os
+        from plinius.backends import open_backend
+        from plinius.backends.redis_server import RedisServer
+        srv = RedisServer().start()
+        b = open_backend({f"redis:{tmp_path / 'r'}"!r})
+        if os.fork() == 0:
+            import sys; sys.exit(0)  # a normal exit of a forked child
+        os.wait()
+        assert srv.proc.poll() is None, "the child stopped its parent's server"
+        print(srv.pid, b._local.server.pid, flush=True)
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", child],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp)},
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    pids = [int(x) for x in res.stdout.split()]
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for p in pids:
+        cmd = Path(f"/proc/{p}/cmdline")
+        assert not cmd.exists() or b"redis" not in cmd.read_bytes()
+    assert _redis_temp_entries(tmp) == []

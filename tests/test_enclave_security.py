@@ -16,7 +16,7 @@ from plinius.enclave.attestation import (
     verify_quote,
 )
 from plinius.enclave.channel import EphemeralKey, unwrap, wrap
-from plinius.enclave.counter import MirrorCounters, Stamp
+from plinius.enclave.counter import Extent, MirrorCounters, Stamp
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.sealing import SealedStore, seal, unseal
 from plinius.errors import ConfigError, IntegrityError, RollbackError
@@ -142,3 +142,33 @@ def test_platform_location_must_be_apart_from_the_state_dir(tmp_path: Path) -> N
         SimulatedPlatform(tmp_path / "s" / "cpu", state_dir=tmp_path / "s")
     with pytest.raises(ConfigError, match="overlap"):
         SimulatedPlatform(tmp_path / "x", state_dir=tmp_path / "x")
+
+
+def test_slot_records_each_saves_extent_and_admits_only_it(platform: SimulatedPlatform) -> None:
+    """Review 22: the record keeps (blob size, manifest length) with each stamp; ``admit``
+    refuses another extent, or a stamp it does not hold, before a reader allocates anything.
+    A retried begin of the same save is idempotent; settling keeps the extent of what stays."""
+    c = MirrorCounters(platform)
+    slot = "b" * 32
+    s1, s2 = _stamp(1, 1, 1), _stamp(1, 2, 2)
+    e1, e2 = Extent(1000, 300), Extent(2000, 400)
+    with pytest.raises(RollbackError, match="never committed"):
+        c.admit(slot, "here", s1, e1)
+    c.begin(slot, s1, e1)
+    c.begin(slot, s1, e1)  # the same save again (a replica copy retried)
+    with pytest.raises(ValueError):
+        c.begin(slot, s1, e2)  # not the same save: its version is not above high
+    c.commit(slot, s1)
+    assert c.admit(slot, "here", s1, e1) is True
+    with pytest.raises(RollbackError, match="recorded 1000 B and 300 B"):
+        c.admit(slot, "here", s1, Extent(1000 + 4096, 300))
+    with pytest.raises(RollbackError, match="recorded 1000 B"):
+        c.admit(slot, "here", s1, Extent(1000, 300 + (4 << 30)))
+    c.begin(slot, s2, e2)
+    assert c.admit(slot, "here", s1, e1) and c.admit(slot, "here", s2, e2)
+    with pytest.raises(RollbackError):
+        c.admit(slot, "here", _stamp(1, 3, 3), e2)  # a stamp the record does not hold
+    c.check(slot, "here", s2, settle=True)
+    state = c.read(slot)
+    assert state is not None and state.committed == s2 and state.committed_extent == e2
+    assert state.pending is None and state.pending_extent is None

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from cli_runner import cli_argv, train_args
 from cli_runner import run_cli as plinius
 
 from plinius.backends.redis_server import RedisServer
 from plinius.crypto import generate_key, write_key_file
-from plinius.enclave.counter import MirrorCounters, slot_name
+from plinius.enclave.counter import MirrorCounters, Stamp, slot_name
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.errors import PliniusError
 
@@ -171,39 +172,69 @@ def test_replica_every_r_primary_preferred_then_older_replica(
     assert "1 mirrors since then are lost" in res.stderr
 
 
+def wait_for_replica_copy(server: RedisServer, proc: subprocess.Popen[str]) -> None:
+    """Until the replica server holds a committed copy (an event, not a rate)."""
+    deadline = time.monotonic() + 120
+    with redis.Redis(host=server.host, port=server.port) as r:
+        while time.monotonic() < deadline:
+            if r.exists("plinius:cur:mirror"):
+                return
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+    raise AssertionError("no replica copy within 120 s")
+
+
+@pytest.mark.parametrize("max_lag", [None, "1000000"])
 def test_replica_server_killed_mid_run(
-    world: dict[str, str], env: dict[str, str], shm_dir: Path, tmp_path: Path
+    world: dict[str, str],
+    env: dict[str, str],
+    shm_dir: Path,
+    tmp_path: Path,
+    max_lag: str | None,
 ) -> None:
+    """A replica that stops taking copies stops training once the primary would run more than
+    --replica-max-lag versions ahead (default 2): one line, exit 2, the primary intact and
+    resumable. A user who raises the bound trains on, warned once per failure streak."""
     server = RedisServer(directory=tmp_path / "srv").start()
     replica = f"redis://127.0.0.1:{server.port}/0"
-    log = tmp_path / "loss.csv"
+    lag = ("--replica-max-lag", max_lag) if max_lag else ()
+    primary = f"tmpfs:{shm_dir / 'p'}"
     try:
         proc = subprocess.Popen(
-            train_argv(
-                world, f"tmpfs:{shm_dir / 'p'}", 400, "--replica", replica, "--log", str(log)
-            ),
+            train_argv(world, primary, 400, "--replica", replica, *lag),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
             stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if log.exists() and len(log.read_text().splitlines()) > 40:
-                break
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.01)
+        wait_for_replica_copy(server, proc)
         server.kill()
         out, err = proc.communicate(timeout=300)
     finally:
         server.close()
+    if max_lag is None:
+        assert proc.returncode == 2, err
+        (line,) = [x for x in err.splitlines() if x.startswith("plinius train: error:")]
+        assert "above --replica-max-lag 2" in line and "newest replica copy" in line
+        v = verify(world, env, primary)
+        assert v.returncode == 0, v.stderr
+        doc = json.loads(v.stdout)
+        assert doc["iteration"] < 400
+        # the newest copy the replica took is at most 2 versions behind the primary
+        slot = slot_name("redis", f"127.0.0.1:{server.port}/0?prefix=plinius", "mirror")
+        state = MirrorCounters(SimulatedPlatform(env["PLINIUS_PLATFORM_DIR"])).read(slot)
+        assert state is not None and state.committed is not None
+        assert doc["version"] - state.committed.version <= 2
+        res = train(world, env, primary, doc["iteration"] + 2)  # without the dead replica
+        assert ok(res)["start_iteration"] == doc["iteration"]
+        return
     assert proc.returncode == 0, err
     doc = json.loads(out)
     assert doc["final_iteration"] == 400
     (rep,) = doc["replica"]["replicas"]
-    assert rep["ok"] >= 20 and rep["failed"] >= 1 and rep["last_version"] < 400
-    assert rep["last_error"]
+    assert rep["ok"] >= 1 and rep["failed"] >= 1 and rep["last_version"] < 400
+    assert rep["last_error"] and doc["replica"]["max_lag"] == 1000000
     assert err.count(f"warning: replica {replica}") == 1  # once per failure streak
 
 
@@ -398,3 +429,117 @@ def test_secret_in_replica_spec_stops_before_training_and_is_not_echoed(
     assert res.returncode == 2, (res.returncode, res.stderr)
     assert "hunter2" not in res.stderr + res.stdout
     assert not (shm_dir / "p").exists() or not any((shm_dir / "p").glob("mirror*"))
+
+
+# --- review 22: the rollback bound holds by construction ---------------------------------------
+
+
+def refuse_writes(server: RedisServer, on: bool = True) -> None:
+    """The attacker owns the replica server: every write fails with NOREPLICAS."""
+    with redis.Redis(host=server.host, port=server.port) as r:
+        r.config_set("min-replicas-to-write", 1 if on else 0)
+
+
+def test_failing_replica_stops_training_within_the_bound(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path, tmp_path: Path
+) -> None:
+    """Break 1: a replica made to refuse every copy no longer lets training pile up mirrors it
+    does not hold; a deleted primary then loses at most --replica-max-lag (2) mirrors."""
+    primary = f"tmpfs:{shm_dir / 'p'}"
+    with RedisServer(directory=tmp_path / "srv") as server:
+        replica = f"redis://127.0.0.1:{server.port}/0"
+        ok(train(world, env, primary, 3, "--replica", replica))
+        refuse_writes(server)
+        res = train(world, env, primary, 40, "--replica", replica)
+        assert res.returncode == 2, res.stderr
+        assert "above --replica-max-lag 2" in res.stderr and "NOREPLICAS" in res.stderr
+        assert json.loads(verify(world, env, primary).stdout)["version"] == 5
+        wipe(primary)
+        refuse_writes(server, False)
+        res = train(world, env, primary, 8, "--replica", replica)
+        assert ok(res)["start_iteration"] == 3
+        assert "restored version 3 from replica" in res.stderr
+        assert "2 mirrors since then are lost" in res.stderr
+
+
+def test_restore_refuses_a_loss_beyond_the_bound_unless_named(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path, tmp_path: Path
+) -> None:
+    """Break 1, restore side: a primary recorded at version 40 and a replica copy at 3 (the
+    user had raised the bound) is refused naming both versions; only --accept-replica-loss
+    naming at least the 37 lost mirrors restores it."""
+    primary = f"tmpfs:{shm_dir / 'p'}"
+    with RedisServer(directory=tmp_path / "srv") as server:
+        replica = f"redis://127.0.0.1:{server.port}/0"
+        ok(train(world, env, primary, 3, "--replica", replica))
+        refuse_writes(server)
+        ok(train(world, env, primary, 40, "--replica", replica, "--replica-max-lag", "100"))
+        wipe(primary)
+        refuse_writes(server, False)
+        res = train(world, env, primary, 44, "--replica", replica)
+        assert res.returncode == 2
+        (line,) = [x for x in res.stderr.splitlines() if "error:" in x]
+        assert "recorded version 40" in line and "replica copy is version 3" in line
+        assert "more than --replica-max-lag 2" in line and "--accept-replica-loss 37" in line
+        res = train(world, env, primary, 44, "--replica", replica, "--accept-replica-loss", "36")
+        assert res.returncode == 2 and "--accept-replica-loss 37" in res.stderr
+        res = train(world, env, primary, 44, "--replica", replica, "--accept-replica-loss", "37")
+        assert ok(res)["start_iteration"] == 3
+        assert "37 mirrors since then are lost (accepted" in res.stderr
+
+
+@pytest.mark.parametrize("third", [False, True])
+def test_floor_counts_a_replica_that_does_not_open(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path, tmp_path: Path, third: bool
+) -> None:
+    """Break 2: redis copies made to fail after version 3, the ssd replica holds version 20;
+    the primary is deleted and the ssd directory re-pointed (a symlink: it no longer opens).
+    Its slot's record still sets the floor: the redis copy at 3 is refused, naming the ssd
+    replica. With a third replica whose copy the attacker deleted, the same."""
+    primary = f"tmpfs:{shm_dir / 'p'}"
+    ssd_dir = tmp_path / "ssd"
+    with RedisServer(directory=tmp_path / "srv") as server:
+        rspec = f"redis://127.0.0.1:{server.port}/0"
+        replicas = ["--replica", rspec, "--replica", f"ssd:{ssd_dir}"]
+        if third:
+            replicas += ["--replica", f"tmpfs:{shm_dir / 't'}"]
+        ok(train(world, env, primary, 3, *replicas))
+        refuse_writes(server)
+        ok(train(world, env, primary, 20, *replicas))
+        refuse_writes(server, False)
+        wipe(primary)
+        if third:
+            (shm_dir / "t" / "mirror").unlink()
+        shutil.rmtree(ssd_dir)
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        ssd_dir.symlink_to(empty)
+        res = train(world, env, primary, 24, *replicas)
+        assert res.returncode == 2, res.stderr
+        assert f"replica ssd:{ssd_dir} is unavailable" in res.stderr
+        (line,) = [x for x in res.stderr.splitlines() if "error:" in x]
+        assert "recorded version 20" in line and "replica copy is version 3" in line
+        held = [f"ssd:{ssd_dir}"] + ([f"tmpfs:{shm_dir / 't'}"] if third else [])
+        assert any(f"version 20 was committed on replica {h} (bring it back)" in line for h in held)
+        assert "restored version 3 from replica" not in res.stderr
+
+
+def test_saves_cut_short_by_crashes_do_not_lock_training_out(
+    world: dict[str, str], env: dict[str, str], shm_dir: Path
+) -> None:
+    """Review 22 follow-up: two saves killed between the platform's begin and commit burn
+    versions 11 and 12; the replica holds everything committed (10), so the next save (13) is
+    within the bound: training resumes instead of stopping at every restart."""
+    primary, replica = f"tmpfs:{shm_dir / 'p'}", f"tmpfs:{shm_dir / 'r'}"
+    ok(train(world, env, primary, 10, "--replica", replica))
+    counters = MirrorCounters(SimulatedPlatform(env["PLINIUS_PLATFORM_DIR"]))
+    slot = slot_name("tmpfs", str(shm_dir / "p"), "mirror")
+    for version in (11, 12):  # what a SIGKILL inside the save leaves: a pending stamp
+        state = counters.read(slot)
+        assert state is not None and state.committed is not None
+        run = state.committed.run_id
+        counters.begin(slot, Stamp(run, version, os.urandom(16)), state.committed_extent)
+        counters.check(slot, primary, state.committed, settle=True)  # the restart settles
+    res = train(world, env, primary, 14, "--replica", replica)
+    doc = ok(res)
+    assert doc["start_iteration"] == 10 and doc["replica"]["replicas"][0]["last_version"] == 16

@@ -260,6 +260,30 @@ def test_wrong_model_is_refused(shm_dir: Path, key: str) -> None:
         m.restore()
 
 
+def test_another_layer_with_the_same_tensors_is_refused(shm_dir: Path, key: str) -> None:
+    """Review 22: the fingerprint covers the module tree's classes, so Tanh for ReLU (same
+    state_dict names, shapes and dtypes) is refused; check_module_types=False accepts it."""
+    spec = f"tmpfs:{shm_dir / 'm'}"
+
+    def net(act: Any) -> Any:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(4, 4), act(), torch.nn.Linear(4, 2))
+
+    model = net(torch.nn.ReLU)
+    with TorchMirror(model, backend=spec, key_file=key) as m:
+        m.restore()
+        m.step(1)
+    other = net(torch.nn.Tanh)
+    assert other.state_dict().keys() == model.state_dict().keys()
+    with (
+        pytest.raises(ModelMismatchError, match=r"1: torch.nn.modules.activation.ReLU -> "),
+        TorchMirror(other, backend=spec, key_file=key) as m,
+    ):
+        m.restore()
+    with TorchMirror(other, backend=spec, key_file=key, check_module_types=False) as m:
+        assert m.restore() == 1  # a deliberate code change, accepted on request
+
+
 def _mirror(spec: str, key: str, steps: range) -> None:
     model, o, s = make("adam")
     with TorchMirror(model, o, backend=spec, key_file=key, scheduler=s) as m:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -284,13 +284,20 @@ class Backend(ABC):
         behalf: emulated when that storage only stands in for what the backend is meant for."""
         return False, []
 
+    @classmethod
+    def slot_parts_of(cls, location: str, options: Mapping[str, Any]) -> tuple[str, str]:
+        """``(family, where)``: what identifies the storage a spec names for the platform's
+        freshness records, computed from the spec alone (a replica that cannot be opened still
+        has its slot's record consulted). Two spellings of the same storage must give the same
+        parts, and two different storages different parts. Default: the backend name and the
+        location as the user names it (absolute, symlinks deliberately not resolved: a
+        re-pointed link is another slot, never the old one's record). Override this, not
+        :meth:`slot_parts`."""
+        return cls.name, os.path.abspath(os.path.expanduser(location))
+
     def slot_parts(self) -> tuple[str, str]:
-        """``(family, where)``: what identifies this instance's storage for the platform's
-        freshness records. Two spellings of the same storage must give the same parts, and two
-        different storages different parts. Default: the backend name and the location as the
-        user names it (absolute, symlinks deliberately not resolved: a re-pointed link is another
-        slot, never the old one's record)."""
-        return self.name, os.path.abspath(os.path.expanduser(self.location))
+        """This instance's :meth:`slot_parts_of`."""
+        return type(self).slot_parts_of(self.location, self.options)
 
     @property
     def spec(self) -> str:

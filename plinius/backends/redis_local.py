@@ -6,7 +6,9 @@ files in that directory and stops with the backend. It is what default instances
 this machine without a server to set up. One process at a time per directory (``flock`` on
 ``.lock``, as the file backends); the server dies with the process that started it (SIGKILL from
 the kernel), so a killed trainer is a server crash too, and the next opener starts a new server
-from the same AOF, after killing any server a dead opener left (``server.pid``).
+from the same AOF, after killing any server a dead opener left (``server.pid``). A backend its
+owner never closes still stops its server (SIGTERM) when the owning process exits, and the
+server's log is an anonymous file: nothing is left in the temporary directory.
 """
 
 from __future__ import annotations
@@ -38,15 +40,14 @@ class LocalServer:
             self._open(name, create)
             _kill_leftover(self.dir / PID_FILE)
             _own_subdir(self._dfd, "data", self.dir)
-            srv = RedisServer(
+            self.server = RedisServer(
                 directory=self.dir / "data",
                 appendonly=True,
                 appendfsync="always",
                 password=password,
                 die_with_parent=True,
             )
-            srv.start()
-            self.server = srv
+            srv = self.server.start()
             atomic_write(self.dir / PID_FILE, f"{srv.pid}\n".encode())
         except BaseException:
             self.close()
@@ -62,12 +63,15 @@ class LocalServer:
         return self.server.port
 
     def close(self) -> None:
-        """Stop the server cleanly (SIGTERM: the AOF is complete) and release the directory."""
+        """Stop the server cleanly (SIGTERM: the AOF is complete), close its log and release the
+        directory."""
         if self.server is not None:
-            self.server.stop()
+            started = self.server.pid is not None
+            self.server.close(graceful=True)
             self.server = None
-            with contextlib.suppress(OSError):
-                (self.dir / PID_FILE).unlink()
+            if started:
+                with contextlib.suppress(OSError):
+                    (self.dir / PID_FILE).unlink()
         if self._lock is not None:
             self._lock.release()
             self._lock = None

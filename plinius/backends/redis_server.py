@@ -8,6 +8,11 @@ answers ``PING``, and stops it (SIGTERM, or SIGKILL to simulate a crash). Nothin
 system service or on the machine's own ``redis.conf``. ``die_with_parent`` makes the kernel
 SIGKILL the server when the process that started it dies (a killed trainer takes its server down
 like a crash, and a restart starts a new one on the same directory).
+
+Nothing is left behind: the server logs to an anonymous temporary file (no name in any
+directory, so a killed owner leaves none), and a server whose owner never calls :meth:`close`
+is stopped, and the directory it was given by this module removed, when the object is collected
+or the owning process exits (not a forked child of it).
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ import ssl
 import subprocess
 import tempfile
 import time
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from plinius.errors import ConfigError
 
@@ -70,11 +78,16 @@ class RedisServer:
         tls_key: str | os.PathLike[str] | None = None,
     ) -> None:
         self.binary = find_server()
-        self._own_dir = directory is None
-        #: the log lives in a private directory of ours, never in ``directory``: a caller's
-        #: directory may be attacker-controlled storage, and redis opens its log following links
-        self.log_dir = Path(tempfile.mkdtemp(prefix="plinius-redis-log-"))
-        self.directory = Path(directory or tempfile.mkdtemp(prefix="plinius-redis-"))
+        #: the log is an anonymous file of ours, never a file in ``directory``: a caller's
+        #: directory may be attacker-controlled storage (redis opens its log following links),
+        #: and a file without a name is never left behind, however the owner dies (closed by
+        #: ``_reap``, not by a ``with`` block: it lives as long as the server)
+        self._log: IO[bytes] = tempfile.TemporaryFile(prefix="plinius-redis-log-")  # noqa: SIM115
+        self._state = _Owned(os.getpid(), self._log)
+        self._finalizer = weakref.finalize(self, _reap, self._state)
+        if directory is None:
+            self._state.own_dir = Path(tempfile.mkdtemp(prefix="plinius-redis-"))
+        self.directory = Path(directory or self._state.own_dir or "")
         self.port = port or free_port()
         self.appendonly = appendonly
         self.appendfsync = appendfsync
@@ -124,7 +137,7 @@ class RedisServer:
             "--appendfsync", self.appendfsync,
             "--save", self.save,
             "--daemonize", "no",
-            "--logfile", str(self.log_dir / "redis.log"),
+            "--logfile", "",  # standard output: the anonymous log file
             "--protected-mode", "yes",
             # replicas sync at once instead of waiting 5 s for more replicas to join
             "--repl-diskless-sync-delay", "0",
@@ -143,10 +156,11 @@ class RedisServer:
         self.proc = subprocess.Popen(
             self._args(),
             stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
+        self._state.proc = self.proc
         assert self.proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):
             self.proc.stdin.write(self._stdin_config())
@@ -154,13 +168,9 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = (self.proc.stderr.read() if self.proc.stderr else b"").decode(
-                    errors="replace"
-                )
-                log = self.log_tail()
                 raise ConfigError(
                     f"redis-server on port {self.port} exited with {self.proc.returncode}: "
-                    f"{(err or log).strip()[-500:]}"
+                    f"{' '.join(self.log_tail().split())[-500:]}"
                 )
             if self._answers() and (self.replica_of is None or self._replica_in_sync()):
                 return self
@@ -198,7 +208,35 @@ class RedisServer:
             return False
         primary = self.replica_of
         info = primary._command("INFO", "replication") if primary is not None else b""
-        return f"port={self.port},state=online".encode() in info
+        return f"port={self.port},state=online".encode() in info and self._acks_writes()
+
+    def _acks_writes(self) -> bool:
+        """Whether a write on the primary is acknowledged by a replica at once (``WAIT``): after
+        a diskless sync the primary streams nothing until the replica's first ACK (up to a
+        second later), and a ``WAIT`` before that would time out."""
+        primary = self.replica_of
+        if primary is None:
+            return True
+        try:
+            with primary._connect(0.5) as s:
+                auth = _resp("AUTH", primary.password) if primary.password is not None else b""
+                # PUBLISH reaches the replicas' stream without touching any key
+                s.sendall(
+                    auth
+                    + _resp("PUBLISH", "plinius-replica-probe", "1")
+                    + _resp("WAIT", "1", "200")
+                )
+                s.settimeout(1.0)
+                data = b""
+                want = 3 if auth else 2
+                while data.count(b"\r\n") < want:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        return False
+                    data += chunk
+                return data.endswith(b":1\r\n")
+        except OSError:
+            return False
 
     def _command(self, *parts: str) -> bytes:
         """One raw RESP command (plus AUTH), the reply bytes; keeps this module free of redis-py."""
@@ -235,8 +273,10 @@ class RedisServer:
             raise
 
     def log_tail(self, n: int = 2000) -> str:
-        with contextlib.suppress(OSError):
-            return (self.log_dir / "redis.log").read_text(errors="replace")[-n:]
+        """The end of the server's log (the anonymous file its standard output goes to)."""
+        with contextlib.suppress(OSError, ValueError):
+            size = os.fstat(self._log.fileno()).st_size
+            return os.pread(self._log.fileno(), n, max(0, size - n)).decode(errors="replace")
         return ""
 
     def kill(self) -> None:
@@ -248,26 +288,15 @@ class RedisServer:
         self._signal(signal.SIGTERM)
 
     def _signal(self, sig: signal.Signals) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-        self.proc = None
+        if self.proc is not None:
+            _stop(self.proc, sig)
+        self.proc = self._state.proc = None
 
-    def close(self) -> None:
-        """Stop the server, remove its log directory, and its data directory if this object
-        created it."""
-        self.kill()
-        shutil.rmtree(self.log_dir, ignore_errors=True)
-        if self._own_dir:
-            shutil.rmtree(self.directory, ignore_errors=True)
+    def close(self, *, graceful: bool = False) -> None:
+        """Stop the server (SIGKILL, or SIGTERM when ``graceful``: a complete AOF), close its
+        log, and remove its data directory if this object created it."""
+        self._signal(signal.SIGTERM if graceful else signal.SIGKILL)
+        self._finalizer()
 
     def __enter__(self) -> RedisServer:
         return self.start()
@@ -279,6 +308,45 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@dataclass
+class _Owned:
+    """What a server owns, for :func:`_reap` (which must not hold the server object)."""
+
+    pid: int
+    log: IO[bytes]
+    proc: subprocess.Popen[bytes] | None = None
+    own_dir: Path | None = None
+
+
+def _reap(owned: _Owned) -> None:
+    """Stop a server its owner never closed and remove what it made: at ``close()``, when the
+    object is collected, or when the owning process exits (never in a forked child)."""
+    if os.getpid() != owned.pid:
+        return
+    if owned.proc is not None:
+        _stop(owned.proc, signal.SIGTERM)
+        owned.proc = None
+    with contextlib.suppress(OSError):
+        owned.log.close()
+    if owned.own_dir is not None:
+        shutil.rmtree(owned.own_dir, ignore_errors=True)
+        owned.own_dir = None
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
 
 
 # prctl resolved once, in the parent: the child between fork and exec must not dlopen/dlsym

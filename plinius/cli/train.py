@@ -64,6 +64,22 @@ def register(sub: Any) -> None:
         metavar="R",
         help="copy every R-th mirror to the replicas (default 1: every mirror)",
     )
+    p.add_argument(
+        "--replica-max-lag",
+        type=int_arg(1),
+        metavar="L",
+        help="never commit a mirror more than L versions ahead of the newest replica copy: "
+        "wait for the copy in flight, stop with an error if copies fail (default 2R); a deleted "
+        "primary then rolls back at most L mirrors",
+    )
+    p.add_argument(
+        "--accept-replica-loss",
+        type=int_arg(0),
+        metavar="N",
+        help="when the primary mirror is missing, accept restoring a replica copy up to N "
+        "mirrors older than the platform's record even beyond --replica-max-lag or below a "
+        "newer copy on an unreachable replica (default: refuse)",
+    )
     p.add_argument("--report", help="write the run report as JSON to FILE")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -87,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         no_mirror=args.no_mirror,
         replicas=list(args.replica),
         replica_every=args.replica_every,
+        replica_max_lag=args.replica_max_lag,
+        accept_replica_loss=args.accept_replica_loss,
     )
     if args.report is not None:
         output_file(args.report, "run report (--report)")

@@ -19,6 +19,11 @@ mirror claiming a version is refused: the state is never read as 0.
 
 The state lives in the platform location (:mod:`plinius.enclave.platform`), which stands in for
 SGX's tamper-resistant counter storage; the attacker is assumed not to control it.
+
+With each stamp the record keeps the mirror's *extent* (blob size, sealed manifest length), so a
+reader refuses a blob of any other size before it allocates or reads what the (unauthenticated)
+header claims (:meth:`MirrorCounters.admit`). Records written before extents existed (``PLNSLOT1``)
+still open; their mirrors are then bounded by the machine's memory only, until the next save.
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ from plinius.fsutil import create_exclusive, private_dir, read_regular
 
 ID_BYTES = 16
 PLATFORM_MEASUREMENT = hashlib.sha256(b"plinius platform counter service").digest()
-_MAGIC = b"PLNSLOT1"
+_MAGIC_V1 = b"PLNSLOT1"
+_MAGIC = b"PLNSLOT2"
 _STAMP = struct.Struct(f"<{ID_BYTES}sQ{ID_BYTES}s")
-_STATE = struct.Struct(f"<8sQB{_STAMP.size}sB{_STAMP.size}s")
+_EXTENT = struct.Struct("<QQ")
+_STATE_V1 = struct.Struct(f"<8sQB{_STAMP.size}sB{_STAMP.size}s")
+_STATE = struct.Struct(f"<8sQB{_STAMP.size}s{_EXTENT.size}sB{_STAMP.size}s{_EXTENT.size}s")
 
 
 @dataclass(frozen=True)
@@ -57,12 +65,31 @@ _ZERO = Stamp(bytes(ID_BYTES), 0, bytes(ID_BYTES))
 
 
 @dataclass(frozen=True)
+class Extent:
+    """How large a committed mirror is: its blob and its sealed manifest, in bytes."""
+
+    size: int
+    manifest: int
+
+
+def _pack_extent(e: Extent | None) -> bytes:
+    return _EXTENT.pack(e.size, e.manifest) if e is not None else bytes(_EXTENT.size)
+
+
+def _unpack_extent(raw: bytes) -> Extent | None:
+    size, manifest = _EXTENT.unpack(raw)
+    return Extent(size, manifest) if size else None
+
+
+@dataclass(frozen=True)
 class SlotState:
-    """The platform's record of one slot."""
+    """The platform's record of one slot (extents: None where the record predates them)."""
 
     high: int
     committed: Stamp | None
     pending: Stamp | None
+    committed_extent: Extent | None = None
+    pending_extent: Extent | None = None
 
     def pack(self) -> bytes:
         c, p = self.committed or _ZERO, self.pending or _ZERO
@@ -71,22 +98,42 @@ class SlotState:
             self.high,
             self.committed is not None,
             _STAMP.pack(c.run_id, c.version, c.save_id),
+            _pack_extent(self.committed_extent if self.committed else None),
             self.pending is not None,
             _STAMP.pack(p.run_id, p.version, p.save_id),
+            _pack_extent(self.pending_extent if self.pending else None),
         )
 
     @classmethod
     def unpack(cls, raw: bytes, what: str) -> SlotState:
-        if len(raw) != _STATE.size:
-            raise IntegrityError(what, "bad length")
-        magic, high, has_c, c, has_p, p = _STATE.unpack(raw)
-        if magic != _MAGIC:
+        if len(raw) == _STATE_V1.size and raw[:8] == _MAGIC_V1:
+            _, high, has_c, c, has_p, p = _STATE_V1.unpack(raw)
+            ce = pe = bytes(_EXTENT.size)
+        elif len(raw) == _STATE.size and raw[:8] == _MAGIC:
+            _, high, has_c, c, ce, has_p, p, pe = _STATE.unpack(raw)
+        else:
             raise IntegrityError(what, "not a slot state")
         return cls(
             high,
             Stamp(*_STAMP.unpack(c)) if has_c else None,
             Stamp(*_STAMP.unpack(p)) if has_p else None,
+            _unpack_extent(ce) if has_c else None,
+            _unpack_extent(pe) if has_p else None,
         )
+
+    def extent_of(self, stamp: Stamp) -> Extent | None:
+        """The extent recorded with ``stamp`` (committed or pending), None if none was."""
+        if stamp == self.pending:
+            return self.pending_extent
+        if stamp == self.committed:
+            return self.committed_extent
+        return None
+
+    def settled(self, stamp: Stamp | None) -> SlotState:
+        """This record settled to ``stamp`` (the committed or pending one; None: nothing)."""
+        if stamp is None:
+            return SlotState(self.high, None, None)
+        return SlotState(self.high, stamp, None, self.extent_of(stamp))
 
     @property
     def current_run(self) -> bytes | None:
@@ -149,14 +196,18 @@ class MirrorCounters:
         finally:
             os.close(fd)
 
-    def begin(self, slot: str, stamp: Stamp) -> None:
-        """Record a save in flight: durable before the backend writes the mirror."""
+    def begin(self, slot: str, stamp: Stamp, extent: Extent | None = None) -> None:
+        """Record a save in flight (and the ``extent`` of the mirror it writes): durable before
+        the backend writes the mirror."""
         state = self.read(slot)
         high = state.high if state else 0
+        if state is not None and state.pending == stamp and state.pending_extent == extent:
+            return  # the same save tried again (a replica copy retried): already recorded
         if stamp.version <= high:
             raise ValueError(f"slot {slot}: version {stamp.version} is not above {high}")
         committed = state.committed if state else None
-        self._write(slot, SlotState(stamp.version, committed, stamp))
+        c_extent = state.committed_extent if state else None
+        self._write(slot, SlotState(stamp.version, committed, stamp, c_extent, extent))
 
     def commit(self, slot: str, stamp: Stamp) -> None:
         """The backend committed ``stamp``'s mirror: it is now the only fresh one.
@@ -169,7 +220,7 @@ class MirrorCounters:
         state = self.read(slot)
         if state is None or state.pending != stamp:
             raise ValueError(f"slot {slot}: commit of {stamp.short()} without its begin")
-        self._write(slot, SlotState(state.high, stamp, None), durable=False)
+        self._write(slot, state.settled(stamp), durable=False)
 
     def check(
         self, slot: str, where: str, stamp: Stamp | None, *, settle: bool
@@ -188,7 +239,7 @@ class MirrorCounters:
                     "restore it, or start over with --fresh"
                 )
             if settle and state is not None and state.pending is not None:
-                self._write(slot, SlotState(state.high, None, None))
+                self._write(slot, state.settled(None))
             return state
         if state is None:
             raise RollbackError(
@@ -198,11 +249,11 @@ class MirrorCounters:
             )
         if stamp == state.committed:
             if settle and state.pending is not None:
-                self._write(slot, SlotState(state.high, stamp, None))
+                self._write(slot, state.settled(stamp))
             return state
         if stamp == state.pending:
             if settle:
-                self._write(slot, SlotState(state.high, stamp, None))
+                self._write(slot, state.settled(stamp))
             return state
         expected = state.pending or state.committed
         assert expected is not None
@@ -219,6 +270,25 @@ class MirrorCounters:
             f"{where} holds {stamp.short()}, but the platform committed {expected.short()}: "
             f"{why}; rollback refused"
         )
+
+    def admit(self, slot: str, where: str, stamp: Stamp, extent: Extent) -> bool:
+        """Before a reader allocates or reads past a mirror's header: refuse a header whose
+        (unauthenticated) stamp is not the committed or in-flight one, or whose sizes are not
+        the ones recorded with that stamp. Nothing is settled here; the full check follows once
+        the manifest has authenticated the header. True: the extent was checked against the
+        platform's record; False: the record predates extents (bound the sizes otherwise)."""
+        state = self.check(slot, where, stamp, settle=False)
+        assert state is not None  # check() refuses a stamp on a slot without state
+        recorded = state.extent_of(stamp)
+        if recorded is None:
+            return False
+        if recorded != extent:
+            raise RollbackError(
+                f"{where} holds {stamp.short()} as {extent.size} B with a {extent.manifest} B "
+                f"manifest, but the platform recorded {recorded.size} B and {recorded.manifest} "
+                "B for that save: the blob was altered; refusing to read it"
+            )
+        return True
 
     def guard(self, slot: str, where: str, *, settle: bool) -> FreshnessGuard:
         """A callback for :class:`plinius.mirror.MirrorStore` that checks the stamp it found."""
@@ -246,6 +316,13 @@ class FreshnessGuard:
             self.where,
             Stamp(info.run_id, info.version, info.save_id),
             settle=self.settle,
+        )
+
+    def admit(self, run_id: bytes, version: int, save_id: bytes, size: int, manifest: int) -> bool:
+        """Before anything the header claims is allocated or read: see
+        :meth:`MirrorCounters.admit`."""
+        return self.counters.admit(
+            self.slot, self.where, Stamp(run_id, version, save_id), Extent(size, manifest)
         )
 
     def absent(self) -> None:

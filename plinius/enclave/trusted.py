@@ -22,7 +22,14 @@ from plinius.backends.base import Backend, IoStats
 from plinius.crypto import Engine, make_engine
 from plinius.enclave.attestation import make_quote, report_data_for
 from plinius.enclave.channel import EphemeralKey, unwrap
-from plinius.enclave.counter import ID_BYTES, FreshnessGuard, MirrorCounters, Stamp, slot_name
+from plinius.enclave.counter import (
+    ID_BYTES,
+    Extent,
+    FreshnessGuard,
+    MirrorCounters,
+    Stamp,
+    slot_name,
+)
 from plinius.enclave.measure import measurement
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.sealing import SealedStore
@@ -154,6 +161,8 @@ class Enclave:
         self._pending: Future[IoStats] | None = None
         self._snapshot: np.ndarray | None = None
         self._replicas: Replicator | None = None
+        self._accept_loss: int | None = None  # mirrors a replica restore may lose beyond the bound
+        self._reseed = False  # the next mirror re-seeds a lost primary from a replica's content
         self._restore_warning: str | None = None  # set when a replica replaced a lost primary
 
     # --- attestation and provisioning ------------------------------------------------------
@@ -257,16 +266,32 @@ class Enclave:
             "batch": self._model.batch,
         }
 
-    def ecall_attach_replicas(self, backends: list[Backend], every: int, warn: Warn) -> None:
-        """Copy every ``every``-th mirror, as sealed, to each backend (a slot of its own each).
+    def ecall_attach_replicas(
+        self,
+        backends: list[Backend],
+        every: int,
+        warn: Warn,
+        *,
+        max_lag: int | None = None,
+        missing: list[tuple[str, tuple[str, str]]] | None = None,
+        accept_loss: int | None = None,
+    ) -> None:
+        """Copy every ``every``-th mirror, as sealed, to each backend (a slot of its own each),
+        keeping the primary at most ``max_lag`` versions ahead of the newest copy.
 
-        Versions continue above every slot's record, so each replica's slot accepts them."""
+        ``missing``: (spec, slot parts) of configured replicas that did not open (their slots'
+        records still bound a restore); ``accept_loss``: how many mirrors the user accepts to
+        lose when a replica must stand in below that bound. Versions continue above every
+        slot's record, so each replica's slot accepts them."""
         if self._store is None or self._guard is None:
             raise EnclaveStateError("attach a mirror first")
         counters = self._guard.counters
-        self._replicas = Replicator(backends, counters, self._store.blob, every, warn)
-        for r in self._replicas.replicas:
-            state = counters.read(r.slot)
+        self._replicas = Replicator(
+            backends, counters, self._store.blob, every, warn, max_lag=max_lag, missing=missing
+        )
+        self._accept_loss = accept_loss
+        for _, slot in self._replicas.slots:
+            state = counters.read(slot)
             self._version = max(self._version, state.high if state else 0)
 
     def ecall_drain_replicas(self, timeout: float) -> bool:
@@ -313,25 +338,14 @@ class Enclave:
                 best = (r, info)
         return best
 
-    def _replica_floor(self, run: bytes) -> tuple[int, str]:
-        """The newest copy of ``run`` the platform recorded as committed on any replica slot,
-        and that replica's spec: a restore never goes below it (an attacker who makes the newest
-        replica unreachable must not get an older one accepted)."""
-        assert self._replicas is not None
-        floor, where = 0, ""
-        for r in self._replicas.replicas:
-            state = r.counters.read(r.slot)
-            c = state.committed if state is not None else None
-            if c is not None and c.run_id == run and c.version > floor:
-                floor, where = c.version, r.backend.spec
-        return floor, where
-
     def _restore_replicated(self, warn: Warn) -> Restored | None:
         """The primary's mirror when it is there (its own errors — tampering, rollback — stop
         as without replicas); only a *missing* primary mirror gives way to a replica, and only to
         the newest copy of the run the platform recorded for the primary, never below the
-        newest copy any replica slot recorded."""
+        newest copy any configured replica slot recorded (reachable or not) and never more than
+        the lag bound below the primary's record, unless the user accepted that loss."""
         assert self._store is not None and self._guard is not None
+        assert self._replicas is not None
         guard = self._guard
         into = _buffer_map(self._model)
         primary = self._store.open(freshness=guard)
@@ -342,27 +356,41 @@ class Enclave:
         if state is None or run is None:
             return None  # nothing was ever mirrored here: a replica's content is not this run's
         best = self._newest_replica(warn, run, state.high)
-        floor, where = self._replica_floor(run)
-        if best is None or best[1].version < floor:
+        if best is None:
             try:
                 guard.absent()
             except RollbackError as exc:
                 have = "no replica holds a usable mirror of this run"
-                if best is not None:
-                    have = (
-                        f"the reachable replicas hold version {best[1].version}, older than "
-                        f"version {floor} the platform recorded on {where} (bring it back)"
-                    )
                 raise RollbackError(f"{exc}; {have}") from None
             return None
         r, info = best
+        last = state.committed.version if state.committed else None
+        lost = max(0, last - info.version) if last is not None else 0
+        floor = self._replicas.newest(run)
+        below_floor = floor is not None and info.version < floor[0]
+        bound = self._replicas.max_lag
+        accepted = self._accept_loss is not None and lost <= self._accept_loss
+        if (below_floor or lost > bound) and not accepted:
+            why = (
+                f"version {floor[0]} was committed on replica {floor[1]} (bring it back)"
+                if below_floor and floor is not None
+                else f"that is more than --replica-max-lag {bound}"
+            )
+            raise RollbackError(
+                f"primary mirror at {self._store.backend.spec} is missing; the platform "
+                f"recorded version {last} there, the newest usable replica copy is version "
+                f"{info.version} on {r.backend.spec}, {lost} mirrors older, and {why}: "
+                f"refusing the rollback (accept exactly this loss with --accept-replica-loss "
+                f"{lost}, or start over with --fresh)"
+            )
         store = self._replica_store(r)
         got = open_fresh(store, r.guard(store.what, settle=True)).load(into)
-        last = state.committed.version if state.committed else None
-        lost = f"{max(0, last - info.version)}" if last is not None else "no"
+        self._reseed = True
         self._restore_warning = (
             f"warning: primary mirror at {self._store.backend.spec} is missing: restored version "
-            f"{info.version} from replica {r.backend.spec}; {lost} mirrors since then are lost"
+            f"{info.version} from replica {r.backend.spec}; "
+            f"{lost if last is not None else 'no'} mirrors since then are lost"
+            + (" (accepted with --accept-replica-loss)" if below_floor or lost > bound else "")
         )
         return got
 
@@ -406,7 +434,17 @@ class Enclave:
         assert self._store is not None and self._guard is not None
         counters, slot = self._guard.counters, self._guard.slot
         stamp = Stamp(self._run_id, version, os.urandom(ID_BYTES))
-        counters.begin(slot, stamp)
+        reseed, self._reseed = self._reseed, False
+        if self._replicas is not None and not reseed:  # a re-seed holds a replica's content
+            self._replicas.before_commit(
+                self._store.backend, stamp.run_id, version, lambda: self._committed(slot)
+            )
+        extent: list[Extent] = []
+
+        def begin(e: Extent) -> None:
+            counters.begin(slot, stamp, e)
+            extent.append(e)
+
         stats = self._store.save(
             records,
             version=version,
@@ -414,11 +452,20 @@ class Enclave:
             meta=meta,
             run_id=stamp.run_id,
             save_id=stamp.save_id,
+            before_write=lambda size, manifest: begin(Extent(size, manifest)),
         )
         counters.commit(slot, stamp)
-        if self._replicas is not None and self._replicas.due(version):
-            self._replicas.submit(self._store.backend, stamp)
+        if self._replicas is not None and extent:
+            self._replicas.after_commit(self._store.backend, stamp, extent[0], force=reseed)
         return stats
+
+    def _committed(self, slot: str) -> tuple[Stamp, Extent | None] | None:
+        """The primary's committed stamp and extent, as the platform recorded them."""
+        assert self._guard is not None
+        state = self._guard.counters.read(slot)
+        if state is None or state.committed is None:
+            return None
+        return state.committed, state.committed_extent
 
     def ecall_set_async(self, enabled: bool) -> None:
         """Asynchronous mirroring: snapshot here, seal and persist in a background thread."""

@@ -45,8 +45,14 @@ class TorchMirror:
     (left open on :meth:`close`); ``key_file``: the owner's key; ``every``: mirror every N-th
     iteration; ``asynchronous``: snapshot into kept host memory, seal in the background;
     ``replica``: a spec or backend (or a list of them) that gets a copy of every mirror;
+    ``replica_max_lag``: never commit a mirror more than this many versions ahead of the
+    newest replica copy (default 2; see README's threat model); ``accept_replica_loss``: how
+    many mirrors a restore from a replica may lose beyond that bound (default: refuse);
     ``extra_state``: a dict of JSON-able values (e.g. the data loader's position) saved in the
-    authenticated manifest and updated in place by :meth:`restore`; ``platform``: the
+    authenticated manifest and updated in place by :meth:`restore`; ``check_module_types``:
+    the model fingerprint covers the class of every module (``named_modules()``), so a mirror
+    is refused for a model whose layers changed even where its tensors did not (False: accept
+    a deliberate code change; code inside ``forward`` is never covered); ``platform``: the
     simulated CPU holding the key seal and freshness counters (default: this machine's, at
     ``$PLINIUS_PLATFORM_DIR``; benchmarks pass a throw-away one).
     """
@@ -64,12 +70,21 @@ class TorchMirror:
         scheduler: Any = None,
         extra_state: dict[str, Any] | None = None,
         platform: SimulatedPlatform | None = None,
+        replica_max_lag: int | None = None,
+        accept_replica_loss: int | None = None,
+        check_module_types: bool = True,
     ) -> None:
         if every < 1:
             raise ConfigError(f"every={every}: mirror at least every 1 iteration")
         if not key_file:
             raise ConfigError("key file path is empty: give a file")
-        self.state = TorchState(model, optimizer, scheduler, extra_state)
+        if replica_max_lag is not None and replica_max_lag < 1:
+            raise ConfigError(f"replica_max_lag={replica_max_lag}: must be >= 1")
+        if accept_replica_loss is not None and accept_replica_loss < 0:
+            raise ConfigError(f"accept_replica_loss={accept_replica_loss}: must be >= 0")
+        self.state = TorchState(
+            model, optimizer, scheduler, extra_state, module_types=check_module_types
+        )
         self.every = every
         self.asynchronous = asynchronous
         self._snap_nbytes = 0
@@ -94,7 +109,13 @@ class TorchMirror:
             )
             self._replicas = [self._open(r, "replica") for r in replicas]
             if self._replicas:
-                self._enclave.ecall_attach_replicas(self._replicas, 1, _warn)
+                self._enclave.ecall_attach_replicas(
+                    self._replicas,
+                    1,
+                    _warn,
+                    max_lag=replica_max_lag,
+                    accept_loss=accept_replica_loss,
+                )
         except BaseException:
             self._close_owned()
             raise
@@ -125,7 +146,7 @@ class TorchMirror:
         for r in self._replicas:
             store = MirrorStore(r, self._peek_store.engine, self._peek_store.fingerprint)
             try:
-                got = store.peek()
+                got = store.peek(freshness=mirror_guard(self._counters, store, settle=False))
             except PliniusError:
                 continue
             if got is not None and (best is None or got.version > best.version):

@@ -80,7 +80,12 @@ class TorchState:
         scheduler: Any = None,
         extra_state: dict[str, Any] | None = None,
         staging: Staging | None = None,
+        module_types: bool = True,
     ) -> None:
+        """``module_types``: a restore checks the class of every module in the tree against
+        the one the mirror recorded (authenticated, in the manifest), so a model with the same
+        tensors but another layer (Tanh for ReLU) is refused; False accepts a deliberate code
+        change that keeps the tensors."""
         if extra_state is not None and not isinstance(extra_state, dict):
             raise ConfigError("extra_state must be a dict (updated in place by restore)")
         self.model = model
@@ -88,6 +93,12 @@ class TorchState:
         self.scheduler = scheduler
         self.extra_state = extra_state
         self.staging = staging if staging is not None else Staging()
+        self.module_types = module_types
+        #: what computes with the tensors, as far as the module tree says (not ``forward``'s code)
+        self._modules = [
+            [name, f"{type(m).__module__}.{type(m).__qualname__}"]
+            for name, m in model.named_modules()
+        ]
         self._tensors, self._aliases = model_tensors(model)
         self._params: list[torch.Tensor] = []
         if optimizer is not None:
@@ -221,6 +232,7 @@ class TorchState:
             "format": STATE_FORMAT,
             "iteration": self.iteration,
             "aliases": self._aliases,
+            "modules": self._modules,
             "rng": {
                 "python": encode(random.getstate(), "python RNG"),
                 "numpy": encode(np.random.get_state(legacy=False), "numpy RNG"),
@@ -265,6 +277,15 @@ class TorchState:
         tensors (PyTorch creates them lazily at the first step) and the RNG buffers."""
         if state.get("model_kind") != KIND:
             raise ModelMismatchError("the mirror does not hold a PyTorch training state")
+        theirs = state.get("modules")  # absent in mirrors made before it was recorded
+        if self.module_types and theirs is not None and theirs != self._modules:
+            a, b = dict(map(tuple, theirs)), dict(map(tuple, self._modules))
+            odd = [f"{n or '(root)'}: {a.get(n, 'none')} -> {b.get(n, 'none')}"
+                   for n in sorted(set(a) | set(b)) if a.get(n) != b.get(n)]  # fmt: skip
+            raise ModelMismatchError(
+                f"the mirror was made by a model whose modules differ ({'; '.join(odd[:3])}): "
+                "use that model, or pass check_module_types=False for a deliberate code change"
+            )
         for layer, name, dtype, shape, on_param in state["layout"]:
             if layer == OPTIM:
                 if self.optimizer is None:
