@@ -214,15 +214,19 @@ def _cryptography_usable() -> bool:
 
 # Fastest first: the default is the first one installed. Engines registered through the
 # entry-point group ``plinius.engines`` or :func:`register_engine` come after these.
-def _openssl_usable() -> bool:
-    from plinius.crypto_native import usable
-
-    return usable()
+def openssl_usable() -> bool:
+    """Whether the compiled module (and the libcrypto it links) loads here; asked here, not
+    of ``crypto_native``, which builds on this module (no import cycle)."""
+    try:
+        from plinius import _aead  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 ENGINES: dict[str, tuple[type[Engine] | str, Callable[[], bool]]] = {
     # native/aead.c: libcrypto on all cores; built only where OpenSSL's headers are
-    "openssl": ("plinius.crypto_native:OpenSSLEngine", _openssl_usable),
+    "openssl": ("plinius.crypto_native:OpenSSLEngine", openssl_usable),
     "cryptography": (CryptographyEngine, _cryptography_usable),
     "pycryptodome": (PycryptodomeEngine, lambda: True),
 }

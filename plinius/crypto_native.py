@@ -24,6 +24,7 @@ from plinius.crypto import (
     Buffer,
     Engine,
     as_bytes_view,
+    openssl_usable,
 )
 from plinius.errors import ConfigError, IntegrityError
 
@@ -35,11 +36,7 @@ random_bytes = os.urandom
 
 def usable() -> bool:
     """Whether the compiled module (and the libcrypto it links) loads here."""
-    try:
-        from plinius import _aead  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return openssl_usable()
 
 
 def default_threads() -> int:

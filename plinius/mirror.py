@@ -260,6 +260,12 @@ def record_aad(
     return associated_data(fingerprint, layer, name, version) + run_id + save_id
 
 
+Buffers = Mapping[tuple[int, str], np.ndarray]
+#: where a restore decrypts to: a map of arrays, or a callable that makes one once the mirror's
+#: authenticated layout is known (a model that allocates state lazily prepares it there)
+Into = Buffers | Callable[["MirrorInfo"], Buffers] | None
+
+
 class Freshness(Protocol):
     """The platform's check of a mirror slot (:class:`plinius.enclave.counter.FreshnessGuard`)."""
 
@@ -626,7 +632,7 @@ class MirrorStore:
 
     def load(
         self,
-        into: Mapping[tuple[int, str], np.ndarray] | None = None,
+        into: Into = None,
         min_version: int | None = None,
         freshness: Freshness | None = None,
     ) -> Restored | None:
@@ -654,7 +660,7 @@ class MirrorStore:
             return None if opened is None else opened.load(into)
         info = self._peek_sized(size, min_version, freshness)
         peek_s = time.perf_counter() - t0
-        arrays, jobs = _restore_jobs(info, into, self.what)
+        arrays, jobs = _restore_jobs(info, into(info) if callable(into) else into, self.what)
         stats = self._stream(info, jobs)
         stats.read_s += peek_s
         stats.bytes = info.size
@@ -861,12 +867,12 @@ class OpenedMirror:
         self._decrypt(batch)
         return info
 
-    def load(self, into: Mapping[tuple[int, str], np.ndarray] | None = None) -> Restored:
+    def load(self, into: Into = None) -> Restored:
         """Decrypt every record into ``into`` (or new arrays); see :meth:`MirrorStore.load`.
         All segments of all records go to the engine in one call."""
         t0 = time.perf_counter()
         info = self.info
-        arrays, jobs = _restore_jobs(info, into, self.what)
+        arrays, jobs = _restore_jobs(info, into(info) if callable(into) else into, self.what)
         ts = time.perf_counter()
         self._decrypt(jobs)
         decrypt_s = time.perf_counter() - ts

@@ -61,6 +61,10 @@ class Mirrorable(Protocol):
         and return views of the copies, named and ordered as :meth:`mirror_buffers`."""
         ...
 
+    # Optional: ``prepare_restore(training_state)``, called by a restore once the mirror's
+    # authenticated manifest is known and before :meth:`mirror_buffers` is read, so a model
+    # whose state is created lazily (a PyTorch optimizer's) allocates what the mirror holds.
+
 
 @runtime_checkable
 class Trainable(Mirrorable, Protocol):

@@ -18,19 +18,18 @@ from plinius.enclave.attestation import Quote, verify_quote
 from plinius.enclave.channel import EphemeralKey, wrap
 from plinius.enclave.counter import FreshnessGuard, MirrorCounters
 from plinius.enclave.measure import measurement
-from plinius.enclave.platform import SimulatedPlatform
+from plinius.enclave.platform import Platform
 from plinius.enclave.trusted import (
     PROVISION_AAD,
     Enclave,
     mirror_guard,
-    network_from_mirror,
-    network_from_opened,
     open_fresh,
 )
-from plinius.errors import ConfigError, PliniusError
+from plinius.errors import PliniusError
 from plinius.fsutil import private_dir
 from plinius.mirror import MirrorInfo, MirrorStore, OpenedMirror
 from plinius.nn import Network, save_weights
+from plinius.nn.mirrored import network_from_opened
 
 
 def provision(enclave: Enclave, key: bytes, quoting_public_pem: str, model_fp: bytes) -> bytes:
@@ -74,31 +73,29 @@ def default_dataset(key: bytes, state_dir: Path, seed: int = 0) -> tuple[Path, b
 
 
 def _owner_store(
-    backend: Backend, engine: Engine, platform: SimulatedPlatform
+    backend: Backend, engine: Engine, platform: Platform
 ) -> tuple[MirrorStore, FreshnessGuard]:
     """The mirror in ``backend`` (any model) and its slot's read-only freshness check."""
     store = MirrorStore(backend, engine, None)
     return store, mirror_guard(MirrorCounters(platform, create=False), store, settle=False)
 
 
-def verify_mirror(backend: Backend, engine: Engine, platform: SimulatedPlatform) -> MirrorInfo:
+def verify_mirror(backend: Backend, engine: Engine, platform: Platform) -> MirrorInfo:
     """Authenticate every buffer of the stored mirror and check it is the one last committed.
 
     One read of the blob: header, manifest and every record's tag come from it."""
     return open_fresh(*_owner_store(backend, engine, platform)).verify()
 
 
-def open_mirror(
-    backend: Backend, engine: Engine, platform: SimulatedPlatform
-) -> tuple[Network, int, str]:
+def open_mirror(backend: Backend, engine: Engine, platform: Platform) -> tuple[Network, int, str]:
     """Decrypt the mirror into a fresh network outside any enclave (the owner holds the key).
 
     One read of the blob; decrypting every record authenticates it, so this verifies too."""
-    net, info = network_from_mirror(*_owner_store(backend, engine, platform))
+    net, info = network_from_opened(open_fresh(*_owner_store(backend, engine, platform)))
     return net, info.iteration, str(info.meta["model"])
 
 
-def open_owned(backend: Backend, engine: Engine, platform: SimulatedPlatform) -> OpenedMirror:
+def open_owned(backend: Backend, engine: Engine, platform: Platform) -> OpenedMirror:
     """The stored mirror (any kind) read once, header and manifest authenticated, checked fresh."""
     return open_fresh(*_owner_store(backend, engine, platform))
 
@@ -123,16 +120,3 @@ def export_weights(opened: OpenedMirror, out: str | os.PathLike[str]) -> tuple[i
     net, info = network_from_opened(opened)
     save_weights(net, Path(out))
     return info.iteration, str(info.meta["model"])
-
-
-def export_safetensors(opened: OpenedMirror, out: str | os.PathLike[str]) -> tuple[int, str]:
-    """Write a PyTorch mirror's model tensors as a ``safetensors`` file (0600, never over an
-    existing file); (iteration, model label). Needs the ``torch`` extra."""
-    try:
-        from plinius.torch.export import write_safetensors
-    except ImportError as exc:
-        raise ConfigError(
-            f"this mirror holds a PyTorch model; exporting it needs {exc.name}: {TORCH_HINT}"
-        ) from None
-    write_safetensors(opened, out)
-    return opened.info.iteration, str(opened.info.meta.get("model"))

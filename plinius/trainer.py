@@ -27,16 +27,16 @@ from typing import Any
 
 from plinius import fsutil
 from plinius.backends.base import Backend
-from plinius.backends.registry import backend_class, open_backend, parse_spec
-from plinius.crypto import key_id, make_engine, read_key_file
+from plinius.backends.registry import parse_spec
+from plinius.crypto import make_engine
 from plinius.encdata import iter_sealed, read_info
-from plinius.enclave.counter import MirrorCounters
-from plinius.enclave.platform import SimulatedPlatform
-from plinius.enclave.trusted import Enclave, StepResult
-from plinius.errors import ConfigError, PliniusError
+from plinius.enclave.platform import open_platform
+from plinius.enclave.trusted import StepResult
+from plinius.errors import ConfigError
 from plinius.mirror import metadata_bytes
 from plinius.nn import Network, parse_cfg_text, zoo
-from plinius.owner import default_dataset, provision
+from plinius.owner import default_dataset
+from plinius.session import Replication, Session
 
 
 def model_source(spec: str) -> tuple[str, str]:
@@ -66,10 +66,8 @@ class TrainOptions:
     #: None: two copy intervals (``replica.default_max_lag``)
     replica_max_lag: int | None = None
     accept_replica_loss: int | None = None
-
-
-#: how long a clean exit waits for the replica copy in flight
-REPLICA_DRAIN_S = 60.0
+    #: ``--platform``: the root of trust (None: ``$PLINIUS_PLATFORM``, else the simulated CPU)
+    platform: str | None = None
 
 
 @dataclass
@@ -95,6 +93,8 @@ class TrainReport:
     notes: list[str] = field(default_factory=list)
     #: with ``--replica``: per replica copies ok/failed/superseded, last version, bytes, seconds
     replica: dict[str, Any] | None = None
+    #: the root of trust that ran (kind, location, what it is)
+    platform: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -236,64 +236,6 @@ def _place(spec: str) -> tuple[str, str]:
     return name, os.path.abspath(location) if "://" not in location else location
 
 
-@dataclass
-class OpenedReplicas:
-    """The replica backends that opened, and the configured ones that did not: (spec, slot
-    parts) for the platform's records, a report row each."""
-
-    backends: list[Backend]
-    missing: list[tuple[str, tuple[str, str]]]
-    failed: list[dict[str, Any]]
-
-
-def open_replicas(
-    opts: TrainOptions, net: Network, say: Callable[[str], None], primary: Backend
-) -> OpenedReplicas:
-    """The replica backends that open; one that does not is warned about and left out of the
-    copies, but its slot's record still bounds a restore and the lag. One that names the same
-    storage as the primary or another replica (however the spec spells it: the backends' own
-    slot identity) is refused."""
-    seen = {primary.slot_parts()}
-    got = OpenedReplicas([], [], [])
-    mirror = sum(a.nbytes for _, _, a in net.mirror_buffers())
-    for spec in opts.replicas:
-        name, location, options = parse_spec(spec)
-        cls = backend_class(name)
-        parts = cls.slot_parts_of(location, options)
-        try:
-            replica = open_backend(spec, **cls.creation_options(mirror + (64 << 10), 0))
-        except ConfigError:
-            for b in got.backends:
-                b.close()
-            raise  # a malformed replica spec (or a secret in it) stops before training
-        except PliniusError as exc:
-            say(f"warning: replica {spec} is unavailable ({exc}); training goes on without it")
-            got.failed.append({"spec": spec, "ok": 0, "failed": 1, "last_error": str(exc)})
-            got.missing.append((spec, parts))
-            continue
-        if replica.slot_parts() in seen:
-            replica.close()
-            for b in got.backends:
-                b.close()
-            raise ConfigError(
-                f"--replica {spec} is the same storage as the primary or another replica: "
-                "a replica must be a different backend instance"
-            )
-        seen.add(replica.slot_parts())
-        got.backends.append(replica)
-    return got
-
-
-def creation_options(spec: str, net: Network, data_path: str) -> dict[str, str | int]:
-    """Options that size a new backend instance from what it will hold (the mirror, with room
-    for its header and manifest, and the sealed samples), e.g. a pool instead of a fixed 1 GiB.
-    The backend class decides (``Backend.creation_options``); an existing instance ignores them.
-    """
-    mirror = sum(a.nbytes for _, _, a in net.mirror_buffers())
-    cls = backend_class(parse_spec(spec)[0])
-    return cls.creation_options(mirror + (64 << 10), os.path.getsize(data_path))
-
-
 def run_training(
     opts: TrainOptions,
     on_step: Callable[[StepResult, int], None] | None = None,
@@ -302,84 +244,122 @@ def run_training(
     """Train ``opts.model`` to ``opts.iterations`` with a mirror in ``opts.backend``."""
     check_options(opts)
     t_start = time.perf_counter()
-    key = read_key_file(opts.key_file)
-    platform = SimulatedPlatform(state_dir=opts.state_dir)
+    platform = open_platform(opts.platform, state_dir=opts.state_dir)
     label, cfg_text = model_source(opts.model)
     net = Network(parse_cfg_text(cfg_text, label), batch=opts.batch, seed=opts.seed)
-    enclave = Enclave(platform, net, label, cfg_text, opts.seed)
     notes: list[str] = ["sgx: simulated (software enclave boundary; no SGX on this machine)"]
-    if not enclave.ecall_unseal_key(key_id(key)):
-        provision(enclave, key, platform.quoting_public_pem, net.fingerprint())
-        notes.append("data key provisioned over an attested channel and sealed by the enclave")
-    else:
-        notes.append("data key unsealed (sealed by this enclave earlier): no new provisioning")
+    data: dict[str, Any] = {}
 
-    if opts.data is None:
-        path, made = default_dataset(key, platform.state_dir, opts.seed)
-        if made:
-            say(
-                f"note: encrypted the embedded MNIST subset under your key into {path} "
-                "(the data owner's step, done for you)"
-            )
-        data_path = str(path)
-    else:
-        data_path = opts.data
-    info = read_info(data_path, make_engine(key))  # authenticated before the backend opens
+    def owner(key: bytes) -> None:
+        """The data owner's step on this machine: the key's only use outside the enclave."""
+        data["path"] = opts.data
+        if opts.data is None:
+            path, made = default_dataset(key, platform.state_dir, opts.seed)
+            if made:
+                say(
+                    f"note: encrypted the embedded MNIST subset under your key into {path} "
+                    "(the data owner's step, done for you)"
+                )
+            data["path"] = str(path)
+        data["info"] = read_info(data["path"], make_engine(key))  # before the backend opens
 
-    backend = open_backend(opts.backend, **creation_options(opts.backend, net, data_path))
-    runs_on = backend.describe().as_dict()
-    load = enclave.ecall_load_data(backend, data_path)
-    data = load.as_dict()
-    if not load.reloaded:
-        # what the PM-data module saved: reading the file again as a restart without it would
-        t0 = time.perf_counter()
-        for _ in iter_sealed(data_path, info, "train"):
-            pass
-        reload_s = time.perf_counter() - t0
-        data["file_reload_s"] = reload_s
-        notes.append(
-            f"training data already in {backend.name}: opened in {load.seconds * 1e3:.1f} ms, "
-            f"nothing reloaded (reading it from the file would take {reload_s * 1e3:.1f} ms "
-            "before any copy into storage)"
+    session = Session(
+        net,
+        label=label,
+        key_file=opts.key_file,
+        platform=platform,
+        cfg_text=cfg_text,
+        seed=opts.seed,
+        say=say,
+        owner=owner,
+    )
+    notes.append(
+        "data key provisioned over an attested channel and sealed by the enclave"
+        if session.provisioned
+        else "data key unsealed (sealed by this enclave earlier): no new provisioning"
+    )
+    data_path, info = str(data["path"]), data["info"]
+    enclave = session.enclave
+    mirror_bytes = sum(a.nbytes for _, _, a in net.mirror_buffers())
+    try:
+        backend = session.open(
+            opts.backend, mirror_bytes=mirror_bytes, data_bytes=os.path.getsize(data_path)
         )
-    data["dataset"] = info.name
+        runs_on = backend.describe().as_dict()
+        load = enclave.ecall_load_data(backend, data_path)
+        loaded = load.as_dict()
+        if not load.reloaded:
+            # what the PM-data module saved: reading the file again as a restart without it
+            t0 = time.perf_counter()
+            for _ in iter_sealed(data_path, info, "train"):
+                pass
+            reload_s = time.perf_counter() - t0
+            loaded["file_reload_s"] = reload_s
+            notes.append(
+                f"training data already in {backend.name}: opened in {load.seconds * 1e3:.1f} "
+                f"ms, nothing reloaded (reading it from the file would take "
+                f"{reload_s * 1e3:.1f} ms before any copy into storage)"
+            )
+        loaded["dataset"] = info.name
+        target = opts.iterations if opts.iterations is not None else net.max_batches
+        report = _train(opts, session, backend, target, mirror_bytes, notes, on_step, say)
+    finally:
+        session.close()
+    return TrainReport(
+        model=label,
+        dataset=info.name,
+        backend=runs_on,
+        engine=enclave.engine_name,
+        sgx="simulated",
+        data=loaded,
+        weights_sha256=enclave.ecall_weights_digest(),
+        metadata_bytes_per_mirror=metadata_bytes(int(b[2].nbytes) for b in net.mirror_buffers()),
+        buffers_per_mirror=len(net.mirror_buffers()),
+        notes=notes,
+        wall_s=time.perf_counter() - t_start,
+        replica=session.replica_report(),
+        platform=platform.describe(),
+        **report,
+    )
 
+
+def _train(
+    opts: TrainOptions,
+    session: Session,
+    backend: Backend,
+    target: int,
+    mirror_bytes: int,
+    notes: list[str],
+    on_step: Callable[[StepResult, int], None] | None,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Attach the mirror, restore, train to iteration ``target``: the loop's figures."""
+    enclave = session.enclave
     restore_ms = 0.0
     resumed_from: int | None = None
-    opened = open_replicas(opts, net, say, backend)
-    replicas, unavailable = opened.backends, opened.failed
     mirror_ms: list[float] = []
     if not opts.no_mirror:
-        enclave.ecall_attach_mirror(backend, MirrorCounters(platform))
-        if opts.replicas:
-            enclave.ecall_attach_replicas(
-                replicas,
-                opts.replica_every,
-                say,
-                max_lag=opts.replica_max_lag,
-                missing=opened.missing,
-                accept_loss=opts.accept_replica_loss,
+        replication = Replication(
+            opts.replicas, opts.replica_every, opts.replica_max_lag, opts.accept_replica_loss
+        )
+        session.attach(
+            backend,
+            replication=replication,
+            asynchronous=opts.async_mirror,
+            mirror_bytes=mirror_bytes,
+        )
+        resumed = session.restore(fresh=opts.fresh)
+        restore_ms = resumed.seconds * 1e3
+        resumed_from = resumed.iteration
+        if resumed_from is not None:
+            say(
+                f"resumed from the mirror at iteration {resumed_from} "
+                f"({restore_ms:.1f} ms to restore)"
             )
-        enclave.ecall_set_async(opts.async_mirror)
-        if opts.fresh:
-            enclave.ecall_forget_mirror()
-        else:
-            t0 = time.perf_counter()
-            resumed_from = enclave.ecall_restore(say)
-            restore_ms = (time.perf_counter() - t0) * 1e3
-            if resumed_from is not None:
-                say(
-                    f"resumed from the mirror at iteration {resumed_from} "
-                    f"({restore_ms:.1f} ms to restore)"
-                )
-            lost = enclave.ecall_restore_warning()
-            if lost is not None:
-                say(lost)
-                notes.append(lost)
-                # re-seed the primary: a new save, so its freshness record moves forward
-                mirror_ms.append(enclave.ecall_mirror() * 1e3)
+        if resumed.lost is not None:
+            notes.append(resumed.lost)
+            mirror_ms.append(resumed.reseed_s * 1e3)  # the primary re-seeded at once
     start = enclave.ecall_iteration()
-    target = opts.iterations if opts.iterations is not None else net.max_batches
     log = LossLog(opts.log)
     iter_times: list[float] = []
     try:
@@ -393,49 +373,24 @@ def run_training(
                 os.kill(os.getpid(), signal.SIGKILL)
             waited = 0.0
             if not opts.no_mirror and (it % opts.mirror_every == 0 or it >= target):
-                waited = enclave.ecall_mirror()
+                waited = session.mirror()
                 mirror_ms.append(waited * 1e3)
             step.mirror_s = waited
             iter_times.append(time.perf_counter() - t0)
             log.write(step, waited * 1e3, resumed_from)
             if on_step is not None:
                 on_step(step, target)
-        enclave.ecall_flush()
-        if not enclave.ecall_drain_replicas(REPLICA_DRAIN_S):
-            say(f"warning: a replica copy was still in flight after {REPLICA_DRAIN_S:.0f} s")
+        session.flush()
+        session.drain()
     finally:
         log.close()
-        idle = enclave.ecall_close()
-        for b in replicas:
-            if b in idle:  # one still writing is left to the process exit
-                b.close()
-    replica = enclave.ecall_replica_report()
-    if replica is not None or unavailable:
-        replica = replica or {"every": opts.replica_every, "replicas": []}
-        replica["replicas"] += unavailable
-    buffers = net.mirror_buffers()
-    n_buffers = len(buffers)
-    report = TrainReport(
-        model=label,
-        dataset=info.name,
-        backend=runs_on,
-        engine=enclave.engine_name,
-        sgx="simulated",
-        start_iteration=start,
-        final_iteration=enclave.ecall_iteration(),
-        iterations_run=len(iter_times),
-        resumed=resumed_from is not None,
-        wall_s=time.perf_counter() - t_start,
-        iteration_s_median=statistics.median(iter_times) if iter_times else 0.0,
-        mirror_ms_median=statistics.median(mirror_ms) if mirror_ms else 0.0,
-        mirrors=len(mirror_ms),
-        restore_ms=restore_ms,
-        data=data,
-        weights_sha256=enclave.ecall_weights_digest(),
-        metadata_bytes_per_mirror=metadata_bytes(int(b[2].nbytes) for b in buffers),
-        buffers_per_mirror=n_buffers,
-        notes=notes,
-        replica=replica,
-    )
-    backend.close()
-    return report
+    return {
+        "start_iteration": start,
+        "final_iteration": enclave.ecall_iteration(),
+        "iterations_run": len(iter_times),
+        "resumed": resumed_from is not None,
+        "iteration_s_median": statistics.median(iter_times) if iter_times else 0.0,
+        "mirror_ms_median": statistics.median(mirror_ms) if mirror_ms else 0.0,
+        "mirrors": len(mirror_ms),
+        "restore_ms": restore_ms,
+    }

@@ -13,6 +13,38 @@ import pytest
 from plinius.crypto import ENGINES
 
 
+#: system tests: real CLI processes, servers, SIGKILL loops and experiments (with everything in
+#: tests/security/, the attack suite through the real CLI). Plain ``pytest`` leaves them out
+#: (pyproject's ``-m "not slow and not system"``); ``tox`` runs them on Python 3.11
+#: (``-m ""``), and the 3.12/3.13 envs run what depends on the interpreter: the rest.
+SYSTEM = frozenset(
+    {
+        "test_backend_redis.py",
+        "test_bench_likeforlike.py",
+        "test_cli.py",
+        "test_experiments.py",
+        "test_fio.py",
+        "test_fio_client.py",
+        "test_redis_hostile.py",
+        "test_replica.py",
+        "test_romulus_crash.py",
+        "test_supervisor.py",
+        "test_torch_example.py",
+        "test_torch_kill.py",
+        "test_trainer.py",
+        "test_vm_loss.py",
+    }
+)
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        if path.parent == TESTS / "security" or (path.parent == TESTS and path.name in SYSTEM):
+            item.add_marker(pytest.mark.system)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Tests never touch the user's real simulated CPU: one throw-away platform location.
 

@@ -234,13 +234,12 @@ def test_the_baseline_is_a_class_fact(plug: Callable[[type[Backend]], None]) -> 
     assert add_speedups([_row("tmpfs", 0.01)])[0]["speedup_save_vs_ssd"] is None
 
 
-def test_trainer_asks_the_class_for_creation_options(tmp_path: Any) -> None:
+def test_the_session_asks_the_class_for_creation_options(tmp_path: Any) -> None:
     from plinius.nn import load_model
-    from plinius.trainer import creation_options
+    from plinius.session import sizing
 
-    data = tmp_path / "data.pld"
-    data.write_bytes(bytes(1 << 20))
     net = load_model("tiny")
-    assert creation_options(f"ssd:{tmp_path}/s", net, str(data)) == {}
-    sized = creation_options(f"romulus:{tmp_path}/p.pool", net, str(data))
+    mirror = sum(a.nbytes for _, _, a in net.mirror_buffers())
+    assert sizing(f"ssd:{tmp_path}/s", mirror, 1 << 20) == {}
+    sized = sizing(f"romulus:{tmp_path}/p.pool", mirror, 1 << 20)
     assert set(sized) == {"size_hint"} and int(sized["size_hint"]) >= 4 << 20

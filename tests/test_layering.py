@@ -10,6 +10,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from import_graph import resolve
 
 import plinius
 
@@ -28,15 +29,6 @@ def _is_cli(name: str) -> bool:
     return name == CLI or name.startswith(CLI + ".")
 
 
-def _resolve(module: str, node: ast.ImportFrom, is_package: bool) -> str:
-    """The absolute module an ``ImportFrom`` names (relative levels resolved)."""
-    if node.level == 0:
-        return node.module or ""
-    base = module.split(".") if is_package else module.split(".")[:-1]
-    base = base[: len(base) - (node.level - 1)]
-    return ".".join([*base, node.module] if node.module else base)
-
-
 def cli_imports(source: str, module: str, is_package: bool = False) -> list[str]:
     """Every ``plinius.cli`` module that ``source`` (the module ``module``) imports."""
     found: list[str] = []
@@ -44,7 +36,7 @@ def cli_imports(source: str, module: str, is_package: bool = False) -> list[str]
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names if _is_cli(a.name)]
         elif isinstance(node, ast.ImportFrom):
-            target = _resolve(module, node, is_package)
+            target = resolve(module, node, is_package)
             if _is_cli(target):
                 found.append(target)
             else:  # ``from plinius import cli``

@@ -8,7 +8,6 @@ also with every mirror copied to a replica (a private ``redis-server`` on loopba
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import tempfile
 import time
@@ -26,13 +25,13 @@ from plinius.crypto import generate_key, make_engine
 from plinius.datasets import load_dataset
 from plinius.defaults import default_plan, default_spec
 from plinius.encdata import encrypt_dataset
-from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.trusted import Enclave
 from plinius.errors import PliniusError
 from plinius.nn import Network, parse_cfg_text
 from plinius.pmdata import PMData
-from plinius.trainer import creation_options, model_source
+from plinius.session import Replication, Session
+from plinius.trainer import model_source
 
 PAPER_BATCHES = (8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -216,27 +215,33 @@ def mirror_overhead(
     label, cfg = model_source(model)
     ds = load_dataset(None)
     key = generate_key()
-    engine = make_engine(key)
     with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
         spec = backend_spec or default_plan()[0].spec_in(tmp)
         data_file = Path(tmp) / "data.pld"
         encrypt_dataset(
-            data_file, engine, ds.name, {"train": (ds.x_train, ds.y_train)}, ds.shape, ds.classes
+            data_file,
+            make_engine(key),
+            ds.name,
+            {"train": (ds.x_train, ds.y_train)},
+            ds.shape,
+            ds.classes,
         )
         platform = SimulatedPlatform(Path(tmp) / "platform", state_dir=Path(tmp) / "state")
         net = Network(parse_cfg_text(cfg, label), batch=batch)
-        enclave = Enclave(platform, net, label, cfg)
-        from plinius.owner import provision
-
-        provision(enclave, key, platform.quoting_public_pem, net.fingerprint())
-        sized = {} if backend_spec else creation_options(spec, net, str(data_file))
-        with contextlib.ExitStack() as stack:
-            backend = stack.enter_context(open_backend(spec, **sized))
+        session = Session(net, label=label, key=key, platform=platform, cfg_text=cfg)
+        mirror_bytes = sum(a.nbytes for _, _, a in net.mirror_buffers())
+        try:
+            # an explicit spec is taken as it is; the default plan's is sized for this model
+            sized = open_backend(spec) if backend_spec else spec
+            backend = session.open(
+                sized, mirror_bytes=mirror_bytes, data_bytes=data_file.stat().st_size
+            )
+            if backend_spec:
+                session.adopt(backend)
+            enclave = session.enclave
             enclave.ecall_load_data(backend, data_file)
-            enclave.ecall_attach_mirror(backend, MirrorCounters(platform))
-            if replica:
-                rb = stack.enter_context(open_backend(f"redis:{tmp}/replica"))
-                enclave.ecall_attach_replicas([rb], 1, lambda m: None)
+            replication = Replication([f"redis:{tmp}/replica"], required=True) if replica else None
+            session.attach(backend, replication=replication, mirror_bytes=mirror_bytes)
             times: dict[str, list[float]] = {"none": [], "sync": [], "async": []}
             enclave.ecall_train_step(mirror=True)  # warm-up: pool allocation, first save
             if replica:
@@ -251,12 +256,13 @@ def mirror_overhead(
                     times[mode].append(time.perf_counter() - t0)
                     enclave.ecall_flush()  # the next mode starts with nothing in flight
             runs_on = backend.describe()
-            copies = (enclave.ecall_replica_report() or {}).get("replicas", [])
-            enclave.ecall_close()
+            copies = (session.replica_report() or {}).get("replicas", [])
             name = backend.name
-            for r in copies:
-                if r["failed"]:
-                    raise PliniusError(f"replica copies failed: {r['last_error']}")
+        finally:
+            session.close()
+        for r in copies:
+            if r["failed"]:
+                raise PliniusError(f"replica copies failed: {r['last_error']}")
     _, _, options = parse_spec(spec)
     query = "&".join(f"{k}={v}" for k, v in sorted(options.items()))
     return from_samples(

@@ -36,7 +36,7 @@ from plinius.bench.contenders import Contender
 from plinius.bench.iteration import MirrorOverhead, from_samples
 from plinius.bench.workloads import TensorSpec, make_arrays, optimizer_specs, parameter_specs
 from plinius.crypto import OVERHEAD, Engine, make_engine, read_key_file
-from plinius.enclave.platform import SimulatedPlatform
+from plinius.enclave.platform import Platform, SimulatedPlatform
 from plinius.errors import ConfigError, IntegrityError
 from plinius.fsutil import atomic_writer
 from plinius.memory import StagingBuffer
@@ -337,7 +337,7 @@ def _dcp(w: TorchWorkload, label: str, d: Path, asynchronous: bool) -> Contender
 
 
 def _torch_mirror(
-    w: TorchWorkload, spec: str, key_file: Path, platform: SimulatedPlatform | None
+    w: TorchWorkload, spec: str, key_file: Path, platform: Platform | None
 ) -> Contender:
     """TorchMirror on one backend: ``step`` (every=1) seals and commits, ``restore`` loads it."""
     from plinius.torch import TorchMirror
@@ -387,7 +387,7 @@ def torch_contenders(
     specs: Sequence[TensorSpec] | None = None,
     seed: int = 0,
     workload: TorchWorkload | None = None,
-    platform: SimulatedPlatform | None = None,
+    platform: Platform | None = None,
 ) -> list[Contender]:
     """Every contender of the torch section on one workload, sharing one live model.
 
@@ -466,7 +466,7 @@ def torch_overhead(
     batch: int = 64,
     threads: int = 1,
     seed: int = 0,
-    platform: SimulatedPlatform | None = None,
+    platform: Platform | None = None,
 ) -> dict[str, Any]:
     """Seconds per training step of the example model without mirroring, with a synchronous
     mirror every ``every`` steps and with an asynchronous one, in interleaved blocks (order

@@ -173,6 +173,18 @@ STATE_DIR_HELP = (
 )
 
 
+PLATFORM_HELP = (
+    "the root of trust: sim (the simulated CPU at $PLINIUS_PLATFORM_DIR) or sim:DIR "
+    "(default $PLINIUS_PLATFORM, else sim)"
+)
+
+
+def add_state_flags(p: argparse.ArgumentParser) -> None:
+    """``--state-dir`` (untrusted sealed state) and ``--platform`` (the root of trust)."""
+    p.add_argument("--state-dir", help=STATE_DIR_HELP)
+    p.add_argument("--platform", metavar="SPEC", help=PLATFORM_HELP)
+
+
 def check_experiment_inputs(args: Any) -> None:
     """What every experiment command refuses before any work: its output directory, a
     NAME:DIR backend, the key file and the data file (``--out``, ``--backend``, ``--key-file``,

@@ -8,17 +8,12 @@ import os
 from typing import Any
 
 from plinius.backends.registry import open_backend
-from plinius.cli.common import STATE_DIR_HELP, check_backend, output_file
+from plinius.cli.common import add_state_flags, check_backend, output_file
 from plinius.crypto import make_engine, read_key_file
-from plinius.enclave.platform import SimulatedPlatform
+from plinius.enclave.platform import open_platform
 from plinius.errors import ConfigError
-from plinius.owner import (
-    TORCH_KIND,
-    export_safetensors,
-    export_weights,
-    mirror_kind,
-    open_owned,
-)
+from plinius.mirror import OpenedMirror
+from plinius.owner import TORCH_HINT, TORCH_KIND, export_weights, mirror_kind, open_owned
 
 
 def register(sub: Any) -> None:
@@ -34,8 +29,22 @@ def register(sub: Any) -> None:
         help="output .safetensors file of the model tensors (a PyTorch mirror; mode 0600, "
         "never overwrites)",
     )
-    p.add_argument("--state-dir", help=STATE_DIR_HELP)
+    add_state_flags(p)
     p.set_defaults(func=run)
+
+
+def export_safetensors(opened: OpenedMirror, out: str | os.PathLike[str]) -> tuple[int, str]:
+    """Write a PyTorch mirror's model tensors as a ``safetensors`` file (0600, never over an
+    existing file); (iteration, model label). Needs the ``torch`` extra (imported here, at the
+    top: the library below never imports torch for the owner's tools)."""
+    try:
+        from plinius.torch.export import write_safetensors
+    except ImportError as exc:
+        raise ConfigError(
+            f"this mirror holds a PyTorch model; exporting it needs {exc.name}: {TORCH_HINT}"
+        ) from None
+    write_safetensors(opened, out)
+    return opened.info.iteration, str(opened.info.meta.get("model"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{what} {out} exists: export never overwrites, give a new path")
     engine = make_engine(read_key_file(args.key_file))
     with open_backend(check_backend(args.backend), create="never") as backend:
-        platform = SimulatedPlatform(state_dir=args.state_dir, create=False)
+        platform = open_platform(args.platform, state_dir=args.state_dir, create=False)
         opened = open_owned(backend, engine, platform)  # one read serves the check and export
         torch_mirror = mirror_kind(opened) == TORCH_KIND
         if torch_mirror != (args.safetensors is not None):

@@ -6,11 +6,12 @@ import argparse
 from typing import Any
 
 from plinius.backends.registry import open_backend
-from plinius.cli.common import STATE_DIR_HELP, add_json_flag, check_backend, print_json
+from plinius.cli.common import add_json_flag, add_state_flags, check_backend, print_json
 from plinius.crypto import key_id, make_engine, read_key_file
 from plinius.enclave.counter import MirrorCounters
-from plinius.enclave.platform import SimulatedPlatform
+from plinius.enclave.platform import open_platform
 from plinius.enclave.trusted import Enclave
+from plinius.nn.mirrored import network_from_opened
 from plinius.owner import provision, verify_mirror
 
 
@@ -22,7 +23,7 @@ def register(sub: Any) -> None:
     p.add_argument("--backend", required=True, help="backend spec holding mirror and data")
     p.add_argument("--key-file", required=True, help="the owner's key file (for provisioning)")
     p.add_argument("--split", default="test", help="stored split to evaluate (default test)")
-    p.add_argument("--state-dir", help=STATE_DIR_HELP)
+    add_state_flags(p)
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -30,7 +31,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     key = read_key_file(args.key_file)
     with open_backend(check_backend(args.backend), create="never") as backend:
-        platform = SimulatedPlatform(state_dir=args.state_dir, create=False)
+        platform = open_platform(args.platform, state_dir=args.state_dir, create=False)
         # Check first, provision after: the owner authenticates the whole mirror and its
         # freshness with the key it holds, so the enclave it provisions is measured from an
         # authenticated model fingerprint, never from a header the attacker wrote.
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         if not enclave.ecall_unseal_key(key_id(key)):
             provision(enclave, key, platform.quoting_public_pem, fp)
         enclave.ecall_attach_mirror(backend, MirrorCounters(platform, create=False))
-        label, iteration = enclave.ecall_model_from_mirror()
+        label, iteration = enclave.ecall_model_from_mirror(network_from_opened)
         acc, n = enclave.ecall_infer(backend, args.split)
     doc = {
         "model": label,

@@ -9,10 +9,10 @@ import sys
 from typing import Any
 
 from plinius.cli import keygen
-from plinius.cli.common import STATE_DIR_HELP, int_arg, output_file
+from plinius.cli.common import add_state_flags, int_arg, output_file
 from plinius.crypto import read_key_file
 from plinius.enclave.measure import measurement
-from plinius.enclave.platform import SimulatedPlatform
+from plinius.enclave.platform import open_platform
 from plinius.enclave.trusted import Enclave
 from plinius.fsutil import check_path
 from plinius.nn import Network, parse_cfg_text
@@ -52,7 +52,7 @@ def register(sub: Any) -> None:
     )
     a.add_argument("--model", required=True)
     a.add_argument("--key-file", required=True)
-    a.add_argument("--state-dir", help=STATE_DIR_HELP)
+    add_state_flags(a)
     a.set_defaults(func=run_provision)
 
 
@@ -79,7 +79,7 @@ def run_encrypt(args: argparse.Namespace) -> int:
 def run_provision(args: argparse.Namespace) -> int:
     label, cfg = model_source(args.model)
     net = Network(parse_cfg_text(cfg, label))
-    platform = SimulatedPlatform(state_dir=args.state_dir)
+    platform = open_platform(args.platform, state_dir=args.state_dir)
     enclave = Enclave(platform, net, label, cfg)
     kid = provision(
         enclave, read_key_file(args.key_file), platform.quoting_public_pem, net.fingerprint()

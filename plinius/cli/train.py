@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import TextColumn
 
 from plinius.cli.common import (
-    STATE_DIR_HELP,
     add_json_flag,
+    add_state_flags,
     int_arg,
     output_file,
     print_json,
@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
     p.add_argument("--data", help="the owner's encrypted dataset (plinius owner encrypt-data)")
     p.add_argument("--async-mirror", action="store_true", help="seal and persist in background")
     p.add_argument("--batch", type=int_arg(1), help="override the cfg's batch size")
-    p.add_argument("--state-dir", help=STATE_DIR_HELP)
+    add_state_flags(p)
     p.add_argument("--no-mirror", action="store_true", help="train without any mirror")
     p.add_argument(
         "--replica",
@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         replica_every=args.replica_every,
         replica_max_lag=args.replica_max_lag,
         accept_replica_loss=args.accept_replica_loss,
+        platform=args.platform,
     )
     if args.report is not None:
         output_file(args.report, "run report (--report)")
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"backend {ro['backend']}: {ro['fs_type']} on {ro['device']}, durability "
         f"{ro['durability']}{' (EMULATED)' if ro['emulated'] else ''}; engine {report.engine}; "
-        f"sgx {report.sgx}"
+        f"sgx {report.sgx}; platform {report.platform.get('kind', '?')}"
     )
     for n in report.notes[1:]:
         print(f"  {n}")

@@ -6,9 +6,9 @@ import argparse
 from typing import Any
 
 from plinius.backends.registry import open_backend
-from plinius.cli.common import STATE_DIR_HELP, add_json_flag, check_backend, print_json
+from plinius.cli.common import add_json_flag, add_state_flags, check_backend, print_json
 from plinius.crypto import make_engine, read_key_file
-from plinius.enclave.platform import SimulatedPlatform
+from plinius.enclave.platform import open_platform
 from plinius.owner import verify_mirror
 
 
@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--backend", required=True, help="backend spec")
     p.add_argument("--key-file", required=True, help="the owner's key file")
-    p.add_argument("--state-dir", help=STATE_DIR_HELP)
+    add_state_flags(p)
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     engine = make_engine(read_key_file(args.key_file))
     with open_backend(check_backend(args.backend), create="never") as backend:
         info = verify_mirror(
-            backend, engine, SimulatedPlatform(state_dir=args.state_dir, create=False)
+            backend, engine, open_platform(args.platform, state_dir=args.state_dir, create=False)
         )
     doc = {
         "ok": True,

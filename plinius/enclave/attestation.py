@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
-from plinius.enclave.platform import SimulatedPlatform
+from plinius.enclave.platform import Platform
 from plinius.errors import PliniusError
 
 
@@ -45,12 +45,12 @@ class Quote:
             raise AttestationError(f"malformed quote: {exc}") from None
 
 
-def make_quote(platform: SimulatedPlatform, measurement: bytes, report_data: bytes) -> Quote:
+def make_quote(platform: Platform, measurement: bytes, report_data: bytes) -> Quote:
     """What the quoting enclave does: sign (measurement, report data) with the platform key."""
     if len(report_data) != 64:
         raise ValueError("report data is 64 bytes")
     unsigned = Quote(measurement, report_data, b"")
-    sig = eddsa.new(platform.quoting_key, "rfc8032").sign(unsigned.body())
+    sig = platform.sign_quote(unsigned.body())
     return Quote(measurement, report_data, sig)
 
 

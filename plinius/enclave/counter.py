@@ -34,7 +34,7 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
-from plinius.enclave.platform import SimulatedPlatform
+from plinius.enclave.platform import Platform
 from plinius.enclave.sealing import seal, unseal
 from plinius.errors import IntegrityError, NotFoundError, RollbackError
 from plinius.fsutil import create_exclusive, private_dir, read_regular
@@ -155,7 +155,7 @@ def slot_name(family: str, where: str, blob: str) -> str:
 class MirrorCounters:
     """Slot states as sealed, fixed-size files ``<platform>/counters/<slot>``."""
 
-    def __init__(self, platform: SimulatedPlatform, *, create: bool = True) -> None:
+    def __init__(self, platform: Platform, *, create: bool = True) -> None:
         """``create=False``: read-only use; a missing directory simply holds no state."""
         self.platform = platform
         d = platform.dir / "counters"

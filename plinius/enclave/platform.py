@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol
 
 from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
 from Crypto.PublicKey import ECC
+from Crypto.Signature import eddsa
 
 from plinius.errors import ConfigError, NotFoundError
 from plinius.fsutil import create_exclusive, private_dir, read_regular
@@ -50,6 +52,62 @@ def default_platform_dir() -> Path:
 def _nested(a: Path, b: Path) -> bool:
     ra, rb = os.path.realpath(a), os.path.realpath(b)
     return ra == rb or ra.startswith(rb + os.sep) or rb.startswith(ra + os.sep)
+
+
+class Platform(Protocol):
+    """What the machine's root of trust gives the enclave and the host: keys bound to an
+    enclave's measurement, signed quotes, and a trusted place for the freshness records.
+
+    The simulated CPU (:class:`SimulatedPlatform`) is one implementation; a hardware root of
+    trust (a TPM) plugs in here. Only the platform package touches a platform's own files.
+    """
+
+    #: what reports call it, e.g. ``"simulated"``
+    kind: str
+    #: the trusted platform location (freshness records live below it)
+    dir: Path
+    #: where untrusted sealed state goes (sealed keys, the data set cache)
+    state_dir: Path
+
+    def derive(self, purpose: bytes, measurement: bytes, length: int = 16) -> bytes:
+        """A key only code with this ``measurement`` obtains (SGX EGETKEY, MRENCLAVE policy)."""
+        ...
+
+    def sign_quote(self, body: bytes) -> bytes:
+        """The platform's signature over a quote body (the quoting enclave's job)."""
+        ...
+
+    @property
+    def quoting_public_pem(self) -> str:
+        """What an owner pins to verify quotes from this platform."""
+        ...
+
+    def describe(self) -> dict[str, str]:
+        """What ran, for reports: the kind, where it lives, and that it is (not) hardware."""
+        ...
+
+
+#: ``--platform`` / ``$PLINIUS_PLATFORM`` kinds this build knows
+PLATFORM_KINDS = ("sim",)
+PLATFORM_ENV = "PLINIUS_PLATFORM"
+
+
+def open_platform(
+    spec: str | None = None,
+    *,
+    state_dir: str | os.PathLike[str] | None = None,
+    create: bool = True,
+) -> Platform:
+    """The platform a spec names: ``sim`` (the simulated CPU at ``$PLINIUS_PLATFORM_DIR``) or
+    ``sim:DIR``; default ``$PLINIUS_PLATFORM``, else ``sim``."""
+    spec = spec or os.environ.get(PLATFORM_ENV) or "sim"
+    kind, _, where = spec.partition(":")
+    if kind != "sim":
+        raise ConfigError(
+            f"platform {spec!r}: unknown kind {kind!r}; this build knows "
+            f"{', '.join(PLATFORM_KINDS)} (sim or sim:DIR, the simulated CPU)"
+        )
+    return SimulatedPlatform(where or None, state_dir=state_dir, create=create)
 
 
 class SimulatedPlatform:
@@ -115,6 +173,8 @@ class SimulatedPlatform:
             return read_regular(path, what, nofollow=True, max_bytes=1 << 16)
         return bytes(data)
 
+    kind = "simulated"
+
     def derive(self, purpose: bytes, measurement: bytes, length: int = 16) -> bytes:
         """A key only code with this ``measurement`` obtains (SGX EGETKEY, MRENCLAVE policy)."""
         memo = (purpose, measurement, length)
@@ -125,9 +185,17 @@ class SimulatedPlatform:
             self._derived[memo] = key
         return key
 
-    @property
-    def quoting_key(self) -> ECC.EccKey:
-        return self._quoting
+    def sign_quote(self, body: bytes) -> bytes:
+        """Ed25519 over the quote body with the platform's quoting key."""
+        return bytes(eddsa.new(self._quoting, "rfc8032").sign(body))
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "kind": self.kind,
+            "location": str(self.dir),
+            "note": "simulated CPU: root secret, quoting key and freshness records in files "
+            "(no SGX or TPM on this machine)",
+        }
 
     @property
     def quoting_public_pem(self) -> str:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from plinius.crypto import OVERHEAD, Engine, make_engine
-from plinius.enclave.platform import SimulatedPlatform
+from plinius.enclave.platform import Platform
 from plinius.errors import ConfigError, IntegrityError, NotFoundError
 from plinius.fsutil import atomic_write, private_dir, read_regular
 
@@ -27,7 +27,7 @@ def _engine(key: bytes, engine: str | None) -> Engine:
 
 
 def seal(
-    platform: SimulatedPlatform,
+    platform: Platform,
     measurement: bytes,
     label: str,
     data: bytes,
@@ -44,7 +44,7 @@ def seal(
 
 
 def unseal(
-    platform: SimulatedPlatform,
+    platform: Platform,
     measurement: bytes,
     label: str,
     blob: bytes,
@@ -76,7 +76,7 @@ class SealedStore:
     enclave with this measurement, under its own label).
     """
 
-    def __init__(self, platform: SimulatedPlatform, measurement: bytes) -> None:
+    def __init__(self, platform: Platform, measurement: bytes) -> None:
         self.platform = platform
         self.measurement = measurement
         self.dir = private_dir(platform.state_dir / "sealed", "sealed-data directory")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,7 +32,8 @@ from plinius.enclave.counter import (
     slot_name,
 )
 from plinius.enclave.measure import measurement
-from plinius.enclave.platform import SimulatedPlatform
+from plinius.enclave.platform import Platform
+from plinius.enclave.replicas import Replica, Replicator, Warn
 from plinius.enclave.sealing import SealedStore
 from plinius.errors import (
     ConfigError,
@@ -41,11 +43,9 @@ from plinius.errors import (
     RollbackError,
 )
 from plinius.memory import aligned_empty
-from plinius.mirror import MirrorInfo, MirrorStore, OpenedMirror, Record, Restored
+from plinius.mirror import Buffers, MirrorInfo, MirrorStore, OpenedMirror, Record, Restored
 from plinius.model import Mirrorable, NamedBuffer, Trainable
-from plinius.nn import Network
 from plinius.pmdata import LoadReport, PMData
-from plinius.replica import Replica, Replicator, Warn
 
 PROVISION_AAD = b"plinius-data-key-v1"
 
@@ -77,13 +77,27 @@ def _records(buffers: list[NamedBuffer]) -> list[Record]:
     return [Record(layer, name, arr) for layer, name, arr in buffers]
 
 
-def _buffer_map(model: Mirrorable) -> dict[tuple[int, str], np.ndarray]:
+def buffer_map(model: Mirrorable) -> dict[tuple[int, str], np.ndarray]:
     return {(layer, name): arr for layer, name, arr in model.mirror_buffers()}
+
+
+def restore_into(model: Mirrorable) -> Callable[[MirrorInfo], Buffers]:
+    """Where a restore of ``model`` decrypts to, once the mirror's authenticated layout is
+    known: a model with lazily created state (an optimizer's) allocates it first, through its
+    optional ``prepare_restore(training_state)`` hook."""
+
+    def into(info: MirrorInfo) -> Buffers:
+        prepare = getattr(model, "prepare_restore", None)
+        if prepare is not None:
+            prepare(info.meta["net"])
+        return buffer_map(model)
+
+    return into
 
 
 def load_buffers(store: MirrorStore, model: Mirrorable, guard: FreshnessGuard) -> Restored | None:
     """Decrypt the last mirror straight into the model's own buffers (None: no mirror)."""
-    return store.load(into=_buffer_map(model), freshness=guard)
+    return store.load(into=restore_into(model), freshness=guard)
 
 
 def open_fresh(store: MirrorStore, guard: FreshnessGuard) -> OpenedMirror:
@@ -97,26 +111,8 @@ def open_fresh(store: MirrorStore, guard: FreshnessGuard) -> OpenedMirror:
     return opened
 
 
-def network_from_mirror(store: MirrorStore, guard: FreshnessGuard) -> tuple[Network, MirrorInfo]:
-    """A new network built from the mirror's sealed configuration, restored from its records.
-
-    Everything is authenticated and checked fresh before the configuration is parsed.
-    """
-    return network_from_opened(open_fresh(store, guard))  # one read: the cfg and every record
-
-
-def network_from_opened(opened: OpenedMirror) -> tuple[Network, MirrorInfo]:
-    """:func:`network_from_mirror` for a mirror already read and checked fresh."""
-    from plinius.nn import parse_cfg_text
-
-    info = opened.info
-    meta = info.meta
-    net = Network(parse_cfg_text(meta["cfg"], f"mirror:{meta['model']}"), batch=meta["batch"])
-    if net.fingerprint() != info.fingerprint:
-        raise ModelMismatchError("the mirror's sealed configuration does not match its records")
-    got = opened.load(_buffer_map(net))
-    net.load_training_state(got.info.meta["net"])
-    return net, got.info
+#: builds a model from a mirror read and checked fresh: (the model, restored; the mirror's info)
+ModelBuilder = Callable[[OpenedMirror], tuple[Trainable, MirrorInfo]]
 
 
 class Enclave:
@@ -124,7 +120,7 @@ class Enclave:
 
     def __init__(
         self,
-        platform: SimulatedPlatform,
+        platform: Platform,
         model: Trainable | None,
         model_label: str = "",
         cfg_text: str = "",
@@ -205,11 +201,14 @@ class Enclave:
             raise EnclaveStateError("no model yet: build it from the mirror first")
         return self._model_or_none
 
-    def ecall_model_from_mirror(self) -> tuple[str, int]:
-        """Build the model the attached mirror describes (sealed cfg) and restore it."""
+    def ecall_model_from_mirror(self, build: ModelBuilder) -> tuple[str, int]:
+        """Build the model the attached mirror describes (its sealed configuration, read once,
+        authenticated and checked fresh before ``build`` parses it) and restore it. ``build``
+        is the model implementation's (e.g. :func:`plinius.nn.mirrored.network_from_opened`):
+        the enclave knows models only through the protocol."""
         if self._store is None or self._guard is None:
             raise EnclaveStateError("attach a mirror first")
-        net, info = network_from_mirror(self._store, replace(self._guard, settle=False))
+        net, info = build(open_fresh(self._store, replace(self._guard, settle=False)))
         meta = info.meta
         self._model_or_none = net
         self._model_label, self._cfg_text = str(meta["model"]), str(meta["cfg"])
@@ -347,7 +346,7 @@ class Enclave:
         assert self._store is not None and self._guard is not None
         assert self._replicas is not None
         guard = self._guard
-        into = _buffer_map(self._model)
+        into = restore_into(self._model)
         primary = self._store.open(freshness=guard)
         if primary is not None:
             return primary.load(into)

@@ -1,10 +1,11 @@
-"""``TorchMirror``: a PyTorch training loop mirrored through the enclave's own mirroring path.
+"""``TorchMirror``: a PyTorch training loop mirrored through the one host-side session.
 
 The torch state (:class:`~plinius.torch.state.TorchState`) is one more implementation of the
-model protocol, so the very same :class:`~plinius.enclave.trusted.Enclave` provisions the key,
-seals, persists, restores and checks freshness with the platform counter, mirrors
-asynchronously and copies to replicas, with the same errors (``ModelMismatchError``,
-``StaleMirrorError``/``RollbackError``, ``IntegrityError``) as ``plinius train``.
+model protocol, so the very same :class:`~plinius.session.Session` and enclave provision the
+key (the host keeps none), seal, persist, restore and check freshness with the platform
+counter, mirror asynchronously and copy to replicas, with the same errors
+(``ModelMismatchError``, ``StaleMirrorError``/``RollbackError``, ``IntegrityError``) as
+``plinius train``.
 """
 
 from __future__ import annotations
@@ -16,22 +17,11 @@ from typing import Any, cast
 
 import torch
 
-from plinius.backends.base import Backend
-from plinius.backends.registry import backend_class, open_backend, parse_spec
-from plinius.crypto import key_id, make_engine, read_key_file
-from plinius.enclave.counter import MirrorCounters
-from plinius.enclave.platform import SimulatedPlatform
-from plinius.enclave.trusted import Enclave, mirror_guard
-from plinius.errors import ConfigError, PliniusError
-from plinius.fsutil import check_path
-from plinius.mirror import MirrorInfo, MirrorStore
+from plinius.enclave.platform import Platform
+from plinius.errors import ConfigError
 from plinius.model import Trainable
-from plinius.owner import provision
+from plinius.session import BackendLike, Replication, Session
 from plinius.torch.state import TorchState, mirror_estimate
-
-BackendLike = str | Backend
-#: how long closing waits for a replica copy in flight
-REPLICA_DRAIN_S = 60.0
 
 
 def _warn(msg: str) -> None:
@@ -69,7 +59,7 @@ class TorchMirror:
         replica: BackendLike | list[BackendLike] | None = None,
         scheduler: Any = None,
         extra_state: dict[str, Any] | None = None,
-        platform: SimulatedPlatform | None = None,
+        platform: Platform | None = None,
         replica_max_lag: int | None = None,
         accept_replica_loss: int | None = None,
         check_module_types: bool = True,
@@ -88,83 +78,38 @@ class TorchMirror:
         self.every = every
         self.asynchronous = asynchronous
         self._snap_nbytes = 0
-        self._owned: list[Backend] = []
         self._closed = False
         self.mirror_s: list[float] = []  # seconds each mirror held the training loop
-        key = read_key_file(key_file)
-        platform = SimulatedPlatform() if platform is None else platform
-        fp = self.state.fingerprint()
-        label = f"torch:{type(model).__qualname__}"
-        # the enclave mirrors through Mirrorable only; it trains (Trainable) only when asked to
-        self._enclave = Enclave(platform, cast(Trainable, self.state), label)
-        if not self._enclave.ecall_unseal_key(key_id(key)):
-            provision(self._enclave, key, platform.quoting_public_pem, fp)
+        # the session mirrors through Mirrorable only; it trains (Trainable) only when asked to
+        self._session = Session(
+            cast(Trainable, self.state),
+            label=f"torch:{type(model).__qualname__}",
+            key_file=key_file,
+            platform=platform,
+            say=_warn,
+        )
         try:
-            self.backend = self._open(backend, "backend")
-            self._counters = MirrorCounters(platform)
-            self._enclave.ecall_attach_mirror(self.backend, self._counters)
-            self._peek_store = MirrorStore(self.backend, make_engine(key), fp)
-            replicas = (
-                [] if replica is None else replica if isinstance(replica, list) else [replica]
+            size = mirror_estimate(self.state)
+            self.backend = self._session.open(backend, mirror_bytes=size)
+            replicas = replica if isinstance(replica, list) else [replica] if replica else []
+            self._session.attach(
+                self.backend,
+                replication=Replication(
+                    replicas, 1, replica_max_lag, accept_replica_loss, required=True
+                ),
+                mirror_bytes=size,
             )
-            self._replicas = [self._open(r, "replica") for r in replicas]
-            if self._replicas:
-                self._enclave.ecall_attach_replicas(
-                    self._replicas,
-                    1,
-                    _warn,
-                    max_lag=replica_max_lag,
-                    accept_loss=accept_replica_loss,
-                )
         except BaseException:
-            self._close_owned()
+            self._session.close()
             raise
-
-    def _open(self, spec: BackendLike, what: str) -> Backend:
-        if isinstance(spec, Backend):
-            return spec
-        if not isinstance(spec, str) or not spec:
-            raise ConfigError(f"{what} must be a backend spec string or a Backend")
-        name, location, _ = parse_spec(spec)
-        check_path(location, f"{what} {name} location")
-        opts = backend_class(name).creation_options(mirror_estimate(self.state), 0)
-        b = open_backend(spec, **opts)
-        self._owned.append(b)
-        return b
 
     # --- restore -------------------------------------------------------------------------------
 
-    def _peek(self) -> MirrorInfo | None:
-        """The layout of the mirror a restore will load (header and manifest only), so the
-        optimizer state PyTorch creates lazily exists to decrypt into; the restore itself
-        checks everything again."""
-        guard = mirror_guard(self._counters, self._peek_store, settle=False)
-        info = self._peek_store.peek(freshness=guard)
-        if info is not None or not self._replicas:
-            return info
-        best: MirrorInfo | None = None
-        for r in self._replicas:
-            store = MirrorStore(r, self._peek_store.engine, self._peek_store.fingerprint)
-            try:
-                got = store.peek(freshness=mirror_guard(self._counters, store, settle=False))
-            except PliniusError:
-                continue
-            if got is not None and (best is None or got.version > best.version):
-                best = got
-        return best
-
     def restore(self) -> int:
         """Load the last mirror into model, optimizer, scheduler, RNGs and ``extra_state``;
-        the iteration to continue from (0 when there is no mirror yet)."""
-        info = self._peek()
-        if info is not None:
-            self.state.prepare_restore(info.meta["net"])
-        it = self._enclave.ecall_restore(_warn)
-        lost = self._enclave.ecall_restore_warning()
-        if lost is not None:
-            _warn(lost)
-            self._enclave.ecall_mirror()  # re-seed the primary: its freshness record moves on
-            self._enclave.ecall_flush()
+        the iteration to continue from (0 when there is no mirror yet). The optimizer state
+        PyTorch creates lazily is allocated from the mirror's authenticated layout first."""
+        it = self._session.restore().iteration
         return 0 if it is None else it
 
     # --- mirroring -----------------------------------------------------------------------------
@@ -185,35 +130,24 @@ class TorchMirror:
         if self.asynchronous:
             need = self.state.snapshot_nbytes()
             if need != self._snap_nbytes:  # first mirror, or the optimizer grew its state
-                self._enclave.ecall_set_async(False)
-                self._enclave.ecall_set_async(True)
+                self._session.enclave.ecall_set_async(False)
+                self._session.enclave.ecall_set_async(True)
                 self._snap_nbytes = need
-        self._enclave.ecall_mirror()
+        self._session.mirror()
         waited = time.perf_counter() - t0
         self.mirror_s.append(waited)
         return waited
 
     def flush(self) -> None:
         """Wait for the asynchronous mirror in flight (its error, if any, is raised here)."""
-        self._enclave.ecall_flush()
+        self._session.flush()
 
     def close(self) -> None:
         """Drain the pending mirror and replica copies; close the backends opened here."""
         if self._closed:
             return
         self._closed = True
-        try:
-            self._enclave.ecall_flush()
-            if not self._enclave.ecall_drain_replicas(REPLICA_DRAIN_S):
-                _warn(f"a replica copy was still in flight after {REPLICA_DRAIN_S:.0f} s")
-        finally:
-            self._enclave.ecall_close()
-            self._close_owned()
-
-    def _close_owned(self) -> None:
-        owned, self._owned = self._owned, []
-        for b in owned:
-            b.close()
+        self._session.close()
 
     def __enter__(self) -> TorchMirror:
         return self
