@@ -168,15 +168,16 @@ class Session:
         self.backend = backend
         self.enclave.ecall_attach_mirror(backend, MirrorCounters(self.platform))
         if replication is not None and replication.specs:
-            self._replicas = self._open_replicas(replication, backend, mirror_bytes)
+            opened = self._open_replicas(replication, backend, mirror_bytes)
             self.enclave.ecall_attach_replicas(
-                self._replicas.backends,
+                opened.backends,
                 replication.every,
                 self.say,
                 max_lag=replication.max_lag,
-                missing=self._replicas.missing,
+                missing=opened.missing,
                 accept_loss=replication.accept_loss,
             )
+            self._replicas = opened  # attached: the enclave's copiers now hold them
         self.enclave.ecall_set_async(asynchronous)
 
     def _open_replicas(
@@ -191,6 +192,8 @@ class Session:
         for spec in replication.specs:
             if isinstance(spec, Backend):
                 replica, parts = spec, spec.slot_parts()
+            elif not isinstance(spec, str) or not spec:
+                raise ConfigError("replica must be a backend spec string or a Backend")
             else:
                 name, location, options = parse_spec(spec)
                 parts = backend_class(name).slot_parts_of(location, options)
@@ -223,8 +226,9 @@ class Session:
 
     def restore(self, *, fresh: bool = False) -> Resumed:
         """Load the last mirror (or, without ``fresh``, start a new run whose first mirror makes
-        every older one stale). A replica standing in for a lost primary is said, and the
-        primary gets a new mirror at once so its freshness record moves on."""
+        every older one stale). When a replica stood in for a lost primary, ``lost`` says so
+        (the caller shows it) and the primary gets a new mirror at once so its freshness record
+        moves on."""
         if fresh:
             self.enclave.ecall_forget_mirror()
             return Resumed(None, 0.0)
@@ -233,7 +237,6 @@ class Session:
         resumed = Resumed(iteration, time.perf_counter() - t0)
         lost = self.enclave.ecall_restore_warning()
         if lost is not None:
-            self.say(lost)
             resumed.lost = lost
             t1 = time.perf_counter()
             self.enclave.ecall_mirror()

@@ -357,6 +357,7 @@ def _train(
                 f"({restore_ms:.1f} ms to restore)"
             )
         if resumed.lost is not None:
+            say(resumed.lost)
             notes.append(resumed.lost)
             mirror_ms.append(resumed.reseed_s * 1e3)  # the primary re-seeded at once
     start = enclave.ecall_iteration()

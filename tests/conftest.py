@@ -12,7 +12,6 @@ import pytest
 
 from plinius.crypto import ENGINES
 
-
 #: system tests: real CLI processes, servers, SIGKILL loops and experiments (with everything in
 #: tests/security/, the attack suite through the real CLI). Plain ``pytest`` leaves them out
 #: (pyproject's ``-m "not slow and not system"``); ``tox`` runs them on Python 3.11

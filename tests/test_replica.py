@@ -134,6 +134,8 @@ def test_wiped_primary_resumes_from_replica_exactly(
     assert doc["start_iteration"] == 6 and doc["weights_sha256"] == ref
     assert f"primary mirror at {primary} is missing: restored version 6 from replica" in res.stderr
     assert "0 mirrors since then are lost" in res.stderr
+    resumed = res.stderr.index("resumed from the mirror at iteration 6")
+    assert resumed < res.stderr.index("is missing: restored")  # the order users saw before
     # the primary was re-seeded with new versions: it verifies and is the newest again
     v = verify(world, env, primary)
     assert v.returncode == 0 and json.loads(v.stdout)["iteration"] == 12, v.stderr

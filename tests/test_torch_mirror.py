@@ -17,7 +17,12 @@ torch = pytest.importorskip(
 from cli_runner import run_cli  # noqa: E402
 
 from plinius.crypto import generate_key, write_key_file  # noqa: E402
-from plinius.errors import IntegrityError, ModelMismatchError, RollbackError  # noqa: E402
+from plinius.errors import (  # noqa: E402
+    ConfigError,
+    IntegrityError,
+    ModelMismatchError,
+    RollbackError,
+)
 from plinius.model import Mirrorable  # noqa: E402
 from plinius.torch import Staging, TorchMirror, TorchState  # noqa: E402
 
@@ -322,6 +327,16 @@ def test_replayed_old_mirror_is_refused(shm_dir: Path, key: str) -> None:
     shutil.copy2(shm_dir / "old", shm_dir / "m" / "mirror")
     with pytest.raises(RollbackError, match="older copy"):
         _restore(spec, key)
+
+
+@pytest.mark.parametrize("replica", ["", 42, [Path("/x/r")]])
+def test_a_replica_that_is_no_spec_is_one_config_error(
+    shm_dir: Path, key: str, replica: Any
+) -> None:
+    """Neither silently dropped ("") nor an AttributeError (a Path, a number)."""
+    model, o, _ = make("sgd")
+    with pytest.raises(ConfigError, match="replica must be a backend spec string or a Backend"):
+        TorchMirror(model, o, backend=f"tmpfs:{shm_dir / 'm'}", key_file=key, replica=replica)
 
 
 def test_every_n_and_extra_state_must_be_a_dict(shm_dir: Path, key: str) -> None:

@@ -137,7 +137,7 @@ class SimulatedPlatform:
         if not create and not plat.exists():
             raise NotFoundError(
                 f"no platform location at {plat}: this simulated CPU never committed a mirror "
-                "(set PLINIUS_PLATFORM_DIR to the one the trainer used)"
+                "(give the trainer's with --platform sim:DIR or set PLINIUS_PLATFORM_DIR)"
             )
         self.dir = private_dir(plat, "platform location", create=create)
         self.state_dir = private_dir(state, "state directory") if create else state

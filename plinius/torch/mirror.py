@@ -91,7 +91,9 @@ class TorchMirror:
         try:
             size = mirror_estimate(self.state)
             self.backend = self._session.open(backend, mirror_bytes=size)
-            replicas = replica if isinstance(replica, list) else [replica] if replica else []
+            replicas = (
+                [] if replica is None else replica if isinstance(replica, list) else [replica]
+            )
             self._session.attach(
                 self.backend,
                 replication=Replication(
@@ -109,8 +111,10 @@ class TorchMirror:
         """Load the last mirror into model, optimizer, scheduler, RNGs and ``extra_state``;
         the iteration to continue from (0 when there is no mirror yet). The optimizer state
         PyTorch creates lazily is allocated from the mirror's authenticated layout first."""
-        it = self._session.restore().iteration
-        return 0 if it is None else it
+        resumed = self._session.restore()
+        if resumed.lost is not None:
+            _warn(resumed.lost)
+        return 0 if resumed.iteration is None else resumed.iteration
 
     # --- mirroring -----------------------------------------------------------------------------
 
