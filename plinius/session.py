@@ -224,20 +224,23 @@ class Session:
 
     # --- the run -------------------------------------------------------------------------------
 
-    def restore(self, *, fresh: bool = False) -> Resumed:
+    def restore(
+        self, *, fresh: bool = False, announce: Callable[[Resumed], None] | None = None
+    ) -> Resumed:
         """Load the last mirror (or, without ``fresh``, start a new run whose first mirror makes
-        every older one stale). When a replica stood in for a lost primary, ``lost`` says so
-        (the caller shows it) and the primary gets a new mirror at once so its freshness record
-        moves on."""
+        every older one stale). ``announce`` hears what was found before anything more is
+        written: when a replica stood in for a lost primary, ``lost`` says so, and then the
+        primary gets a new mirror at once so its freshness record moves on."""
         if fresh:
             self.enclave.ecall_forget_mirror()
             return Resumed(None, 0.0)
         t0 = time.perf_counter()
         iteration = self.enclave.ecall_restore(self.say)
         resumed = Resumed(iteration, time.perf_counter() - t0)
-        lost = self.enclave.ecall_restore_warning()
-        if lost is not None:
-            resumed.lost = lost
+        resumed.lost = self.enclave.ecall_restore_warning()
+        if announce is not None:
+            announce(resumed)
+        if resumed.lost is not None:
             t1 = time.perf_counter()
             self.enclave.ecall_mirror()
             self.enclave.ecall_flush()

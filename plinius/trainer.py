@@ -36,7 +36,7 @@ from plinius.errors import ConfigError
 from plinius.mirror import metadata_bytes
 from plinius.nn import Network, parse_cfg_text, zoo
 from plinius.owner import default_dataset
-from plinius.session import Replication, Session
+from plinius.session import Replication, Resumed, Session
 
 
 def model_source(spec: str) -> tuple[str, str]:
@@ -348,17 +348,20 @@ def _train(
             asynchronous=opts.async_mirror,
             mirror_bytes=mirror_bytes,
         )
-        resumed = session.restore(fresh=opts.fresh)
+
+        def announce(found: Resumed) -> None:
+            if found.iteration is not None:
+                ms = found.seconds * 1e3
+                at = found.iteration
+                say(f"resumed from the mirror at iteration {at} ({ms:.1f} ms to restore)")
+            if found.lost is not None:
+                say(found.lost)
+                notes.append(found.lost)
+
+        resumed = session.restore(fresh=opts.fresh, announce=announce)
         restore_ms = resumed.seconds * 1e3
         resumed_from = resumed.iteration
-        if resumed_from is not None:
-            say(
-                f"resumed from the mirror at iteration {resumed_from} "
-                f"({restore_ms:.1f} ms to restore)"
-            )
         if resumed.lost is not None:
-            say(resumed.lost)
-            notes.append(resumed.lost)
             mirror_ms.append(resumed.reseed_s * 1e3)  # the primary re-seeded at once
     start = enclave.ecall_iteration()
     log = LossLog(opts.log)

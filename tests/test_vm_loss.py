@@ -33,14 +33,18 @@ def _documented(result: dict[str, Any], report: str) -> None:
 
 
 def _check_arms(r: dict[str, Any], losses: int | None) -> None:
-    """``losses`` per arm; None (a trace replay): as many as the interruptions the arm lived
-    through before it finished, at least one (how many depends on how fast it trained)."""
+    """``losses`` per arm; None (a trace replay): at least one, at most the interruptions the
+    arm lived through (how many depends on how fast it trained: one that has just finished
+    when the price rises loses nothing)."""
     assert r["vm_loss"] is True and r["runs"] == list(VM_RUNS)
     assert r["replica"]["run"] is True
     for run in VM_RUNS:
         arm = r[run]
-        want = arm["interruptions"] if losses is None else losses
-        assert len(arm["vm_losses"]) == want and want >= 1, run
+        got = len(arm["vm_losses"])
+        if losses is None:
+            assert 1 <= got <= arm["interruptions"], run
+        else:
+            assert got == losses, run
         assert arm["deleted_gone_at_restart"] is True
         for loss in arm["vm_losses"]:
             assert loss["deleted"] and loss["gone_at_restart"] is True

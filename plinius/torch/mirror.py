@@ -20,12 +20,18 @@ import torch
 from plinius.enclave.platform import Platform
 from plinius.errors import ConfigError
 from plinius.model import Trainable
-from plinius.session import BackendLike, Replication, Session
+from plinius.session import BackendLike, Replication, Resumed, Session
 from plinius.torch.state import TorchState, mirror_estimate
 
 
 def _warn(msg: str) -> None:
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def _announce(found: Resumed) -> None:
+    """A replica stood in for a lost primary: say what was restored and lost."""
+    if found.lost is not None:
+        _warn(found.lost)
 
 
 class TorchMirror:
@@ -111,9 +117,7 @@ class TorchMirror:
         """Load the last mirror into model, optimizer, scheduler, RNGs and ``extra_state``;
         the iteration to continue from (0 when there is no mirror yet). The optimizer state
         PyTorch creates lazily is allocated from the mirror's authenticated layout first."""
-        resumed = self._session.restore()
-        if resumed.lost is not None:
-            _warn(resumed.lost)
+        resumed = self._session.restore(announce=_announce)
         return 0 if resumed.iteration is None else resumed.iteration
 
     # --- mirroring -----------------------------------------------------------------------------
