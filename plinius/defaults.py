@@ -3,34 +3,27 @@
 ``PLINIUS_SHM_DIR`` (default ``/dev/shm``) holds RAM-backed instances (``tmpfs``, emulated-PM
 ``romulus``); ``PLINIUS_DISK_DIR`` (default ``/var/tmp``) holds disk-backed ones (``ssd``, ``dax``).
 Which root a backend uses, which backends are the default ones and the instances of the default
-benchmark plan are declared by the backend classes (:mod:`plinius.backends.catalog`).
+benchmark plan are the lab's profiles of the backends (:mod:`plinius.lab.profiles`).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
-from plinius.backends.catalog import default_backends, default_instances
-from plinius.backends.registry import backend_class, parse_spec, registered
+from plinius.backends.registry import backend_class, registered
 from plinius.errors import ConfigError, NotFoundError, PliniusError
-
-
-def root_dir(kind: str) -> Path:
-    if kind == "shm":
-        return Path(os.environ.get("PLINIUS_SHM_DIR", "/dev/shm"))
-    return Path(os.environ.get("PLINIUS_DISK_DIR", "/var/tmp"))
-
-
-def default_spec(name: str, directory: str | os.PathLike[str]) -> str:
-    """Spec of backend ``name`` placed inside ``directory``."""
-    return f"{name}:{backend_class(name).location_in(str(directory))}"
+from plinius.lab.profiles import (
+    InstancePlan,
+    default_backends,
+    default_instances,
+    default_spec,
+    root_dir,
+)
 
 
 @contextmanager
@@ -74,73 +67,16 @@ def instances(names: list[str], explicit: dict[str, str]) -> Iterator[dict[str, 
 # says, once the instance is open.
 
 
-@dataclass(frozen=True)
-class InstancePlan:
-    """One backend instance a benchmark runs: a registered name, its options and where it lives.
-
-    ``spec`` is the user's full spec (reused as given); without it a scratch instance is made on
-    ``root`` (``"shm"`` or ``"disk"``; default: the backend class's own ``default_root``).
-    """
-
-    name: str
-    options: tuple[tuple[str, str], ...] = ()
-    root: Literal["shm", "disk"] | None = None
-    spec: str | None = None
-    role: str = ""
-    #: run only if the backend accepts ``options`` (probed before the run; else reported as not run)
-    optional: bool = False
-    #: set when two instances would otherwise share a label
-    label_suffix: str = ""
-
-    @property
-    def label(self) -> str:
-        """``name?opt=v&...`` (sorted options): what every table, plot and JSON row shows."""
-        opts = "&".join(f"{k}={v}" for k, v in sorted(self.options))
-        return self.name + (f"?{opts}" if opts else "") + self.label_suffix
-
-    @property
-    def location(self) -> str | None:
-        return None if self.spec is None else parse_spec(self.spec)[1]
-
-    def root_kind(self) -> Literal["shm", "disk"]:
-        return self.root or backend_class(self.name).default_root
-
-    def spec_in(self, directory: str | os.PathLike[str]) -> str:
-        """The spec of this instance placed inside ``directory`` (scratch instances)."""
-        opts = "&".join(f"{k}={v}" for k, v in self.options)
-        return default_spec(self.name, directory) + (f"?{opts}" if opts else "")
-
-    @classmethod
-    def from_spec(cls, spec: str, role: str = "") -> InstancePlan:
-        """A user's full spec ``NAME:LOCATION?opts``, used as given."""
-        name, _, options = parse_spec(spec)
-        backend_class(name)
-        return cls(name, tuple(sorted(options.items())), spec=spec, role=role)
-
-    @classmethod
-    def from_text(cls, text: str) -> InstancePlan:
-        """``NAME`` or ``NAME?opt=v`` (a scratch instance) or ``NAME:LOCATION?opt=v`` (as given)."""
-        if ":" in text.split("?", 1)[0]:
-            return cls.from_spec(text)
-        name, _, query = text.partition("?")
-        backend_class(name)
-        _, _, options = parse_spec(f"{name}:-" + (f"?{query}" if query else ""))
-        return cls(name, tuple(sorted(options.items())))
-
-
 def default_plan() -> tuple[InstancePlan, ...]:
     """The default ``plinius bench`` plan: enough instances that every comparison is like for
-    like, as the registered backend classes declare them (``bench_instances``, ``bench_order``).
+    like, as the backends' lab profiles declare them (``instances``, ``order``).
 
     The built-ins give, at process-crash durability (RAM): ``romulus`` (emulated PM on tmpfs)
     against ``tmpfs``; at power-fail durability (the disk): ``romulus?mode=msync`` on the disk
     beside ``ssd`` and ``dax``; and the optional PM device model. The durability each instance
     really has is read from its ``describe()`` after opening it.
     """
-    return tuple(
-        InstancePlan(name, i.options, root=i.root, role=i.role, optional=i.optional)
-        for name, i in default_instances()
-    )
+    return tuple(replace(i, name=name, order=None) for name, i in default_instances())
 
 
 def __getattr__(name: str) -> tuple[InstancePlan, ...]:

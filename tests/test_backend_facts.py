@@ -1,6 +1,7 @@
-"""Backends own their facts: fio, plots, the bench plan, the baseline and creation options come
-from what each backend class declares, so a new backend (a remote one too) plugs in through
-``plinius/backends/`` alone; and the staged-write base is all a remote store needs."""
+"""Backends own their storage facts (creation options, locality, ranged reads); how the lab
+benchmarks, characterises and draws them (fio, plots, the bench plan, the baseline) is a lab
+profile keyed by name (:mod:`plinius.lab.profiles`), so a new backend (a remote one too) plugs in
+through its own module alone; and the staged-write base is all a remote store needs."""
 
 from __future__ import annotations
 
@@ -13,14 +14,12 @@ import pytest
 from plinius.backends import open_backend, register_backend
 from plinius.backends.base import (
     Backend,
-    BenchInstance,
     Durability,
     IoStats,
     RunsOn,
     check_blob_name,
     check_range,
 )
-from plinius.backends.catalog import default_backends
 from plinius.backends.fsinfo import MountInfo
 from plinius.backends.registry import BACKENDS, BUILTIN, backend_class
 from plinius.backends.staging import StagedBackend
@@ -31,6 +30,15 @@ from plinius.crypto import make_engine
 from plinius.defaults import all_backend_names, default_plan
 from plinius.errors import ConfigError
 from plinius.fio.runner import plan_targets
+from plinius.lab.profiles import (
+    PROFILES,
+    InstancePlan,
+    Profile,
+    default_backends,
+    fio_root,
+    profile,
+    register_profile,
+)
 from plinius.memory import StagingBuffer
 from plinius.mirror import MirrorStore, Record
 from plinius.reporting.plots import _style
@@ -87,16 +95,16 @@ class FastFile(TmpfsBackend):
     """A plug-in that joins the default plan between romulus and tmpfs, with its own marker."""
 
     name = "fastfile"
-    plot_marker = "D"
-    bench_order = 15
-    bench_instances = (BenchInstance("a plug-in in the default plan"),)
+    profile = Profile(
+        marker="D", order=15, instances=(InstancePlan("", role="a plug-in in the default plan"),)
+    )
 
 
 class OtherBase(TmpfsBackend):
     """A plug-in declaring itself the paper's baseline."""
 
     name = "otherbase"
-    baseline = True
+    profile = Profile(baseline=True)
 
 
 @pytest.fixture
@@ -106,21 +114,28 @@ def plug() -> Iterator[Callable[[type[Backend]], None]]:
     def add(cls: type[Backend]) -> None:
         register_backend(cls.name, cls)
         added.append(cls.name)
+        lab = getattr(cls, "profile", None)
+        if lab is not None:  # the plug-in's lab profile, registered beside it
+            register_profile(cls.name, lab)
 
     yield add
     for name in added:
         BACKENDS.unregister(name)
+        PROFILES.pop(name, None)
 
 
 def test_builtins_declare_their_facts() -> None:
     assert [n for n in default_backends() if n in FOUR] == list(FOUR)
-    markers = {n: backend_class(n).plot_marker for n in FOUR}
+    markers = {n: profile(n).marker for n in FOUR}
     assert markers == {"romulus": "o", "tmpfs": "s", "dax": "^", "ssd": "v"}
-    assert [n for n in BUILTIN if backend_class(n).baseline] == ["ssd"]
+    assert [n for n in BUILTIN if profile(n).baseline] == ["ssd"]
     for n in FOUR:
         cls = backend_class(n)
         assert cls.ranged_read and cls.locality == "local"
-        assert cls.fio_root() == cls.default_root
+        assert fio_root(n) == cls.default_root
+    # the storage contract carries no lab fact
+    for attr in ("plot_marker", "baseline", "bench_order", "bench_instances", "fio_facts"):
+        assert not hasattr(Backend, attr), attr
     assert backend_class("tmpfs").durability_levels == ("process-crash",)
     assert backend_class("romulus").creation_options(10 << 20, 16 << 20)["size_hint"] > 26 << 20
     assert backend_class("ssd").creation_options(10 << 20, 16 << 20) == {}
@@ -130,29 +145,32 @@ def _mount(fs: str, device: str, options: str = "rw") -> MountInfo:
     return MountInfo("/m", fs, device, options)
 
 
-def test_fio_facts_and_engines_are_the_classes() -> None:
+def test_fio_facts_and_engines_are_the_profiles() -> None:
     ram, disk, dax = (
         _mount("tmpfs", "tmpfs"),
         _mount("ext4", "/dev/sda1"),
         _mount("ext4", "/dev/pmem0", "rw,dax"),
     )
-    facts = {n: backend_class(n).fio_facts for n in FOUR}
-    assert facts["ssd"]("sync", ram) == (True, ["not a disk: tmpfs is RAM-backed"])
-    assert facts["ssd"]("sync", disk) == (False, [])
-    assert facts["tmpfs"]("sync", disk) == (True, ["not RAM-backed: ext4 on /dev/sda1"])
-    assert facts["dax"]("sync", dax) == (False, ["DAX mount: ext4 on /dev/pmem0"])
-    assert facts["dax"]("sync", disk)[0] is True
-    assert facts["romulus"]("libpmem", dax) == (
+
+    def facts(n: str, engine: str, m: MountInfo) -> tuple[bool, list[str]]:
+        return profile(n).fio_facts(backend_class(n), engine, m)
+
+    assert facts("ssd", "sync", ram) == (True, ["not a disk: tmpfs is RAM-backed"])
+    assert facts("ssd", "sync", disk) == (False, [])
+    assert facts("tmpfs", "sync", disk) == (True, ["not RAM-backed: ext4 on /dev/sda1"])
+    assert facts("dax", "sync", dax) == (False, ["DAX mount: ext4 on /dev/pmem0"])
+    assert facts("dax", "sync", disk)[0] is True
+    assert facts("romulus", "libpmem", dax) == (
         False,
         ["real PM: libpmem engine on DAX ext4 on /dev/pmem0"],
     )
-    emulated, notes = facts["romulus"]("sync", ram)
+    emulated, notes = facts("romulus", "sync", ram)
     assert emulated and notes[0].startswith("PM emulated: sync engine on tmpfs")
-    romulus = backend_class("romulus")
+    romulus = profile("romulus")
     assert romulus.fio_engine("auto", dax, ["sync", "libpmem"]) == ("libpmem", {})
     assert romulus.fio_engine("auto", dax, ["sync"]) == (None, {})
     assert romulus.fio_engine("libpmem", ram, None) == ("libpmem", {"PMEM_IS_PMEM_FORCE": "1"})
-    assert backend_class("ssd").fio_engine("libpmem", dax, None) == (None, {})
+    assert profile("ssd").fio_engine("libpmem", dax, None) == (None, {})
 
 
 def test_a_remote_backend_fits_with_no_change_elsewhere(
@@ -225,7 +243,7 @@ def _row(backend: str, save: float) -> dict[str, Any]:
     }
 
 
-def test_the_baseline_is_a_class_fact(plug: Callable[[type[Backend]], None]) -> None:
+def test_the_baseline_is_a_profile_fact(plug: Callable[[type[Backend]], None]) -> None:
     plug(OtherBase)
     rows = add_speedups([_row("tmpfs", 0.01), _row("otherbase", 0.04)])
     assert rows[0]["speedup_save_vs_ssd"] == pytest.approx(4.0)

@@ -403,7 +403,9 @@ def test_bad_options_refused(server: RedisServer) -> None:
 
 def test_class_facts() -> None:
     assert RedisBackend.locality == "remote" and RedisBackend.ranged_read
-    assert RedisBackend.fio_root() is None and not RedisBackend.byte_addressable
+    from plinius.lab.profiles import fio_root
+
+    assert fio_root("redis") is None and not RedisBackend.byte_addressable
 
 
 def test_missing_redis_py_gives_the_install_hint() -> None:

@@ -23,8 +23,10 @@ from plinius.bench.render import (
     render_markdown,
     summary_rows,
 )
-from plinius.bench.saverestore import add_speedups, bench_model, steps
-from plinius.bench.suite import SuiteOptions, run_suite, targets, total_steps
+from plinius.bench.rounds import steps
+from plinius.bench.saverestore import add_speedups, bench_model
+from plinius.bench.suite import SuiteOptions, run_suite, total_steps
+from plinius.bench.targets import targets
 from plinius.crypto import generate_key, make_engine
 from plinius.defaults import DEFAULT_PLAN, InstancePlan, plan_instances, probe, unique_labels
 from plinius.errors import ConfigError
@@ -219,7 +221,7 @@ def test_progress_total_equals_the_steps_done(tmp_path: Path) -> None:
     )
     opts = SuiteOptions(plan, [1.0, 2.0], 2, make_engine(generate_key()), sections=("save",))
     ticks, doc = _count(opts)
-    assert doc["sections"]["results"]["status"] == "ok"
+    assert doc["sections"]["save"]["status"] == "ok"
     assert len(doc["results"]) == 3 * 2
     # one step per interleaved round of each workload
     assert total_steps(opts) == steps(2, 2) == ticks
@@ -233,7 +235,9 @@ def test_progress_total_holds_when_the_save_section_fails(tmp_path: Path) -> Non
     plan = [InstancePlan.from_text("tmpfs"), InstancePlan.from_text("ssd:/proc/nope/x")]
     opts = SuiteOptions(plan, [1.0], 3, make_engine(generate_key()), sections=("save",))
     ticks, doc = _count(opts)
-    assert doc["sections"]["results"]["status"] == "failed"
+    assert doc["sections"]["save"]["status"] == "failed"
+    assert "/proc/nope" in doc["sections"]["save"]["error"]
+    assert "results" not in doc["sections"]
     assert ticks == total_steps(opts) == 3
 
 

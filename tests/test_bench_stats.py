@@ -86,9 +86,12 @@ def test_verdicts_from_synthetic_samples() -> None:
 MB = 64 << 20
 
 
-def _contender(section: str, name: str, ops: dict[str, list[float]], **facts: Any) -> dict:
+def _contender(
+    section: str, name: str, ident: str, ops: dict[str, list[float]], **facts: Any
+) -> dict:
     return {
         "section": section,
+        "id": f"{section}:{ident}",
         "name": name,
         "workload": "size-64",
         "nbytes": MB,
@@ -131,17 +134,35 @@ def _doc() -> dict[str, Any]:
             _contender(
                 "limits",
                 "aes-gcm (all cores)",
+                "aes-gcm/openssl/2",
                 {"encrypt": _noisy(0.0095), "decrypt": _noisy(0.005)},
                 threads=2,
             ),
-            _contender("limits", "aes-gcm (1 thread)", {"encrypt": _noisy(0.02)}, threads=1),
+            _contender(
+                "limits",
+                "aes-gcm (1 thread)",
+                "aes-gcm/openssl/1",
+                {"encrypt": _noisy(0.02)},
+                threads=1,
+            ),
             _contender(
                 "peers",
                 "safetensors (tmpfs)",
+                "safetensors@tmpfs",
                 {"save": _noisy(0.03), "restore": _noisy(0.02), "restore_copy_": _noisy(0.2)},
                 label="tmpfs",
             ),
-            _contender("peers", "torch.save+aes-gcm (ssd)", {"save": _noisy(0.2)}, label="ssd"),
+            _contender(
+                "peers",
+                "torch.save+aes-gcm (ssd)",
+                "torch.save+aes-gcm@ssd",
+                {"save": _noisy(0.2)},
+                label="ssd",
+            ),
+            # a peer named like another is never taken for it: targets name contenders by id
+            _contender(
+                "peers", "safetensors (tmpfs) twin", "other@tmpfs", {"save": _noisy(0.0001)}
+            ),
         ],
         "overhead": [{"model": "mnist", "sync_overhead": 0.05, "async_overhead": 0.04}],
     }

@@ -132,7 +132,7 @@ def test_bench_quick_every_section(tmp_path: Path) -> None:
     # the peers need torch and safetensors (the bench extra, on the Python 3.11 envs)
     assert status.pop("peers") == ("ok" if peers_unavailable() is None else "skipped")
     assert status == {
-        s: "ok" for s in ("results", "limits", "engines", "sps", "fio", "batch", "overhead")
+        s: "ok" for s in ("save", "limits", "engines", "sps", "fio", "batch", "overhead")
     }
     # quick: fewer rounds than a full run, and it says so; every target has a verdict
     assert doc["parameters"]["rounds"] == 3 and "quick run" in doc["parameters"]["rounds_note"]

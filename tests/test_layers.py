@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("nn", "torch")),
     ("session", ("session", "owner")),
     ("adapters", ("trainer", "torch.mirror", "torch.__init__")),
-    ("lab", ("bench", "experiments", "spot", "fio", "reporting", "defaults", "zoo",
+    ("lab", ("lab", "bench", "experiments", "spot", "fio", "reporting", "defaults", "zoo",
              "backends.testing")),
     ("cli", ("cli",)),
 ]  # fmt: skip

@@ -13,15 +13,15 @@ from typing import Any
 import numpy as np
 
 from plinius.backends import open_backend
-from plinius.backends.catalog import class_fact
 from plinius.bench.saverestore import bench_model, fingerprint_for
 from plinius.crypto import available_engines, make_engine
 from plinius.defaults import all_backend_names, scratch_specs
+from plinius.lab.profiles import profile
 from plinius.mirror import MirrorStore
 
 # every backend once (a second name of the same backend, such as rediss, is left out); redis runs
 # on a private loopback server of its own (``redis-server`` must be installed)
-BACKENDS = [n for n in all_backend_names() if class_fact(n, "bench_extra", True)]
+BACKENDS = [n for n in all_backend_names() if profile(n).extra]
 ENGINES = available_engines()
 # zoo models size-N, saved as training mirrors them (weights + momentum, about 2N MiB), as in
 # ``plinius bench``: both ends and the middle of the paper's Fig. 7

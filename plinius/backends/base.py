@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from plinius.errors import BackendError, ConfigError, NotFoundError
 
 if TYPE_CHECKING:
-    from plinius.backends.fsinfo import MountInfo
+    pass
 
 Durability = Literal["power-fail", "process-crash", "none"]
 DURABILITY_LEVELS: tuple[Durability, ...] = ("power-fail", "process-crash", "none")
@@ -192,21 +192,6 @@ class EvictResult:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class BenchInstance:
-    """One instance a backend contributes to the default ``plinius bench`` plan."""
-
-    role: str = ""
-    #: spec options of this instance, e.g. ``(("mode", "msync"),)``
-    options: tuple[tuple[str, str], ...] = ()
-    #: the root it is placed on (default: the class's ``default_root``)
-    root: Root | None = None
-    #: run only if the backend accepts ``options`` (probed; else reported as not run)
-    optional: bool = False
-    #: position in the plan across all backends (default: the class's ``bench_order``)
-    order: int | None = None
-
-
 class Backend(ABC):
     """Base of every storage backend. Subclasses set the class attributes and the six methods."""
 
@@ -229,18 +214,6 @@ class Backend(ABC):
     locality: ClassVar[Locality] = "local"
     #: the durability levels an instance can report in ``describe()`` (by options and mount)
     durability_levels: ClassVar[tuple[Durability, ...]] = DURABILITY_LEVELS
-    #: matplotlib marker of this backend's lines in every figure
-    plot_marker: ClassVar[str] = "x"
-    #: the paper's baseline: results carry ``speedup_*_vs_<name>`` against its first instance
-    baseline: ClassVar[bool] = False
-    #: position among the default backends (``plinius fio``, ``plinius bench``, report order);
-    #: None: not a default one (still run when named, and listed after the default ones)
-    bench_order: ClassVar[int | None] = None
-    #: the instances this backend contributes to the default ``plinius bench`` plan
-    bench_instances: ClassVar[tuple[BenchInstance, ...]] = (BenchInstance(),)
-    #: without a ``bench_order``, still join the default plan once on the default root (what a
-    #: plug-in gets); False for a second name of a backend that is benchmarked under its first
-    bench_extra: ClassVar[bool] = True
 
     def __init__(self, location: str, **options: Any) -> None:
         if not location:
@@ -262,27 +235,6 @@ class Backend(ABC):
         """Spec options that size a *new* instance for what it will store (a mirror of
         ``mirror_bytes``, a sample area of ``data_bytes``); an existing one ignores them."""
         return {}
-
-    @classmethod
-    def fio_root(cls) -> Root | None:
-        """The root whose storage ``plinius fio`` characterises for this backend; None when it
-        is not file-backed (a remote store), so fio has nothing of it to measure."""
-        return cls.default_root if cls.locality == "local" else None
-
-    @classmethod
-    def fio_engine(
-        cls, requested: str, mount: MountInfo, engines: Collection[str] | None
-    ) -> tuple[str | None, dict[str, str]]:
-        """The fio I/O engine that stands for this backend's access path on ``mount`` and the
-        environment it needs; None: fio's plain file engine. ``requested``: the user's
-        ``--pm-engine`` (``auto``, ``sync``, ``libpmem``); ``engines``: what this fio has."""
-        return None, {}
-
-    @classmethod
-    def fio_facts(cls, engine: str, mount: MountInfo) -> tuple[bool, list[str]]:
-        """(emulated?, notes) when fio measures ``mount`` with ``engine`` on this backend's
-        behalf: emulated when that storage only stands in for what the backend is meant for."""
-        return False, []
 
     @classmethod
     def slot_parts_of(cls, location: str, options: Mapping[str, Any]) -> tuple[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from plinius.backends.base import BenchInstance
 from plinius.backends.files import FileBackend
 
 
@@ -14,6 +13,3 @@ class DaxBackend(FileBackend):
     example_location = "/mnt/pmem0/plinius"
     fsync = True
     expects = "dax"
-    plot_marker = "^"
-    bench_order = 40
-    bench_instances = (BenchInstance("file + fsync on a DAX file system"),)

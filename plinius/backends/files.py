@@ -39,7 +39,7 @@ from plinius.backends.base import (
     check_blob_name,
     check_range,
 )
-from plinius.backends.fsinfo import MountInfo, block_device_facts, mount_label, mount_of
+from plinius.backends.fsinfo import block_device_facts, mount_of
 from plinius.backends.owned_dir import LOCK_NAME, open_owned_dir
 from plinius.backends.staging import StagedBackend
 from plinius.errors import BackendError, ConfigError, NotFoundError
@@ -72,20 +72,6 @@ class FileBackend(StagedBackend):
     fsync: ClassVar[bool] = True
     #: the file system this backend is meant for ("dax", "tmpfs" or "" for any block device)
     expects: ClassVar[str] = ""
-
-    @classmethod
-    def fio_facts(cls, engine: str, mount: MountInfo) -> tuple[bool, list[str]]:
-        """Emulated when the measured mount is not what ``expects`` names."""
-        where = mount_label(mount)
-        if cls.expects == "dax":
-            if mount.dax:
-                return False, [f"DAX mount: {where}"]
-            return True, [f"DAX emulated: {where} is not mounted -o dax (page-cache I/O)"]
-        if cls.expects == "" and mount.volatile:
-            return True, [f"not a disk: {where} is RAM-backed"]
-        if cls.expects == "tmpfs" and not mount.volatile:
-            return True, [f"not RAM-backed: {where}"]
-        return False, []
 
     def __init__(self, location: str, **options: Any) -> None:
         super().__init__(location, **options)

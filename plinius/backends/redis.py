@@ -59,7 +59,6 @@ from redis.connection import Connection, SSLConnection
 
 from plinius.backends.base import (
     DURABILITY_LEVELS,
-    BenchInstance,
     Durability,
     IoStats,
     RunsOn,
@@ -451,15 +450,9 @@ class RedisBackend(StagedBackend):
     byte_addressable = False
     locality = "remote"
     durability_levels: ClassVar[tuple[Durability, ...]] = DURABILITY_LEVELS
-    plot_marker = "P"
     #: default instances are private servers in a directory (``redis_local``), kept in RAM
     default_root = "shm"
     tls: ClassVar[bool] = False
-    #: after the local backends; optional: without redis-server the plan says "not run" and why
-    bench_order: ClassVar[int | None] = 70
-    bench_instances = (
-        BenchInstance("private redis-server on loopback, AOF appendfsync always", optional=True),
-    )
 
     def slot_parts(self) -> tuple[str, str]:
         """One freshness slot per server, db and prefix, however the spec spells them: ``redis``
@@ -1278,9 +1271,6 @@ class RedisTlsBackend(RedisBackend):
     summary = "Redis server over TLS (?ca=PATH): as redis"
     example_location = "redis.example.org:6380/0?prefix=plinius&ca=/etc/ssl/redis-ca.pem"
     tls = True
-    #: benchmarked as ``redis`` (a private default instance runs without TLS)
-    bench_order = None
-    bench_extra = False
 
 
 def durability_of(facts: dict[str, Any], server: str) -> tuple[Durability, list[str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from plinius.backends.base import BenchInstance
 from plinius.backends.files import FileBackend
 
 
@@ -13,7 +12,3 @@ class SsdBackend(FileBackend):
     summary = "file + fsync + atomic rename on a block device (the paper's SSD baseline)"
     example_location = "/var/lib/plinius"
     fsync = True
-    plot_marker = "v"
-    baseline = True
-    bench_order = 50
-    bench_instances = (BenchInstance("file + fsync on the disk (the paper's baseline)"),)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from plinius.backends.base import BenchInstance, Durability
+from plinius.backends.base import Durability
 from plinius.backends.files import FileBackend
 
 
@@ -18,6 +18,3 @@ class TmpfsBackend(FileBackend):
     expects = "tmpfs"
     default_root = "shm"
     durability_levels: ClassVar[tuple[Durability, ...]] = ("process-crash",)
-    plot_marker = "s"
-    bench_order = 20
-    bench_instances = (BenchInstance("file in RAM, no fsync"),)

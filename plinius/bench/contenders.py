@@ -36,10 +36,18 @@ class Contender:
     run: Callable[[str], float]
     close: Callable[[], None] = lambda: None
     facts: dict[str, Any] = field(default_factory=dict)
+    #: what targets name it by: ``kind@place`` (``safetensors@tmpfs``, ``aes-gcm/openssl/4``);
+    #: the display ``name`` may change, the id does not
+    id: str = ""
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.section, self.name, self.workload)
+
+    @property
+    def ident(self) -> str:
+        """``section:id`` (``section:name`` when the section gave no id)."""
+        return f"{self.section}:{self.id or self.name}"
 
 
 @dataclass

@@ -118,6 +118,7 @@ def _memcpy(nbytes: int, workload: str, threads: int, bufs: _Buffers, verify: bo
     return Contender(
         section=SECTION,
         name=f"memcpy ({label})",
+        id=f"memcpy/{threads}",
         workload=workload,
         nbytes=nbytes,
         ops=("copy",),
@@ -212,6 +213,7 @@ def _aes(
     return Contender(
         section=SECTION,
         name=f"aes-gcm ({label})",
+        id=f"aes-gcm/{engine.name}/{threads}",
         workload=workload,
         nbytes=nbytes,
         ops=("encrypt", "decrypt"),

@@ -403,6 +403,7 @@ def peer_contenders(
                         run=peer.run,
                         close=peer.close,
                         facts=peer.facts,
+                        id=f"{kind}@{label}",
                     )
                 )
     except BaseException:

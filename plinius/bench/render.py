@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from plinius.backends.base import DURABILITY_LEVELS
+from plinius.bench.registry import sections
 from plinius.bench.saverestore import MIB, add_speedups, fmt_ms
 from plinius.bench.stats import Interval
-from plinius.bench.suite import targets as earlier_bars
 from plinius.bench.targets import targets
 from plinius.reporting import plots
 from plinius.reporting.markdown import md_table, provenance_md
@@ -102,7 +102,6 @@ TARGET_MD_COLUMNS = [
     "verdict",
     "note",
 ]
-EARLIER_COLUMNS = ["target", "durability (both sides)", "measured", "bar", "met"]
 CONTENDER_COLUMNS = ["section", "contender", "op", "ms [95% CI]", "MiB/s [95% CI]", "runs on"]
 SUMMARY_COLUMNS = ["durability", "instances compared", "save", "restore"]
 RECOMMEND_COLUMNS = [
@@ -235,16 +234,6 @@ def engine_rows(engines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _overhead_text(o: dict[str, Any], mode: str) -> str:
-    """``+3.9% [+1.2%–+6.0%]``: the median overhead and its 95 % interval when recorded."""
-    iv = o.get(f"{mode}_overhead_interval")
-    text = f"{o[f'{mode}_overhead']:+.1%}"
-    if not isinstance(iv, dict):
-        return text
-    lo, hi = iv["ci95"]
-    return f"{text} [{lo:+.1%}–{hi:+.1%}]"
-
-
 def doc_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The run's targets table: as saved, else computed from its samples (older documents)."""
     if not doc.get("targets"):
@@ -287,23 +276,6 @@ def target_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "bar": bar,
                 "verdict": t["verdict"],
                 "note": note,
-            }
-        )
-    return rows
-
-
-def earlier_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The bars of earlier issues (point medians, kept for comparison with older reports)."""
-    rows = []
-    for t in earlier_bars(doc):
-        v = t["measured"]
-        rows.append(
-            {
-                "target": t["target"],
-                "durability (both sides)": t.get("durability", "-"),
-                "measured": "not measured" if v is None else f"{v:.3g}",
-                "bar": t["bar"],
-                "met": {True: "yes", False: "NO", None: "-"}[t["met"]],
             }
         )
     return rows
@@ -569,52 +541,13 @@ def instance_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def sps_plot_rows(sps: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for r in sps.get("rows", []):
-        rows.append(
-            {
-                "series": f"{r['mode']} (C loop)",
-                "swaps_per_tx": r["swaps_per_txn"],
-                "sps": r["sps_c"],
-            }
-        )
-        if r.get("sps_python"):
-            rows.append(
-                {
-                    "series": f"{r['mode']} (Python)",
-                    "swaps_per_tx": r["swaps_per_txn"],
-                    "sps": r["sps_python"],
-                }
-            )
-    return rows
-
-
-REF_COLUMN = "RomulusLog C++ ref (not this machine)"
-
-
-def reference_note(sps: dict[str, Any]) -> str:
-    """Where the reference column comes from: never read as a figure of this run."""
-    ref = sps.get("reference") or {}
-    machine = ref.get("machine") or ref.get("measured_on") or "another machine (an AMD EPYC)"
-    date = ref.get("date") or "date not recorded"
-    return (
-        f"The RomulusLog C++ reference is **not this machine**: measured on {machine}, "
-        f"{date}; it is printed for orientation, not compared with this run's figures."
-    )
-
-
 def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
-    """report.md and every figure the document has data for."""
+    """report.md and every figure the document has data for (each section draws its own)."""
     normalise(doc)
     written = [out / "report.md"]
-    if doc.get("results"):
-        written.append(plots.save_restore(doc["results"], out / "save_restore.png"))
-        if any(
-            p.get("speedup_save_vs_baseline") is not None and p.get("baseline") != p["instance"]
-            for p in doc["results"]
-        ):
-            written.append(plots.speedups(doc["results"], out / "speedup.png"))
+    for s in sections():
+        if s.figures is not None:
+            written += s.figures(doc, out)
     shown = [
         t
         for t in doc_targets(doc)
@@ -622,16 +555,6 @@ def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
     ]
     if shown:
         written.append(plots.targets(shown, out / "targets.png"))
-    if doc.get("sps", {}).get("rows"):
-        written.append(plots.sps(sps_plot_rows(doc["sps"]), out / "sps.png"))
-    if doc.get("batch"):
-        written.append(plots.batch_times(doc["batch"], out / "batch.png"))
-    if doc.get("fio"):
-        from plinius.fio import FioReport, plot_fig2
-
-        report = FioReport.from_dict(doc["fio"])
-        if report.results:
-            written.append(Path(plot_fig2(report, out / "fio_fig2.png")))
     (out / "report.md").write_text(render_markdown(doc, [p.name for p in written[1:]]))
     return written
 
@@ -667,10 +590,6 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
         "",
         md_table(target_rows(doc), TARGET_MD_COLUMNS),
         "",
-        "### Bars of earlier issues (medians, no intervals)",
-        "",
-        md_table(earlier_rows(doc), EARLIER_COLUMNS),
-        "",
     ]
     for status, title in (
         ("failed", "**Partial results** — sections that failed:"),
@@ -681,161 +600,28 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
             parts += [title, ""]
             parts += [f"- `{k}`: {v['error']}" for k, v in hit.items()]
             parts.append("")
-    if doc.get("results"):
-        parts += ["## Save and restore (Fig. 7)", ""]
-        lines = instance_lines(doc)
-        if lines:
-            parts += [*lines, ""]
-        rows = save_rows(doc["results"])
-        for d in dict.fromkeys(r["durability"] for r in rows):
-            parts += [
-                f"### Durability {d}",
-                "",
-                md_table([r for r in rows if r["durability"] == d], SAVE_COLUMNS),
-                "",
-            ]
-        parts += [
-            "File backends: the **cold** restore (file evicted from the page cache after the "
-            "save, as after a restart) is the headline, the warm restore the second figure; "
-            "`n/a`: the backend has no page cache to evict (RAM, persistent memory, a server).",
-            "",
-        ]
-        parts += [
-            "### Save breakdown (median seconds: the paper's Table I)",
-            "",
-            md_table(breakdown_rows(doc["results"]), BREAKDOWN_COLUMNS),
-            "",
-        ]
-    if doc.get("workloads"):
-        parts += [
-            "## Every contender per workload (backends, peers, limits, PyTorch)",
-            "",
-            "What users would pick instead (peers) and the machine's limits (memcpy, raw "
-            "AES-GCM with one thread and with all cores) ran in the same rounds as the "
-            "backends, on the same tensors.",
-            "",
-            *rounds_md(doc),
-        ]
-    if doc.get("engines"):
-        parts += [
-            "## AES-GCM engines, one 64 MiB buffer (best of the repeats, MiB/s)",
-            "",
-            md_table(engine_rows(doc["engines"]), ENGINE_COLUMNS),
-            "",
-        ]
-    sps = doc.get("sps")
-    if sps:
-        parts += [
-            "## Romulus swaps per second (Fig. 6), 10^7-byte (9.5 MiB) persistent array",
-            "",
-            md_table(
-                [
-                    {
-                        "mode": r["mode"],
-                        "back written by": r.get("back_writes", "-"),
-                        "swaps/txn": r["swaps_per_txn"],
-                        "M swaps/s (C)": r["sps_c"] / 1e6,
-                        "M swaps/s (Python)": (r["sps_python"] or 0) / 1e6,
-                        REF_COLUMN: (r["reference_romulus_log"] or 0) / 1e6 or "-",
-                    }
-                    for r in sps["rows"]
-                ],
-                [
-                    "mode",
-                    "back written by",
-                    "swaps/txn",
-                    "M swaps/s (C)",
-                    "M swaps/s (Python)",
-                    REF_COLUMN,
-                ],
-            ),
-            "",
-            reference_note(sps),
-            "",
-        ]
-        txn = sps.get("txn_cost")
-        if txn:
-            parts += [
-                f"One 64 MiB durable transaction ({txn['mode']}, {txn['flush']}): "
-                f"{txn['txn_ms']:.1f} ms ({txn['bytes'] / txn['txn_ms'] * 1e3 / MIB:,.0f} MiB/s) "
-                f"against {txn['seal_ms']:.1f} "
-                f"ms to seal the same bytes: ratio {txn['txn_over_seal']:.2f}.",
-                "",
-            ]
-    if doc.get("fio"):
-        from plinius.fio import FioReport, table_rows
-
-        rows = table_rows(FioReport.from_dict(doc["fio"]))
-        if rows:
-            parts += [
-                "## Storage under the backends: fio (Fig. 2)",
-                "",
-                "fio characterises the storage under each backend's default root (not a backend "
-                "instance: no mirror, no durability protocol); MiB/s = 2^20 bytes per second. "
-                "Backends marked * are emulated there.",
-                "",
-                md_table(rows, list(rows[0])),
-                "",
-            ]
-    if doc.get("batch"):
-        parts += [
-            "## Iteration time versus batch size (Fig. 8)",
-            "",
-            md_table(
-                [
-                    {
-                        "model": p["model"],
-                        "batch": p["batch"],
-                        "encrypted s": p["encrypted_s"],
-                        "plaintext s": p["plaintext_s"],
-                        "ratio": p["ratio"],
-                        "decrypt batch ms": p["decrypt_s"] * 1e3,
-                    }
-                    for p in doc["batch"]
-                ],
-                ["model", "batch", "encrypted s", "plaintext s", "ratio", "decrypt batch ms"],
-            ),
-            "",
-        ]
-    if doc.get("overhead"):
-        parts += [
-            "## Mirroring overhead per iteration (mirror every iteration)",
-            "",
-            md_table(
-                [
-                    {
-                        **o,
-                        "instance": o.get("instance") or o["backend"],
-                        "durability": o.get("durability") or "-",
-                        "emulated": "yes" if o.get("emulated") else "no",
-                        "replica": o.get("replica") or "-",
-                        **(
-                            {"sync_overhead": "not run", "async_overhead": o["not_run"]}
-                            if o.get("not_run")
-                            else {
-                                "sync_overhead": _overhead_text(o, "sync"),
-                                "async_overhead": _overhead_text(o, "async"),
-                            }
-                        ),
-                    }
-                    for o in doc["overhead"]
-                ],
-                [
-                    "model",
-                    "instance",
-                    "replica",
-                    "durability",
-                    "emulated",
-                    "no_mirror_s",
-                    "sync_s",
-                    "async_s",
-                    "sync_overhead",
-                    "async_overhead",
-                ],
-            ),
-            "",
-        ]
+    listed = False
+    for s in sections():
+        if s.contenders is None and not listed and doc.get("workloads"):
+            parts += _rounds_part(doc)
+            listed = True
+        if s.render is not None:
+            parts += s.render(doc)
+    if not listed and doc.get("workloads"):
+        parts += _rounds_part(doc)
     parts += [f"![{f}]({f})" for f in figures]
     parts += ["", provenance_md(doc["provenance"], doc["backends"], "instance"), ""]
     parts += [recommendation_md(doc), ""]
     return "\n".join(parts)
+
+
+def _rounds_part(doc: dict[str, Any]) -> list[str]:
+    return [
+        "## Every contender per workload (backends, peers, limits, PyTorch)",
+        "",
+        "What users would pick instead (peers) and the machine's limits (memcpy, raw "
+        "AES-GCM with one thread and with all cores) ran in the same rounds as the "
+        "backends, on the same tensors.",
+        "",
+        *rounds_md(doc),
+    ]

@@ -16,19 +16,18 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, ExitStack
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
-from pathlib import Path
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
 import numpy as np
 
 from plinius.backends import open_backend
-from plinius.backends.catalog import class_fact
-from plinius.bench.contenders import Contender, Samples, run_rounds
+from plinius.bench.contenders import Contender, Samples
 from plinius.bench.stats import median_interval, speedup
 from plinius.crypto import OVERHEAD, Engine, associated_data
+from plinius.lab.profiles import is_baseline
 from plinius.memory import PAGE, align_up, aligned_empty
 from plinius.mirror import MirrorStore, Record
 
@@ -267,6 +266,7 @@ def samples_json(s: Samples) -> dict[str, Any]:
     facts = json.loads(json.dumps(c.facts, default=str))
     return {
         "section": c.section,
+        "id": c.ident,
         "name": c.name,
         "workload": c.workload,
         "nbytes": c.nbytes,
@@ -350,7 +350,7 @@ def _baseline(group: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _is_paper(backend: str) -> bool:
     """Whether ``backend``'s class is the paper's baseline (``speedup_*_vs_ssd`` keys)."""
-    return bool(class_fact(backend, "baseline", False))
+    return is_baseline(backend)
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -420,215 +420,6 @@ def _speedup_intervals(r: dict[str, Any], base: dict[str, Any], against: str) ->
         cold = speedup(headline_restore(r), headline_restore(base))
         r["speedup_restore_cold_vs_baseline"] = cold.median
         iv["speedup_restore_cold_vs_baseline"] = cold.as_json()
-
-
-@dataclass
-class SideSection:
-    """What a section beside the backends (peers, limits, torch) gave for one workload."""
-
-    contenders: list[Contender] = field(default_factory=list)
-    not_run: dict[str, str] = field(default_factory=dict)  # section -> why
-
-
-#: the sections run beside the backends on a full workload: (section, module, builder)
-SIDE_SECTIONS = (
-    ("peers", "plinius.bench.peers"),
-    ("limits", "plinius.bench.limits"),
-    ("torch", "plinius.bench.torch_section"),
-)
-
-
-def side_contenders(
-    model: BenchModel, engine: Engine, dirs: dict[str, Path], sections: Sequence[str]
-) -> SideSection:
-    """Peers, limits and the PyTorch adapter for ``model``, each where its module exists here
-    (built by other parts of plinius) and its tools are installed; else "not run" and why."""
-    import importlib
-
-    out = SideSection()
-    arrays = [(f"{r.layer}.{r.name}", r.array) for r in model.records]
-    for section, module in SIDE_SECTIONS:
-        if section not in sections:
-            continue
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as exc:
-            out.not_run[section] = f"not run: {module} cannot be imported ({exc})"
-            continue
-        try:
-            if section == "peers":
-                why = mod.peers_unavailable()
-                if why:
-                    out.not_run[section] = why
-                    continue
-                got = mod.peer_contenders(arrays, model.name, dirs, engine)
-            elif section == "limits":
-                got = mod.limit_contenders(model.mirror_bytes, model.name, engine)
-            else:
-                why = mod.torch_unavailable()
-                if why:
-                    out.not_run[section] = why
-                    continue
-                if model.name.startswith("size-"):
-                    out.not_run[section] = (
-                        "not run: the PyTorch section runs on the real-model workloads "
-                        "(--workloads), not on the paper's size-N models"
-                    )
-                    continue
-                got = _torch(mod, model, engine, dirs)
-        except Exception as exc:  # one side section failing leaves the backends standing
-            out.not_run[section] = f"failed: {type(exc).__name__}: {exc}"
-            continue
-        out.contenders.extend(got)
-    return out
-
-
-def _torch(mod: Any, model: BenchModel, engine: Engine, dirs: dict[str, Path]) -> list[Contender]:
-    """The PyTorch adapter's contenders: TorchMirror on ``romulus`` in RAM beside the peers,
-    with a throw-away owner key and simulated CPU next to the peers' files (removed with them:
-    a benchmark leaves no counter on this machine's platform)."""
-    from plinius.crypto import generate_key, write_key_file
-    from plinius.defaults import default_spec
-    from plinius.enclave.platform import SimulatedPlatform
-
-    shm = dirs.get("tmpfs")
-    if shm is None:
-        raise ValueError("the torch section needs the peers' tmpfs directory")
-    key_file = shm / "torch-owner.key"
-    if not key_file.exists():
-        write_key_file(key_file, generate_key())
-    platform = SimulatedPlatform(shm / "torch-platform", state_dir=shm / "torch-state")
-    mirror_dir = shm / f"torch-mirror-{model.name}"
-    mirror_dir.mkdir(exist_ok=True)
-    spec = default_spec("romulus", mirror_dir)
-    return list(
-        mod.torch_contenders(
-            model.name,
-            dirs,
-            [spec],
-            key_file,
-            engine=engine.name,
-            platform=platform,
-        )
-    )
-
-
-@dataclass
-class RoundsResult:
-    """Everything the interleaved rounds of every workload produced."""
-
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    contenders: list[dict[str, Any]] = field(default_factory=list)
-    rounds: dict[str, Any] = field(default_factory=dict)
-    workloads: list[dict[str, Any]] = field(default_factory=list)
-
-
-def run_workloads(
-    instances: Callable[[], AbstractContextManager[list[tuple[str, str]]]],
-    models: Sequence[str],
-    engine: Engine,
-    rounds: int,
-    tick: Callable[[], None] | None = None,
-    roles: dict[str, str] | None = None,
-    full: Sequence[str] = (),
-    side: Sequence[str] = ("peers", "limits", "torch"),
-    dirs: Callable[[], AbstractContextManager[dict[str, Path]]] | None = None,
-) -> RoundsResult:
-    """Every backend instance on every workload in ``models`` (``size-N`` or a named one), in
-    interleaved rotated rounds (:func:`plinius.bench.contenders.run_rounds`); on the workloads
-    in ``full`` the peers, limits and PyTorch sections run in the same rounds.
-
-    ``tick`` is called once per round of each workload. ``instances()`` gives fresh
-    ``(label, spec)`` pairs for one workload, so none inherits the files of the one before.
-    """
-    res = RoundsResult()
-    for label in models:
-        model = workload(label)
-        raw = raw_seal_seconds(engine, model.records, 3)
-        is_full = label in full
-        with ExitStack() as stack:
-            specs = stack.enter_context(instances())
-            runs: list[BackendRun] = []
-            try:
-                for name, spec in specs:
-                    runs.append(BackendRun(name, spec, model, engine, (roles or {}).get(name, "")))
-            except BaseException:
-                for r in runs:
-                    r.close()
-                raise
-            extra = SideSection()
-            if is_full:
-                where = stack.enter_context(dirs()) if dirs else {}
-                extra = side_contenders(model, engine, where, side)
-            contenders = [r.contender for r in runs] + extra.contenders
-            order: list[list[str]] = []
-            wrapped = [_recording(c, order) for c in contenders]
-            samples = run_rounds(wrapped, rounds, _every(len(wrapped), tick))
-        by_key = {s.contender.key: s for s in samples}
-        for r in runs:
-            row = backend_row(r, by_key[r.contender.key], raw)
-            if row is not None:
-                res.rows.append(row)
-        res.contenders += [samples_json(s) for s in samples]
-        res.rounds[label] = {
-            "count": rounds,
-            "contenders": len(contenders),
-            "order": order,
-            "rotated": True,
-            "paired_ratios": True,
-        }
-        res.workloads.append(
-            {
-                "workload": label,
-                "mirror_bytes": model.mirror_bytes,
-                "param_bytes": model.param_bytes,
-                "optimizer_bytes": model.optimizer_bytes,
-                "tensors": len(model.records),
-                "full": is_full,
-                "not_run": extra.not_run,
-            }
-        )
-        del model
-    add_speedups(res.rows)
-    return res
-
-
-def _every(k: int, tick: Callable[[], None] | None) -> Callable[[], None]:
-    """A tick for :func:`run_rounds` (one per contender per round) that calls ``tick`` once
-    per round."""
-    n = 0
-
-    def each() -> None:
-        nonlocal n
-        n += 1
-        if n % k == 0 and tick:
-            tick()
-
-    return each
-
-
-def _recording(c: Contender, order: list[list[str]]) -> Contender:
-    """``c`` whose first operation of each round appends its name to ``order`` (one list per
-    round), so the report shows the interleaving and rotation that really ran."""
-    first = c.ops[0]
-    inner = c.run
-    calls = 0
-
-    def run(op: str) -> float:
-        nonlocal calls
-        if op == first:
-            while len(order) <= calls:
-                order.append([])
-            order[calls].append(f"{c.section}:{c.name}")
-            calls += 1
-        return inner(op)
-
-    return replace(c, run=run)
-
-
-def steps(n_workloads: int, rounds: int) -> int:
-    """Progress steps of :func:`run_workloads`: one per round of each workload."""
-    return n_workloads * rounds
 
 
 def fmt_ms(seconds: float) -> str:

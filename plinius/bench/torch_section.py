@@ -220,7 +220,16 @@ def _torch_save(w: TorchWorkload, label: str, d: Path) -> Contender:
         **_versions(),
         "saves": "model + optimizer",
     }
-    return Contender(SECTION, name, w.label, w.nbytes(), (SAVE, RESTORE), run, facts=facts)
+    return Contender(
+        SECTION,
+        name,
+        w.label,
+        w.nbytes(),
+        (SAVE, RESTORE),
+        run,
+        facts=facts,
+        id=f"torch.save@{label}",
+    )
 
 
 def _torch_save_sealed(w: TorchWorkload, label: str, d: Path, engine: Engine) -> Contender:
@@ -268,7 +277,17 @@ def _torch_save_sealed(w: TorchWorkload, label: str, d: Path, engine: Engine) ->
         "engine": engine.name,
         "saves": "model + optimizer",
     }
-    return Contender(SECTION, name, w.label, w.nbytes(), (SAVE, RESTORE), run, close, facts)
+    return Contender(
+        SECTION,
+        name,
+        w.label,
+        w.nbytes(),
+        (SAVE, RESTORE),
+        run,
+        close,
+        facts,
+        id=f"torch.save+aes-gcm+fsync@{label}",
+    )
 
 
 def _safetensors(w: TorchWorkload, label: str, d: Path) -> Contender:
@@ -291,7 +310,14 @@ def _safetensors(w: TorchWorkload, label: str, d: Path) -> Contender:
         "saves": "model only (safetensors has no optimizer format)",
     }
     return Contender(
-        SECTION, name, w.label, w.nbytes(model_only=True), (SAVE, RESTORE), run, facts=facts
+        SECTION,
+        name,
+        w.label,
+        w.nbytes(model_only=True),
+        (SAVE, RESTORE),
+        run,
+        facts=facts,
+        id=f"safetensors@{label}",
     )
 
 
@@ -333,7 +359,10 @@ def _dcp(w: TorchWorkload, label: str, d: Path, asynchronous: bool) -> Contender
     }
     if asynchronous:
         facts["ops"] = f"'{SAVE}' until async_save returns; '{SAVE_DONE}' until its future is done"
-    return Contender(SECTION, name, w.label, w.nbytes(), ops, run, facts=facts)
+    kind = "dcp.async_save" if asynchronous else "dcp.save"
+    return Contender(
+        SECTION, name, w.label, w.nbytes(), ops, run, facts=facts, id=f"{kind}@{label}"
+    )
 
 
 def _torch_mirror(
@@ -364,7 +393,17 @@ def _torch_mirror(
 
     facts: dict[str, Any] = {"backend": spec, "saves": "model + optimizer + RNG states, sealed"}
     facts.update(_versions())
-    return Contender(SECTION, name, w.label, w.nbytes(), (SAVE, RESTORE), run, tm.close, facts)
+    return Contender(
+        SECTION,
+        name,
+        w.label,
+        w.nbytes(),
+        (SAVE, RESTORE),
+        run,
+        tm.close,
+        facts,
+        id=f"torchmirror@{backend_name}",
+    )
 
 
 def _not_run(w: TorchWorkload, name: str, exc: BaseException) -> Contender:

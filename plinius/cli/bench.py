@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from plinius.backends.catalog import class_fact, loadable
+from plinius.backends.catalog import loadable
 from plinius.backends.registry import open_backend
 from plinius.bench.contenders import DEFAULT_ROUNDS
 from plinius.bench.render import (
@@ -37,7 +37,7 @@ from plinius.bench.render import (
     write_outputs,
 )
 from plinius.bench.saverestore import PAPER_SIZES_MB
-from plinius.bench.suite import QUICK_ROUNDS, SECTIONS, SuiteOptions, run_suite, total_steps
+from plinius.bench.suite import QUICK_ROUNDS, SuiteOptions, run_suite, section_names, total_steps
 from plinius.cli.common import (
     add_json_flag,
     check_backend,
@@ -58,6 +58,7 @@ from plinius.defaults import (
     unique_labels,
 )
 from plinius.errors import ConfigError
+from plinius.lab.profiles import profile
 from plinius.nn.zoo import layers_for_size
 from plinius.reporting.provenance import load_average, provenance
 
@@ -116,7 +117,7 @@ def register(sub: Any) -> None:
         "pycryptodome "
         "or a plug-in's name",
     )
-    p.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
+    p.add_argument("--only", help=f"comma-separated sections of {','.join(section_names())}")
     p.add_argument("--skip", help="comma-separated sections to leave out")
     p.add_argument("--out", default="bench-out", help="directory for results.json, report.md, PNG")
     add_json_flag(p)
@@ -163,22 +164,24 @@ def _workloads(text: str | None, narrowed: bool) -> tuple[str, ...]:
 
 
 def _sections(only: str | None, skip: str | None) -> tuple[str, ...]:
+    known = section_names()
+
     def parse(text: str, flag: str) -> set[str]:
         names = {x.strip() for x in text.split(",") if x.strip()}
-        bad = names - set(SECTIONS)
+        bad = names - set(known)
         if bad or not names:
             raise ConfigError(
                 f"{flag} {text!r}: unknown section(s) {', '.join(sorted(bad)) or '(none)'}; "
-                f"choose from {', '.join(SECTIONS)}"
+                f"choose from {', '.join(known)}"
             )
         return names
 
-    chosen = parse(only, "--only") if only is not None else set(SECTIONS)
+    chosen = parse(only, "--only") if only is not None else set(known)
     if skip is not None:
         chosen -= parse(skip, "--skip")
     if not chosen:
         raise ConfigError("--only/--skip leave no section to run")
-    return tuple(s for s in SECTIONS if s in chosen)
+    return tuple(s for s in known if s in chosen)
 
 
 def _plan(text: str | None) -> list[InstancePlan]:
@@ -190,7 +193,7 @@ def _plan(text: str | None) -> list[InstancePlan]:
         extra = [
             InstancePlan(n, optional=n not in loadable())
             for n in all_backend_names()
-            if n not in planned and class_fact(n, "bench_extra", True)
+            if n not in planned and profile(n).extra
         ]
         return unique_labels([*DEFAULT_PLAN, *extra])
     items = [x.strip() for x in text.split(",")]

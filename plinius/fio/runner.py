@@ -1,10 +1,11 @@
 """Runs the job files in ``fio_jobs/`` against the directory of every backend.
 
 A *target* is one place fio measures: a scratch directory on the root a backend class names
-(``fio_root``: ``tmpfs``/``romulus`` under ``PLINIUS_SHM_DIR``, ``ssd``/``dax`` under
+(the lab profile's root: ``tmpfs``/``romulus`` under ``PLINIUS_SHM_DIR``, ``ssd``/``dax`` under
 ``PLINIUS_DISK_DIR``) or in a directory the user names. The engine that stands for a backend's
-access path and whether its storage here is only a stand-in are the class's (``fio_engine``,
-``fio_facts``); a backend that is not file-backed (a remote store) has nothing here to measure.
+access path and whether its storage here is only a stand-in are the lab profile's
+(``fio_engine``, ``fio_facts``: :mod:`plinius.lab.profiles`); a backend that is not file-backed
+(a remote store) has nothing here to measure.
 Backends whose directories sit on the same mount and would use the same fio engine are measured
 once and share the figures (here ``ssd`` and an emulated ``dax`` are the same ext4 disk), so the
 sweep does not report noise as a difference. Every target records what it really is (file
@@ -25,7 +26,6 @@ from typing import Any, Literal
 
 import plinius
 from plinius.backends.base import Backend
-from plinius.backends.catalog import default_backends
 from plinius.backends.fsinfo import MountInfo, block_device_facts, mount_of
 from plinius.backends.registry import backend_class
 from plinius.defaults import root_dir
@@ -39,6 +39,7 @@ from plinius.fio.results import (
     parse_fio_json,
 )
 from plinius.fio.tool import FioTool, find_fio
+from plinius.lab.profiles import default_backends, fio_root, profile
 from plinius.reporting.provenance import provenance
 from plinius.units import fmt_bytes
 
@@ -295,18 +296,18 @@ def job_sections(path: Path) -> list[tuple[str, str]]:
 
 
 def _backend_facts(name: str, cls: type[Backend], engine: str, m: MountInfo) -> BackendOnTarget:
-    emulated, notes = cls.fio_facts(engine, m)
+    emulated, notes = profile(name).fio_facts(cls, engine, m)
     return BackendOnTarget(name, emulated, cls.byte_addressable, notes)
 
 
 def _root_of(cls: type[Backend]) -> Path:
-    return root_dir(cls.fio_root() or cls.default_root)
+    return root_dir(cls.default_root)
 
 
 def _file_backed(name: str) -> type[Backend]:
     """The class of ``name``; a ConfigError when it keeps no files fio could measure."""
     cls = backend_class(name)
-    if cls.fio_root() is None:
+    if fio_root(name) is None:
         raise ConfigError(
             f"backend {name!r} is not file-backed ({cls.locality}): fio has no storage of it to "
             "measure; leave it out of --backends"
@@ -330,18 +331,15 @@ def plan_targets(
     if backends:
         names = list(backends)
     else:
-        names = [
-            n
-            for n in default_backends()
-            if n not in directories and backend_class(n).fio_root() is not None
-        ]
+        names = [n for n in default_backends() if n not in directories and fio_root(n) is not None]
     names += [n for n in directories if n not in names]
     targets: list[Target] = []
     for name in names:
         cls = _file_backed(name)
         root = Path(directories[name]) if name in directories else _root_of(cls)
         m = mount_of(root)
-        chosen, env = cls.fio_engine(params.pm_engine, m, None if fio is None else fio.engines)
+        engines = None if fio is None else fio.engines
+        chosen, env = profile(name).fio_engine(params.pm_engine, m, engines)
         engine = chosen or SYNC_ENGINE
         facts = _backend_facts(name, cls, engine, m)
         t = Target(

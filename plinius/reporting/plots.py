@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from plinius.backends.catalog import class_fact
 from plinius.errors import MissingExtraError
+from plinius.lab.profiles import marker
 
 #: what to do when figures cannot be drawn
 PLOT_HINT = "figures need matplotlib: pip install 'plinius[plot]'"
@@ -67,7 +67,7 @@ def _xs(rows: Sequence[dict[str, Any]], key: str) -> list[float]:
 def _style(rows: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
     backend = str(rows[0].get("backend", name)).rsplit("/", 1)[-1]
     return {
-        "marker": class_fact(backend, "plot_marker", "x"),
+        "marker": marker(backend),
         "linestyle": STYLES.get(str(rows[0].get("durability")), "-"),
     }
 

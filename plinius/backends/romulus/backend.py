@@ -52,13 +52,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Collection
 from pathlib import Path
 from typing import Any, ClassVar
 
 from plinius.backends.base import (
     Backend,
-    BenchInstance,
     Blob,
     Durability,
     IoStats,
@@ -67,7 +65,7 @@ from plinius.backends.base import (
     check_blob_name,
     check_range,
 )
-from plinius.backends.fsinfo import MountInfo, block_device_facts, mount_label, mount_of
+from plinius.backends.fsinfo import block_device_facts, mount_of
 from plinius.backends.romulus.device import DEVICES, NOTE, DeviceModel, device_model
 from plinius.backends.romulus.pool import (
     COMMITS,
@@ -214,17 +212,6 @@ class RomulusBackend(Backend):
     probe_options: ClassVar[dict[str, str]] = {"size": "4M"}
     ranged_read = True
     durability_levels: ClassVar[tuple[Durability, ...]] = ("power-fail", "process-crash")
-    plot_marker = "o"
-    bench_order = 10
-    #: at process-crash durability (RAM) against ``tmpfs``; msynced to the disk beside the
-    #: power-fail file backends; and the PM device model when this build accepts ``device=``
-    bench_instances = (
-        BenchInstance("PM pool on the RAM root (the paper's setup)"),
-        BenchInstance(
-            "PM pool msynced to the disk beside ssd", (("mode", "msync"),), root="disk", order=30
-        ),
-        BenchInstance("PM device model", (("device", "optane-1dimm"),), optional=True, order=60),
-    )
 
     @classmethod
     def location_in(cls, directory: str) -> str:
@@ -234,34 +221,6 @@ class RomulusBackend(Backend):
     def creation_options(cls, mirror_bytes: int, data_bytes: int) -> dict[str, str | int]:
         """A new pool sized from what it will hold (see :func:`suggested_pool_size`)."""
         return {"size_hint": suggested_pool_size(mirror_bytes, data_bytes)}
-
-    @classmethod
-    def fio_engine(
-        cls, requested: str, mount: MountInfo, engines: Collection[str] | None
-    ) -> tuple[str | None, dict[str, str]]:
-        """fio's ``libpmem`` engine (load/store on a mapping) on a DAX mount when this fio has
-        it, or when asked for; forced onto non-PM memory with ``PMEM_IS_PMEM_FORCE=1``."""
-        has_pmem = engines is None or "libpmem" in engines
-        if requested == "libpmem" or (requested == "auto" and mount.dax and has_pmem):
-            return "libpmem", {} if mount.dax else {"PMEM_IS_PMEM_FORCE": "1"}
-        return None, {}
-
-    @classmethod
-    def fio_facts(cls, engine: str, mount: MountInfo) -> tuple[bool, list[str]]:
-        """Real PM only on a DAX mount; anything else stands in for persistent memory."""
-        where = mount_label(mount)
-        if mount.dax and engine == "libpmem":
-            return False, [f"real PM: libpmem engine on DAX {where}"]
-        if mount.dax:
-            return False, [
-                f"PM via the {engine} engine on DAX {where}: the file path, not load/store"
-            ]
-        how = (
-            "libpmem engine forced onto non-PM memory (PMEM_IS_PMEM_FORCE=1)"
-            if engine == "libpmem"
-            else f"{engine} engine"
-        )
-        return True, [f"PM emulated: {how} on {where} stands in for persistent memory"]
 
     def __init__(self, location: str, **options: Any) -> None:
         super().__init__(location, **options)

@@ -1,0 +1,1 @@
+"""The lab: benchmarks, fio, experiments and reports, plugged in over the product."""
