@@ -45,7 +45,8 @@ setup(
     packages=[*find_packages(include=["plinius", "plinius.*"]), "plinius.fio_jobs"],
     package_dir={"plinius.fio_jobs": "fio_jobs"},
     package_data={
-        "plinius": ["py.typed", "zoo/*.cfg", "data/*.u8.xz", "data/README.md"],
+        "plinius": ["py.typed", "data/*.u8.xz", "data/README.md"],
+        "plinius.nn": ["cfg/*.cfg"],
         "plinius.fio_jobs": ["*.fio", "README.md"],
         "plinius.spot": ["data/*.csv.gz", "data/README.md"],
     },

@@ -105,25 +105,17 @@ def test_overhead_blocks_are_per_step_seconds(shm_dir: Path, key: Path) -> None:
 
 
 def test_the_overhead_model_is_the_example_model() -> None:
-    """``example_model`` is a copy of ``examples/torch_mnist.py``'s Net (the example is a script,
-    not shipped in the wheel): the overhead row measures the example only while they agree."""
+    """The overhead row measures the model ``examples/torch_mnist.py`` trains: one class,
+    defined once in the package (the example is a script, not shipped in the wheel)."""
     import importlib.util
 
-    import torch
+    from plinius.bench.torch_section import example_model
+    from plinius.torch.mnist_cnn import Net
 
     path = Path(__file__).resolve().parents[1] / "examples" / "torch_mnist.py"
     spec = importlib.util.spec_from_file_location("torch_mnist_example", path)
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)  # defines Net; training runs only under __main__
-    from plinius.bench.torch_section import example_model
-
-    theirs, mine = example.Net(), example_model()
-    assert [(k, v.shape, v.dtype) for k, v in theirs.state_dict().items()] == [
-        (k, v.shape, v.dtype) for k, v in mine.state_dict().items()
-    ]
-    mine.load_state_dict(theirs.state_dict())
-    theirs.eval()
-    mine.eval()
-    x = torch.randn(4, 1, 28, 28)
-    assert torch.equal(theirs(x), mine(x))
+    spec.loader.exec_module(example)  # imports Net; training runs only under __main__
+    assert example.Net is Net
+    assert type(example_model()) is Net

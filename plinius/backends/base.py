@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from plinius.errors import BackendError, ConfigError, NotFoundError
 
 if TYPE_CHECKING:
-    pass
+    from plinius.backends.fsinfo import MountInfo
 
 Durability = Literal["power-fail", "process-crash", "none"]
 DURABILITY_LEVELS: tuple[Durability, ...] = ("power-fail", "process-crash", "none")
@@ -114,6 +114,35 @@ class RunsOn:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_mount(
+        cls,
+        backend: str,
+        path: str,
+        mount: MountInfo,
+        *,
+        byte_addressable: bool,
+        durability: Durability,
+        emulated: bool,
+        notes: list[str],
+        extra: dict[str, Any],
+    ) -> RunsOn:
+        """A local backend's facts: its file system, mount options, device and DAX from the
+        mount it sits on (the mount point joins ``extra``)."""
+        return cls(
+            backend=backend,
+            path=path,
+            fs_type=mount.fs_type,
+            mount_options=mount.options,
+            device=mount.device,
+            dax=mount.dax,
+            byte_addressable=byte_addressable,
+            durability=durability,
+            emulated=emulated,
+            notes=notes,
+            extra={"mount_point": mount.mount_point, **extra},
+        )
 
 
 class WriteTxn(ABC):

@@ -336,19 +336,15 @@ class FileBackend(StagedBackend):
             notes.append("no fsync: survives process crashes, not power loss or reboot")
         if m.volatile and self.fsync:
             notes.append(f"{m.fs_type} is RAM-backed: fsync cannot make it survive a reboot")
-        return RunsOn(
-            backend=self.name,
-            path=str(self.dir.resolve()),
-            fs_type=m.fs_type,
-            mount_options=m.options,
-            device=m.device,
-            dax=m.dax,
+        return RunsOn.from_mount(
+            self.name,
+            str(self.dir.resolve()),
+            m,
             byte_addressable=False,
             durability=durability,
             emulated=emulated,
             notes=notes,
             extra={
-                "mount_point": m.mount_point,
                 "fsync": self.fsync,
                 "o_direct": self.direct,
                 **{f"device_{k}": v for k, v in dev.items()},

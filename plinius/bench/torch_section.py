@@ -469,27 +469,8 @@ def torch_contenders(
 
 # -- training-loop overhead -----------------------------------------------------------------------
 def example_model() -> Any:
-    """The CNN of ``examples/torch_mnist.py`` (2 conv + 2 fc, dropout), rebuilt here because the
-    example is a script, not a module: keep the two in step."""
-    from torch import nn
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-            self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-            self.fc1 = nn.Linear(16 * 7 * 7, 64)
-            self.fc2 = nn.Linear(64, 10)
-            self.pool = nn.MaxPool2d(2)
-            self.drop = nn.Dropout(0.25)
-
-        def forward(self, x: Any) -> Any:
-            import torch
-
-            x = self.pool(torch.relu(self.conv1(x)))
-            x = self.pool(torch.relu(self.conv2(x)))
-            x = self.drop(torch.relu(self.fc1(x.flatten(1))))
-            return self.fc2(x)
+    """The CNN of ``examples/torch_mnist.py`` (:class:`plinius.torch.mnist_cnn.Net`)."""
+    from plinius.torch.mnist_cnn import Net
 
     return Net()
 

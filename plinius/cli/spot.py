@@ -16,7 +16,7 @@ from plinius.cli.common import (
     float_arg,
     int_arg,
 )
-from plinius.cli.crash_test import add_vm_loss_flags, check_vm_loss_args
+from plinius.cli.crashtest import add_vm_loss_flags, check_vm_loss_args
 from plinius.experiments import vmreport
 from plinius.experiments.placement import run_specs
 from plinius.experiments.vmloss import VM_RUNS, replica_target

@@ -130,7 +130,7 @@ def layers_for_size(mb: float) -> int:
 
 
 def _zoo_text(name: str) -> str:
-    return resources.files("plinius").joinpath("zoo", f"{name}.cfg").read_text(encoding="utf-8")
+    return resources.files("plinius.nn").joinpath("cfg", f"{name}.cfg").read_text(encoding="utf-8")
 
 
 def cfg_text(spec: str) -> tuple[str, str]:

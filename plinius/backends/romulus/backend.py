@@ -442,13 +442,10 @@ class RomulusBackend(Backend):
             allocated: int | None = fst.st_blocks * 512
         except OSError:
             file_size = allocated = None
-        return RunsOn(
-            backend=self.name,
-            path=str(self.path.resolve()),
-            fs_type=m.fs_type,
-            mount_options=m.options,
-            device=m.device,
-            dax=m.dax,
+        return RunsOn.from_mount(
+            self.name,
+            str(self.path.resolve()),
+            m,
             byte_addressable=True,
             durability=durability,
             emulated=not pool.real_pm,
@@ -457,7 +454,6 @@ class RomulusBackend(Backend):
                 "flush_instruction": pool.flush_instruction,
                 "durability_mode": pool.mode,
                 "real_pm": pool.real_pm,
-                "mount_point": m.mount_point,
                 "pool_size": file_size if file_size is not None else pool.size,
                 "pool_size_source": self.size_source,
                 "pool_size_note": (
