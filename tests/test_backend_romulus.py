@@ -30,19 +30,16 @@ from plinius.mirror import MirrorStore
 
 class TestRomulus(BackendContract):
     @pytest.fixture
-    def spec(self, shm_dir: Path, request: pytest.FixtureRequest) -> str:
-        # pools are sized at creation: the 256 MiB mirror test needs room for it in main
-        size = "640M" if "256_mib" in request.node.name else "48M"
-        return f"romulus:{shm_dir / 'plinius.pool'}?size={size}"
+    def spec(self, shm_dir: Path) -> str:
+        return f"romulus:{shm_dir / 'plinius.pool'}?size=48M"
 
 
 class TestRomulusMsync(BackendContract):
     """The same contract with msync as the fence (power-fail durable on a disk file system)."""
 
     @pytest.fixture
-    def spec(self, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-        size = "640M" if "256_mib" in request.node.name else "48M"
-        return f"romulus:{tmp_path / 'plinius.pool'}?size={size}&mode=msync"
+    def spec(self, tmp_path: Path) -> str:
+        return f"romulus:{tmp_path / 'plinius.pool'}?size=48M&mode=msync"
 
 
 def test_views_point_into_the_pool_and_reads_see_the_committed_version(shm_dir: Path) -> None:

@@ -3,7 +3,9 @@
 The smallest honest backend: writes are staged in reusable page-aligned memory and committed with
 plinius' one atomic durable write (``mkstemp`` + fsync + rename + directory fsync), so a process
 killed mid-save leaves the previous version. Unlike plinius' own file backends it takes no lock
-and has no options: it exists to show what a plug-in needs, not to be fast.
+and one option, ``create=auto|never`` (plinius' read-only commands open with ``create="never"``:
+they read an existing directory and never create one): it exists to show what a plug-in needs,
+not to be fast.
 """
 
 from __future__ import annotations
@@ -69,11 +71,17 @@ class PlainDirBackend(Backend):
     default_root = "disk"
     ranged_read = True
 
-    def __init__(self, location: str, **options: Any) -> None:
+    def __init__(self, location: str, create: str = "auto", **options: Any) -> None:
         if options:
-            raise ConfigError(f"backend 'plaindir' takes no options, got {', '.join(options)}")
+            raise ConfigError(
+                f"backend 'plaindir' takes only create=auto|never, got {', '.join(options)}"
+            )
+        if create not in ("auto", "never"):
+            raise ConfigError(f"plaindir: create={create!r}; use create=auto or never")
         super().__init__(location)
-        self.dir = private_dir(location, "plaindir directory")
+        # create=never (verify, export, infer): a missing directory is a NotFoundError, and
+        # nothing is created
+        self.dir = private_dir(location, "plaindir directory", create=create == "auto")
         self._write_stage = StagingBuffer()
         self._read_stage = StagingBuffer()
         self._maps: dict[str, mmap.mmap] = {}
