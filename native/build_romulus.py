@@ -28,7 +28,20 @@ HERE = Path(__file__).resolve().parent
 API_HEADER = "romulus.h"
 PRIVATE_HEADERS = ("romulus_sim.h", "romulus_bench.h")
 HEADERS = (API_HEADER, *PRIVATE_HEADERS)
-SOURCES = ("romulus_txn.c", "romulus_pool.c", "romulus_alloc.c", "romulus_sim.c", "romulus_bench.c")
+#: The engine split by concern, listed bottom-up (romulus_internal.h): each file calls only
+#: files listed before it, and the crash simulator is reached only through its hooks table.
+SOURCES = (
+    "romulus_error.c",
+    "romulus_device.c",
+    "romulus_persist.c",
+    "romulus_log.c",
+    "romulus_copier.c",
+    "romulus_txn.c",
+    "romulus_alloc.c",
+    "romulus_pool.c",
+    "romulus_sim.c",
+    "romulus_bench.c",
+)
 INTERNAL_HEADERS = ("romulus_internal.h",)
 
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)

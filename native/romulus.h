@@ -210,6 +210,11 @@
 
 typedef struct rom_pool rom_pool;
 
+/* Pool statistics (rom_get_stats), declared here only: the Python PoolStats
+ * (plinius/backends/romulus/pool.py) is generated from this declaration through cffi, one field
+ * per field in this order, under the same name (a *_ns field becomes *_s in seconds; the codes
+ * state, mode, flush, opened_as and commit_mode become names, commit_mode as "commit"; dev_on
+ * and bg_reserved are not shown). A new field needs no Python change. */
 typedef struct rom_stats {
     uint64_t pool_size;    /* bytes of the file */
     uint64_t region_size;  /* bytes of main (= of back) */

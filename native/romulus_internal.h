@@ -1,12 +1,23 @@
 /*
  * romulus_internal.h -- what the engine's translation units share, and nothing the bindings see.
  *
- *   romulus_txn.c    the core: errors, flush instruction, flush and fence (and the device model
- *                    they charge), the volatile log, transactions
- *   romulus_pool.c   open, create, validate, recover, close, statistics
- *   romulus_alloc.c  allocator and named roots (their state lives in main, every store logged)
- *   romulus_sim.c    simulated process crashes and power failures (romulus_sim.h, tests only)
- *   romulus_bench.c  the SPS loop (romulus_bench.h, benchmarks only)
+ *   romulus_error.c    errors: the message of the last failure of this thread
+ *   romulus_device.c   the PM device model (busy waits charged by flushes, drained at fences)
+ *   romulus_persist.c  making stores persistent: flush instruction (cpuid, PLINIUS_PM_FLUSH),
+ *                      clwb/clflushopt/clflush + sfence, msync, non-temporal copy, helper
+ *                      threads, the environment's tuning read at open; the hooks table
+ *   romulus_log.c      the volatile log: dirty-line bitmap and runs
+ *   romulus_copier.c   the copier thread of the background commit (runs the job it is handed)
+ *   romulus_txn.c      the durable-transaction protocol: begin, commit, abort, recovery
+ *   romulus_alloc.c    allocator and named roots (their state lives in main, every store logged)
+ *   romulus_pool.c     open, create, validate, recover, close, statistics
+ *   romulus_sim.c      simulated process crashes and power failures (romulus_sim.h, tests only)
+ *   romulus_bench.c    the SPS loop (romulus_bench.h, benchmarks only)
+ *
+ * A file calls only files listed before it, so no two files call each other (tests/
+ * test_native_layout.py checks it): the transaction protocol calls persist, log and copier;
+ * the copier runs the protocol's end of a commit as a job it is handed, without naming it; the
+ * crash simulator is reached only through the table pm_hooks, which it fills at start-up.
  *
  * The protocol, its fences and the pool layout are documented in romulus.h. Every function
  * declared here has hidden visibility: the shared object exports only the rom_* API.
@@ -179,6 +190,7 @@ struct rom_pool {
     pthread_cond_t bg_cv;
     pthread_t bg_thread;
     int bg_started, bg_pending, bg_stop, bg_waiters;
+    void (*bg_job)(rom_pool *p); /* what the copier runs for the handed-over commit */
     pid_t bg_pid; /* the process whose copier this is (a forked child has none) */
     int bg_hold;          /* test hook: the copier starts only once someone waits for it */
     uint32_t bg_delay_ms; /* test hook: the copier sleeps half-way through its copy */
@@ -201,24 +213,72 @@ static inline uint64_t xorshift(uint64_t *s) {
     return x * 0x2545F4914F6CDD1DULL;
 }
 
-/* romulus_txn.c: errors (the message of the last failure of this thread: rom_last_error) */
+/* romulus_error.c: errors (the message of the last failure of this thread: rom_last_error) */
 ROM_HIDDEN int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* "pool PATH is corrupt: DETAIL": every value read from the pool that fails a check */
 ROM_HIDDEN int corrupt(rom_pool *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* romulus_txn.c: mode and flush instruction from the arguments, the environment or cpuid */
-ROM_HIDDEN int resolve_env(int *mode, int *flush);
-ROM_HIDDEN uint64_t mono_ns(void); /* CLOCK_MONOTONIC, for the device model */
+/* romulus_device.c: the device model (romulus.h, rom_device) */
+ROM_HIDDEN uint64_t mono_ns(void); /* CLOCK_MONOTONIC */
+ROM_HIDDEN int dev_check(const rom_device *d); /* ROM_E_INVAL unless a plausible device */
+ROM_HIDDEN void dev_init(rom_pool *p, const rom_device *d);
+ROM_HIDDEN void dev_drain(rom_pool *p); /* at a fence: wait until the charged bytes drained */
 
-/* romulus_txn.c: flush, fence and persistent copy (romulus.h, DURABILITY MODES) */
+/* charge n bytes made persistent to the modelled media (drained at the next fence) */
+static inline void dev_charge(rom_pool *p, uint64_t n) {
+    if (UNLIKELY(p->dev_on))
+        p->dev_pending += n;
+}
+
+/* romulus_persist.c: hooks at the persistence events, for the crash simulator (romulus_sim.c),
+ * which fills the table at start-up; all NULL by default. flush and fence are called only for
+ * the pool named in `pool` (NULL: none), behind one predictable branch; fence returns 1 to skip
+ * that fence (fault injection). opened is called at open once the pool is mapped, before
+ * creation and recovery; closing when a pool goes away (closed, or its open failed). */
+struct pm_hooks {
+    rom_pool *pool;
+    void (*flush)(rom_pool *p, const void *addr, uint64_t len);
+    int (*fence)(rom_pool *p);
+    void (*opened)(rom_pool *p);
+    void (*closing)(rom_pool *p);
+};
+extern ROM_HIDDEN struct pm_hooks pm_hooks;
+
+static inline void hooks_opened(rom_pool *p) {
+    if (pm_hooks.opened)
+        pm_hooks.opened(p);
+}
+
+static inline void hooks_closing(rom_pool *p) {
+    if (pm_hooks.closing)
+        pm_hooks.closing(p);
+}
+
+/* romulus_persist.c: mode and flush instruction from the arguments, the environment or cpuid;
+ * the rest of its environment (PLINIUS_PM_NT_MIN, PLINIUS_PM_THREADS) into a new pool */
+ROM_HIDDEN int resolve_env(int *mode, int *flush);
+ROM_HIDDEN void persist_init(rom_pool *p);
+
+/* romulus_persist.c: flush, fence and persistent copy (romulus.h, DURABILITY MODES) */
 #define NT_MIN_DEFAULT 0 /* measured: streaming stores win even for single lines */
 #define PAR_MAX 8        /* helper threads for big flushes and copies */
 ROM_HIDDEN void pm_flush(rom_pool *p, const void *addr, uint64_t len);
 ROM_HIDDEN void pm_fence(rom_pool *p);
 ROM_HIDDEN void copy_persist(rom_pool *p, uint8_t *dst, const uint8_t *src, uint64_t n, int nt);
 
-/* romulus_txn.c: the volatile log (a dirty-line bitmap and the runs to flush and copy) */
+/* Flushes evict lines on this kind of CPU; fetching a line we are about to use again while a
+ * fence waits hides the miss. prefetchw decodes as a NOP on CPUs without it. */
+static inline void prefetch_w(const void *a) {
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ volatile("prefetchw %0" : : "m"(*(const volatile char *)a));
+#else
+    __builtin_prefetch(a, 1, 3);
+#endif
+}
+
+/* romulus_log.c: the volatile log (a dirty-line bitmap and the runs to flush and copy) */
 ROM_HIDDEN void log_lines(rom_pool *p, uint64_t first, uint64_t last);
+ROM_HIDDEN void log_reset(rom_pool *p); /* empty it at the end of a transaction */
 
 /* append lines [first, first+n) to the runs; inline with log_range on every store's path */
 static inline void add_run(rom_pool *p, uint64_t first, uint64_t n) {
@@ -268,25 +328,22 @@ static inline void st64(rom_pool *p, uint64_t *addr, uint64_t v) {
     *addr = v;
 }
 
+/* romulus_copier.c: the copier thread (romulus.h, BACKGROUND COMMIT) */
+#define BG_MIN_DEFAULT (256u * 1024u) /* smaller copies cost less than the handoff */
+ROM_HIDDEN void bg_init(rom_pool *p);
+/* hand job (the commit's end after FENCE 3) to the copier, release the pool lock; 0: no copier */
+ROM_HIDDEN int bg_post(rom_pool *p, void (*job)(rom_pool *p));
+ROM_HIDDEN uint64_t bg_wait(rom_pool *p, int count); /* ns waited; count: add to bg_wait_ns */
+ROM_HIDDEN void bg_shutdown(rom_pool *p);            /* wait, then stop and join the copier */
+
 /* romulus_txn.c: transactions */
 ROM_HIDDEN int check_txn(rom_pool *p); /* ROM_E_NOTXN unless this thread has one open */
 ROM_HIDDEN void abort_txn(rom_pool *p);
-/* romulus_txn.c: the copier thread (romulus.h, BACKGROUND COMMIT) */
-#define BG_MIN_DEFAULT (256u * 1024u) /* smaller copies cost less than the handoff */
-ROM_HIDDEN void bg_init(rom_pool *p);
-ROM_HIDDEN uint64_t bg_wait(rom_pool *p, int count); /* ns waited; count: add to bg_wait_ns */
-ROM_HIDDEN void bg_shutdown(rom_pool *p);            /* wait, then stop and join the copier */
+/* at open: roll an interrupted transaction back (MUTATING) or forward (COPYING) */
+ROM_HIDDEN void recover(rom_pool *p, uint64_t state, uint64_t used);
 
 /* romulus_alloc.c: the allocator metadata and root table of main or back, checked at open */
 ROM_HIDDEN int check_meta(rom_pool *p, uint8_t *region);
 ROM_HIDDEN uint64_t avail(rom_pool *p); /* free bytes, for statistics */
-
-/* romulus_sim.c: simulated crashes. sim_pool is the armed pool (NULL: none); every hook in the
- * engine sits behind UNLIKELY(sim_pool == p), one predictable branch until a test arms it. */
-extern ROM_HIDDEN rom_pool *sim_pool;
-ROM_HIDDEN void sim_flush(rom_pool *p, const void *addr, uint64_t len);
-ROM_HIDDEN int sim_fence(rom_pool *p); /* 1: skip this fence (fault injection) */
-ROM_HIDDEN void sim_arm_from_env(rom_pool *p);
-ROM_HIDDEN void sim_forget(rom_pool *p); /* disarm if p is the armed pool (it goes away) */
 
 #endif /* PLINIUS_ROMULUS_INTERNAL_H */

@@ -1,7 +1,8 @@
 /*
  * romulus_pool.c -- a pool's life cycle: open (validate the header before anything is mapped or
- * written), create, recover from a crash in any state, close, statistics. The protocol and the
- * pool layout are documented in romulus.h.
+ * written), create, recover from a crash in any state (the protocol's recover(), in
+ * romulus_txn.c), close, statistics. The protocol and the pool layout are documented in
+ * romulus.h.
  */
 #include "romulus_internal.h"
 
@@ -92,24 +93,6 @@ static void create_pool(rom_pool *p) {
     fsync_dir(p->path);
 }
 
-/* state and used come from the validated header copy, never re-read from the file */
-static void recover(rom_pool *p, uint64_t state, uint64_t used) {
-    struct rom_hdr *h = p->hdr;
-    if (state == ROM_MUTATING) { /* roll back */
-        copy_persist(p, p->main, p->back, used, used >= p->nt_min);
-        p->opened_as = ROM_ROLLED_BACK;
-    } else if (state == ROM_COPYING) { /* roll forward */
-        copy_persist(p, p->back, p->main, used, used >= p->nt_min);
-        p->opened_as = ROM_ROLLED_FWD;
-    } else {
-        return;
-    }
-    pm_fence(p);
-    h->state = ROM_IDLE;
-    pm_flush(p, &h->state, 8);
-    pm_fence(p);
-}
-
 /* what is wrong with a header that carries the magic, or NULL */
 static const char *header_problem(const struct rom_hdr *h) {
     if (h->version == 0)
@@ -169,7 +152,7 @@ static int unfinished_is_pristine(int fd, uint64_t fsize, const struct rom_hdr *
 }
 
 static int open_fail(rom_pool *p, int rc) {
-    sim_forget(p);
+    hooks_closing(p);
     if (p->base)
         munmap(p->base, p->map_size);
     if (p->fd >= 0)
@@ -194,25 +177,11 @@ int rom_open(const char *path, size_t path_len, uint64_t size, int create, int m
     return rom_open_dev(path, path_len, size, create, mode, flush, NULL, out);
 }
 
-/* a finite, positive rate no faster than 1 PB/s and no slower than 1 kB/s, or a latency under
- * one second: anything else is a caller's mistake, not a device */
-static int check_device(const rom_device *d) {
-    if (!(d->write_bps >= 1e3 && d->write_bps <= 1e15))
-        return fail(ROM_E_INVAL, "device model: write bandwidth %g B/s is not in [1e3, 1e15]",
-                    d->write_bps);
-    if (!(d->read_bps >= 1e3 && d->read_bps <= 1e15))
-        return fail(ROM_E_INVAL, "device model: read bandwidth %g B/s is not in [1e3, 1e15]",
-                    d->read_bps);
-    if (d->fence_ns > 1000000000ULL || d->read_ns > 1000000000ULL)
-        return fail(ROM_E_INVAL, "device model: latencies must be under one second");
-    return ROM_OK;
-}
-
 int rom_open_dev(const char *path, size_t path_len, uint64_t size, int create, int mode,
                  int flush, const rom_device *dev, rom_pool **out) {
     *out = NULL;
     if (dev && dev->write_bps != 0.0) {
-        int drc = check_device(dev);
+        int drc = dev_check(dev);
         if (drc)
             return drc;
     } else {
@@ -240,26 +209,12 @@ int rom_open_dev(const char *path, size_t path_len, uint64_t size, int create, i
     p->fd = -1;
     p->mode = mode;
     p->flush = flush;
-    if (dev) {
-        p->dev_on = 1;
-        p->dev_w_bpns = dev->write_bps / 1e9;
-        p->dev_r_bpns = dev->read_bps / 1e9;
-        p->dev_fence_ns = dev->fence_ns;
-        p->dev_read_ns = dev->read_ns;
-        p->dev_drain_at = mono_ns();
-    }
+    if (dev)
+        dev_init(p, dev);
     p->path = strdup(path);
     if (!p->path)
         return open_fail(p, fail(ROM_E_IO, "out of memory"));
-    const char *nt = getenv("PLINIUS_PM_NT_MIN");
-    p->nt_min = (nt && *nt) ? strtoull(nt, NULL, 10) : NT_MIN_DEFAULT;
-    const char *thr = getenv("PLINIUS_PM_THREADS");
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    p->nthreads = (thr && *thr) ? atoi(thr) : (int)(ncpu > 0 ? ncpu : 1);
-    if (p->nthreads < 1)
-        p->nthreads = 1;
-    if (p->nthreads > PAR_MAX)
-        p->nthreads = PAR_MAX;
+    persist_init(p); /* PLINIUS_PM_NT_MIN, PLINIUS_PM_THREADS */
     pthread_mutexattr_t attr;
     pthread_mutexattr_init(&attr);
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
@@ -453,7 +408,7 @@ int rom_open_dev(const char *path, size_t path_len, uint64_t size, int create, i
     p->sync = malloc(p->cap_sync * sizeof *p->sync);
     if (!p->bitmap || !p->runs || !p->sync)
         return open_fail(p, fail(ROM_E_IO, "out of memory opening pool %s", path));
-    sim_arm_from_env(p); /* before creation and recovery, so crashes there can be tested */
+    hooks_opened(p); /* before creation and recovery, so crashes there can be tested */
     if (creating) {
         create_pool(p);
         p->opened_as = creating;
@@ -488,7 +443,7 @@ int rom_close(rom_pool *p) {
     bg_shutdown(p); /* back complete, the copier joined */
     p->hdr->holder_pid = 0;
     pm_fence(p); /* orders the last IDLE (and, in msync mode, writes the pending pages) */
-    sim_forget(p);
+    hooks_closing(p);
     flock(p->fd, LOCK_UN);
     close(p->fd);
     p->fd = -1;

@@ -1,7 +1,11 @@
 /*
  * romulus_sim.c -- simulated crashes at the Nth flush/fence event (romulus_sim.h): test hooks,
  * not part of the engine's API. One armed pool per process; off unless armed, and then the
- * engine's only cost is the UNLIKELY(sim_pool == p) branch at each flush and fence.
+ * engine's only cost is the UNLIKELY(pm_hooks.pool == p) branch at each flush and fence.
+ *
+ * The engine never calls this file by name: at start-up (a constructor, when the module is
+ * loaded) it fills the table pm_hooks (romulus_internal.h), which the flush primitives and the
+ * pool's open and close call through. This file calls down only (errors, the copier's wait).
  */
 #include "romulus_sim.h"
 #include "romulus_internal.h"
@@ -26,8 +30,6 @@ static struct {
     struct pend *pend;
     size_t npend, cap_pend;
 } g_sim;
-
-rom_pool *sim_pool; /* the armed pool, or NULL (romulus_internal.h) */
 
 static void sim_crash(rom_pool *p) __attribute__((noreturn));
 static void sim_crash(rom_pool *p) {
@@ -58,7 +60,7 @@ static void sim_event(rom_pool *p) {
         sim_crash(p);
 }
 
-void sim_flush(rom_pool *p, const void *addr, uint64_t len) {
+static void sim_flush(rom_pool *p, const void *addr, uint64_t len) {
     sim_event(p);
     if (g_sim.kind != 2)
         return;
@@ -80,7 +82,7 @@ void sim_flush(rom_pool *p, const void *addr, uint64_t len) {
 }
 
 /* returns 1 when this fence is to be skipped (fault injection) */
-int sim_fence(rom_pool *p) {
+static int sim_fence(rom_pool *p) {
     sim_event(p);
     if (p->txn_fences >= 1 && p->txn_fences <= 31 && (g_sim.skip_fences >> p->txn_fences) & 1)
         return 1;
@@ -107,24 +109,24 @@ int rom_sim_arm(rom_pool *p, uint64_t crash_at, int kind, uint64_t seed, uint32_
     g_sim.rng = seed * 0x9E3779B97F4A7C15ULL + 1;
     g_sim.skip_fences = skip_fences;
     g_sim.events = 0;
-    sim_pool = p;
+    pm_hooks.pool = p; /* from now on every flush and fence of p is an event */
     return ROM_OK;
 }
 
 void rom_sim_disarm(void) {
-    if (sim_pool)
-        bg_wait(sim_pool, 0); /* the copier may still be counting events */
+    if (pm_hooks.pool)
+        bg_wait(pm_hooks.pool, 0); /* the copier may still be counting events */
     free(g_sim.shadow);
     g_sim.shadow = NULL;
     g_sim.npend = 0;
-    sim_pool = NULL;
+    pm_hooks.pool = NULL;
     g_sim.crash_at = 0;
     g_sim.skip_fences = 0;
 }
 
 uint64_t rom_sim_events(void) {
-    if (sim_pool)
-        bg_wait(sim_pool, 0); /* count the copier's events too */
+    if (pm_hooks.pool)
+        bg_wait(pm_hooks.pool, 0); /* count the copier's events too */
     return g_sim.events;
 }
 
@@ -137,12 +139,14 @@ int rom_sim_bg(rom_pool *p, int hold, uint32_t delay_ms) {
     return ROM_OK;
 }
 
-void sim_forget(rom_pool *p) {
-    if (sim_pool == p)
+/* the pool goes away (closed, or its open failed): disarm if it is the armed one */
+static void sim_forget(rom_pool *p) {
+    if (pm_hooks.pool == p)
         rom_sim_disarm();
 }
 
-void sim_arm_from_env(rom_pool *p) {
+/* at open, before creation and recovery, so crashes there can be tested */
+static void sim_arm_from_env(rom_pool *p) {
     const char *at = getenv("PLINIUS_ROMULUS_CRASH_AT");
     if (!at || !*at)
         return;
@@ -150,4 +154,13 @@ void sim_arm_from_env(rom_pool *p) {
     const char *seed = getenv("PLINIUS_ROMULUS_CRASH_SEED");
     rom_sim_arm(p, strtoull(at, NULL, 10), (kind && strcmp(kind, "power") == 0) ? 2 : 1,
                 seed ? strtoull(seed, NULL, 10) : 1, 0);
+}
+
+/* registered when the module is loaded: until rom_sim_arm sets pm_hooks.pool, flush and fence
+ * are never called, and opened/closing only look at the environment and the armed pool */
+__attribute__((constructor)) static void sim_register(void) {
+    pm_hooks.flush = sim_flush;
+    pm_hooks.fence = sim_fence;
+    pm_hooks.opened = sim_arm_from_env;
+    pm_hooks.closing = sim_forget;
 }

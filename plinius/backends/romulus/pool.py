@@ -15,10 +15,10 @@ are not the engine's API: they are bound by the same module but kept in the last
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict, make_dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from plinius.backends.romulus.device import DeviceModel, resolve_device
 from plinius.errors import (
@@ -99,51 +99,76 @@ def cpu_has(flush: str) -> bool:
     return flush in FLUSHES and bool(lib.rom_cpu_has(FLUSHES.index(flush)))
 
 
-@dataclass(frozen=True)
-class PoolStats:
-    """A snapshot of the pool's persistent and per-session counters."""
+#: How a field of ``rom_stats`` (native/romulus.h, where the pool statistics are declared and
+#: documented, once) appears in :class:`PoolStats`: as (name, type, conversion). A field not
+#: listed is an ``int`` under its C name, except ``*_ns``, which is ``*_s`` in seconds. None:
+#: not shown (``dev_on``: :attr:`Pool.device` says it; ``bg_reserved``: padding).
+_STAT_AS: dict[str, tuple[str, type, Callable[[int], Any]] | None] = {
+    "state": ("state", str, lambda v: _STATES.get(v, "?")),
+    "mode": ("mode", str, lambda v: MODES[v]),
+    "flush": ("flush", str, lambda v: ffi.string(lib.rom_flush_name(v)).decode()),
+    "real_pm": ("real_pm", bool, bool),
+    "opened_as": ("opened_as", str, lambda v: _OPENED.get(v, "?")),
+    "in_txn": ("in_txn", bool, bool),
+    "dev_on": None,
+    "commit_mode": ("commit", str, lambda v: COMMITS[v]),
+    "bg_reserved": None,
+}
 
-    pool_size: int
-    region_size: int
-    main_off: int
-    back_off: int
-    meta_size: int
-    used: int
-    top: int
-    free_bytes: int
-    alloc_bytes: int
-    nallocs: int
-    commits: int
-    aborts: int
-    fences: int
-    flushed_lines: int
-    last_log_lines: int
-    last_copy_bytes: int
-    last_fences: int
-    full_copies: int
-    state: str
-    mode: str
-    flush: str
-    real_pm: bool
-    opened_as: str
-    in_txn: bool
-    #: device model (zero without one): bytes charged and time waited, this session
-    dev_write_bytes: int = 0
-    dev_write_wait_s: float = 0.0
-    dev_read_bytes: int = 0
-    dev_read_wait_s: float = 0.0
-    #: background commit: the mode, the smallest copy handed to the copier, how many commits
-    #: it copied and the time it spent (off the critical path), and the time rom_begin/close
-    #: waited for it (the part that was not hidden), this session
-    commit: str = "background"
-    bg_min: int = 0
-    bg_copies: int = 0
-    bg_copy_s: float = 0.0
-    last_bg_copy_s: float = 0.0
-    bg_wait_s: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
+def _seconds(ns: int) -> float:
+    return ns * 1e-9
+
+
+def _stat_fields() -> list[tuple[str, str, type, Callable[[int], Any]]]:
+    """(C name, Python name, type, conversion) of every shown field of ``rom_stats``, in the
+    order the header declares them: read from the cffi declaration, itself generated from the
+    header (native/build_romulus.py)."""
+    out: list[tuple[str, str, type, Callable[[int], Any]]] = []
+    for cname, _ in ffi.typeof("rom_stats").fields:
+        if cname in _STAT_AS:
+            shown = _STAT_AS[cname]
+            if shown is not None:
+                out.append((cname, *shown))
+        elif cname.endswith("_ns"):
+            out.append((cname, cname[: -len("_ns")] + "_s", float, _seconds))
+        else:
+            out.append((cname, cname, int, int))
+    return out
+
+
+_STAT_FIELDS = _stat_fields()
+
+if TYPE_CHECKING:
+
+    class PoolStats:
+        """For the type checker: the fields are generated from ``rom_stats`` at import."""
+
+        def __init__(self, **fields: Any) -> None: ...
+        def __getattr__(self, name: str) -> Any: ...
+        def as_dict(self) -> dict[str, Any]: ...
+
+else:
+
+    def _as_dict(self: Any) -> dict[str, Any]:
         return asdict(self)
+
+    PoolStats = make_dataclass(
+        "PoolStats",
+        [(name, kind) for _, name, kind, _ in _STAT_FIELDS],
+        frozen=True,
+        namespace={
+            "as_dict": _as_dict,
+            "__doc__": "A snapshot of the pool's persistent and per-session counters: one field "
+            "per field of rom_stats (native/romulus.h documents each), generated from its cffi "
+            "declaration. Codes are names (state, mode, flush, opened_as, commit), flags bools, "
+            "*_ns fields *_s in seconds; dev_* are zero without a device model; bg_* are the "
+            "background commit's: the copies the copier made and the time it spent (off the "
+            "critical path), and bg_wait_s the time rom_begin/close waited for it (the part "
+            "that was not hidden), this session.",
+        },
+    )
+    PoolStats.__module__ = __name__  # make_dataclass(module=) is 3.12+: pickles by this name
 
 
 class Pool:
@@ -481,42 +506,7 @@ class Pool:
     def stats(self) -> PoolStats:
         self._check()
         st = self._raw_stats()
-        return PoolStats(
-            pool_size=st.pool_size,
-            region_size=st.region_size,
-            main_off=st.main_off,
-            back_off=st.back_off,
-            meta_size=st.meta_size,
-            used=st.used,
-            top=st.top,
-            free_bytes=st.free_bytes,
-            alloc_bytes=st.alloc_bytes,
-            nallocs=st.nallocs,
-            commits=st.commits,
-            aborts=st.aborts,
-            fences=st.fences,
-            flushed_lines=st.flushed_lines,
-            last_log_lines=st.last_log_lines,
-            last_copy_bytes=st.last_copy_bytes,
-            last_fences=st.last_fences,
-            full_copies=st.full_copies,
-            state=_STATES.get(st.state, "?"),
-            mode=MODES[st.mode],
-            flush=ffi.string(lib.rom_flush_name(st.flush)).decode(),
-            real_pm=bool(st.real_pm),
-            opened_as=_OPENED.get(st.opened_as, "?"),
-            in_txn=bool(st.in_txn),
-            dev_write_bytes=st.dev_write_bytes,
-            dev_write_wait_s=st.dev_write_wait_ns * 1e-9,
-            dev_read_bytes=st.dev_read_bytes,
-            dev_read_wait_s=st.dev_read_wait_ns * 1e-9,
-            commit=COMMITS[st.commit_mode],
-            bg_min=st.bg_min,
-            bg_copies=st.bg_copies,
-            bg_copy_s=st.bg_copy_ns * 1e-9,
-            last_bg_copy_s=st.last_bg_copy_ns * 1e-9,
-            bg_wait_s=st.bg_wait_ns * 1e-9,
-        )
+        return PoolStats(**{name: conv(getattr(st, c)) for c, name, _, conv in _STAT_FIELDS})
 
     # --- benchmark loop and test hooks (native/romulus_bench.h, romulus_sim.h) -------------------
     # Not the engine's API (native/romulus.h): the same compiled module binds them for the
