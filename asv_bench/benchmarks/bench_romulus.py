@@ -3,7 +3,7 @@
 Every figure is a ``time_*`` benchmark of fixed work, so asv takes several samples and its own
 statistics decide regressions (a single-sample ``track_*`` rate made ``asv continuous`` flag
 noise as regressions). Swaps per second are 4096 / the reported time. Mirror save/restore on
-romulus is in ``bench_mirror.SaveRestore`` beside the other backends: one harness, one series.
+romulus is in ``bench_sections.SaveContenders`` beside the other backends: one harness, one series.
 
 Pools follow ``PLINIUS_SHM_DIR``.
 """

@@ -138,6 +138,10 @@ class Section:
     targets: Callable[[Mapping[str, Any], TargetTable], None] | None = None
     render: Callable[[Mapping[str, Any]], list[str]] | None = None
     figures: Callable[[Mapping[str, Any], Path], list[Path]] | None = None
+    #: rounds sections: the contender ids ``contenders`` would give for these options, without
+    #: building anything (whether or not the section can run here: one that cannot raises
+    #: :class:`NotRun` when built); the asv harness makes its parameters from them at import
+    ids: Callable[[SuiteOptions], list[str]] | None = None
 
     def __post_init__(self) -> None:
         if (self.run is None) == (self.contenders is None):

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         )
         lines.append("![save/restore](save_restore.png)")
     else:
-        lines.append("No SaveRestore results found.")
+        lines.append("No save results (SaveContenders) found.")
     write_text(out / "report.md", "\n".join(lines) + "\n", "report")
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

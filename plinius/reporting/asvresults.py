@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,42 +159,55 @@ def load(results_dir: str | Path) -> AsvRows:
     return out
 
 
+def section_class(section: str) -> str:
+    """The name of the asv class ``asv_bench/benchmarks/bench_sections.py`` generates for the
+    rounds section ``section`` (``save`` -> ``SaveContenders``)."""
+    parts = [p for p in re.split(r"[^0-9A-Za-z]+", section) if p]
+    return "".join(p[:1].upper() + p[1:] for p in parts) + "Contenders"
+
+
+#: the generated class of the ``save`` section: ``time_op`` over (workload, engine, contender, op)
+SAVE_CLASS = section_class("save")
+#: its parameters, in asv's order
+SECTION_PARAMS = ("workload", "engine", "contender", "op")
+
+
 def save_restore_rows(data: AsvRows, engine: str | None = None) -> list[dict[str, Any]]:
-    """Rows shaped like ``plinius bench`` results (per machine) from SaveRestore time_*."""
+    """Rows shaped like ``plinius bench`` results (per machine) from the generated save class:
+    ``time_op`` of each backend instance (its contender id) on the ``size-N`` workload, ops
+    ``save`` and ``restore`` (the warm one)."""
     by_key: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in data.rows:
-        bench = r["benchmark"].rsplit(".", 1)
-        if len(bench) != 2 or not bench[0].endswith("SaveRestore"):
+        bench = r["benchmark"].rsplit(".", 2)
+        if len(bench) != 3 or bench[1] != SAVE_CLASS or bench[2] != "time_op":
             continue
-        kind = bench[1]
-        if kind not in ("time_save", "time_restore") or r["value"] is None:
+        if r["value"] is None or len(r["params"]) != len(SECTION_PARAMS):
+            continue  # a skipped point, or not the (workload, engine, contender, op) layout
+        workload, eng, instance, op = (str(p) for p in r["params"])
+        if op not in ("save", "restore") or not workload.startswith("size-"):
             continue
-        if len(r["params"]) != 3:
-            continue  # not the (backend, size, engine) benchmark this report plots
-        backend, mb, eng = r["params"]
         if engine is not None and eng != engine:
             continue
         try:
-            size_mb, sec = float(mb), float(r["value"])
+            size_mb, sec = float(workload.removeprefix("size-")), float(r["value"])
         except (TypeError, ValueError):
             continue  # asv writes NaN/null for failed points; nothing to plot
         if not (math.isfinite(size_mb) and math.isfinite(sec)):
             continue
-        key = (r["machine"], r["commit"], backend, size_mb, eng)
+        key = (r["machine"], r["commit"], instance, size_mb, eng)
         row = by_key.setdefault(
             key,
             {
                 "machine": r["machine"],
                 "commit": r["commit"],
-                "backend": backend,
+                "backend": instance,
                 "model_mb": size_mb,
                 "engine": eng,
             },
         )
-        field_name = "save" if kind == "time_save" else "restore"
-        row[f"{field_name}_s"] = sec
-        row[f"{field_name}_s_min"] = sec
-        row[f"{field_name}_s_max"] = sec
+        row[f"{op}_s"] = sec
+        row[f"{op}_s_min"] = sec
+        row[f"{op}_s_max"] = sec
     rows = [r for r in by_key.values() if "save_s" in r and "restore_s" in r]
     for r in rows:
         r["series"] = f"{r['machine']}/{r['backend']}"

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from plinius.bench.contenders import Contender
-from plinius.bench.registry import Section, WorkloadContext, register
+from plinius.bench.registry import Section, SuiteOptions, WorkloadContext, register
 from plinius.bench.stats import speedup
 from plinius.bench.targets import measured, median, missing, row_at, target_workload
 from plinius.bench.verdicts import TargetTable
@@ -20,6 +20,21 @@ def contenders(ctx: WorkloadContext) -> Sequence[Contender]:
     from plinius.bench.limits import limit_contenders
 
     return limit_contenders(ctx.model.mirror_bytes, ctx.model.name, ctx.engine)
+
+
+def ids(opts: SuiteOptions) -> list[str]:
+    """What :func:`plinius.bench.limits.limit_contenders` builds here: memcpy and the run's
+    engine on one thread and on all cores, and the parallel native engine beside a serial one."""
+    from plinius import crypto_native
+    from plinius.bench.limits import cores
+
+    n, engine = cores(), opts.engine
+    out = ["memcpy/1", *([f"memcpy/{n}"] if n > 1 else []), f"aes-gcm/{engine.name}/1"]
+    if n > 1:
+        out.append(f"aes-gcm/{engine.name}/{n}")
+        if not engine.parallel and crypto_native.usable():
+            out.append(f"aes-gcm/{crypto_native.OpenSSLEngine.name}/{n}")
+    return out
 
 
 def fastest_aes(doc: Mapping[str, Any], wl: str | None, op: str) -> dict[str, Any] | None:
@@ -56,5 +71,6 @@ register(
         30,
         contenders=contenders,
         targets=targets,
+        ids=ids,
     )
 )

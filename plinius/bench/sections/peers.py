@@ -7,12 +7,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from plinius.bench.contenders import Contender
-from plinius.bench.registry import NotRun, Section, WorkloadContext, register
+from plinius.bench.registry import NotRun, Section, SuiteOptions, WorkloadContext, register
 from plinius.bench.stats import speedup
 from plinius.bench.targets import by_id, fastest, row_at, target_workload, why_not
 from plinius.bench.verdicts import TargetTable
 
 NAME = "peers"
+#: what :func:`plinius.bench.peers.peer_contenders` builds on each directory, in its order
+KINDS = ("torch.save", "safetensors", "torch.save+aes-gcm")
+#: the directories the suite's workloads give (:func:`plinius.bench.suite.side_dirs`)
+PLACES = ("tmpfs", "ssd")
 
 
 def contenders(ctx: WorkloadContext) -> Sequence[Contender]:
@@ -23,6 +27,11 @@ def contenders(ctx: WorkloadContext) -> Sequence[Contender]:
         raise NotRun(why)
     arrays = [(f"{r.layer}.{r.name}", r.array) for r in ctx.model.records]
     return peers.peer_contenders(arrays, ctx.model.name, ctx.scratch_dirs(), ctx.engine)
+
+
+def ids(opts: SuiteOptions) -> list[str]:
+    """``kind@place``: every peer on every directory, as :func:`contenders` builds them."""
+    return [f"{kind}@{place}" for place in PLACES for kind in KINDS]
 
 
 def _restore_ops(c: Mapping[str, Any]) -> list[str]:
@@ -80,5 +89,6 @@ register(
         20,
         contenders=contenders,
         targets=targets,
+        ids=ids,
     )
 )

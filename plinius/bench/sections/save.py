@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from plinius.bench.contenders import Contender, Samples
-from plinius.bench.registry import Rows, Section, WorkloadContext, register
+from plinius.bench.registry import Rows, Section, SuiteOptions, WorkloadContext, register
 from plinius.bench.saverestore import BackendRun, add_speedups, backend_row, raw_seal_seconds
 from plinius.bench.stats import Interval, speedup
 from plinius.bench.targets import (
@@ -37,6 +37,11 @@ def contenders(ctx: WorkloadContext) -> Sequence[Contender]:
         raise
     ctx.state[NAME] = (runs, raw)
     return [r.contender for r in runs]
+
+
+def ids(opts: SuiteOptions) -> list[str]:
+    """The plan's instance labels: each instance's contender is named by its label."""
+    return [p.label for p in opts.plan]
 
 
 def collect(ctx: WorkloadContext, samples: Mapping[tuple[str, str, str], Samples]) -> Rows:
@@ -220,5 +225,6 @@ register(
         targets=targets,
         render=render,
         figures=figures,
+        ids=ids,
     )
 )

@@ -7,13 +7,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from plinius.bench.contenders import Contender
-from plinius.bench.registry import NotRun, Section, WorkloadContext, register
+from plinius.bench.registry import NotRun, Section, SuiteOptions, WorkloadContext, register
 from plinius.bench.stats import speedup
 from plinius.bench.targets import measured, missing
 from plinius.bench.verdicts import TargetTable
 
 NAME = "torch"
 MIRROR = "torchmirror@romulus"
+#: what :func:`plinius.bench.torch_section.torch_contenders` builds on each directory, in order
+KINDS = ("torch.save", "torch.save+aes-gcm+fsync", "safetensors", "dcp.save", "dcp.async_save")
+#: the directories the suite's workloads give (:func:`plinius.bench.suite.side_dirs`)
+PLACES = ("tmpfs", "ssd")
 
 
 def contenders(ctx: WorkloadContext) -> Sequence[Contender]:
@@ -49,6 +53,12 @@ def contenders(ctx: WorkloadContext) -> Sequence[Contender]:
             ctx.model.name, dirs, [spec], key_file, engine=ctx.engine.name, platform=platform
         )
     )
+
+
+def ids(opts: SuiteOptions) -> list[str]:
+    """TorchMirror on ``romulus``, then every peer on every directory, as :func:`contenders`
+    builds them."""
+    return [MIRROR, *(f"{kind}@{place}" for place in PLACES for kind in KINDS)]
 
 
 def targets(doc: Mapping[str, Any], t: TargetTable) -> None:
@@ -108,5 +118,6 @@ register(
         40,
         contenders=contenders,
         targets=targets,
+        ids=ids,
     )
 )
