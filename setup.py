@@ -48,7 +48,7 @@ setup(
         "plinius": ["py.typed", "data/*.u8.xz", "data/README.md"],
         "plinius.nn": ["cfg/*.cfg"],
         "plinius.fio_jobs": ["*.fio", "README.md"],
-        "plinius.spot": ["data/*.csv.gz", "data/README.md"],
+        "plinius.lab.spot": ["data/*.csv.gz", "data/README.md"],
     },
     cmdclass={"build_py": BuildPyWithCommit},
     # the native AEAD engine is optional: without OpenSSL's headers it is left out (see

@@ -2,7 +2,7 @@
 
 Used by setup.py (``cffi_modules=[..., "native/build_aead.py:ffibuilder"]``). The extension is
 ``optional``: without OpenSSL's headers or libcrypto the compile fails, setuptools warns, and
-plinius installs without it (``plinius.crypto`` then falls back to the Python engines and says
+plinius installs without it (``plinius.core.crypto`` then falls back to the Python engines and says
 which engine ran). The cipher is libcrypto's EVP AES-128-GCM; ``aead.c`` only batches records
 over threads. cffi releases the GIL around every call. The declarations are generated from
 ``aead.h`` with the same generator as the Romulus engine's; only the ``plx_aead_*`` API is

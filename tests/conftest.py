@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from plinius.crypto import ENGINES
+from plinius.core.crypto import ENGINES
 
-#: system tests: real CLI processes, servers, SIGKILL loops and experiments (with everything in
-#: tests/security/, the attack suite through the real CLI). Plain ``pytest`` leaves them out
-#: (pyproject's ``-m "not slow and not system"``); ``tox`` runs them on Python 3.11
-#: (``-m ""``), and the 3.12/3.13 envs run what depends on the interpreter: the rest.
+#: The test pyramid: ``tests/unit/`` (in-process: no subprocess, no server; checked by
+#: ``tests/unit/test_unit_purity.py``), ``tests/system/`` (real processes, servers, kills) and
+#: ``tests/security/`` (the attack suite). Plain ``pytest`` runs the unit tests and the quick
+#: system tests; the system modules below (servers, SIGKILL loops, experiments, the CLI end to
+#: end), like all of ``tests/security/``, are marked ``system``: ``tox`` runs them on Python 3.11
+#: (``-m ""``), the 3.12/3.13 envs run the rest.
 SYSTEM = frozenset(
     {
         "test_backend_redis.py",
@@ -40,7 +42,8 @@ TESTS = Path(__file__).resolve().parent
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(str(item.fspath)).resolve()
-        if path.parent == TESTS / "security" or (path.parent == TESTS and path.name in SYSTEM):
+        marked = path.parent == TESTS / "system" and path.name in SYSTEM
+        if marked or path.parent == TESTS / "security":
             item.add_marker(pytest.mark.system)
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from plinius.bench.engine import _raw_calls
-from plinius.crypto import OVERHEAD, available_engines, make_engine
-from plinius.memory import aligned_empty
+from plinius.core.crypto import OVERHEAD, available_engines, make_engine
+from plinius.core.memory import aligned_empty
+from plinius.lab.bench.engine import _raw_calls
 
 ENGINES = available_engines()
 

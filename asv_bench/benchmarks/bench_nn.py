@@ -2,7 +2,7 @@
 
 Figures: seconds per ``train_step`` (the paper's Fig. 8 axis) for the zoo models across batch
 sizes, seconds per inference batch, and held-out top-1 accuracy of the MNIST model after its
-500 iterations on the dataset ``plinius.datasets.load_dataset()`` picks (the report names it).
+500 iterations on the dataset ``plinius.core.datasets.load_dataset()`` picks (the report names it).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class TrackAccuracy:
     repeat = 1
 
     def track_mnist_top1(self) -> float:
-        from plinius.bench.nn_step import accuracy_run
+        from plinius.lab.bench.nn_step import accuracy_run
 
         return 100.0 * float(accuracy_run("mnist")["top1_accuracy"])
 
@@ -73,7 +73,7 @@ class TimeTorchTrainStep:
     timeout = 600
 
     def setup(self, model: str, batch: int) -> None:
-        from plinius.bench.nn_step import torch_step
+        from plinius.lab.bench.nn_step import torch_step
 
         try:
             self.step = torch_step(model, batch)

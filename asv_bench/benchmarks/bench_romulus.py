@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from plinius.backends.romulus.pool import Pool
-from plinius.bench.romulus_engine import SwapArray, _default_dir, flush_modes, label
-from plinius.memory import aligned_empty
+from plinius.core.memory import aligned_empty
+from plinius.lab.bench.romulus_engine import SwapArray, _default_dir, flush_modes, label
 
 _MODES = {label(m, f): (m, f) for m, f in flush_modes()}
 _ALL_MODES = ["pmem-clwb", "pmem-clflushopt", "pmem-clflush", "msync", "none"]

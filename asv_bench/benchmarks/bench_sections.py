@@ -2,7 +2,7 @@
 
 For every registered section that times contenders in the interleaved rounds (save, peers,
 limits, torch, and any plug-in section that gives its ``ids``), this module defines a class
-(:func:`plinius.reporting.asvresults.section_class`: ``SaveContenders``, ``PeersContenders``...)
+(:func:`plinius.lab.reporting.asvresults.section_class`: ``SaveContenders``, ``PeersContenders``...)
 with one benchmark, ``time_op``, over ``(workload, engine, contender, op)``:
 
 * ``workload``: one small fixed workload per section (:data:`SMALL` for the save section, which
@@ -31,8 +31,9 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Any
 
-from plinius.bench.contenders import Contender
-from plinius.bench.registry import (
+from plinius.core.crypto import make_engine
+from plinius.lab.bench.contenders import Contender
+from plinius.lab.bench.registry import (
     NotRun,
     Section,
     SuiteOptions,
@@ -40,11 +41,10 @@ from plinius.bench.registry import (
     section,
     sections,
 )
-from plinius.bench.saverestore import workload
-from plinius.bench.suite import side_dirs
-from plinius.crypto import make_engine
-from plinius.defaults import default_plan, plan_instances, probe
-from plinius.reporting.asvresults import section_class
+from plinius.lab.bench.saverestore import workload
+from plinius.lab.bench.suite import side_dirs
+from plinius.lab.plan import default_plan, plan_instances, probe
+from plinius.lab.reporting.asvresults import section_class
 
 KEY = bytes(range(16))
 #: the workload of a section that takes every workload (the save section): a small size-N

@@ -4,6 +4,7 @@ from plinius.backends.base import Backend, Blob, IoStats, RunsOn, WriteTxn
 from plinius.backends.registry import (
     backend_class,
     open_backend,
+    open_read_only,
     parse_spec,
     register_backend,
     registered,
@@ -17,6 +18,7 @@ __all__ = [
     "WriteTxn",
     "backend_class",
     "open_backend",
+    "open_read_only",
     "parse_spec",
     "register_backend",
     "registered",

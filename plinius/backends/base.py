@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from plinius.errors import BackendError, ConfigError, NotFoundError
+from plinius.core.errors import BackendError, ConfigError, NotFoundError
 
 if TYPE_CHECKING:
     from plinius.backends.fsinfo import MountInfo
@@ -45,7 +45,7 @@ Durability = Literal["power-fail", "process-crash", "none"]
 DURABILITY_LEVELS: tuple[Durability, ...] = ("power-fail", "process-crash", "none")
 #: where a backend's data lives: on this machine, or behind a network connection
 Locality = Literal["local", "remote"]
-#: the directory default instances live under: "shm" (RAM) or "disk" (see ``plinius.defaults``)
+#: the directory default instances live under: "shm" (RAM) or "disk" (see ``plinius.lab.plan``)
 Root = Literal["shm", "disk"]
 
 _BLOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -243,6 +243,15 @@ class Backend(ABC):
     locality: ClassVar[Locality] = "local"
     #: the durability levels an instance can report in ``describe()`` (by options and mount)
     durability_levels: ClassVar[tuple[Durability, ...]] = DURABILITY_LEVELS
+    #: True when the class takes ``create="never"`` (and ``create="auto"``, its default): open
+    #: an existing location only; a missing one is a one-line
+    #: :class:`~plinius.core.errors.NotFoundError` and nothing is created. plinius' read-only
+    #: commands (``verify``, ``export``, ``infer``) then pass it, through
+    #: :func:`~plinius.backends.registry.open_read_only`. False (the default): they open the
+    #: class plainly, with the spec's own options, so its plain open of a missing location must
+    #: create nothing either (fail, or make storage only when something is written). The
+    #: shipped contract checks whichever is declared (``BackendContract.test_read_only_open``).
+    read_only_open: ClassVar[bool] = False
 
     def __init__(self, location: str, **options: Any) -> None:
         if not location:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from plinius.backends.base import Backend
 from plinius.backends.registry import backend_class, registered
-from plinius.errors import PliniusError
+from plinius.core.errors import PliniusError
 
 #: the backend a bare experiment (``plinius spot``, ``plinius crash-test``) runs its trainers on:
 #: files in RAM, nothing left on the disk

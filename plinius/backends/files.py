@@ -42,9 +42,9 @@ from plinius.backends.base import (
 from plinius.backends.fsinfo import block_device_facts, mount_of
 from plinius.backends.owned_dir import LOCK_NAME, open_owned_dir
 from plinius.backends.staging import StagedBackend
-from plinius.errors import BackendError, ConfigError, NotFoundError
-from plinius.fsutil import HeldLock, check_path
-from plinius.memory import PAGE, StagingBuffer, align_up
+from plinius.core.errors import BackendError, ConfigError, NotFoundError
+from plinius.core.fsutil import HeldLock, check_path
+from plinius.core.memory import PAGE, StagingBuffer, align_up
 
 _TMP_SUFFIX = ".tmp"
 _OLD_TMP_MARK = ".tmp-"  # temp names of plinius <= 0.x: <blob>.tmp-<pid>
@@ -68,6 +68,7 @@ class FileBackend(StagedBackend):
 
     byte_addressable = False
     durability_levels: ClassVar[tuple[Durability, ...]] = ("power-fail", "process-crash")
+    read_only_open = True  # create=never: an existing directory only, nothing created
     #: fsync file and directory at commit
     fsync: ClassVar[bool] = True
     #: the file system this backend is meant for ("dax", "tmpfs" or "" for any block device)

@@ -11,8 +11,8 @@ import errno
 import os
 from pathlib import Path
 
-from plinius.errors import BackendError, BackendLockedError, ConfigError, NotFoundError
-from plinius.fsutil import HeldLock, try_lock
+from plinius.core.errors import BackendError, BackendLockedError, ConfigError, NotFoundError
+from plinius.core.fsutil import HeldLock, try_lock
 
 LOCK_NAME = ".lock"
 

@@ -68,9 +68,9 @@ from plinius.backends.base import (
 from plinius.backends.fsinfo import mount_of
 from plinius.backends.redis_local import LocalServer
 from plinius.backends.staging import StagedBackend
-from plinius.errors import BackendError, ConfigError, NotFoundError, PliniusError
-from plinius.fsutil import read_regular
-from plinius.memory import StagingBuffer
+from plinius.core.errors import BackendError, ConfigError, NotFoundError, PliniusError
+from plinius.core.fsutil import read_regular
+from plinius.core.memory import StagingBuffer
 
 PASSWORD_ENV = "PLINIUS_REDIS_PASSWORD"
 MARKER = b"plinius-redis-backend format 1"
@@ -453,6 +453,8 @@ class RedisBackend(StagedBackend):
     #: default instances are private servers in a directory (``redis_local``), kept in RAM
     default_root = "shm"
     tls: ClassVar[bool] = False
+    #: create=never: existing plinius data only (no private server directory, no marker made)
+    read_only_open = True
 
     def slot_parts(self) -> tuple[str, str]:
         """One freshness slot per server, db and prefix, however the spec spells them: ``redis``

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from plinius.backends.owned_dir import open_owned_dir
 from plinius.backends.redis_server import RedisServer
-from plinius.errors import BackendError, ConfigError, NotFoundError
-from plinius.fsutil import HeldLock, atomic_write, check_path, read_regular
+from plinius.core.errors import BackendError, ConfigError, NotFoundError
+from plinius.core.fsutil import HeldLock, atomic_write, check_path, read_regular
 
 PID_FILE = "server.pid"
 

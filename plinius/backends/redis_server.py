@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from plinius.errors import ConfigError
+from plinius.core.errors import ConfigError
 
 SERVER_BINARY = "redis-server"
 INSTALL_HINT = "install it with your distribution (Debian/Ubuntu: apt-get install -y redis-server)"

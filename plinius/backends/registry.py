@@ -7,7 +7,7 @@ A third-party package adds a backend with, in its pyproject.toml::
 
 or in code with ``register_backend("mystore", MyStoreBackend)``. Classes are imported lazily so a
 broken optional backend only fails when it is used. The rules (no silent replacement of a built-in,
-install hints) are :mod:`plinius.plugins`', shared with the crypto engines.
+install hints) are :mod:`plinius.core.plugins`', shared with the crypto engines.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from plinius.backends.base import Backend
-from plinius.errors import BackendError, SpecError, UnknownBackendError
-from plinius.plugins import Registry, Target
+from plinius.core.errors import BackendError, SpecError, UnknownBackendError
+from plinius.core.plugins import Registry, Target
 
 ENTRY_POINT_GROUP = "plinius.backends"
 #: lets an entry point replace a built-in backend: ``PLINIUS_OVERRIDE_BACKENDS=ssd``
@@ -106,3 +106,15 @@ def open_backend(spec: str, **overrides: Any) -> Backend:
     name, location, options = parse_spec(spec)
     cls = backend_class(name)
     return cls(location, **{**options, **overrides})
+
+
+def open_read_only(spec: str) -> Backend:
+    """The open of plinius' read-only commands (``verify``, ``export``, ``infer``), decided here
+    only. A class declaring :attr:`~plinius.backends.base.Backend.read_only_open` gets
+    ``create="never"`` (an existing location only; a missing one is a ``NotFoundError`` and
+    nothing is created). Any other class is opened plainly, with the spec's own options: its
+    contract is that this plain open of a missing location creates nothing either (it fails, or
+    makes storage only when something is written)."""
+    if backend_class(parse_spec(spec)[0]).read_only_open:
+        return open_backend(spec, create="never")
+    return open_backend(spec)

@@ -1,7 +1,7 @@
 """Staged writes: stage a new version in reusable page-aligned memory, put the bytes at commit.
 
 For backends the caller cannot encrypt into in place (files, a remote store). A write
-transaction hands out views of one staging buffer (:class:`plinius.memory.StagingBuffer`, kept
+transaction hands out views of one staging buffer (:class:`plinius.core.memory.StagingBuffer`, kept
 across saves and keys, so a save allocates no fresh memory), zeroes what no view covered (the
 buffer still holds earlier blobs' bytes), and at commit gives the bytes to :meth:`_put`, which
 makes them durable and current in one atomic step. Reads go through :meth:`_get` into a second
@@ -19,8 +19,8 @@ from abc import abstractmethod
 from typing import Any
 
 from plinius.backends.base import Backend, Blob, IoStats, WriteTxn, check_blob_name
-from plinius.errors import BackendError
-from plinius.memory import StagingBuffer
+from plinius.core.errors import BackendError
+from plinius.core.memory import StagingBuffer
 
 _ZEROS = memoryview(bytes(1 << 16))  # source for zeroing staging gaps without allocating
 

@@ -2,20 +2,21 @@
 
 A backend's test module subclasses :class:`BackendContract` and provides one fixture, ``spec``,
 returning the spec string of a fresh, empty backend at a location that does not exist yet (the
-first ordinary open creates it; the read-only test opens it with ``create="never"`` first). The
+first ordinary open creates it; the read-only test opens it as ``plinius verify`` does first). The
 crash test reopens it from that string in child processes, so the backend must be registered where
 a fresh interpreter finds it: an entry point of an installed package. Everything else is
 inherited.
 
 The contract is storage: blobs, keys, write views, ranged reads and ``read_into``, abort and
 exceptions keeping the previous version, replacement by other sizes, reopening, ``describe``,
-refused names, read-only opens (``create="never"``), a second opener, and what only a real backend
-can show because the backend changes the behaviour: saves SIGKILLed at random moments, the ranged
-peek at a mirror (header and manifest only), a mirror round trip at a few sizes (one crypto
-engine, ``engine_name``: ``auto`` unless a subclass overrides it), and the sample area. The mirror
-format's own features and the attacks on it (every size with every engine, wrong key, tampering,
-swapped, replayed and truncated mirrors, ...) do not depend on the backend: plinius runs them once,
-in its own tests (``tests/test_mirror_format_attacks.py``).
+refused names, read-only opens (``create="never"`` where the class declares
+``read_only_open``, else a plain open that creates nothing), a second opener, and what only a
+real backend can show because the backend changes the behaviour: saves SIGKILLed at random
+moments, the ranged peek at a mirror (header and manifest only), a mirror round trip at a few
+sizes (one crypto engine, ``engine_name``: ``auto`` unless a subclass overrides it), and the
+sample area. The mirror format's own features and the attacks on it (every size with every
+engine, wrong key, tampering, swapped, replayed and truncated mirrors, ...) do not depend on the
+backend: plinius runs them once, in its own tests (``tests/test_mirror_format_attacks.py``).
 
 This module imports pytest: install ``plinius[test]``. Set ``PLINIUS_KILLS`` (default 20) to
 choose how many child processes the crash test kills.
@@ -35,19 +36,26 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from plinius.backends import Backend, Blob, open_backend
+from plinius.backends import (
+    Backend,
+    Blob,
+    backend_class,
+    open_backend,
+    open_read_only,
+    parse_spec,
+)
 from plinius.backends.base import DURABILITY_LEVELS
-from plinius.crypto import OVERHEAD, make_engine
-from plinius.errors import (
+from plinius.core.crypto import OVERHEAD, make_engine
+from plinius.core.errors import (
     BackendError,
     BackendLockedError,
     ConfigError,
     NotFoundError,
     PoolLockedError,
 )
-from plinius.memory import PAGE
-from plinius.mirror import MirrorStore, Record
-from plinius.samples import SampleArea, put_samples
+from plinius.core.memory import PAGE
+from plinius.format.mirror import MirrorStore, Record
+from plinius.format.samples import SampleArea, put_samples
 
 KEY = bytes(range(16))
 OTHER_KEY = bytes(range(1, 17))
@@ -69,8 +77,8 @@ SAVING_CHILD = textwrap.dedent(
     import sys
     from plinius.backends.testing import model_records, KEY, FP
     from plinius.backends import open_backend
-    from plinius.crypto import make_engine
-    from plinius.mirror import MirrorStore
+    from plinius.core.crypto import make_engine
+    from plinius.format.mirror import MirrorStore
     b = open_backend(sys.argv[1])
     s = MirrorStore(b, make_engine(KEY), FP)
     info = s.peek()
@@ -245,25 +253,44 @@ class BackendContract:
             assert raw_get(again, "a") == b"persisted"
 
     def test_read_only_open(self, spec: str, engine_name: str) -> None:
-        """What ``plinius verify``/``export``/``infer`` do: ``create="never"`` refuses a location
-        that does not exist with :class:`NotFoundError` (one line) and creates nothing there,
-        and reads an existing backend's blobs and mirror."""
-        for _ in range(2):  # refused twice: the first refusal created nothing
+        """What ``plinius verify``/``export``/``infer`` do, ``open_read_only(spec)``,
+        checked against what the class declares (``Backend.read_only_open``). Declared: it gets
+        ``create="never"``, which refuses a location that does not exist with
+        :class:`NotFoundError` (one line). Not declared: it is opened plainly, which either
+        refuses the same way or opens. Either way nothing is created there, and an existing
+        backend's blobs and mirror are read."""
+        name, location, _ = parse_spec(spec)
+        cls = backend_class(name)
+        declared = cls.read_only_open
+        how = (
+            f'{cls.__name__} declares read_only_open = True: open_backend({spec!r}, create="never")'
+            if declared
+            else f"{cls.__name__} declares read_only_open = False (the default): plinius' "
+            f"read-only commands open it plainly, open_backend({spec!r})"
+        )
+        path = location if cls.locality == "local" and os.path.isabs(location) else None
+        for _ in range(2):  # twice: the first attempt created nothing
             try:
-                ro = open_backend(spec, create="never")
+                ro = open_read_only(spec)
             except NotFoundError as exc:
                 assert str(exc) and "\n" not in str(exc), repr(exc)
             else:
                 ro.close()
-                pytest.fail(
-                    f'open_backend({spec!r}, create="never") opened a location that does not '
-                    "exist (or the spec fixture names one that exists already)"
+                if declared:
+                    pytest.fail(
+                        f"{how} opened a location that does not exist (or the spec fixture "
+                        "names one that exists already)"
+                    )
+            if path is not None:
+                assert not os.path.lexists(path), (
+                    f"{how} created {path}: a read-only open must create nothing"
+                    + ("" if declared else "; accept create=auto|never and declare it")
                 )
         recs = model_records(2)
         with open_backend(spec) as b:
             raw_put(b, "a", b"kept")
             MirrorStore(b, make_engine(KEY, engine_name), FP).save(recs, version=2, iteration=3)
-        with open_backend(spec, create="never") as ro:
+        with open_read_only(spec) as ro:
             assert raw_get(ro, "a") == b"kept"
             got = MirrorStore(ro, make_engine(KEY, engine_name), FP).load()
             assert got is not None and got.info.version == 2 and got.info.iteration == 3

@@ -7,8 +7,8 @@ from typing import Any
 
 from plinius.backends.registry import backend_class, open_backend
 from plinius.cli.common import add_json_flag, print_json, print_table
-from plinius.defaults import all_backend_names, scratch_specs
-from plinius.errors import PliniusError
+from plinius.core.errors import PliniusError
+from plinius.lab.plan import all_backend_names, scratch_specs
 
 
 def register(sub: Any) -> None:

@@ -1,6 +1,6 @@
 """``plinius bench``: the main job, the paper's whole evaluation on every backend.
 
-With no arguments it runs the embedded default plan (``plinius.defaults.DEFAULT_PLAN``): enough
+With no arguments it runs the embedded default plan (``plinius.lab.plan.DEFAULT_PLAN``): enough
 backend *instances* that every comparison is like for like: ``romulus`` and ``tmpfs`` in
 /dev/shm (process-crash), ``romulus?mode=msync`` on the disk beside ``ssd`` and ``dax``
 (power-fail), plus any registered third-party backend on its default root; the paper's model
@@ -21,8 +21,22 @@ from rich.console import Console
 
 from plinius.backends.catalog import loadable
 from plinius.backends.registry import open_backend
-from plinius.bench.contenders import DEFAULT_ROUNDS
-from plinius.bench.render import (
+from plinius.cli.common import (
+    add_json_flag,
+    check_backend,
+    int_arg,
+    output_dir,
+    print_json,
+    print_table,
+    progress_bar,
+    write_text,
+)
+from plinius.core.crypto import generate_key, make_engine
+from plinius.core.errors import ConfigError
+from plinius.core.units import parse_size
+from plinius.lab.bench.answer import markdown as render_answer
+from plinius.lab.bench.contenders import DEFAULT_ROUNDS
+from plinius.lab.bench.render import (
     CONSOLE_SAVE_COLUMNS,
     ENGINE_COLUMNS,
     SUMMARY_COLUMNS,
@@ -36,20 +50,15 @@ from plinius.bench.render import (
     target_rows,
     write_outputs,
 )
-from plinius.bench.saverestore import PAPER_SIZES_MB
-from plinius.bench.suite import QUICK_ROUNDS, SuiteOptions, run_suite, section_names, total_steps
-from plinius.cli.common import (
-    add_json_flag,
-    check_backend,
-    int_arg,
-    output_dir,
-    print_json,
-    print_table,
-    progress_bar,
-    write_text,
+from plinius.lab.bench.saverestore import PAPER_SIZES_MB
+from plinius.lab.bench.suite import (
+    QUICK_ROUNDS,
+    SuiteOptions,
+    run_suite,
+    section_names,
+    total_steps,
 )
-from plinius.crypto import generate_key, make_engine
-from plinius.defaults import (
+from plinius.lab.plan import (
     DEFAULT_PLAN,
     InstancePlan,
     all_backend_names,
@@ -57,16 +66,21 @@ from plinius.defaults import (
     probe,
     unique_labels,
 )
-from plinius.errors import ConfigError
 from plinius.lab.profiles import profile
+from plinius.lab.reporting.provenance import contention_facts, cpu_times, load_average, provenance
 from plinius.nn.zoo import layers_for_size
-from plinius.reporting.provenance import load_average, provenance
 
 SCHEMA = "plinius-bench/1"
 QUICK_SIZES = (10, 64)
 DEFAULT_SIZES = tuple(sorted({*PAPER_SIZES_MB, 64}))
 #: real-model workloads of a full run (``--workloads all``: every one); none in --quick
 DEFAULT_WORKLOADS = ("resnet50+sgd-momentum",)
+#: the answer's defaults: a 100 MiB mirror, one-second steps, a mirror every 100 steps
+DEFAULT_MIRROR = "100M"
+DEFAULT_STEP_S = 1.0
+DEFAULT_EVERY = 100
+#: what the answer runs: the backends and, where installed, what users do instead
+ANSWER_SECTIONS = ("save", "peers")
 
 
 def register(sub: Any) -> None:
@@ -76,6 +90,35 @@ def register(sub: Any) -> None:
         description="Save/restore of encrypted mirrors per backend and model size, AES-GCM "
         "engines, Romulus SPS, fio, iteration time versus batch size and mirroring overhead, "
         "with provenance. --quick finishes in under 2 minutes.",
+    )
+    p.add_argument(
+        "--mirror-size",
+        help="the answer for a mirror of this size (bytes, or K/M/G suffixes: 100M, 2G; "
+        f"default {DEFAULT_MIRROR}): a synthetic model whose mirror (weights + momentum) is "
+        "that big",
+    )
+    p.add_argument(
+        "--workload",
+        help="the answer for a real model's shapes instead: resnet50+adam, bert-base+adam, "
+        "gpt2-small+adam, ... (see --workloads)",
+    )
+    p.add_argument(
+        "--step-time",
+        type=float,
+        default=DEFAULT_STEP_S,
+        help=f"seconds per training step, for the overhead per step (default {DEFAULT_STEP_S:g})",
+    )
+    p.add_argument(
+        "--every",
+        type=int_arg(1, 10**9),
+        default=DEFAULT_EVERY,
+        help=f"mirror every N steps, for the overhead and the work lost (default {DEFAULT_EVERY})",
+    )
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="the paper's whole evaluation instead of the answer: every size of Fig. 7, the "
+        "real-model workloads and every section (tens of minutes on 2 cores)",
     )
     p.add_argument(
         "--quick",
@@ -148,7 +191,7 @@ def _workloads(text: str | None, narrowed: bool) -> tuple[str, ...]:
         return () if narrowed else DEFAULT_WORKLOADS
     if text.strip() == "none":
         return ()
-    from plinius.bench.workloads import workload_labels
+    from plinius.lab.bench.workloads import workload_labels
 
     known = workload_labels(optimizer=True)
     if text.strip() == "all":
@@ -237,16 +280,60 @@ def _probe_optional(plan: list[InstancePlan]) -> tuple[list[InstancePlan], list[
     return kept, record
 
 
+def _answer_workload(
+    args: argparse.Namespace,
+) -> tuple[list[float], tuple[str, ...], str, int | None]:
+    """``(sizes, workloads, the workload answered, the mirror bytes asked for)``."""
+    if args.workload is not None:
+        if args.mirror_size is not None:
+            raise ConfigError("--mirror-size and --workload name the mirror twice: give one")
+        (name,) = _workloads(args.workload, True) or ("",)
+        if not name or "," in args.workload:
+            raise ConfigError(f"--workload {args.workload!r}: give one workload")
+        return [], (name,), name, None
+    text = args.mirror_size or DEFAULT_MIRROR
+    try:
+        nbytes = parse_size(text, "--mirror-size")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (e.g. --mirror-size 100M)") from None
+    if nbytes < 1 << 20:
+        raise ConfigError(f"--mirror-size {text}: at least 1M")
+    # size-N holds N MiB of parameters and as much momentum: the mirror is about 2N MiB
+    n = round(nbytes / (1 << 20) / 2, 2)
+    layers_for_size(n)  # refuses a size the zoo cannot build, in one line
+    return [n], (), f"size-{n:g}", nbytes
+
+
+def _answer_mode(args: argparse.Namespace) -> bool:
+    paper = args.paper or args.quick or args.sizes is not None or args.workloads is not None
+    if paper and (args.mirror_size is not None or args.workload is not None):
+        raise ConfigError(
+            "--mirror-size/--workload ask for the answer; --paper, --quick, --sizes and "
+            "--workloads run the paper's grid: use one or the other"
+        )
+    if not math.isfinite(args.step_time) or args.step_time <= 0:
+        raise ConfigError(f"--step-time {args.step_time}: seconds > 0")
+    return not paper
+
+
 def run(args: argparse.Namespace) -> int:
     load_before = load_average()
-    sizes = _parse_sizes(args.sizes, args.quick)
+    cpu_before = cpu_times()
+    answer = _answer_mode(args)
+    answered, asked = "", None
+    if answer:
+        sizes, workloads, answered, asked = _answer_workload(args)
+    else:
+        sizes = _parse_sizes(args.sizes, args.quick)
+        workloads = _workloads(args.workloads, args.quick or args.sizes is not None)
     repeats = (
         args.repeats
         if args.repeats is not None
         else (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
     )
-    workloads = _workloads(args.workloads, args.quick or args.sizes is not None)
     sections = _sections(args.only, args.skip)
+    if answer and args.only is None:
+        sections = tuple(s for s in sections if s in ANSWER_SECTIONS)
     engine = make_engine(generate_key(), None if args.engine == "auto" else args.engine)
     plan, plan_record = _probe_optional(_plan(args.backends))
     out = output_dir(args.out)
@@ -267,6 +354,7 @@ def run(args: argparse.Namespace) -> int:
     doc = {
         "schema": SCHEMA,
         "provenance": provenance(engine.name, load_before),
+        "contention": contention_facts(load_before, cpu_before, doc.get("results") or []),
         "backends": runs_on,
         "plan": plan_record,
         "parameters": {
@@ -286,6 +374,18 @@ def run(args: argparse.Namespace) -> int:
             "quick": args.quick,
             "sections": list(sections),
             "units": "MiB = 2^20 bytes; MiB/s = 2^20 bytes per second",
+            **(
+                {
+                    "answer": {
+                        "workload": answered,
+                        "step_s": args.step_time,
+                        "every": args.every,
+                        **({"mirror_bytes": asked} if asked else {}),
+                    }
+                }
+                if answer
+                else {}
+            ),
         },
         **doc,
     }
@@ -298,6 +398,14 @@ def run(args: argparse.Namespace) -> int:
     skipped = [k for k, v in doc["sections"].items() if v["status"] == "skipped"]
     if args.json:
         print_json(doc)
+        return 1 if failed else 0
+    if answer:
+        # the answer, as report.md opens with it (the details stay in the file)
+        for line in render_answer(doc, answered, args.step_time, args.every)[:-2]:
+            print(line)
+        for k in failed:
+            console.print(f"[red]section {k} failed[/red]: {doc['sections'][k]['error']}")
+        console.print(f"wrote {out / 'results.json'}, {out / 'report.md'} and PNG figures")
         return 1 if failed else 0
     console.print(UNITS, highlight=False)
     if doc["results"]:

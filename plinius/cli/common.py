@@ -20,17 +20,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from plinius import fsutil
 from plinius.backends.registry import parse_spec
-from plinius.crypto import read_key_file
-from plinius.errors import ConfigError
+from plinius.core import fsutil
+from plinius.core.crypto import read_key_file
+from plinius.core.errors import ConfigError
 
 # Output checks and writers live in the library (experiments write results too); the
 # subcommands take them from here with the rest of their helpers.
-from plinius.outputs import output_dir as output_dir
-from plinius.outputs import output_file as output_file
-from plinius.outputs import print_json as print_json
-from plinius.outputs import write_text as write_text
+from plinius.core.outputs import output_dir as output_dir
+from plinius.core.outputs import output_file as output_file
+from plinius.core.outputs import print_json as print_json
+from plinius.core.outputs import write_text as write_text
 
 
 def add_json_flag(parser: Any) -> None:

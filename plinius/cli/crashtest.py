@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
+from plinius.apps.trainer import MAX_SEED
 from plinius.backends.catalog import DEFAULT_SCRATCH
 from plinius.backends.registry import backend_class, parse_spec
 from plinius.cli.common import (
@@ -15,23 +16,22 @@ from plinius.cli.common import (
     check_experiment_inputs,
     int_arg,
 )
-from plinius.errors import ConfigError
-from plinius.experiments import vmreport
-from plinius.experiments.crash import (
+from plinius.core.errors import ConfigError
+from plinius.lab.experiments import vmreport
+from plinius.lab.experiments.crash import (
     RUNS,
     CrashOptions,
     kill_points,
     markdown,
     plot,
     run_crash_test,
-    run_crash_vm_loss,
+    run_summary,
 )
-from plinius.experiments.placement import run_specs
-from plinius.experiments.vmloss import VM_RUNS, replica_target
-from plinius.experiments.workspace import publish, workspace
-from plinius.spot.experiment import DEFAULT_BID
-from plinius.spot.trace import load_trace
-from plinius.trainer import MAX_SEED
+from plinius.lab.experiments.placement import run_specs
+from plinius.lab.experiments.vmloss import VM_RUNS, replica_target, run_mark_arms
+from plinius.lab.experiments.workspace import publish, workspace
+from plinius.lab.spot.experiment import DEFAULT_BID
+from plinius.lab.spot.trace import load_trace
 
 
 def add_vm_loss_flags(p: argparse.ArgumentParser, defaults: str) -> None:
@@ -133,25 +133,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _vm_loss(args: argparse.Namespace, opts: CrashOptions, workdir: Path, console: Console) -> int:
-    """The three ``--vm-loss`` arms at the same kill marks, in one report and one figure."""
+    """The three ``--vm-loss`` arms replaying one loss schedule (the seeded kill marks), in one
+    report and one figure."""
     price = load_trace("paper").mean_paid_price(DEFAULT_BID)
+    marks = kill_points(opts.iterations, opts.kills, opts.seed)
     with replica_target(args.replica) as target, run_specs(args.backend, list(VM_RUNS)) as specs:
         if target.spec is None:
             console.print(f"  local_replica: {target.reason}")
-        result = run_crash_vm_loss(
+        result = run_mark_arms(
             opts,
             specs,
             workdir,
             target,
             args.replica_every,
+            marks,
             price,
+            lambda sup: run_summary(sup, sup.spec.backend),
+            opts.timeout_s,
             lambda kind, it: console.print(f"  VM loss ({kind}) at {it}"),
         )
     setup = (
-        f"Model `{opts.model}`, {opts.iterations} iterations, {opts.kills} VM losses at the "
-        f"seeded kill marks {result['kill_marks']} (executed iterations), backend "
-        f"`{opts.backend}`, seed {opts.seed}. Cost: each arm's up-time at the mean spot price "
-        f"paid on the paper's trace at bid {DEFAULT_BID} (${price:.4f}/hour)."
+        f"Model `{opts.model}`, {opts.iterations} iterations, backend `{opts.backend}`, seed "
+        f"{opts.seed}. One loss schedule, drawn once and replayed by every arm: {opts.kills} VM "
+        f"losses, each after the seeded kill mark of executed iterations "
+        f"{result['kill_marks']} and a seeded fraction of the next iteration. Cost: each arm's "
+        f"up-time at the mean spot price paid on the paper's trace at bid {DEFAULT_BID} "
+        f"(${price:.4f}/hour)."
     )
     publish(
         "plinius-crash-vm-loss/1",
@@ -163,4 +170,4 @@ def _vm_loss(args: argparse.Namespace, opts: CrashOptions, workdir: Path, consol
         lambda doc, path: vmreport.plot(doc, path, "plinius crash-test"),
         args.json,
     )
-    return 0 if result["same_final_weights"] else 1
+    return 0 if result["same_final_weights"] and result["same_losses"] else 1

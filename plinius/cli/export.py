@@ -7,13 +7,13 @@ import argparse
 import os
 from typing import Any
 
-from plinius.backends.registry import open_backend
+from plinius.backends.registry import open_read_only
 from plinius.cli.common import add_state_flags, check_backend, output_file
-from plinius.crypto import make_engine, read_key_file
+from plinius.core.crypto import make_engine, read_key_file
+from plinius.core.errors import ConfigError
 from plinius.enclave.platform import open_platform
-from plinius.errors import ConfigError
-from plinius.mirror import OpenedMirror
-from plinius.owner import TORCH_HINT, TORCH_KIND, export_weights, mirror_kind, open_owned
+from plinius.format.mirror import OpenedMirror
+from plinius.session.owner import TORCH_HINT, TORCH_KIND, export_weights, mirror_kind, open_owned
 
 
 def register(sub: Any) -> None:
@@ -23,7 +23,10 @@ def register(sub: Any) -> None:
     p.add_argument("--backend", required=True, help="backend spec")
     p.add_argument("--key-file", required=True, help="the owner's key file")
     out = p.add_mutually_exclusive_group(required=True)
-    out.add_argument("--weights", help="output Darknet .weights file (a Darknet mirror)")
+    out.add_argument(
+        "--weights",
+        help="output Darknet .weights file (a Darknet mirror; mode 0600, never overwrites)",
+    )
     out.add_argument(
         "--safetensors",
         help="output .safetensors file of the model tensors (a PyTorch mirror; mode 0600, "
@@ -51,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
     out = args.weights if args.weights is not None else args.safetensors
     what = "weights file (--weights)" if args.weights is not None else "output (--safetensors)"
     output_file(out, what)
-    if args.safetensors is not None and os.path.lexists(out):
-        raise ConfigError(f"{what} {out} exists: export never overwrites, give a new path")
     engine = make_engine(read_key_file(args.key_file))
-    with open_backend(check_backend(args.backend), create="never") as backend:
+    if os.path.lexists(out):  # either format: an earlier export (or a symlink) is kept as it is
+        raise ConfigError(f"{what} {out} exists: export never overwrites, give a new path")
+    with open_read_only(check_backend(args.backend)) as backend:
         platform = open_platform(args.platform, state_dir=args.state_dir, create=False)
         opened = open_owned(backend, engine, platform)  # one read serves the check and export
         torch_mirror = mirror_kind(opened) == TORCH_KIND

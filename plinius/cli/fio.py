@@ -4,7 +4,8 @@ Finds fio and checks its version (exit 2 with the install command when it is mis
 runs ``fio_jobs/*.fio`` in a scratch directory on each backend's root, prints a table and writes
 ``fio.json``, ``fio.md`` and ``fio_fig2.png`` to ``--out``. With ``--client`` the same jobs run
 through fio's client mode on each ``fio --server`` and the hosts' results are merged, each row
-naming its host. A fio job or target that fails is
+naming its host and the directory, file system and device measured there (never a local
+backend: its storage is not what the server measured). A fio job or target that fails is
 reported and kept in the files, marked; the exit status is then 1.
 """
 
@@ -27,23 +28,24 @@ from plinius.cli.common import (
     print_table,
     progress_bar,
 )
-from plinius.errors import ConfigError, MissingExtraError, PliniusError
-from plinius.fio import FioParams, Target, find_fio, plan_targets, run_fio
-from plinius.fio.client import parse_clients
-from plinius.fio.remote import run_fio_clients
-from plinius.fio.report import (
+from plinius.core.errors import ConfigError, MissingExtraError, PliniusError
+from plinius.core.fsutil import check_path
+from plinius.core.units import parse_size
+from plinius.lab.fio import FioParams, Target, find_fio, plan_targets, run_fio
+from plinius.lab.fio.client import parse_clients
+from plinius.lab.fio.remote import run_fio_clients
+from plinius.lab.fio.report import (
     TABLE_COLUMNS,
     columns,
     emulation_lines,
     failure_lines,
+    is_remote,
     plot_fig2,
     render_markdown,
     table_rows,
 )
-from plinius.fio.runner import count_steps
-from plinius.fsutil import check_path
-from plinius.reporting.plots import PLOT_HINT
-from plinius.units import parse_size
+from plinius.lab.fio.runner import count_steps
+from plinius.lab.reporting.plots import PLOT_HINT
 
 
 def register(sub: Any) -> None:
@@ -232,7 +234,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(doc)
     else:
-        title = f"plinius fio (fio {report.fio['version']}; * = emulated)"
+        title = (
+            f"plinius fio on fio servers (fio {report.fio['version']}; rows name what each "
+            "server measured)"
+            if is_remote(report)
+            else f"plinius fio (fio {report.fio['version']}; * = emulated)"
+        )
         print_table(table_rows(report), columns(report, TABLE_COLUMNS), title=title)
         _print_targets(console, report.targets)
         written = ["fio.json", "fio.md"] + (["fio_fig2.png"] if plotted else [])

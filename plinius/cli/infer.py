@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from plinius.backends.registry import open_backend
+from plinius.backends.registry import open_read_only
 from plinius.cli.common import add_json_flag, add_state_flags, check_backend, print_json
-from plinius.crypto import key_id, make_engine, read_key_file
+from plinius.core.crypto import key_id, make_engine, read_key_file
+from plinius.core.errors import ConfigError
 from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import open_platform
 from plinius.enclave.trusted import Enclave
 from plinius.nn.mirrored import network_from_opened
-from plinius.owner import provision, verify_mirror
+from plinius.session.owner import (
+    TORCH_KIND,
+    mirror_kind,
+    provision,
+    torch_mirror_hint,
+    verify_mirror,
+)
 
 
 def register(sub: Any) -> None:
@@ -30,12 +37,15 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     key = read_key_file(args.key_file)
-    with open_backend(check_backend(args.backend), create="never") as backend:
+    with open_read_only(check_backend(args.backend)) as backend:
         platform = open_platform(args.platform, state_dir=args.state_dir, create=False)
         # Check first, provision after: the owner authenticates the whole mirror and its
         # freshness with the key it holds, so the enclave it provisions is measured from an
         # authenticated model fingerprint, never from a header the attacker wrote.
-        fp = verify_mirror(backend, make_engine(key), platform).fingerprint
+        info = verify_mirror(backend, make_engine(key), platform)
+        if mirror_kind(info) == TORCH_KIND:  # authenticated: the kind is the owner's own
+            raise ConfigError(torch_mirror_hint(info))
+        fp = info.fingerprint
         enclave = Enclave(platform, None, fingerprint=fp)
         if not enclave.ecall_unseal_key(key_id(key)):
             provision(enclave, key, platform.quoting_public_pem, fp)

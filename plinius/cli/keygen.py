@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from plinius.crypto import generate_key, key_id, write_key_file
-from plinius.fsutil import check_path
+from plinius.core.crypto import generate_key, key_id, write_key_file
+from plinius.core.fsutil import check_path
 
 
 def register(sub: Any) -> None:

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 import plinius.cli
 from plinius import __version__
-from plinius.errors import PliniusError
+from plinius.core.errors import PliniusError
 
 EX_SOFTWARE = 70  # sysexits.h: an internal software error
 

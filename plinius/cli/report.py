@@ -10,9 +10,9 @@ import argparse
 from typing import Any
 
 from plinius.cli.common import output_dir, read_json, write_text
-from plinius.reporting import plots
-from plinius.reporting.asvresults import find_results_dir, load, save_restore_rows
-from plinius.reporting.markdown import check_bench_doc, md_table
+from plinius.lab.reporting import plots
+from plinius.lab.reporting.asvresults import find_results_dir, load, save_restore_rows
+from plinius.lab.reporting.markdown import check_bench_doc, md_table
 
 BENCH_SCHEMA = "plinius-bench/1"
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             read_json(args.bench, "bench results (--bench)"), args.bench, BENCH_SCHEMA
         )
         out = output_dir(args.out)
-        from plinius.bench.render import write_outputs
+        from plinius.lab.bench.render import write_outputs
 
         written = write_outputs(doc, out)
         print("wrote " + ", ".join(str(p) for p in written))

@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import TextColumn
 
+from plinius.apps.trainer import MAX_SEED, TrainOptions, run_training
 from plinius.cli.common import (
     add_json_flag,
     add_state_flags,
@@ -20,7 +21,6 @@ from plinius.cli.common import (
     write_text,
 )
 from plinius.enclave.trusted import StepResult
-from plinius.trainer import MAX_SEED, TrainOptions, run_training
 
 
 def register(sub: Any) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from plinius.backends.registry import open_backend
+from plinius.backends.registry import open_read_only
 from plinius.cli.common import add_json_flag, add_state_flags, check_backend, print_json
-from plinius.crypto import make_engine, read_key_file
+from plinius.core.crypto import make_engine, read_key_file
 from plinius.enclave.platform import open_platform
-from plinius.owner import verify_mirror
+from plinius.session.owner import verify_mirror
 
 
 def register(sub: Any) -> None:
@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     engine = make_engine(read_key_file(args.key_file))
-    with open_backend(check_backend(args.backend), create="never") as backend:
+    with open_read_only(check_backend(args.backend)) as backend:
         info = verify_mirror(
             backend, engine, open_platform(args.platform, state_dir=args.state_dir, create=False)
         )

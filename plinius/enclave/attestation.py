@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
+from plinius.core.errors import PliniusError
 from plinius.enclave.platform import Platform
-from plinius.errors import PliniusError
 
 
 class AttestationError(PliniusError):

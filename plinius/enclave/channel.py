@@ -13,8 +13,8 @@ from Crypto.Protocol.DH import key_agreement
 from Crypto.Protocol.KDF import HKDF
 from Crypto.PublicKey import ECC
 
-from plinius.crypto import OVERHEAD, make_engine
-from plinius.errors import IntegrityError
+from plinius.core.crypto import OVERHEAD, make_engine
+from plinius.core.errors import IntegrityError
 
 INFO = b"plinius provisioning channel v1"
 

@@ -30,14 +30,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from plinius.core.errors import ConfigError, IntegrityError, NotFoundError, RollbackError
+from plinius.core.fsutil import check_path, create_exclusive, open_regular, private_dir
 from plinius.enclave.platform import Platform
 from plinius.enclave.sealing import seal, unseal
-from plinius.errors import IntegrityError, NotFoundError, RollbackError
-from plinius.fsutil import create_exclusive, private_dir, read_regular
 
 ID_BYTES = 16
 PLATFORM_MEASUREMENT = hashlib.sha256(b"plinius platform counter service").digest()
@@ -47,6 +50,8 @@ _STAMP = struct.Struct(f"<{ID_BYTES}sQ{ID_BYTES}s")
 _EXTENT = struct.Struct("<QQ")
 _STATE_V1 = struct.Struct(f"<8sQB{_STAMP.size}sB{_STAMP.size}s")
 _STATE = struct.Struct(f"<8sQB{_STAMP.size}s{_EXTENT.size}sB{_STAMP.size}s{_EXTENT.size}s")
+#: the most a record file may hold (a sealed record is ~160 B)
+_MAX_RECORD = 4096
 
 
 @dataclass(frozen=True)
@@ -153,13 +158,24 @@ def slot_name(family: str, where: str, blob: str) -> str:
 
 
 class MirrorCounters:
-    """Slot states as sealed, fixed-size files ``<platform>/counters/<slot>``."""
+    """Slot states as sealed, fixed-size files ``<platform>/counters/<slot>``.
+
+    The state of each slot is kept in (trusted) memory with the sealed bytes it was written as
+    or read from, so a save (:meth:`begin`, :meth:`commit`) and a restore's checks unseal
+    nothing: each reads the small record file through the descriptor it writes with and
+    compares it with those bytes, unsealing only a record some other enclave instance wrote
+    since. Each change is one seal and one write.
+    """
 
     def __init__(self, platform: Platform, *, create: bool = True) -> None:
         """``create=False``: read-only use; a missing directory simply holds no state."""
         self.platform = platform
         d = platform.dir / "counters"
         self.dir = private_dir(d, "platform counter directory") if create or d.exists() else d
+        #: per slot: the record's sealed bytes as last written or read here, and its state
+        self._known: dict[str, tuple[bytes, SlotState]] = {}
+        self._lock = threading.RLock()
+        self._paths: dict[str, str] = {}
 
     def _what(self, slot: str) -> str:
         return f"platform counter {slot}"
@@ -170,57 +186,163 @@ class MirrorCounters:
         return f"slot:{slot}"
 
     def read(self, slot: str) -> SlotState | None:
-        """The slot's state, or None if no mirror was ever committed to it on this platform."""
+        """The slot's state, or None if no mirror was ever committed to it on this platform.
+
+        The record file is read every time (it is the one truth: another enclave instance, in
+        this process or another, may have written it since), but unsealed only when its bytes
+        are not exactly the ones this object last sealed or unsealed for the slot: then the
+        state kept in (trusted) memory is theirs."""
+        with self._lock:
+            fd = self._open(slot, os.O_RDONLY)
+            if fd is None:
+                self._known.pop(slot, None)
+                return None
+            try:
+                return self._state_of(slot, self._read_fd(slot, fd))
+            finally:
+                os.close(fd)
+
+    def _path(self, slot: str) -> str:
+        path = self._paths.get(slot)
+        if path is None:
+            path = check_path(self.dir / slot, self._what(slot))
+            self._paths[slot] = path
+        return path
+
+    def _open(self, slot: str, flags: int) -> int | None:
+        """The slot's record file (never through a symlink, never anything but a regular
+        file, as :func:`plinius.core.fsutil.open_regular` refuses them), or None if it is absent."""
+        path = self._path(slot)
         try:
-            blob = read_regular(self.dir / slot, self._what(slot), nofollow=True, max_bytes=4096)
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            fd = -1
+        if fd >= 0 and stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd  # O_NONBLOCK means nothing for a regular file
+        if fd >= 0:
+            os.close(fd)
+        try:  # not a plain regular file: the one-line refusal every such open gives
+            return open_regular(path, self._what(slot), nofollow=True, flags=flags)
         except NotFoundError:
             return None
-        raw = unseal(self.platform, PLATFORM_MEASUREMENT, self._label(slot), blob)
-        return SlotState.unpack(raw, self._what(slot))
 
-    def _write(self, slot: str, state: SlotState, *, durable: bool = True) -> None:
-        blob = seal(self.platform, PLATFORM_MEASUREMENT, self._label(slot), state.pack())
-        path = self.dir / slot
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            create_exclusive(path, blob)
-            return
-        try:
-            # Always the same size and far below one 512-byte sector: an in-place write is
-            # atomic on disk, and one fdatasync keeps the per-mirror cost to a single flush.
-            os.pwrite(fd, blob, 0)
-            os.ftruncate(fd, len(blob))
-            if durable:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
+    def _read_fd(self, slot: str, fd: int) -> bytes:
+        """The record file's bytes (a record is far below 4 KiB: more is refused unread)."""
+        chunks: list[bytes] = []
+        at = 0
+        while True:
+            chunk = os.pread(fd, _MAX_RECORD + 1 - at, at)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            at += len(chunk)
+            if at > _MAX_RECORD:
+                raise ConfigError(
+                    f"{self._what(slot)} {self.dir / slot} is more than the {_MAX_RECORD} B "
+                    "expected"
+                )
+
+    def _state_of(self, slot: str, raw: bytes) -> SlotState:
+        """The state sealed in ``raw``: the one kept in memory when ``raw`` is the very record
+        it was sealed to or unsealed from (same bytes, same plaintext), else unsealed now."""
+        known = self._known.get(slot)
+        if known is not None and known[0] == raw:
+            return known[1]
+        state = SlotState.unpack(
+            unseal(self.platform, PLATFORM_MEASUREMENT, self._label(slot), raw), self._what(slot)
+        )
+        self._known[slot] = (raw, state)
+        return state
+
+    def _update(
+        self,
+        slot: str,
+        change: Callable[[SlotState | None], SlotState | None],
+        *,
+        durable: bool = True,
+    ) -> SlotState | None:
+        """Read the slot's record, ``change`` it (None: nothing to write) and write the new one
+        through the same descriptor: one seal and one write, no unseal unless another writer
+        changed the file. Returns the state found (before the change)."""
+        with self._lock:
+            opened = self._open(slot, os.O_RDWR)
+            fd = -1 if opened is None else opened
+            try:
+                raw = self._read_fd(slot, fd) if fd >= 0 else b""
+                state = self._state_of(slot, raw) if fd >= 0 else None
+                new = change(state)
+                if new is None:
+                    return state
+                blob = seal(self.platform, PLATFORM_MEASUREMENT, self._label(slot), new.pack())
+                if fd < 0:
+                    create_exclusive(self._path(slot), blob)  # durable (file and directory)
+                else:
+                    # Always the same size and far below one 512-byte sector: an in-place write
+                    # is atomic on disk, and one fdatasync keeps the per-mirror cost to a single
+                    # flush. The size changes only when an older (shorter) record is upgraded.
+                    os.pwrite(fd, blob, 0)
+                    if len(raw) != len(blob):
+                        os.ftruncate(fd, len(blob))
+                    if durable:
+                        os.fdatasync(fd)
+                self._known[slot] = (blob, new)
+                return state
+            finally:
+                if fd >= 0:
+                    os.close(fd)
 
     def begin(self, slot: str, stamp: Stamp, extent: Extent | None = None) -> None:
         """Record a save in flight (and the ``extent`` of the mirror it writes): durable before
-        the backend writes the mirror."""
-        state = self.read(slot)
-        high = state.high if state else 0
-        if state is not None and state.pending == stamp and state.pending_extent == extent:
-            return  # the same save tried again (a replica copy retried): already recorded
-        if stamp.version <= high:
-            raise ValueError(f"slot {slot}: version {stamp.version} is not above {high}")
-        committed = state.committed if state else None
-        c_extent = state.committed_extent if state else None
-        self._write(slot, SlotState(stamp.version, committed, stamp, c_extent, extent))
+        the backend writes the mirror.
+
+        One seal, one write and one ``fdatasync`` of the record; no unseal (the state kept in
+        memory is the record's, see :meth:`read`). A retried ``begin`` of the same save (a
+        replica copy tried again) writes nothing."""
+
+        def change(state: SlotState | None) -> SlotState | None:
+            high = state.high if state else 0
+            if state is not None and state.pending == stamp and state.pending_extent == extent:
+                return None  # the same save tried again (a replica copy retried): recorded
+            if stamp.version <= high:
+                raise ValueError(f"slot {slot}: version {stamp.version} is not above {high}")
+            committed = state.committed if state else None
+            c_extent = state.committed_extent if state else None
+            return SlotState(stamp.version, committed, stamp, c_extent, extent)
+
+        self._update(slot, change)
 
     def commit(self, slot: str, stamp: Stamp) -> None:
         """The backend committed ``stamp``'s mirror: it is now the only fresh one.
 
-        Not flushed: a process kill keeps it (page cache), and a power failure that loses it
-        leaves ``pending == stamp``, which a restore accepts and settles exactly as if the
-        crash had come just before this call; the next ``begin`` makes it durable anyway.
-        One flush per save instead of two.
+        One seal and one write of the record, no unseal, not flushed.
+
+        Why this write cannot be dropped, nor merged into the next :meth:`begin`: until it is
+        made, the record names the previous mirror committed and this one in flight, and a
+        restore must accept both: the previous one because a kill *before* the backend's commit
+        leaves exactly that mirror in storage (refusing it would lose the run), this one because
+        a kill just *after* it leaves the new one. Storage is the attacker's, so the previous
+        mirror put back after the backend committed looks exactly like a save that never
+        committed: only this record can tell them apart, and only if it is written after the
+        backend's commit and before the save returns. Deferred to the next ``begin``, a kill
+        at any moment between this save's return and the next save's ``begin`` (the whole
+        training interval; for ever after the last save) followed by the previous mirror put
+        back would get that mirror accepted: a rollback of a save that had returned.
+
+        Not flushed: a process kill keeps it (the page cache is the kernel's). A power failure
+        may lose it; the record then names this save in flight and the previous one committed,
+        as if the power had failed just before this call, and the next restore accepts either
+        (so after a power failure, not a kill, the previous mirror put back is accepted once).
+        The next ``begin`` writes over it durably. One flush per save instead of two.
         """
-        state = self.read(slot)
-        if state is None or state.pending != stamp:
-            raise ValueError(f"slot {slot}: commit of {stamp.short()} without its begin")
-        self._write(slot, state.settled(stamp), durable=False)
+
+        def change(state: SlotState | None) -> SlotState:
+            if state is None or state.pending != stamp:
+                raise ValueError(f"slot {slot}: commit of {stamp.short()} without its begin")
+            return state.settled(stamp)
+
+        self._update(slot, change, durable=False)
 
     def check(
         self, slot: str, where: str, stamp: Stamp | None, *, settle: bool
@@ -228,8 +350,20 @@ class MirrorCounters:
         """Refuse anything but the committed (or in-flight) mirror; settle the slot if asked.
 
         ``stamp`` is the authenticated stamp of the mirror found (None: no mirror there).
+        Returns the slot's state as found (before settling).
         """
-        state = self.read(slot)
+        if not settle:
+            state = self.read(slot)
+            self._judge(slot, where, stamp, state)
+            return state
+        return self._update(slot, lambda state: self._judge(slot, where, stamp, state))
+
+    @staticmethod
+    def _judge(
+        slot: str, where: str, stamp: Stamp | None, state: SlotState | None
+    ) -> SlotState | None:
+        """Refuse ``stamp`` unless ``state`` holds it; the state settled to it (None: nothing
+        to settle)."""
         if stamp is None:
             if state is not None and state.committed is not None:
                 c = state.committed
@@ -238,9 +372,9 @@ class MirrorCounters:
                     f"({c.short()}): the mirror was deleted or the location re-pointed; "
                     "restore it, or start over with --fresh"
                 )
-            if settle and state is not None and state.pending is not None:
-                self._write(slot, state.settled(None))
-            return state
+            if state is not None and state.pending is not None:
+                return state.settled(None)
+            return None
         if state is None:
             raise RollbackError(
                 f"{where} holds a mirror ({stamp.short()}) that was never committed there on "
@@ -248,13 +382,9 @@ class MirrorCounters:
                 "reset; refusing it (start over with --fresh)"
             )
         if stamp == state.committed:
-            if settle and state.pending is not None:
-                self._write(slot, state.settled(stamp))
-            return state
+            return state.settled(stamp) if state.pending is not None else None
         if stamp == state.pending:
-            if settle:
-                self._write(slot, state.settled(stamp))
-            return state
+            return state.settled(stamp)
         expected = state.pending or state.committed
         assert expected is not None
         if stamp.run_id != (state.current_run or b""):
@@ -291,7 +421,7 @@ class MirrorCounters:
         return True
 
     def guard(self, slot: str, where: str, *, settle: bool) -> FreshnessGuard:
-        """A callback for :class:`plinius.mirror.MirrorStore` that checks the stamp it found."""
+        """A callback for :class:`~plinius.format.mirror.MirrorStore`: checks the stamp it found."""
         return FreshnessGuard(self, slot, where, settle)
 
 
@@ -317,6 +447,25 @@ class FreshnessGuard:
             Stamp(info.run_id, info.version, info.save_id),
             settle=self.settle,
         )
+
+    def recorded_sizes(self) -> tuple[int, ...]:
+        """The blob sizes the platform recorded for this slot (its committed mirror and the
+        save in flight), trusted: a reader may size its first read by them. Empty when there
+        is no record, or a stamp in it has no recorded extent (written by an older plinius)."""
+        state = self.counters.read(self.slot)
+        if state is None:
+            return ()
+        sizes: list[int] = []
+        for stamp, extent in (
+            (state.committed, state.committed_extent),
+            (state.pending, state.pending_extent),
+        ):
+            if stamp is None:
+                continue
+            if extent is None:
+                return ()
+            sizes.append(extent.size)
+        return tuple(sizes)
 
     def admit(self, run_id: bytes, version: int, save_id: bytes, size: int, manifest: int) -> bool:
         """Before anything the header claims is allocated or read: see

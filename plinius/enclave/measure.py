@@ -16,11 +16,8 @@ import plinius
 TRUSTED = (
     "enclave",
     "nn",
-    "crypto.py",
-    "mirror.py",
-    "pmdata.py",
-    "encdata.py",
-    "samples.py",
+    "core/crypto.py",
+    "format",
 )
 
 

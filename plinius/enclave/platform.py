@@ -26,8 +26,8 @@ from Crypto.Protocol.KDF import HKDF
 from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
-from plinius.errors import ConfigError, NotFoundError
-from plinius.fsutil import create_exclusive, private_dir, read_regular
+from plinius.core.errors import ConfigError, NotFoundError
+from plinius.core.fsutil import create_exclusive, private_dir, read_regular
 
 FUSE_BYTES = 32
 

@@ -16,8 +16,8 @@ lacks is what such an attack rolls back. After each primary commit the replicato
 *lag*: the primary's version minus the newest version any configured replica slot recorded as
 committed for this run (unreachable replicas included). Above ``max_lag`` it copies this very
 mirror (due or not) and waits for the copies in flight; if the lag is still above the bound, it
-raises :class:`~plinius.errors.ReplicaLagError` and training stops, instead of piling up mirrors
-no replica holds. So the primary is never more than ``max_lag`` versions ahead of the newest
+raises :class:`~plinius.core.errors.ReplicaLagError` and training stops, instead of piling up
+mirrors no replica holds. So the primary is never more than ``max_lag`` versions ahead of the newest
 replica copy while training goes on, and a restore refuses any larger loss (see
 :meth:`plinius.enclave.trusted.Enclave.ecall_restore`).
 """
@@ -31,10 +31,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from plinius.backends.base import Backend
+from plinius.core.errors import ReplicaLagError
+from plinius.core.memory import StagingBuffer
 from plinius.enclave.counter import Extent, FreshnessGuard, MirrorCounters, Stamp, slot_name
-from plinius.errors import ReplicaLagError
-from plinius.memory import StagingBuffer
-from plinius.mirror import header_stamp
+from plinius.format.mirror import header_stamp
 
 Warn = Callable[[str], None]
 

@@ -10,10 +10,10 @@ import functools
 import re
 from pathlib import Path
 
-from plinius.crypto import OVERHEAD, Engine, make_engine
+from plinius.core.crypto import OVERHEAD, Engine, make_engine
+from plinius.core.errors import ConfigError, IntegrityError, NotFoundError
+from plinius.core.fsutil import atomic_write, private_dir, read_regular
 from plinius.enclave.platform import Platform
-from plinius.errors import ConfigError, IntegrityError, NotFoundError
-from plinius.fsutil import atomic_write, private_dir, read_regular
 
 MAGIC = b"PLNSEAL1"
 _LABEL_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")

@@ -3,7 +3,7 @@
 Its ``ecall_*`` methods are the only way in, and they hand out nothing secret: losses, iteration
 numbers, key ids, quotes. The model, the data key and every plaintext stay in this object; what
 reaches a backend is ciphertext sealed here (the mirror) or sealed by the owner (the samples).
-The model is anything implementing :class:`plinius.model.Trainable` (``nn.Network`` does): the
+The model is anything implementing :class:`plinius.core.model.Trainable` (``nn.Network`` does): the
 enclave mirrors the buffers it lists and never looks at how it lays them out.
 """
 
@@ -20,7 +20,16 @@ from typing import Any
 import numpy as np
 
 from plinius.backends.base import Backend, IoStats
-from plinius.crypto import Engine, make_engine
+from plinius.core.crypto import Engine, make_engine
+from plinius.core.errors import (
+    ConfigError,
+    ModelMismatchError,
+    NotFoundError,
+    PliniusError,
+    RollbackError,
+)
+from plinius.core.memory import aligned_empty
+from plinius.core.model import Mirrorable, NamedBuffer, Trainable
 from plinius.enclave.attestation import make_quote, report_data_for
 from plinius.enclave.channel import EphemeralKey, unwrap
 from plinius.enclave.counter import (
@@ -35,17 +44,16 @@ from plinius.enclave.measure import measurement
 from plinius.enclave.platform import Platform
 from plinius.enclave.replicas import Replica, Replicator, Warn
 from plinius.enclave.sealing import SealedStore
-from plinius.errors import (
-    ConfigError,
-    ModelMismatchError,
-    NotFoundError,
-    PliniusError,
-    RollbackError,
+from plinius.format.mirror import (
+    Buffers,
+    MirrorInfo,
+    MirrorStore,
+    OpenedMirror,
+    PeekedMirror,
+    Record,
+    Restored,
 )
-from plinius.memory import aligned_empty
-from plinius.mirror import Buffers, MirrorInfo, MirrorStore, OpenedMirror, Record, Restored
-from plinius.model import Mirrorable, NamedBuffer, Trainable
-from plinius.pmdata import LoadReport, PMData
+from plinius.format.pmdata import LoadReport, PMData
 
 PROVISION_AAD = b"plinius-data-key-v1"
 
@@ -116,7 +124,7 @@ ModelBuilder = Callable[[OpenedMirror], tuple[Trainable, MirrorInfo]]
 
 
 class Enclave:
-    """A simulated SGX enclave around one model (:class:`~plinius.model.Trainable`)."""
+    """A simulated SGX enclave around one model (:class:`~plinius.core.model.Trainable`)."""
 
     def __init__(
         self,
@@ -309,32 +317,34 @@ class Enclave:
 
     def _newest_replica(
         self, warn: Warn, run: bytes, high: int
-    ) -> tuple[Replica, MirrorInfo] | None:
+    ) -> tuple[Replica, PeekedMirror] | None:
         """The replica holding the newest mirror of the primary's recorded ``run`` (a version
         the primary's record has seen: ``<= high``) that authenticates and is fresh by its own
-        slot's record (settled to what it holds, as a restore does). A replica that fails any
-        check, or holds another run's mirror (a shared or abandoned replica), is named and
-        skipped."""
-        best: tuple[Replica, MirrorInfo] | None = None
+        slot's record (settled to what it holds, as a restore does), with its header and
+        manifest as authenticated (the restore reads its records under them, without
+        authenticating them again). A replica that fails any check, or holds another run's
+        mirror (a shared or abandoned replica), is named and skipped."""
+        best: tuple[Replica, PeekedMirror] | None = None
         assert self._replicas is not None
         for r in self._replicas.replicas:
             store = self._replica_store(r)
             try:
-                info = store.peek(freshness=r.guard(store.what, settle=True))
+                peeked = store.peeked(freshness=r.guard(store.what, settle=True))
             except PliniusError as exc:
                 r.stats.last_error = str(exc)
                 warn(f"warning: replica {r.backend.spec} not usable for restore: {exc}")
                 continue
-            if info is None:
+            if peeked is None:
                 continue
+            info = peeked.info
             if info.run_id != run or info.version > high:
                 warn(
                     f"warning: replica {r.backend.spec} holds a mirror of another run (version "
                     f"{info.version}), not of the run recorded for the primary: not used"
                 )
                 continue
-            if best is None or info.version > best[1].version:
-                best = (r, info)
+            if best is None or info.version > best[1].info.version:
+                best = (r, peeked)
         return best
 
     def _restore_replicated(self, warn: Warn) -> Restored | None:
@@ -342,14 +352,16 @@ class Enclave:
         as without replicas); only a *missing* primary mirror gives way to a replica, and only to
         the newest copy of the run the platform recorded for the primary, never below the
         newest copy any configured replica slot recorded (reachable or not) and never more than
-        the lag bound below the primary's record, unless the user accepted that loss."""
+        the lag bound below the primary's record, unless the user accepted that loss. Each
+        mirror's header and manifest are authenticated once: the chosen replica's records are
+        read under what its peek authenticated."""
         assert self._store is not None and self._guard is not None
         assert self._replicas is not None
         guard = self._guard
         into = restore_into(self._model)
-        primary = self._store.open(freshness=guard)
+        primary = self._store.load(into, freshness=guard)
         if primary is not None:
-            return primary.load(into)
+            return primary
         state = guard.counters.read(guard.slot)
         run = state.current_run if state is not None else None
         if state is None or run is None:
@@ -362,7 +374,8 @@ class Enclave:
                 have = "no replica holds a usable mirror of this run"
                 raise RollbackError(f"{exc}; {have}") from None
             return None
-        r, info = best
+        r, peeked = best
+        info = peeked.info
         last = state.committed.version if state.committed else None
         lost = max(0, last - info.version) if last is not None else 0
         floor = self._replicas.newest(run)
@@ -382,8 +395,8 @@ class Enclave:
                 f"refusing the rollback (accept exactly this loss with --accept-replica-loss "
                 f"{lost}, or start over with --fresh)"
             )
-        store = self._replica_store(r)
-        got = open_fresh(store, r.guard(store.what, settle=True)).load(into)
+        got = peeked.store.load(into, peeked=peeked)
+        assert got is not None  # a peeked mirror is there (or its read raises)
         self._reseed = True
         self._restore_warning = (
             f"warning: primary mirror at {self._store.backend.spec} is missing: restored version "

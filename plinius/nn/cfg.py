@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plinius import fsutil
-from plinius.errors import ConfigError, NotFoundError
+from plinius.core import fsutil
+from plinius.core.errors import ConfigError, NotFoundError
 
 CFG_MAX_BYTES = 1 << 20  # real Darknet cfgs are a few KiB; this bounds what a hostile one costs
 _SECTION = re.compile(r"^\[([A-Za-z_]+)\]$")

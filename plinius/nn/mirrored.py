@@ -6,9 +6,9 @@ The enclave builds models only through the protocol; this is the network's own b
 
 from __future__ import annotations
 
+from plinius.core.errors import ModelMismatchError
 from plinius.enclave.trusted import buffer_map
-from plinius.errors import ModelMismatchError
-from plinius.mirror import MirrorInfo, OpenedMirror
+from plinius.format.mirror import MirrorInfo, OpenedMirror
 from plinius.nn.cfg import parse_cfg_text
 from plinius.nn.network import Network
 

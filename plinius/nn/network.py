@@ -10,7 +10,7 @@ boundary when it is at least a page long).
 A training step depends only on the batch it is given, the arena and ``rng`` (which draws dropout
 masks): persisting the arena, :meth:`Network.training_state` and the data cursor resumes training
 bit-identically (on the same kind of machine: the same thread count splits the work the same way).
-``Network`` implements :class:`plinius.model.Trainable`, the protocol the enclave mirrors and
+``Network`` implements :class:`plinius.core.model.Trainable`, the protocol the enclave mirrors and
 trains through; the one arena makes its asynchronous snapshot a single copy.
 """
 
@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from plinius.errors import ConfigError
-from plinius.memory import PAGE, align_up, aligned_empty
-from plinius.model import NamedBuffer, check_snapshot_out, view_at
+from plinius.core.errors import ConfigError
+from plinius.core.memory import PAGE, align_up, aligned_empty
+from plinius.core.model import NamedBuffer, check_snapshot_out, view_at
 from plinius.nn import parallel
 from plinius.nn.cfg import NetConfig
 from plinius.nn.layers import ConvLayer, DropoutLayer, Layer, build_layer
@@ -270,7 +270,7 @@ class Network:
     def n_params(self) -> int:
         return sum(a.size for _, _, a in self._params)
 
-    # -- the mirror protocol (plinius.model.Mirrorable) -----------------------------------------
+    # -- the mirror protocol (plinius.core.model.Mirrorable) ------------------------------------
     def mirror_buffers(self) -> list[NamedBuffer]:
         """Parameters then momentum buffers: the mirror's record order."""
         return self._params + self._moments

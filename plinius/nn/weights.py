@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from plinius.errors import FormatError, NotFoundError, TruncatedError
-from plinius.fsutil import atomic_writer, read_regular
+from plinius.core.errors import FormatError, NotFoundError, TruncatedError
+from plinius.core.fsutil import atomic_writer, read_regular
 
 if TYPE_CHECKING:
     from plinius.nn.network import Network

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from plinius import fsutil
-from plinius.errors import ConfigError
+from plinius.core import fsutil
+from plinius.core.errors import ConfigError
 from plinius.nn.cfg import NetConfig, parse_cfg_text, read_cfg_file
 from plinius.nn.layers import ConvLayer
 from plinius.nn.network import Network, build_layers, fingerprint_of

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from plinius.errors import ConfigError
+from plinius.core.errors import ConfigError
 
 #: torch dtypes whose tensors ``.numpy()`` can view directly
 _NUMPY: dict[torch.dtype, np.dtype[Any]] = {

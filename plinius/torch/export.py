@@ -11,9 +11,9 @@ import os
 
 import torch
 
-from plinius import fsutil
-from plinius.errors import ConfigError
-from plinius.mirror import OpenedMirror
+from plinius.core import fsutil
+from plinius.core.errors import ConfigError
+from plinius.format.mirror import OpenedMirror
 from plinius.torch.codec import dtype_from_name
 from plinius.torch.state import KIND, MODEL
 

@@ -17,9 +17,9 @@ from typing import Any, cast
 
 import torch
 
+from plinius.core.errors import ConfigError
+from plinius.core.model import Trainable
 from plinius.enclave.platform import Platform
-from plinius.errors import ConfigError
-from plinius.model import Trainable
 from plinius.session import BackendLike, Replication, Resumed, Session
 from plinius.torch.state import TorchState, mirror_estimate
 

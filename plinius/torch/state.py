@@ -1,4 +1,4 @@
-"""A PyTorch model, optimizer, scheduler and RNGs as one :class:`plinius.model.Mirrorable`.
+"""A PyTorch model, optimizer, scheduler and RNGs as one :class:`plinius.core.model.Mirrorable`.
 
 The enclave mirrors it exactly as it mirrors a Darknet network: it seals the arrays
 :meth:`TorchState.mirror_buffers` lists (views of the tensors' own storage, so a save copies
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from plinius.errors import ConfigError, ModelMismatchError
-from plinius.memory import align_up
-from plinius.model import NamedBuffer, check_snapshot_out, packed_offsets, view_at
+from plinius.core.errors import ConfigError, ModelMismatchError
+from plinius.core.memory import align_up
+from plinius.core.model import NamedBuffer, check_snapshot_out, packed_offsets, view_at
 from plinius.torch.codec import (
     decode,
     dtype_from_name,

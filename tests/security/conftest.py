@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cli_runner import run_cli as _run
 
-from plinius.crypto import generate_key, write_key_file
+from plinius.core.crypto import generate_key, write_key_file
 
 CliRunner = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -28,7 +28,7 @@ from plinius.enclave.counter import (
 )
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.sealing import seal
-from plinius.mirror import MAX_MANIFEST
+from plinius.format.mirror import MAX_MANIFEST
 
 from .conftest import CliRunner, World, assert_refused
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from plinius.bench.suite import section_names
-from plinius.crypto import generate_key, write_key_file
-from plinius.errors import ConfigError
+from plinius.core.crypto import generate_key, write_key_file
+from plinius.core.errors import ConfigError
+from plinius.lab.bench.suite import section_names
+from plinius.lab.spot.trace import load_trace
 from plinius.nn.cfg import parse_cfg
 from plinius.nn.zoo import cfg_text
-from plinius.spot.trace import load_trace
 
 from .conftest import CliRunner, World, _run, assert_refused
 
@@ -195,8 +195,8 @@ def test_other_paths_over_255_bytes(
 
 def test_nul_bytes_in_paths_are_refused_by_every_loader(tmp_path: Path) -> None:
     """A real argv cannot hold NUL; library callers can, and must not see it truncated."""
+    from plinius.apps.trainer import LossLog
     from plinius.cli.common import input_file, output_dir, output_file, read_json
-    from plinius.trainer import LossLog
 
     bad = str(tmp_path / "a\0b")
     for call in (

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from plinius.encdata import HEADER_BYTES, MAGIC
+from plinius.format.encdata import HEADER_BYTES, MAGIC
 
 from .conftest import CliRunner, World, assert_refused
 

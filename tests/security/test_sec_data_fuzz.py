@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from plinius.backends import open_backend
-from plinius.crypto import Engine, make_engine
-from plinius.encdata import (
+from plinius.core.crypto import Engine, make_engine
+from plinius.core.errors import PliniusError
+from plinius.format.encdata import (
     HEADER_BYTES,
     SPLITS,
     DatasetInfo,
@@ -29,8 +30,7 @@ from plinius.encdata import (
     read_header,
     sample_aad,
 )
-from plinius.errors import PliniusError
-from plinius.pmdata import PMData
+from plinius.format.pmdata import PMData
 
 from .conftest import CliRunner, World, assert_refused
 

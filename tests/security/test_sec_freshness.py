@@ -17,8 +17,8 @@ import pytest
 from cli_runner import train_args
 
 from plinius.backends.registry import open_backend
-from plinius.crypto import make_engine, read_key_file
-from plinius.mirror import HEADER_SIZE, MirrorStore
+from plinius.core.crypto import make_engine, read_key_file
+from plinius.format.mirror import HEADER_SIZE, MirrorStore
 
 from .conftest import CliRunner, World, assert_refused
 

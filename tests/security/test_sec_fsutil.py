@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from plinius.errors import ConfigError
-from plinius.fsutil import atomic_write, read_regular
-from plinius.units import parse_size
+from plinius.core.errors import ConfigError
+from plinius.core.fsutil import atomic_write, read_regular
+from plinius.core.units import parse_size
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dir"])

@@ -1,8 +1,9 @@
 """Class 10: leaks through file modes and stale staging memory.
 
 ``plinius export`` writes the model in plaintext: the file must be 0600 whatever the umask, and a
-symlink planted at the output path must be replaced, not written through. A key file others can
-read is warned about once. File mirrors must not carry stale staging bytes in their padding.
+symlink planted at the output path is refused (export never overwrites), never written through.
+A key file others can read is warned about once. File mirrors must not carry stale staging bytes
+in their padding.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 import pytest
 
 from plinius.backends import open_backend
-from plinius.crypto import OVERHEAD, make_engine
-from plinius.mirror import HEADER_SIZE, MirrorStore, Record, plan
+from plinius.core.crypto import OVERHEAD, make_engine
+from plinius.format.mirror import HEADER_SIZE, MirrorStore, Record, plan
 
 from .conftest import CliRunner, World
 
@@ -55,10 +56,17 @@ def test_export_is_0600_and_does_not_follow_a_symlink(
         *("export", "--backend", spec, "--key-file", str(world.key), "--weights", str(out)),
         env=world.env,
     )
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 2 and "never overwrites" in res.stderr, res.stderr
     assert victim.read_bytes() == b"do not overwrite\n"
-    st = os.lstat(out)
-    assert stat.S_ISREG(st.st_mode), "the symlink must be replaced by a regular file"
+    assert os.readlink(out) == str(victim), "the planted symlink is left as it was"
+    fresh = world.root / "fresh.weights"
+    res = run_cli(
+        *("export", "--backend", spec, "--key-file", str(world.key), "--weights", str(fresh)),
+        env=world.env,
+    )
+    assert res.returncode == 0, res.stderr
+    st = os.lstat(fresh)
+    assert stat.S_ISREG(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
     assert st.st_size > 16
     assert not [p for p in world.root.iterdir() if p.name.endswith(".tmp")]

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from plinius.backends.registry import open_backend
-from plinius.crypto import OVERHEAD, make_engine, read_key_file
+from plinius.core.crypto import OVERHEAD, make_engine, read_key_file
+from plinius.core.errors import PliniusError
 from plinius.enclave.platform import SimulatedPlatform
-from plinius.errors import PliniusError
-from plinius.mirror import HEADER_SIZE, MirrorStore
-from plinius.owner import open_mirror, verify_mirror
+from plinius.format.mirror import HEADER_SIZE, MirrorStore
+from plinius.session.owner import open_mirror, verify_mirror
 
 from .conftest import CliRunner, World, assert_refused
 

@@ -244,7 +244,7 @@ def _exercise(path: Path, pokes: list[list[int]] | None) -> None:
 
 def worker(template: Path, work: Path) -> None:
     """Read cases (JSON lines) on stdin; print ``i outcome detail`` per case, flushed."""
-    from plinius.errors import PliniusError, PoolCorruptError
+    from plinius.core.errors import PliniusError, PoolCorruptError
 
     data = template.read_bytes()
     for line in sys.stdin:

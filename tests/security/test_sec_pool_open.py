@@ -294,7 +294,7 @@ def test_nul_in_pool_path_is_refused(world: World) -> None:
     code = (
         "import sys\n"
         "from plinius.backends.registry import open_backend\n"
-        "from plinius.errors import ConfigError\n"
+        "from plinius.core.errors import ConfigError\n"
         "try:\n"
         f"    open_backend('romulus:' + {str(target)!r} + '\\0.evil?size=1M')\n"
         "except ConfigError as e:\n"

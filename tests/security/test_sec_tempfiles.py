@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from plinius.backends import open_backend
-from plinius.crypto import make_engine
-from plinius.encdata import encrypt_dataset, read_info
-from plinius.errors import BackendError
-from plinius.mirror import MirrorStore, Record
+from plinius.core.crypto import make_engine
+from plinius.core.errors import BackendError
+from plinius.format.encdata import encrypt_dataset, read_info
+from plinius.format.mirror import MirrorStore, Record
 
 from .conftest import CliRunner, World, assert_refused
 

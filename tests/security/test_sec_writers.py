@@ -17,7 +17,7 @@ import pytest
 from cli_runner import cli_argv
 
 from plinius.backends import open_backend
-from plinius.errors import BackendLockedError, ConfigError
+from plinius.core.errors import BackendLockedError, ConfigError
 
 from .conftest import CliRunner, World, assert_refused
 

@@ -3,9 +3,9 @@
 The smallest honest backend: writes are staged in reusable page-aligned memory and committed with
 plinius' one atomic durable write (``mkstemp`` + fsync + rename + directory fsync), so a process
 killed mid-save leaves the previous version. Unlike plinius' own file backends it takes no lock
-and one option, ``create=auto|never`` (plinius' read-only commands open with ``create="never"``:
-they read an existing directory and never create one): it exists to show what a plug-in needs,
-not to be fast.
+and one option, ``create=auto|never``, declared by ``read_only_open = True`` (plinius' read-only
+commands then open with ``create="never"``: they read an existing directory and never create
+one): it exists to show what a plug-in needs, not to be fast.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ class PlainDirBackend(Backend):
     example_location = "/var/tmp/plinius-plaindir"
     default_root = "disk"
     ranged_read = True
+    #: it takes create=never (below): plinius' read-only commands pass it, and nothing is made
+    read_only_open = True
 
     def __init__(self, location: str, create: str = "auto", **options: Any) -> None:
         if options:

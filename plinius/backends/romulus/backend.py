@@ -19,7 +19,7 @@ POOL SIZE. A pool has a fixed size, chosen at creation: ``size=`` if given, else
 ``size_hint=`` (what it is about to store, as computed by :func:`suggested_pool_size`; ``plinius
 train`` passes it), else :data:`DEFAULT_POOL_SIZE`. Both are ignored for an existing pool, which
 keeps its size. A pool that turns out too small fails a save with a clear
-:class:`~plinius.errors.PoolFullError` and keeps the last committed version. Pools do not grow:
+:class:`~plinius.core.errors.PoolFullError` and keeps the last committed version. Pools do not grow:
 growing means moving the twin copy (``back``) and changing the layout in place, a new
 crash-recovery protocol for a rare event, while the caller can say up front what it stores.
 
@@ -32,11 +32,11 @@ and a per-fence cost at every fence, read bandwidth and latency once per blob ha
 Creation never overwrites: ``create=auto`` (the default) creates the pool only when the file is
 missing or empty, or when it is an unfinished creation (killed before the pool's magic was
 written, so it never held data). A file with any other content is refused: a damaged pool with
-:class:`~plinius.errors.PoolCorruptError`, a foreign file with
-:class:`~plinius.errors.FormatError`; its bytes are left untouched. ``create=force`` empties the
-file and creates a new pool over it (once, deliberately: it destroys what the file held);
-``create=never`` requires an existing pool and creates nothing, no file and no directory: a
-missing pool is :class:`~plinius.errors.NotFoundError` ("no pool at PATH: nothing to verify"),
+:class:`~plinius.core.errors.PoolCorruptError`, a foreign file with
+:class:`~plinius.core.errors.FormatError`; its bytes are left untouched. ``create=force``
+empties the file and creates a new pool over it (once, deliberately: it destroys what the file
+held); ``create=never`` requires an existing pool and creates nothing, no file and no directory: a
+missing pool is :class:`~plinius.core.errors.NotFoundError` ("no pool at PATH: nothing to verify"),
 for the read-only commands (verify, infer, export). It still runs recovery on an existing pool
 (a pool interrupted mid-commit is rolled back or forward, as at every open) and records the
 holder's pid in the header: it does not create, it is not a read-only mapping.
@@ -76,15 +76,15 @@ from plinius.backends.romulus.pool import (
     CreatePolicy,
     Pool,
 )
-from plinius.errors import (
+from plinius.core.errors import (
     BackendError,
     ConfigError,
     NotFoundError,
     PoolCorruptError,
     PoolFullError,
 )
-from plinius.fsutil import check_path
-from plinius.units import fmt_bytes, parse_size
+from plinius.core.fsutil import check_path
+from plinius.core.units import fmt_bytes, parse_size
 
 #: size of a pool created without ``size=``: room for a 100 MB mirror being replaced by a
 #: bigger one (old and new coexist inside the transaction) plus the MNIST sample area
@@ -212,6 +212,7 @@ class RomulusBackend(Backend):
     probe_options: ClassVar[dict[str, str]] = {"size": "4M"}
     ranged_read = True
     durability_levels: ClassVar[tuple[Durability, ...]] = ("power-fail", "process-crash")
+    read_only_open = True  # create=never: an existing pool only, no file and no directory made
 
     @classmethod
     def location_in(cls, directory: str) -> str:

@@ -36,7 +36,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from plinius.errors import ConfigError
+from plinius.core.errors import ConfigError
 
 #: read and write bandwidth of one Optane DC PMM (bytes/s) and its latencies (ns)
 DIMM_READ_BPS = 6.6e9

@@ -21,7 +21,7 @@ from dataclasses import asdict, make_dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from plinius.backends.romulus.device import DeviceModel, resolve_device
-from plinius.errors import (
+from plinius.core.errors import (
     BackendError,
     ConfigError,
     FormatError,
@@ -33,7 +33,7 @@ from plinius.errors import (
     TruncatedError,
     UnsupportedVersionError,
 )
-from plinius.fsutil import check_path
+from plinius.core.fsutil import check_path
 
 try:
     from plinius._romulus import ffi, lib
@@ -183,7 +183,7 @@ class Pool:
     such as ``"optane-1dimm"``, a :class:`DeviceModel`, or ``"none"``) throttles flushes, fences
     and :meth:`model_read` as the modelled PM would; it defaults to ``PLINIUS_PM_DEVICE``, then
     to none (DRAM speed). ``create=False`` on a missing file raises
-    :class:`~plinius.errors.NotFoundError` and creates nothing.
+    :class:`~plinius.core.errors.NotFoundError` and creates nothing.
 
     Every value the engine reads from the file is validated (the file is attacker-controlled
     storage): a violation is a :class:`PoolCorruptError` naming the field, never a crash.

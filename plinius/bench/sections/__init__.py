@@ -1,2 +1,0 @@
-"""One module per ``plinius bench`` section; each registers itself with
-:func:`plinius.bench.registry.register` when imported (the registry imports every module here)."""

@@ -1,0 +1,263 @@
+"""The physical limits of a save and a restore, measured in the same run as the contenders.
+
+A save cannot beat copying its bytes once nor encrypting them once, so the ``limits`` section
+times exactly that on the workload's byte count: ``numpy.copyto`` between two preallocated
+page-aligned buffers (one thread, and all cores each copying a slice: ``copyto`` releases the
+GIL), and raw AES-GCM of 1 MiB chunks with the engine the run uses (one thread, and all cores:
+the engine's own ``encrypt_many`` when it is parallel, else a Python thread pool of
+``encrypt_into`` calls, which shows what the GIL leaves of the second core).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from plinius.core.crypto import OVERHEAD, Engine, associated_data
+from plinius.core.errors import IntegrityError
+from plinius.core.memory import aligned_empty
+from plinius.lab.bench.contenders import Contender
+
+SECTION = "limits"
+CHUNK = 1 << 20  # bytes per AES-GCM job: the segment size of a sealed record
+
+
+def cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _slices(n: int, parts: int, align: int = 4096) -> list[slice]:
+    """``parts`` contiguous slices covering ``range(n)``, page-aligned boundaries."""
+    step = -(-n // parts)
+    step = -(-step // align) * align
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)] or [slice(0, 0)]
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+class _Pool:
+    """A thread pool kept across rounds: starting threads is not part of a copy."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="plinius-limits")
+
+    def each(self, fn: Callable[[Any], object], items: list[Any]) -> None:
+        for f in [self._pool.submit(fn, x) for x in items]:
+            f.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class _Buffers:
+    """Source, destination and sealed buffers shared by all limit contenders (they run one
+    after another): three times the workload's bytes in all, however many contenders."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.src = aligned_empty(nbytes)
+        pool = np.random.default_rng(0).integers(0, 256, min(nbytes, CHUNK), dtype=np.uint8)
+        for i in range(0, nbytes, pool.size):
+            n = min(pool.size, nbytes - i)
+            self.src[i : i + n] = pool[:n]
+        self.dst = aligned_empty(nbytes)
+        self.dst[:] = 0  # first touch outside the timed runs
+        self.sealed = aligned_empty(nbytes + -(-nbytes // CHUNK) * OVERHEAD)
+
+
+class _Memcpy:
+    """``numpy.copyto`` of ``src`` into a preallocated buffer, whole or one slice per thread."""
+
+    def __init__(self, bufs: _Buffers, threads: int, verify: bool) -> None:
+        self.src = src = bufs.src
+        self.dst = bufs.dst
+        self.verify = verify
+        self.pool = _Pool(threads) if threads > 1 else None
+        self.parts = _slices(src.nbytes, threads)
+
+    def _slice(self, s: slice) -> None:
+        np.copyto(self.dst[s], self.src[s])
+
+    def copy(self) -> None:
+        if self.pool is None:
+            np.copyto(self.dst, self.src)
+        else:
+            self.pool.each(self._slice, self.parts)
+
+    def run(self, op: str) -> float:
+        if op != "copy":
+            raise ValueError(f"unknown op {op!r}")
+        if self.verify:
+            self.dst[:] = 0
+        secs = _timed(self.copy)
+        if self.verify and not np.array_equal(self.dst, self.src):
+            raise IntegrityError("limits", "copied bytes differ from the source")
+        return secs
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+def _memcpy(nbytes: int, workload: str, threads: int, bufs: _Buffers, verify: bool) -> Contender:
+    copier = _Memcpy(bufs, threads, verify)
+    label = "1 thread" if threads == 1 else f"{threads} threads"
+    return Contender(
+        section=SECTION,
+        name=f"memcpy ({label})",
+        id=f"memcpy/{threads}",
+        workload=workload,
+        nbytes=nbytes,
+        ops=("copy",),
+        run=copier.run,
+        close=copier.close,
+        facts={"how": "numpy.copyto, page-aligned preallocated buffers", "threads": threads},
+    )
+
+
+class _AesGcm:
+    """Raw AES-GCM of ``src`` in 1 MiB records into one preallocated sealed buffer and back."""
+
+    def __init__(self, engine: Engine, bufs: _Buffers, threads: int, verify: bool) -> None:
+        self.engine = engine
+        self.src = src = bufs.src
+        self.back = bufs.dst
+        self.sealed = bufs.sealed
+        self.verify = verify
+        n = src.nbytes
+        starts = list(range(0, n, CHUNK))
+        self.enc_jobs: list[tuple[bytes, Any, memoryview]] = []
+        self.dec_jobs: list[tuple[bytes, Any, Any, str]] = []
+        pos = 0
+        for i, start in enumerate(starts):
+            k = min(CHUNK, n - start)
+            aad = associated_data(bytes(32), i, "limits", 1)
+            out = self.sealed[pos : pos + k + OVERHEAD]
+            self.enc_jobs.append((aad, src[start : start + k], out.data))
+            self.dec_jobs.append((aad, out, self.back[start : start + k], f"chunk {i}"))
+            pos += k + OVERHEAD
+        self.mode = "serial encrypt_into"
+        self.threads = 1
+        self.pool: _Pool | None = None
+        if threads > 1:
+            if engine.parallel:
+                self.mode = "engine.encrypt_many/decrypt_many"
+                self.threads = int(getattr(engine, "threads", threads))
+            else:
+                self.mode = "Python thread pool of encrypt_into/decrypt_into"
+                self.threads = threads
+                self.pool = _Pool(threads)
+        self.encrypt()  # first touch of the sealed buffer, outside the timed runs
+
+    def encrypt(self) -> None:
+        if self.pool is not None:
+            self.pool.each(lambda j: self.engine.encrypt_into(*j), self.enc_jobs)
+        elif self.threads > 1:
+            self.engine.encrypt_many(self.enc_jobs)
+        else:
+            for aad, plain, out in self.enc_jobs:
+                self.engine.encrypt_into(aad, plain, out)
+
+    def decrypt(self) -> None:
+        if self.pool is not None:
+            self.pool.each(lambda j: self.engine.decrypt_into(*j), self.dec_jobs)
+        elif self.threads > 1:
+            self.engine.decrypt_many(self.dec_jobs)
+        else:
+            for aad, sealed, out, what in self.dec_jobs:
+                self.engine.decrypt_into(aad, sealed, out, what)
+
+    def run(self, op: str) -> float:
+        if op == "encrypt":
+            return _timed(self.encrypt)
+        if op == "decrypt":
+            if self.verify:
+                self.back[:] = 0  # shared with memcpy: a decrypt that writes nothing must show
+            secs = _timed(self.decrypt)
+            if self.verify and not np.array_equal(self.back, self.src):
+                raise IntegrityError("limits", "decrypted bytes differ from the plaintext")
+            return secs
+        raise ValueError(f"unknown op {op!r}")
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+def _aes(
+    nbytes: int,
+    workload: str,
+    engine: Engine,
+    threads: int,
+    bufs: _Buffers,
+    verify: bool,
+    extra: bool = False,
+) -> Contender:
+    aes = _AesGcm(engine, bufs, threads, verify)
+    label = "1 thread" if threads == 1 else "all cores"
+    if extra:
+        label += f", {engine.name}"
+    return Contender(
+        section=SECTION,
+        name=f"aes-gcm ({label})",
+        id=f"aes-gcm/{engine.name}/{threads}",
+        workload=workload,
+        nbytes=nbytes,
+        ops=("encrypt", "decrypt"),
+        run=aes.run,
+        close=aes.close,
+        facts={
+            "engine": engine.name,
+            "threads": aes.threads,
+            "how": aes.mode,
+            "chunk_bytes": CHUNK,
+            "engine_parallel": bool(engine.parallel),
+        },
+    )
+
+
+def limit_contenders(
+    nbytes: int, workload: str, engine: Engine, *, verify: bool = False
+) -> list[Contender]:
+    """memcpy and raw AES-GCM of ``nbytes`` with one thread and with all cores.
+
+    ``verify`` checks after every copy and decrypt that the bytes arrived (untimed; tests).
+    On a single-core machine only the one-thread contenders are returned.
+    """
+    if nbytes <= 0:
+        raise ValueError("limits need a positive byte count")
+    bufs = _Buffers(nbytes)
+    n = cores()
+    out = [_memcpy(nbytes, workload, 1, bufs, verify)]
+    if n > 1:
+        out.append(_memcpy(nbytes, workload, n, bufs, verify))
+    out.append(_aes(nbytes, workload, engine, 1, bufs, verify))
+    if n > 1:
+        out.append(_aes(nbytes, workload, engine, n, bufs, verify))
+        native = _native_engine(engine)
+        if native is not None:  # the all-core limit is the faster of the two ways
+            out.append(_aes(nbytes, workload, native, n, bufs, verify, extra=True))
+    return out
+
+
+def _native_engine(engine: Engine) -> Engine | None:
+    """The parallel native engine beside a serial run engine (any key: raw AES-GCM), when it
+    is built here."""
+    from plinius.core import crypto_native
+
+    if engine.parallel or not crypto_native.usable():
+        return None
+    return crypto_native.OpenSSLEngine(os.urandom(16), serial_below=0)

@@ -1,0 +1,133 @@
+"""``overhead``: what mirroring costs a training iteration (sync and async, mirror every step),
+with and without a replica, and for the PyTorch adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from plinius.lab.bench.registry import Section, SuiteOptions, register
+from plinius.lab.bench.stats import Interval
+from plinius.lab.bench.verdicts import TargetTable
+
+NAME = "overhead"
+TORCH_MODEL = "examples/torch_mnist.py"
+
+
+def run(opts: SuiteOptions) -> list[dict[str, Any]]:
+    from plinius.lab.bench.iteration import mirror_overhead, replica_overhead
+    from plinius.lab.bench.torch_section import overhead_row
+
+    model = "batch" if opts.quick else "mnist"
+    n = max(3, opts.rounds)  # iterations per mode, interleaved: the intervals' samples
+    return [
+        mirror_overhead(model, iterations=n).as_dict(),
+        replica_overhead(model, n).as_dict(),
+        overhead_row(blocks=n, steps_per_block=10 if opts.quick else 20).as_dict(),
+    ]
+
+
+def _targets(
+    t: TargetTable,
+    prefix: str,
+    over: Mapping[str, Any] | None,
+    default_model: str,
+    bars: Sequence[tuple[str, float | None]],
+) -> None:
+    """Mirroring overhead per iteration, sync and async: a paired interval over the rounds
+    (older documents: the medians' point estimate)."""
+    for mode, bar in bars:
+        model = over["model"] if over else default_model
+        limit = f" ≤ {bar:.0%}" if bar is not None else ""
+        what = f"{model} mirroring overhead{limit} ({mode}, mirror every step)"
+        got = None if over is None else over.get(f"{mode}_overhead")
+        if over is None or got is None:
+            why = "not run: the overhead section did not run"
+            if over is not None:
+                why = str(over.get("not_run") or "not measured")
+            t.add(f"{prefix}_{mode}", what, bar, None, why=why, at_least=False)
+            continue
+        v = float(got)
+        raw = over.get(f"{mode}_overhead_interval")
+        iv = Interval.from_json(raw) if isinstance(raw, dict) else Interval(v, v, v, 1)
+        t.add(
+            f"{prefix}_{mode}",
+            what,
+            bar,
+            iv,
+            at_least=False,
+            point=not isinstance(raw, dict),
+            fraction=True,
+            sides=f"{mode} mirror vs no mirror, per step",
+            workload=str(over.get("model")),
+            durability=str(over.get("durability") or "-"),
+        )
+
+
+def targets(doc: Mapping[str, Any], t: TargetTable) -> None:
+    rows = [o for o in doc.get(NAME) or [] if not o.get("replica")]
+    over = next((o for o in rows if not str(o.get("model", "")).startswith(TORCH_MODEL)), None)
+    _targets(t, "overhead", over, "mnist", (("sync", 0.10), ("async", 0.03)))
+    tover = next((o for o in rows if str(o.get("model", "")).startswith(TORCH_MODEL)), None)
+    _targets(t, "torch_overhead", tover, TORCH_MODEL, (("sync", None), ("async", 0.05)))
+
+
+def _text(o: Mapping[str, Any], mode: str) -> str:
+    iv = o.get(f"{mode}_overhead_interval")
+    text = f"{o[f'{mode}_overhead']:+.1%}"
+    if not isinstance(iv, dict):
+        return text
+    lo, hi = iv["ci95"]
+    return f"{text} [{lo:+.1%}–{hi:+.1%}]"
+
+
+def render(doc: Mapping[str, Any]) -> list[str]:
+    from plinius.lab.reporting.markdown import md_table
+
+    if not doc.get(NAME):
+        return []
+    rows = [
+        {
+            **o,
+            "instance": o.get("instance") or o["backend"],
+            "durability": o.get("durability") or "-",
+            "emulated": "yes" if o.get("emulated") else "no",
+            "replica": o.get("replica") or "-",
+            **(
+                {"sync_overhead": "not run", "async_overhead": o["not_run"]}
+                if o.get("not_run")
+                else {"sync_overhead": _text(o, "sync"), "async_overhead": _text(o, "async")}
+            ),
+        }
+        for o in doc[NAME]
+    ]
+    columns = [
+        "model",
+        "instance",
+        "replica",
+        "durability",
+        "emulated",
+        "no_mirror_s",
+        "sync_s",
+        "async_s",
+        "sync_overhead",
+        "async_overhead",
+    ]
+    return [
+        "## Mirroring overhead per iteration (mirror every iteration)",
+        "",
+        md_table(rows, columns),
+        "",
+    ]
+
+
+register(
+    Section(
+        NAME,
+        "mirroring cost per training iteration (numpy trainer, replica, PyTorch adapter)",
+        90,
+        run=run,
+        targets=targets,
+        render=render,
+    )
+)

@@ -1,0 +1,94 @@
+"""``peers``: what users would do instead (torch.save, safetensors, torch.save + AES-GCM +
+fsync) on the same tensors, in RAM and on the disk, in the same rounds as the backends."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from plinius.lab.bench.contenders import Contender
+from plinius.lab.bench.registry import NotRun, Section, SuiteOptions, WorkloadContext, register
+from plinius.lab.bench.stats import speedup
+from plinius.lab.bench.targets import by_id, fastest, row_at, target_workload, why_not
+from plinius.lab.bench.verdicts import TargetTable
+
+NAME = "peers"
+#: what :func:`plinius.lab.bench.peers.peer_contenders` builds on each directory, in its order
+KINDS = ("torch.save", "safetensors", "torch.save+aes-gcm")
+#: the directories the suite's workloads give (:func:`plinius.lab.bench.suite.side_dirs`)
+PLACES = ("tmpfs", "ssd")
+
+
+def contenders(ctx: WorkloadContext) -> Sequence[Contender]:
+    from plinius.lab.bench import peers
+
+    why = peers.peers_unavailable()
+    if why:
+        raise NotRun(why)
+    arrays = [(f"{r.layer}.{r.name}", r.array) for r in ctx.model.records]
+    return peers.peer_contenders(arrays, ctx.model.name, ctx.scratch_dirs(), ctx.engine)
+
+
+def ids(opts: SuiteOptions) -> list[str]:
+    """``kind@place``: every peer on every directory, as :func:`contenders` builds them."""
+    return [f"{kind}@{place}" for place in PLACES for kind in KINDS]
+
+
+def _restore_ops(c: Mapping[str, Any]) -> list[str]:
+    """A peer's warm restore operations (every ``restore*`` but the cold one): a peer may time
+    more than one way to materialise (numpy.copyto, torch copy_); the faster one is ranked."""
+    return [op for op in c["ops"] if op.startswith("restore") and "cold" not in op]
+
+
+def targets(doc: Mapping[str, Any], t: TargetTable) -> None:
+    wl = target_workload(doc)
+    rom = row_at(doc, wl, "romulus")
+    why = why_not(doc, wl, NAME, "not run: no peers at this workload")
+    for key, what, bar, ident, op in (
+        (
+            "save_vs_safetensors_tmpfs",
+            "romulus save ≥ 2× safetensors save (tmpfs)",
+            2.0,
+            "safetensors@tmpfs",
+            "save",
+        ),
+        (
+            "save_vs_torch_aes_fsync_ssd",
+            "romulus save ≥ 15× torch.save + AES-GCM + fsync (ssd)",
+            15.0,
+            "torch.save+aes-gcm@ssd",
+            "save",
+        ),
+        (
+            "restore_vs_safetensors_tmpfs",
+            "romulus restore ≥ 2× materialised safetensors load (tmpfs, the faster copy)",
+            2.0,
+            "safetensors@tmpfs",
+            "restore",
+        ),
+    ):
+        peer = by_id(doc, wl, NAME, ident)
+        best = None
+        if peer is not None:
+            best = fastest([peer], ["save"] if op == "save" else _restore_ops(peer))
+        if rom is None or best is None:
+            t.add(key, what, bar, None, why=why if rom else "not run: romulus did not run here")
+            continue
+        them, their_op = best
+        iv = speedup(
+            rom["samples"][op], them["ops"][their_op]["seconds"], rom["bytes"] / them["nbytes"]
+        )
+        sides = f"romulus {op} vs {them['name']} {their_op}"
+        t.add(key, what, bar, iv, sides=sides, durability=f"{rom['durability']} vs -")
+
+
+register(
+    Section(
+        NAME,
+        "torch.save, safetensors, torch.save + AES-GCM + fsync on the same tensors",
+        20,
+        contenders=contenders,
+        targets=targets,
+        ids=ids,
+    )
+)

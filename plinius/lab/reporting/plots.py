@@ -1,0 +1,234 @@
+"""PNG figures in the paper's style (matplotlib, the ``plot`` extra; imported lazily).
+
+Each function takes plain result dicts (as stored in results.json) so ``plinius report`` can
+redraw them from saved or asv results without re-running anything.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from plinius.core.errors import MissingExtraError
+from plinius.lab.profiles import marker
+
+#: what to do when figures cannot be drawn
+PLOT_HINT = "figures need matplotlib: pip install 'plinius[plot]'"
+
+#: line style per durability level, so RAM-only and disk-durable instances never look alike
+STYLES = {"power-fail": "-", "process-crash": "--", "none": ":"}
+MIB = 1 << 20
+
+
+def _plt() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingExtraError(PLOT_HINT) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def series_label(r: dict[str, Any]) -> str:
+    """What a legend shows for a results row: the backend instance, its durability, emulation."""
+    if "series" in r:
+        return str(r["series"])
+    name = str(r.get("instance") or r["backend"])
+    facts = [str(r["durability"])] if r.get("durability") else []
+    if r.get("emulated"):
+        facts.append("emulated")
+    return f"{name} [{', '.join(facts)}]" if facts else name
+
+
+def _by_backend(results: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        groups[series_label(r)].append(r)
+    for rows in groups.values():
+        rows.sort(key=lambda r: r["model_mb"])
+    return groups
+
+
+def _x(results: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """The x key and label: the exact mirror bytes when every row has them, else the model."""
+    if results and all("bytes" in r for r in results):
+        return "bytes", "mirror size (MiB = 2^20 B; weights + momentum)"
+    return "model_mb", "model size (MiB)"
+
+
+def _xs(rows: Sequence[dict[str, Any]], key: str) -> list[float]:
+    return [r[key] / MIB if key == "bytes" else r[key] for r in rows]
+
+
+def _style(rows: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
+    backend = str(rows[0].get("backend", name)).rsplit("/", 1)[-1]
+    return {
+        "marker": marker(backend),
+        "linestyle": STYLES.get(str(rows[0].get("durability")), "-"),
+    }
+
+
+def _interval(r: dict[str, Any], key: str) -> tuple[float, float, float] | None:
+    """(median, lo, hi) of ``key`` from a row's bootstrap intervals, None in older rows."""
+    iv = (r.get("intervals") or {}).get(key)
+    if not iv:
+        return None
+    lo, hi = iv["ci95"]
+    return float(iv["median"]), float(lo), float(hi)
+
+
+def _bars(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], ...]:
+    """Medians (ms) and error-bar lengths: the 95 % interval, else min–max (older runs)."""
+    med, lo, hi = [], [], []
+    for r in rows:
+        got = _interval(r, f"{key}_s")
+        if got is None:
+            got = (r[f"{key}_s"], r.get(f"{key}_s_min", r[f"{key}_s"]), r.get(f"{key}_s_max", 0))
+        m, a, b = (v * 1e3 for v in got)
+        med.append(m)
+        lo.append(max(m - a, 0.0))
+        hi.append(max(b - m, 0.0))
+    return med, lo, hi
+
+
+def save_restore(results: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Fig. 7: save and restore time versus mirror size, one line per backend instance
+    (legend: instance [durability, emulated]; dashed = process-crash, solid = power-fail)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)
+    xkey, xlabel = _x(results)
+    for name, rows in _by_backend(results).items():
+        xs = _xs(rows, xkey)
+        for ax, key in zip(axes, ("save", "restore"), strict=True):
+            med, lo, hi = _bars(rows, key)
+            ax.errorbar(xs, med, yerr=[lo, hi], capsize=2, label=name, **_style(rows, name))
+            cold = [r for r in rows if r.get("restore_cold_s") is not None]
+            if key == "restore" and len(cold) == len(rows):
+                cmed, clo, chi = _bars(rows, "restore_cold")
+                style = {**_style(rows, name), "linestyle": "-."}
+                ax.errorbar(xs, cmed, yerr=[clo, chi], capsize=2, label=f"{name} cold", **style)
+    spread = "95 % CI" if all(_interval(r, "save_s") for r in results) else "min–max"
+    for ax, key in zip(axes, ("save", "restore"), strict=True):
+        ax.set(xlabel=xlabel, ylabel=f"{key} time (ms)", title=f"{key} (median, {spread})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(title or "Encrypted mirror save/restore per backend instance [durability]")
+    return _save(fig, plt, path)
+
+
+def speedups(results: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Save and restore speed-up of every instance versus the baseline of *its own* durability
+    level at each size (never RAM against a disk); baselines themselves are not drawn."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)
+    xkey, xlabel = _x(results)
+    for name, rows in _by_backend(results).items():
+        rows = [r for r in rows if r.get("baseline") and r["baseline"] != r.get("instance")]
+        if not rows:
+            continue
+        label = f"{name} vs {rows[0]['baseline']}"
+        for ax, key in zip(axes, ("save", "restore"), strict=True):
+            k = f"speedup_{key}_vs_baseline"
+            pts = [
+                (x, r[k], _interval(r, k))
+                for x, r in zip(_xs(rows, xkey), rows, strict=True)
+                if r.get(k) is not None
+            ]
+            if pts:
+                xs = [p[0] for p in pts]
+                ys = [p[1] for p in pts]
+                err = [
+                    [y - (p[2][1] if p[2] else y) for y, p in zip(ys, pts, strict=True)],
+                    [(p[2][2] if p[2] else y) - y for y, p in zip(ys, pts, strict=True)],
+                ]
+                ax.errorbar(xs, ys, yerr=err, capsize=2, label=label, **_style(rows, name))
+    for ax, key in zip(axes, ("save", "restore"), strict=True):
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set(
+            xlabel=xlabel,
+            ylabel="× faster than the baseline of equal durability",
+            title=f"{key} speed-up, like for like (95 % CI where measured)",
+        )
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    return _save(fig, plt, path)
+
+
+def targets(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """The targets table as a figure: each ratio's median with its 95 % interval beside its
+    bar (a dashed mark), so a straddled bar reads as inconclusive at a glance."""
+    plt = _plt()
+    shown = [
+        t
+        for t in rows
+        if t.get("interval") and not t.get("point_estimate") and t.get("unit") != "fraction"
+    ]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * max(len(shown), 2) + 1.2))
+    colours = {"met": "tab:green", "not met": "tab:red", "inconclusive": "tab:orange"}
+    for i, t in enumerate(shown):
+        iv = t["interval"]
+        lo, hi = iv["ci95"]
+        m = iv["median"]
+        c = colours.get(t["verdict"], "tab:gray")
+        ax.errorbar([m], [i], xerr=[[m - lo], [hi - m]], fmt="o", color=c, capsize=3)
+        if t.get("bar_value") is not None:
+            ax.plot([t["bar_value"]] * 2, [i - 0.35, i + 0.35], color="black", ls="--", lw=1)
+    ax.set_yticks(range(len(shown)), [t["target"] for t in shown], fontsize=7)
+    ax.set(xscale="log", xlabel="ratio (median, 95 % CI); dashed: the bar", title="Targets")
+    ax.invert_yaxis()
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, plt, path)
+
+
+def batch_times(points: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Fig. 8: iteration time versus batch size, encrypted-in-PM versus plaintext data."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    xs = [p["batch"] for p in points]
+    ax.plot(xs, [p["plaintext_s"] for p in points], marker="o", label="unencrypted data")
+    ax.plot(xs, [p["encrypted_s"] for p in points], marker="s", label="encrypted data in PM")
+    ax.set(
+        xscale="log",
+        xlabel="batch size",
+        ylabel="time per iteration (s)",
+        title=f"Iteration time, model {points[0]['model'] if points else ''}",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, plt, path)
+
+
+def sps(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Fig. 6: swaps per second versus transaction size, one line per flush mode/driver."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[str(r["series"])].append(r)
+    for name, pts in groups.items():
+        pts.sort(key=lambda r: r["swaps_per_tx"])
+        ax.plot(
+            [p["swaps_per_tx"] for p in pts], [p["sps"] / 1e6 for p in pts], marker="o", label=name
+        )
+    ax.set(
+        xscale="log",
+        xlabel="swaps per transaction",
+        ylabel="million swaps / s",
+        title="Romulus SPS on a 10 MB persistent array",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
+def _save(fig: Any, plt: Any, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

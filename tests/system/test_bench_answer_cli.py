@@ -1,0 +1,50 @@
+"""``plinius bench`` with no flags answers "where should my mirror live?": one page that opens
+with the answer for the named mirror; the paper's grid is ``--paper``; bad answer flags are one
+line and exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_runner import run_cli
+
+
+def test_the_answer_run_opens_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = run_cli(
+        "bench", "--mirror-size", "4M", "--backends", "tmpfs,ssd", "--rounds", "3",
+        "--step-time", "0.5", "--every", "20", "--out", str(out),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((out / "results.json").read_text())
+    ask = {"workload": "size-2", "step_s": 0.5, "every": 20, "mirror_bytes": 4 << 20}
+    assert doc["parameters"]["answer"] == ask
+    assert set(doc["sections"]) <= {"save", "peers"}  # the answer runs nothing else
+    assert doc["contention"]["cores"] >= 1 and "load_after" in doc["contention"]
+    head = (out / "report.md").read_text().splitlines()[:60]
+    assert head[0].startswith("# Where should a 2.8 MiB encrypted mirror live?")
+    assert "you asked for 4.0 MiB: this is the closest synthetic model" in head[2]
+    assert any(line.startswith("**Recommendation (power-fail)**") for line in head)
+    assert any(line.startswith("**Recommendation (process-crash)**") for line in head)
+    assert any("every 20 training steps of 0.5 s" in line for line in head)
+    assert "Where should" in res.stdout + res.stderr  # the answer is printed too
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--mirror-size", "12x"], "--mirror-size"),
+        (["--mirror-size", "10K"], "at least 1M"),
+        (["--paper", "--mirror-size", "10M"], "use one or the other"),
+        (["--mirror-size", "10M", "--workload", "resnet50"], "give one"),
+        (["--workload", "nosuch"], "unknown workload"),
+        (["--step-time", "0"], "--step-time"),
+    ],
+)
+def test_bad_answer_flags_are_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    res = run_cli("bench", *args, "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and needle in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "results.json").exists()

@@ -1,0 +1,106 @@
+"""The answer of ``plinius bench``: one table per durability level at the user's workload, and a
+recommendation by one rule: a winner only where its save interval clears the next option's,
+else "tied". Options of different durability are never ranked against each other."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import numpy as np
+
+from plinius.lab.bench.answer import contention, markdown, options, recommend
+
+WL = "size-50"
+MB = 100 << 20
+
+
+def _row(instance: str, durability: str, save: float, spread: float, **kw: Any) -> dict:
+    rng = np.random.default_rng(zlib.crc32(instance.encode()))
+    saves = list(save * (1 + spread * (rng.random(7) - 0.5)))
+    return {
+        "instance": instance,
+        "durability": durability,
+        "emulated": kw.get("emulated", False),
+        "role": kw.get("role", ""),
+        "model": WL,
+        "model_mb": 50,
+        "bytes": MB,
+        "samples": {"save": saves, "restore": [save / 2] * 7, **kw.get("extra", {})},
+    }
+
+
+def _doc(rows: list[dict], **extra: Any) -> dict[str, Any]:
+    return {
+        "parameters": {"rounds": 7, "answer": {"workload": WL, "step_s": 1.0, "every": 100}},
+        "workloads": [{"workload": WL, "mirror_bytes": MB}],
+        "results": rows,
+        **extra,
+    }
+
+
+def test_overlapping_intervals_are_tied() -> None:
+    doc = _doc([_row("ssd", "power-fail", 0.100, 0.4), _row("dax", "power-fail", 0.104, 0.4)])
+    v = recommend(options(doc, WL, 1.0, 100), "power-fail")
+    assert v.winner is None and "tied" in v.text and "`ssd`" in v.text and "`dax`" in v.text
+    page = "\n".join(markdown(doc, WL, 1.0, 100))
+    assert "**Recommendation (power-fail)**: **tied**" in page
+
+
+def test_a_winner_only_beyond_the_noise() -> None:
+    doc = _doc(
+        [_row("romulus", "process-crash", 0.030, 0.05), _row("tmpfs", "process-crash", 0.075, 0.05)]
+    )
+    v = recommend(options(doc, WL, 1.0, 100), "process-crash")
+    assert v.winner == "romulus" and "beyond the noise" in v.text
+
+
+def test_levels_are_never_ranked_against_each_other_and_a_model_never_wins() -> None:
+    doc = _doc(
+        [
+            _row("romulus", "process-crash", 0.030, 0.05, emulated=True),
+            _row("optane", "process-crash", 0.010, 0.05, role="PM device model"),
+            _row("ssd", "power-fail", 0.120, 0.05),
+        ]
+    )
+    opts = options(doc, WL, 1.0, 100)
+    assert recommend(opts, "power-fail").winner == "ssd"  # alone at its level, not beaten by RAM
+    assert recommend(opts, "process-crash").winner == "romulus"  # the model only adds delays
+    page = markdown(doc, WL, 1.0, 100)
+    text = "\n".join(page)
+    assert "Cost of durability" in text and "4.0×" in text  # the one labelled cross-level line
+    assert text.count("Cost of durability") == 1
+    assert "*(emulated)*" in text and "a model of real PM" in text
+
+
+def test_the_answer_fits_one_screen() -> None:
+    doc = _doc(
+        [
+            _row("romulus", "process-crash", 0.030, 0.05, emulated=True),
+            _row("tmpfs", "process-crash", 0.075, 0.05),
+            _row("ssd", "power-fail", 0.120, 0.05, extra={"restore_cold": [0.07] * 7}),
+            _row("dax", "power-fail", 0.125, 0.05),
+        ]
+    )
+    page = markdown(doc, WL, 1.0, 100)
+    assert len(page) <= 60 and page[0] == "# Where should a 100.0 MiB encrypted mirror live?"
+    assert sum(1 for line in page if line.startswith("**Recommendation (")) == 2
+    assert page[-2:] == ["---", ""]  # everything else comes after the line
+
+
+def test_overhead_and_work_lost_follow_the_users_step_and_interval() -> None:
+    doc = _doc([_row("ssd", "power-fail", 0.200, 0.0)])
+    (o,) = options(doc, WL, 0.5, 40)
+    assert abs(o.overhead.median - 0.200 / 20) < 1e-9  # 200 ms per 40 × 0.5 s
+    assert abs(o.lost_s - (10.0 + 0.100)) < 1e-9  # half an interval plus the restore
+
+
+def test_contention_is_said_at_the_top() -> None:
+    busy = _doc(
+        [_row("ssd", "power-fail", 0.1, 0.05)],
+        contention={"load_before": 64.0, "load_after": 70.0, "steal_fraction": 0.2},
+    )
+    assert any("load average 70.0" in w for w in contention(busy))
+    assert "Contended machine" in "\n".join(markdown(busy, WL, 1.0, 100)[:8])
+    quiet = _doc([_row("ssd", "power-fail", 0.1, 0.05)], contention={"load_after": 0.1})
+    assert contention(quiet) == []
