@@ -30,6 +30,9 @@ def test_the_answer_run_opens_the_report(tmp_path: Path) -> None:
     assert any(line.startswith("**Recommendation (process-crash)**") for line in head)
     assert any("every 20 training steps of 0.5 s" in line for line in head)
     assert "Where should" in res.stdout + res.stderr  # the answer is printed too
+    # one figure for the answer; the paper's figures belong to --paper
+    assert (out / "answer.png").stat().st_size > 10_000
+    assert not (out / "save_restore.png").exists() and not (out / "targets.png").exists()
 
 
 @pytest.mark.parametrize(

@@ -206,3 +206,20 @@ def test_target_without_inputs_says_not_run_and_why() -> None:
     assert rows["save_vs_safetensors_tmpfs"]["verdict"] == "not run"
     assert rows["save_vs_safetensors_tmpfs"]["why"] == "not run: torch not importable"
     assert "limits" in rows["save_vs_aes_all_cores"]["why"]
+
+
+def test_a_negative_overhead_is_no_measurable_overhead_never_a_met_target() -> None:
+    doc = _doc()
+    doc["overhead"] = [
+        {
+            "model": "mnist",
+            "sync_overhead": -0.098,
+            "sync_overhead_interval": {"median": -0.098, "ci95": [-0.15, 0.02], "n": 7},
+            "async_overhead": 0.01,
+            "async_overhead_interval": {"median": 0.01, "ci95": [0.004, 0.02], "n": 7},
+        }
+    ]
+    rows = {t["id"]: t for t in targets(doc)}
+    assert rows["overhead_sync"]["verdict"] == "no measurable overhead"
+    assert rows["overhead_sync"]["why"].startswith("< 2.0%")
+    assert rows["overhead_async"]["verdict"] == "met"  # 1 % [0.4–2 %] against 3 %

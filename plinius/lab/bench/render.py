@@ -546,7 +546,14 @@ def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
     """report.md and every figure the document has data for (each section draws its own)."""
     normalise(doc)
     written = [out / "report.md"]
-    for s in sections():
+    ask = doc["parameters"].get("answer")
+    if ask:  # the answer's one figure; the paper's figures belong to --paper
+        opts = answer.options(doc, ask["workload"], ask["step_s"], ask["every"])
+        panels = [(lv, [o for o in opts if o.durability == lv]) for lv in answer.LEVELS]
+        size = opts[0].mirror_bytes / (1 << 20) if opts else 0
+        title = f"Where should a {size:,.1f} MiB mirror live? ({ask['workload']})"
+        written.append(plots.answer(panels, out / "answer.png", title))
+    for s in sections() if not ask else []:
         if s.figures is not None:
             written += s.figures(doc, out)
     shown = [
@@ -554,7 +561,7 @@ def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
         for t in doc_targets(doc)
         if t.get("interval") and not t.get("point_estimate") and t.get("unit") != "fraction"
     ]
-    if shown:
+    if shown and not ask:
         written.append(plots.targets(shown, out / "targets.png"))
     (out / "report.md").write_text(render_markdown(doc, [p.name for p in written[1:]]))
     return written

@@ -62,10 +62,15 @@ class TargetTable:
         workload: str | None = None,
         fraction: bool = False,
     ) -> None:
-        """``iv`` None: not run (``why`` says what was missing); ``bar`` None: reported only."""
+        """``iv`` None: not run (``why`` says what was missing); ``bar`` None: reported only.
+        An overhead (``fraction``) whose interval reaches zero or below is no measurable
+        overhead: said so with its upper bound, never counted as a met target."""
         sign = ">=" if at_least else "<="
         if iv is None:
             judged, why = "not run", why or "an input did not run"
+        elif fraction and iv.lo <= 0:
+            judged = "no measurable overhead"
+            why = f"< {max(iv.hi, 0.0):.1%}: the interval reaches zero (noise, not a speed-up)"
         elif bar is None:
             judged, why = "reported", ""
         else:

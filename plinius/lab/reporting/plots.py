@@ -232,3 +232,44 @@ def _save(fig: Any, plt: Any, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def answer(panels: Sequence[tuple[str, Sequence[Any]]], path: Path, title: str) -> Path:
+    """The answer in one figure: one panel per durability level, each option's save and
+    headline restore as bars with their 95 % intervals, on a log axis when the options differ
+    by more than 10× (``panels``: ``(level, options)`` of :mod:`plinius.lab.bench.answer`)."""
+    plt = _plt()
+    panels = [(level, opts) for level, opts in panels if opts]
+    n = max(len(panels), 1)
+    height = max(2.2, 0.55 * max((len(o) for _, o in panels), default=1) + 1.2)
+    fig, axes = plt.subplots(n, 1, figsize=(8.5, height * n), squeeze=False)
+    colours = {"save": "#1f77b4", "restore": "#ff7f0e"}
+    for ax, (level, opts) in zip(axes[:, 0], panels, strict=False):
+        names = [o.instance + (" (emulated)" if o.emulated else "") for o in opts]
+        ys = range(len(opts))
+        lows: list[float] = []
+        highs: list[float] = []
+        for k, (key, shift) in enumerate((("save", -0.18), ("restore", 0.18))):
+            ivs = [o.save if key == "save" else o.restore for o in opts]
+            med = [iv.median * 1e3 for iv in ivs]
+            err = [
+                [max(iv.median - iv.lo, 0) * 1e3 for iv in ivs],
+                [max(iv.hi - iv.median, 0) * 1e3 for iv in ivs],
+            ]
+            ax.barh(
+                [y + shift for y in ys], med, height=0.34, xerr=err, capsize=3,
+                color=colours[key], label=key if k == 0 else "restore (cold where it has one)",
+            )  # fmt: skip
+            lows += [iv.lo * 1e3 for iv in ivs if iv.lo > 0]
+            highs += [iv.hi * 1e3 for iv in ivs]
+        ax.set_yticks(list(ys), names, fontsize=8)
+        ax.invert_yaxis()
+        if lows and max(highs) / min(lows) > 10:
+            ax.set_xscale("log")
+        ax.set_xlabel("ms (median, 95 % interval)")
+        what = {"power-fail": "a power failure", "process-crash": "a process crash"}
+        ax.set_title(f"survives {what.get(level, level)}", fontsize=9, loc="left")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper right", ncol=2, frameon=False)
+    fig.suptitle(title, fontsize=10, x=0.02, ha="left")
+    return _save(fig, plt, path)

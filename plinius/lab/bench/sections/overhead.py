@@ -78,6 +78,8 @@ def _text(o: Mapping[str, Any], mode: str) -> str:
     if not isinstance(iv, dict):
         return text
     lo, hi = iv["ci95"]
+    if lo <= 0:  # the interval reaches zero: no overhead this run can measure
+        return f"no measurable overhead (< {max(hi, 0.0):.1%})"
     return f"{text} [{lo:+.1%}–{hi:+.1%}]"
 
 
