@@ -13,11 +13,15 @@ figures to ``--out``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
+import shutil
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from plinius.backends.catalog import loadable
 from plinius.backends.registry import open_backend
@@ -304,6 +308,27 @@ def _answer_workload(
     return [n], (), f"size-{n:g}", nbytes
 
 
+def missing_tools(sections: Sequence[str], backends: Sequence[str]) -> list[str]:
+    """What this run will do without, found before it starts: one line each, with the
+    install hint (plain text: never read as console markup)."""
+    out = []
+    try:
+        import matplotlib  # noqa: F401 - only whether it imports
+    except ImportError:
+        out.append("no matplotlib: figures are skipped (pip install 'plinius[plot]')")
+    if "fio" in sections and shutil.which("fio") is None:
+        out.append("no fio: the fio section is skipped (apt-get install fio)")
+    if any(b.startswith("redis") for b in backends) and shutil.which("redis-server") is None:
+        out.append("no redis-server: the redis rows are not run (apt-get install redis-server)")
+    wants_torch = {"peers", "torch"} & set(sections)
+    if wants_torch and importlib.util.find_spec("torch") is None:
+        out.append(
+            f"no torch: the torch rows of {', '.join(sorted(wants_torch))} are not run "
+            "(pip install 'plinius[bench]', Python 3.11)"
+        )
+    return out
+
+
 def _answer_mode(args: argparse.Namespace) -> bool:
     paper = args.paper or args.quick or args.sizes is not None or args.workloads is not None
     if paper and (args.mirror_size is not None or args.workload is not None):
@@ -338,6 +363,9 @@ def run(args: argparse.Namespace) -> int:
     plan, plan_record = _probe_optional(_plan(args.backends))
     out = output_dir(args.out)
     console = Console(stderr=True)
+    if not args.json:
+        for line in missing_tools(sections, [p.name for p in plan]):
+            console.print(line, markup=False, highlight=False)
     runs_on: dict[str, dict[str, Any]] = {}
     with plan_instances(plan) as pairs:
         for p, spec in pairs:
@@ -404,7 +432,7 @@ def run(args: argparse.Namespace) -> int:
         for line in render_answer(doc, answered, args.step_time, args.every)[:-2]:
             print(line)
         for k in failed:
-            console.print(f"[red]section {k} failed[/red]: {doc['sections'][k]['error']}")
+            console.print(f"[red]section {k} failed[/red]: {escape(doc['sections'][k]['error'])}")
         console.print(f"wrote {out / 'results.json'}, {out / 'report.md'} and PNG figures")
         return 1 if failed else 0
     console.print(UNITS, highlight=False)
@@ -441,8 +469,9 @@ def run(args: argparse.Namespace) -> int:
             highlight=False,
         )
     for k in failed:
-        console.print(f"[red]section {k} failed[/red]: {doc['sections'][k]['error']}")
+        console.print(f"[red]section {k} failed[/red]: {escape(doc['sections'][k]['error'])}")
     for k in skipped:
-        console.print(f"[yellow]section {k} not run[/yellow]: {doc['sections'][k]['error']}")
+        why = escape(doc["sections"][k]["error"])
+        console.print(f"[yellow]section {k} not run[/yellow]: {why}")
     console.print(f"wrote {out / 'results.json'}, {out / 'report.md'} and PNG figures")
     return 1 if failed else 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -37,9 +39,45 @@ def add_json_flag(parser: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print exact JSON instead of a table")
 
 
+class _StepProgress(Progress):
+    """Rich's bar on a terminal; in a log (stderr not a terminal: CI, ``nohup``, a pipe) one
+    plain line per step instead, at most one a second and always the last one."""
+
+    def __init__(self, label: str, *columns: ProgressColumn, **kw: Any) -> None:
+        super().__init__(*columns, **kw)
+        self._label = label
+        self._lines = not kw.get("disable") and not self.console.is_terminal
+        self._last = 0.0
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._line(task_id)
+
+    def update(self, task_id: TaskID, **kw: Any) -> None:
+        super().update(task_id, **kw)
+        self._line(task_id)
+
+    def _line(self, task_id: TaskID) -> None:
+        if not self._lines:
+            return
+        task = next(t for t in self.tasks if t.id == task_id)
+        now = time.monotonic()
+        if not task.finished and now - self._last < 1.0:
+            return
+        self._last = now
+        total = f"/{int(task.total)}" if task.total else ""
+        self.console.print(
+            f"{self._label}: {int(task.completed)}{total} ({task.elapsed or 0.0:.0f} s)",
+            markup=False,
+            highlight=False,
+        )
+
+
 def progress_bar(label: str, console: Console, disable: bool, *fields: ProgressColumn) -> Progress:
-    """The one progress-bar look of every long command: label, bar, n/total, ``fields``, time."""
-    return Progress(
+    """The one progress look of every long command: label, bar, n/total, ``fields``, time on a
+    terminal; a plain line per step in a log."""
+    return _StepProgress(
+        label,
         TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),

@@ -5,6 +5,7 @@ line and exit 2."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,23 @@ def test_bad_answer_flags_are_one_line(tmp_path: Path, args: list[str], needle: 
     assert res.returncode == 2 and needle in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_without_matplotlib_the_run_says_so_once_and_still_writes(tmp_path: Path) -> None:
+    fake = tmp_path / "site" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('matplotlib is not installed')\n")
+    env = {**os.environ, "PYTHONPATH": str(fake.parent)}
+    out = tmp_path / "out"
+    res = run_cli(
+        "bench", "--mirror-size", "4M", "--backends", "tmpfs", "--rounds", "3", "--out", str(out),
+        env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    # said once, at the start, with the install hint intact (not eaten as console markup)
+    assert res.stderr.count("pip install 'plinius[plot]'") == 1
+    assert res.stderr.index("no matplotlib") < res.stderr.index("bench: ")
+    assert json.loads((out / "results.json").read_text())["parameters"]["answer"]
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Where should") and "Figures not drawn" in report
+    assert not list(out.glob("*.png"))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from plinius.backends.base import DURABILITY_LEVELS
+from plinius.core.errors import MissingExtraError
 from plinius.lab.bench import answer
 from plinius.lab.bench.registry import sections
 from plinius.lab.bench.saverestore import MIB, add_speedups, fmt_ms
@@ -543,9 +544,20 @@ def instance_lines(doc: dict[str, Any]) -> list[str]:
 
 
 def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
-    """report.md and every figure the document has data for (each section draws its own)."""
+    """report.md and every figure the document has data for; without matplotlib the report
+    is still written and says the figures were skipped."""
     normalise(doc)
     written = [out / "report.md"]
+    try:
+        written += _figures(doc, out)
+    except MissingExtraError as exc:
+        doc["figures_skipped"] = str(exc)
+    (out / "report.md").write_text(render_markdown(doc, [p.name for p in written[1:]]))
+    return written
+
+
+def _figures(doc: dict[str, Any], out: Path) -> list[Path]:
+    written: list[Path] = []
     ask = doc["parameters"].get("answer")
     if ask:  # the answer's one figure; the paper's figures belong to --paper
         opts = answer.options(doc, ask["workload"], ask["step_s"], ask["every"])
@@ -563,7 +575,6 @@ def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
     ]
     if shown and not ask:
         written.append(plots.targets(shown, out / "targets.png"))
-    (out / "report.md").write_text(render_markdown(doc, [p.name for p in written[1:]]))
     return written
 
 
@@ -621,6 +632,8 @@ def render_markdown(doc: dict[str, Any], figures: list[str]) -> str:
     if not listed and doc.get("workloads"):
         parts += _rounds_part(doc)
     parts += [f"![{f}]({f})" for f in figures]
+    if doc.get("figures_skipped"):
+        parts += ["", f"Figures not drawn: {doc['figures_skipped']}."]
     parts += ["", provenance_md(doc["provenance"], doc["backends"], "instance"), ""]
     parts += [recommendation_md(doc), ""]
     return "\n".join(parts)
