@@ -11,9 +11,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def _git_commit() -> str | None:
-    """plinius/gitcommit.py, loaded by path: the package itself is not importable yet."""
+    """plinius/core/gitcommit.py, loaded by path: the package itself is not importable yet."""
     spec = importlib.util.spec_from_file_location(
-        "_plinius_gitcommit", HERE / "plinius" / "gitcommit.py"
+        "_plinius_gitcommit", HERE / "plinius" / "core" / "gitcommit.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
