@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -62,6 +63,7 @@ from plinius.lab.bench.suite import (
     section_names,
     total_steps,
 )
+from plinius.lab.bench.workloads import FILE_PREFIX, workload_specs
 from plinius.lab.plan import (
     DEFAULT_PLAN,
     InstancePlan,
@@ -104,7 +106,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--workload",
         help="the answer for a real model's shapes instead: resnet50+adam, bert-base+adam, "
-        "gpt2-small+adam, ... (see --workloads)",
+        "gpt2-small+adam, ... (see --workloads), or your own checkpoint: a .safetensors file "
+        "(its header is read, nothing else) or a .pt/.pth state_dict (needs torch)",
     )
     p.add_argument(
         "--step-time",
@@ -291,6 +294,10 @@ def _answer_workload(
     if args.workload is not None:
         if args.mirror_size is not None:
             raise ConfigError("--mirror-size and --workload name the mirror twice: give one")
+        if Path(args.workload).suffix in (".safetensors", ".pt", ".pth"):
+            label = FILE_PREFIX + str(Path(args.workload).resolve())
+            workload_specs(label)  # a file that is not a checkpoint: one line, before the run
+            return [], (label,), label, None
         (name,) = _workloads(args.workload, True) or ("",)
         if not name or "," in args.workload:
             raise ConfigError(f"--workload {args.workload!r}: give one workload")

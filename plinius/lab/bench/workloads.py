@@ -11,9 +11,11 @@ or Adam's two moments and float32 step, per float parameter).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -194,8 +196,98 @@ def optimizer_specs(name: str, optimizer: str) -> list[TensorSpec]:
     return out
 
 
+FILE_PREFIX = "file:"
+#: safetensors dtype names → numpy dtypes of the same width (bfloat16 moves as uint16 bytes)
+_ST_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "uint16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}  # fmt: skip
+MAX_ST_HEADER = 100 << 20
+
+
+def file_specs(path: str) -> list[TensorSpec]:
+    """The tensors (names, shapes, dtypes) of the user's own checkpoint: a ``.safetensors``
+    file (its JSON header only; nothing else is read), or a ``.pt``/``.pth`` ``state_dict``
+    (loaded onto torch's meta device: shapes without data; needs torch)."""
+    f = Path(path)
+    if not f.is_file():
+        raise ConfigError(f"--workload {path}: no such file")
+    if f.suffix == ".safetensors":
+        return _safetensors_specs(f)
+    if f.suffix in (".pt", ".pth"):
+        return _torch_specs(f)
+    raise ConfigError(f"--workload {path}: expected a .safetensors, .pt or .pth file")
+
+
+def _safetensors_specs(f: Path) -> list[TensorSpec]:
+    with f.open("rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= n <= MAX_ST_HEADER:
+            raise ConfigError(f"--workload {f}: not a safetensors file (header length {n})")
+        raw = fh.read(n)
+    try:
+        table = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ConfigError(f"--workload {f}: not a safetensors file (header is not JSON)") from None
+    if not isinstance(table, dict):
+        raise ConfigError(f"--workload {f}: not a safetensors file (header is not a table)")
+    specs = []
+    for name, t in table.items():
+        if name == "__metadata__":
+            continue
+        ok = isinstance(t, dict) and t.get("dtype") in _ST_DTYPES
+        shape = t.get("shape") if isinstance(t, dict) else None
+        if (
+            not ok
+            or not isinstance(shape, list)
+            or not all(isinstance(d, int) and 0 <= d < 1 << 40 for d in shape)
+        ):
+            raise ConfigError(f"--workload {f}: tensor {name!r} has no valid dtype and shape")
+        specs.append(TensorSpec(str(name), tuple(shape), _ST_DTYPES[t["dtype"]]))
+    if not specs:
+        raise ConfigError(f"--workload {f}: the file holds no tensor")
+    return specs
+
+
+def _torch_specs(f: Path) -> list[TensorSpec]:
+    try:
+        import torch
+    except ImportError:
+        raise ConfigError(
+            f"--workload {f}: reading a .pt file needs torch (pip install 'plinius[torch]'); "
+            "a .safetensors file needs nothing"
+        ) from None
+    try:
+        state = torch.load(f, map_location="meta", weights_only=True)
+    except Exception as exc:  # a file torch cannot read: said in one line
+        raise ConfigError(f"--workload {f}: torch cannot load it ({type(exc).__name__})") from None
+    specs: list[TensorSpec] = []
+
+    def walk(prefix: str, obj: object) -> None:
+        if isinstance(obj, torch.Tensor):
+            dtype = str(obj.dtype).removeprefix("torch.")
+            specs.append(
+                TensorSpec(prefix, tuple(obj.shape), "uint16" if dtype == "bfloat16" else dtype)
+            )
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(f"{prefix}.{i}", v)
+
+    walk("", state)
+    if not specs:
+        raise ConfigError(f"--workload {f}: the file holds no tensor")
+    return specs
+
+
 def workload_specs(label: str) -> list[TensorSpec]:
-    """Tensors of a workload label: ``"resnet50"`` or ``"<architecture>+<optimizer>"``."""
+    """Tensors of a workload label: ``"resnet50"``, ``"<architecture>+<optimizer>"`` or
+    ``"file:PATH"`` (the user's own checkpoint, :func:`file_specs`)."""
+    if label.startswith(FILE_PREFIX):
+        return file_specs(label.removeprefix(FILE_PREFIX))
     name, plus, optimizer = label.partition("+")
     specs = parameter_specs(name)
     if plus:
