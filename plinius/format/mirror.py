@@ -766,15 +766,16 @@ class MirrorStore:
         On an integrity error the destination arrays hold unspecified bytes: restore into the
         model only at start-up, and re-initialise it if this raises.
 
-        A backend that copies reads into memory (files, a remote store) and holds a mirror of
-        several batches is read batch by batch into reusable memory, each batch read while the
-        previous one is decrypted (:meth:`Backend.read_into`), after its header and manifest;
-        others are opened in one read and decrypted from it (byte-addressable ones straight
-        from their mapping). ``peeked``: as for :meth:`open`.
+        A mirror of several batches on a backend with ranged reads is read batch by batch into
+        reusable private memory, each batch read while the previous one is decrypted
+        (:meth:`Backend.read_into`), after its header and manifest; others are opened in one
+        read and decrypted from it. Nothing is ever decrypted from storage the attacker can
+        write while it is read (a persistent-memory pool copies out first). ``peeked``: as
+        for :meth:`open`.
         """
         backend = self.backend
         t0 = time.perf_counter()
-        pipelined = backend.ranged_read and not backend.byte_addressable
+        pipelined = backend.ranged_read
         least = 2 * _batch_bytes(self.segment)  # a smaller mirror gains nothing from a pipeline
         if peeked is None:
             peeked = self._peek(min_version, freshness, least - 1 if pipelined else _ALL)

@@ -100,6 +100,7 @@ class PMData:
             )
         self._count = info.counts[split]
         self._rows = np.empty((0, info.features + info.classes), np.float32)
+        self._sealed = memoryview(bytearray(info.sealed_bytes))  # one private sample
 
     def __len__(self) -> int:
         return len(self.area)
@@ -170,11 +171,15 @@ class PMData:
         if self._rows.shape[0] < n:
             self._rows = np.empty((n, self.info.features + self.info.classes), np.float32)
         rows = self._rows
+        sealed = self._sealed
         for j, i in enumerate(indices):
             i = int(i)
+            # the area is a view of storage the attacker can write: the sample is copied to
+            # private memory once, so its tag pass and its decrypt pass read the same bytes
+            sealed[:] = self.area[i]
             self.engine.decrypt_into(
                 sample_aad(self.info.dataset_id, self.split, i, self._count),
-                self.area[i],
+                sealed,
                 rows[j],
                 f"{self.split} sample {i} of dataset {self.info.name}",
             )

@@ -204,12 +204,24 @@ PROFILES: dict[str, Profile] = {
         order=50,
         instances=(_planned("file + fsync on the disk (the paper's baseline)"),),
     ),
-    # after the local backends; optional: without redis-server the plan says "not run" and why
+    # after the local backends, a private loopback server (AOF, appendfsync always) at each
+    # durability level, like the file backends: its AOF in RAM (process-crash) and on the disk
+    # (power-fail); optional: without redis-server the plan says "not run" and why
     "redis": Profile(
         marker="P",
         order=70,
         instances=(
-            _planned("private redis-server on loopback, AOF appendfsync always", optional=True),
+            _planned(
+                "private redis-server on loopback, AOF (appendfsync always) in RAM: process-crash",
+                optional=True,
+            ),
+            _planned(
+                "private redis-server on loopback, AOF (appendfsync always) on the disk: "
+                "power-fail",
+                root="disk",
+                label_suffix="@disk",
+                optional=True,
+            ),
         ),
     ),
     # benchmarked as redis (a private default instance runs without TLS)

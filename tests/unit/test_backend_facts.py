@@ -225,9 +225,23 @@ def test_a_plugin_joins_the_default_plan_and_plots(
         "ssd",
         "romulus?device=optane-1dimm",
         "redis",
+        "redis@disk",
     ]
     assert _style([{"backend": "fastfile"}], "fastfile")["marker"] == "D"
     assert _style([{"backend": "gone-elsewhere"}], "x")["marker"] == "x"
+
+
+def test_the_default_plan_has_redis_at_both_durability_levels() -> None:
+    """A private server with its AOF in RAM (process-crash) and one with its AOF on the disk
+    (power-fail, appendfsync always), under distinct labels that say where; whether redis-server
+    really reports those levels is tests/system/test_bench_redis_durability.py's."""
+    redis = [p for p in default_plan() if p.name == "redis"]
+    assert [(p.label, p.root_kind()) for p in redis] == [("redis", "shm"), ("redis@disk", "disk")]
+    assert all(p.optional and p.spec is None for p in redis)  # no redis-server: "not run"
+    assert "process-crash" in redis[0].role and "in RAM" in redis[0].role
+    assert "power-fail" in redis[1].role and "on the disk" in redis[1].role
+    assert all("appendfsync always" in p.role for p in redis)
+    assert len({p.label for p in default_plan()}) == len(default_plan())
 
 
 def _row(backend: str, save: float) -> dict[str, Any]:

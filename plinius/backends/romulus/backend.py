@@ -84,6 +84,7 @@ from plinius.core.errors import (
     PoolFullError,
 )
 from plinius.core.fsutil import check_path
+from plinius.core.memory import StagingBuffer
 from plinius.core.units import fmt_bytes, parse_size
 
 #: size of a pool created without ``size=``: room for a 100 MB mirror being replaced by a
@@ -225,6 +226,7 @@ class RomulusBackend(Backend):
 
     def __init__(self, location: str, **options: Any) -> None:
         super().__init__(location, **options)
+        self._private = StagingBuffer()  # reads land here: never checked in the shared pool
         unknown = set(options) - set(_OPTIONS)
         if unknown:
             raise ConfigError(
@@ -379,10 +381,26 @@ class RomulusBackend(Backend):
             return None
         at, size, committed = found
         n = check_range(repr(blob), offset, length, size)
-        data = self.pool.view(at + offset, n, committed=committed)
+        # Copied out of the pool into private memory: the pool file is attacker-controlled
+        # and shared, so bytes that are checked, authenticated or decrypted must never be
+        # read from it twice (a flip between AES-GCM's tag pass and its decrypt pass would
+        # reach the plaintext). ``map`` still gives views, for callers that copy first.
+        data = self._private.view(n)
+        data[:] = self.pool.view(at + offset, n, committed=committed)
         self.pool.model_read(n)  # device model: the restore reads the range from the media
         elapsed = time.perf_counter() - t0
         return Blob(data, IoStats(bytes=n, read_s=elapsed, total_s=elapsed), size)
+
+    def read_into(self, blob: str, offset: int, out: memoryview) -> int:
+        """One copy from the pool straight into ``out`` (the pipelined restore's batches)."""
+        found = self._lookup(blob)
+        if found is None:
+            raise NotFoundError(f"blob {blob!r} of backend {self.spec} does not exist")
+        at, size, committed = found
+        n = check_range(repr(blob), offset, out.nbytes, size)
+        out[:n] = self.pool.view(at + offset, n, committed=committed)
+        self.pool.model_read(n)
+        return n
 
     def map(self, blob: str) -> memoryview | None:
         found = self._lookup(blob)
@@ -487,3 +505,4 @@ class RomulusBackend(Backend):
         if self._txn is not None:
             self._txn.abort()
         self.pool.close()
+        self._private.close()

@@ -1,5 +1,7 @@
-"""``peers``: what users would do instead (torch.save, safetensors, torch.save + AES-GCM +
-fsync) on the same tensors, in RAM and on the disk, in the same rounds as the backends."""
+"""``peers``: what users would do instead, on the same tensors, in RAM and on the disk, in the
+same rounds as the backends: ``numpy.save``, ``pickle`` and ``safetensors`` through numpy, each
+plain and with AES-GCM + fsync by hand (the default install), and where torch is installed
+``torch.save``, ``safetensors`` through torch and ``torch.save`` + AES-GCM + fsync."""
 
 from __future__ import annotations
 
@@ -9,12 +11,10 @@ from typing import Any
 from plinius.lab.bench.contenders import Contender
 from plinius.lab.bench.registry import NotRun, Section, SuiteOptions, WorkloadContext, register
 from plinius.lab.bench.stats import speedup
-from plinius.lab.bench.targets import by_id, fastest, row_at, target_workload, why_not
+from plinius.lab.bench.targets import by_id, fastest, measured, row_at, target_workload, why_not
 from plinius.lab.bench.verdicts import TargetTable
 
 NAME = "peers"
-#: what :func:`plinius.lab.bench.peers.peer_contenders` builds on each directory, in its order
-KINDS = ("torch.save", "safetensors", "torch.save+aes-gcm")
 #: the directories the suite's workloads give (:func:`plinius.lab.bench.suite.side_dirs`)
 PLACES = ("tmpfs", "ssd")
 
@@ -30,8 +30,12 @@ def contenders(ctx: WorkloadContext) -> Sequence[Contender]:
 
 
 def ids(opts: SuiteOptions) -> list[str]:
-    """``kind@place``: every peer on every directory, as :func:`contenders` builds them."""
-    return [f"{kind}@{place}" for place in PLACES for kind in KINDS]
+    """``kind@place``: every peer that can run here on every directory, as :func:`contenders`
+    builds them (the torch peers only where torch is installed)."""
+    from plinius.lab.bench.peers import available_kinds
+
+    kinds = available_kinds()
+    return [f"{kind}@{place}" for place in PLACES for kind in kinds]
 
 
 def _restore_ops(c: Mapping[str, Any]) -> list[str]:
@@ -40,52 +44,82 @@ def _restore_ops(c: Mapping[str, Any]) -> list[str]:
     return [op for op in c["ops"] if op.startswith("restore") and "cold" not in op]
 
 
+def _why_missing(doc: Mapping[str, Any], wl: str | None, ident: str, default: str) -> str:
+    """Why peer ``ident`` (``kind@place``) did not run at ``wl``: the reason the other peers
+    recorded (a missing dependency and its fix), else ``default``."""
+    kind = ident.partition("@")[0]
+    for c in measured(doc, wl, NAME):
+        why = ((c.get("facts") or {}).get("not_here") or {}).get(kind)
+        if why:
+            return f"{ident} {why}"
+    return default
+
+
+#: ``(target id, what, bar (None: reported only), peer id, op)``
+TARGETS: tuple[tuple[str, str, float | None, str, str], ...] = (
+    (
+        "save_vs_safetensors_tmpfs",
+        "romulus save ≥ 2× safetensors save (tmpfs)",
+        2.0,
+        "safetensors@tmpfs",
+        "save",
+    ),
+    (
+        "save_vs_torch_aes_fsync_ssd",
+        "romulus save ≥ 15× torch.save + AES-GCM + fsync (ssd)",
+        15.0,
+        "torch.save+aes-gcm@ssd",
+        "save",
+    ),
+    (
+        "restore_vs_safetensors_tmpfs",
+        "romulus restore ≥ 2× materialised safetensors load (tmpfs, the faster copy)",
+        2.0,
+        "safetensors@tmpfs",
+        "restore",
+    ),
+    (
+        "save_vs_numpy_aes_fsync_ssd",
+        "romulus save vs numpy.save + AES-GCM + fsync (ssd; no torch needed)",
+        None,
+        "numpy.save+aes-gcm+fsync@ssd",
+        "save",
+    ),
+)
+
+
 def targets(doc: Mapping[str, Any], t: TargetTable) -> None:
     wl = target_workload(doc)
     rom = row_at(doc, wl, "romulus")
     why = why_not(doc, wl, NAME, "not run: no peers at this workload")
-    for key, what, bar, ident, op in (
-        (
-            "save_vs_safetensors_tmpfs",
-            "romulus save ≥ 2× safetensors save (tmpfs)",
-            2.0,
-            "safetensors@tmpfs",
-            "save",
-        ),
-        (
-            "save_vs_torch_aes_fsync_ssd",
-            "romulus save ≥ 15× torch.save + AES-GCM + fsync (ssd)",
-            15.0,
-            "torch.save+aes-gcm@ssd",
-            "save",
-        ),
-        (
-            "restore_vs_safetensors_tmpfs",
-            "romulus restore ≥ 2× materialised safetensors load (tmpfs, the faster copy)",
-            2.0,
-            "safetensors@tmpfs",
-            "restore",
-        ),
-    ):
+    for key, what, bar, ident, op in TARGETS:
         peer = by_id(doc, wl, NAME, ident)
         best = None
         if peer is not None:
             best = fastest([peer], ["save"] if op == "save" else _restore_ops(peer))
         if rom is None or best is None:
-            t.add(key, what, bar, None, why=why if rom else "not run: romulus did not run here")
+            if rom is None:
+                reason = "not run: romulus did not run here"
+            elif peer is None:
+                reason = _why_missing(doc, wl, ident, why)
+            else:
+                reason = why
+            t.add(key, what, bar, None, why=reason)
             continue
         them, their_op = best
         iv = speedup(
             rom["samples"][op], them["ops"][their_op]["seconds"], rom["bytes"] / them["nbytes"]
         )
         sides = f"romulus {op} vs {them['name']} {their_op}"
-        t.add(key, what, bar, iv, sides=sides, durability=f"{rom['durability']} vs -")
+        theirs = (them.get("facts") or {}).get("durability") or "-"
+        t.add(key, what, bar, iv, sides=sides, durability=f"{rom['durability']} vs {theirs}")
 
 
 register(
     Section(
         NAME,
-        "torch.save, safetensors, torch.save + AES-GCM + fsync on the same tensors",
+        "numpy.save, pickle, safetensors (+ AES-GCM + fsync by hand); torch.save and its "
+        "sealed twin where torch is installed; on the same tensors",
         20,
         contenders=contenders,
         targets=targets,
