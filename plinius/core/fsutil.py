@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -177,16 +178,162 @@ def atomic_write(path: StrPath, data: bytes, *, mode: int = 0o600, durable: bool
         f.write(data)
 
 
-def create_exclusive(path: StrPath, data: bytes, *, mode: int = 0o600) -> None:
-    """Create ``path`` holding ``data``; fails with ``FileExistsError`` if anything is there."""
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte of ``data`` at ``fd``'s position: ``os.write`` may write less than asked
+    (a full disk, ``RLIMIT_FSIZE``, more than 2 GiB in one call); the error that stops it
+    (``ENOSPC``, ``EFBIG``) is raised, never a short file reported written."""
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < view.nbytes:
+        n = os.write(fd, view[done : done + _WRITE_CHUNK])
+        if n <= 0:  # a regular file never writes nothing without an error: say so
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        done += n
+
+
+#: the most one ``write`` is asked for (Linux writes at most 2 GiB - 4 KiB per call anyway)
+_WRITE_CHUNK = 1 << 30
+
+
+def create_exclusive(path: StrPath, data: bytes | memoryview, *, mode: int = 0o600) -> None:
+    """Create ``path`` holding ``data``; fails with ``FileExistsError`` if anything is there.
+
+    Every byte is written and flushed, or the ``OSError`` that stopped it is raised and the
+    partial file removed. Not atomic: a kill between the create and the write leaves a short
+    file under ``path`` (:func:`link_new` of a complete file is, where hard links exist)."""
     p = check_path(path, "output")
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
+    except BaseException:
+        _remove_created(p, fd)
+        raise
     finally:
         os.close(fd)
     fsync_dir(os.path.dirname(os.path.abspath(p)))
+
+
+def _remove_created(path: str, fd: int) -> None:
+    """Remove the file this process just created at ``path`` (open as ``fd``), if it is still
+    that file (never another one put in its place)."""
+    with contextlib.suppress(OSError):
+        mine, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
+        if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
+            os.unlink(path)
+
+
+#: ``link`` errors of a file system without hard links (vfat, some FUSE and network mounts)
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV})
+
+
+def link_new(staged: StrPath, target: StrPath, *, mode: int = 0o600) -> None:
+    """Give the complete, flushed file ``staged`` the name ``target`` too, only if nothing has
+    that name (``FileExistsError``; a symlink there, even a dangling one, counts): a kill leaves
+    no file or the whole one under ``target``. The caller removes ``staged``.
+
+    A file system without hard links gets one exclusive create of the whole content instead
+    (:func:`create_exclusive`, ``mode``): every byte written or an error, but a kill during it
+    may leave a short file there. Any other ``OSError`` is raised as it is."""
+    t = check_path(target, "output")
+    try:
+        os.link(staged, t, follow_symlinks=False)
+    except OSError as exc:
+        if isinstance(exc, FileExistsError) or exc.errno not in _NO_HARD_LINKS:
+            raise
+        create_exclusive(t, read_regular(staged, "staged file", nofollow=True), mode=mode)
+        return
+    fsync_dir(os.path.dirname(os.path.abspath(t)))
+
+
+def _scratch_prefix(target: Path) -> str:
+    return f".{target.name[:40]}."
+
+
+#: what ``mkdtemp`` appends to the prefix
+_MKDTEMP_TAIL = re.compile(r"[a-z0-9_]{8}")
+
+
+@contextlib.contextmanager
+def scratch_beside(target: StrPath) -> Iterator[Path]:
+    """A private (0700) scratch directory ``.NAME.XXXXXXXX`` beside ``target``, for writing it
+    whole before :func:`link_new` gives it its name; removed with what it holds on exit.
+
+    While in use it is held by an ``flock`` on its descriptor. A kill leaves it behind (with
+    the plaintext it held): the next one made for the same name (the first 40 characters)
+    removes such stale directories first, those of this user that no live process holds, and
+    only their files (symlinks are removed, never followed; a subdirectory keeps it)."""
+    t = Path(check_path(target, "output"))
+    directory, prefix = t.parent, _scratch_prefix(t)
+    _remove_stale_scratch(directory, prefix)
+    for _ in range(100):
+        try:
+            scratch = tempfile.mkdtemp(prefix=prefix, dir=directory)
+        except FileNotFoundError:
+            raise NotFoundError(f"directory {directory} does not exist (writing {t})") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot write {t}: {exc.strerror}") from None
+        try:
+            fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # removed as stale by another export before we held it: make another
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits only for a cleaner that found it unheld
+        if os.fstat(fd).st_nlink == 0:  # ... and removed it: make another
+            os.close(fd)
+            continue
+        try:
+            yield Path(scratch)
+        finally:
+            _empty_dir(fd)
+            with contextlib.suppress(OSError):
+                os.rmdir(scratch)
+            os.close(fd)
+        return
+    raise ConfigError(f"cannot write {t}: no scratch directory beside it stayed ours")
+
+
+def _remove_stale_scratch(directory: Path, prefix: str) -> None:
+    """Remove the scratch directories ``prefix + XXXXXXXX`` in ``directory`` that a killed
+    :func:`scratch_beside` left: this user's, 0700, held by no live process."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return  # mkdtemp says what is wrong with the directory
+    try:
+        for name in os.listdir(dfd):
+            if not (name.startswith(prefix) and _MKDTEMP_TAIL.fullmatch(name[len(prefix) :])):
+                continue
+            try:
+                fd = os.open(
+                    name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd
+                )
+            except OSError:
+                continue  # a symlink, a file, gone: not a scratch directory of ours
+            try:
+                st = os.fstat(fd)
+                if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != 0o700:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # an export in progress
+                _empty_dir(fd)
+                with contextlib.suppress(OSError):
+                    there = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    if (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
+                        os.rmdir(name, dir_fd=dfd)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dfd)
+
+
+def _empty_dir(fd: int) -> None:
+    """Unlink every non-directory entry of the directory open as ``fd`` (never following)."""
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(fd):
+            with contextlib.suppress(OSError):
+                os.unlink(entry, dir_fd=fd)
 
 
 def private_dir(path: StrPath, what: str, *, create: bool = True) -> Path:

@@ -28,17 +28,20 @@ still open; their mirrors are then bounded by the machine's memory only, until t
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import stat
 import struct
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from plinius.core.errors import ConfigError, IntegrityError, NotFoundError, RollbackError
-from plinius.core.fsutil import check_path, create_exclusive, open_regular, private_dir
+from plinius.core.fsutil import check_path, link_new, open_regular, private_dir, write_all
 from plinius.enclave.platform import Platform
 from plinius.enclave.sealing import seal, unseal
 
@@ -189,18 +192,24 @@ class MirrorCounters:
         """The slot's state, or None if no mirror was ever committed to it on this platform.
 
         The record file is read every time (it is the one truth: another enclave instance, in
-        this process or another, may have written it since), but unsealed only when its bytes
-        are not exactly the ones this object last sealed or unsealed for the slot: then the
-        state kept in (trusted) memory is theirs."""
+        this process or another, may have written it since), under a shared ``flock`` (never
+        while another writes it), but unsealed only when its bytes are not exactly the ones this
+        object last sealed or unsealed for the slot: then the state kept in (trusted) memory is
+        theirs. An empty record (an older plinius killed between creating its first record and
+        writing it, before any mirror was written) holds no state."""
         with self._lock:
             fd = self._open(slot, os.O_RDONLY)
-            if fd is None:
+            raw = b""
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                    raw = self._read_fd(slot, fd)
+                finally:
+                    os.close(fd)
+            if not raw:
                 self._known.pop(slot, None)
                 return None
-            try:
-                return self._state_of(slot, self._read_fd(slot, fd))
-            finally:
-                os.close(fd)
+            return self._state_of(slot, raw)
 
     def _path(self, slot: str) -> str:
         path = self._paths.get(slot)
@@ -265,33 +274,74 @@ class MirrorCounters:
     ) -> SlotState | None:
         """Read the slot's record, ``change`` it (None: nothing to write) and write the new one
         through the same descriptor: one seal and one write, no unseal unless another writer
-        changed the file. Returns the state found (before the change)."""
+        changed the file. Returns the state found (before the change).
+
+        The read-modify-write holds an exclusive ``flock`` on the record, so two processes on
+        one slot (two trainers of a remote slot, which no backend lock serialises) take turns:
+        neither lowers ``high`` nor drops the other's pending stamp. The first record is made
+        whole under another name and linked in (:meth:`_create`): a kill leaves no record or a
+        complete one, and a record another process created first is changed, never replaced."""
         with self._lock:
-            opened = self._open(slot, os.O_RDWR)
-            fd = -1 if opened is None else opened
-            try:
-                raw = self._read_fd(slot, fd) if fd >= 0 else b""
-                state = self._state_of(slot, raw) if fd >= 0 else None
-                new = change(state)
-                if new is None:
-                    return state
-                blob = seal(self.platform, PLATFORM_MEASUREMENT, self._label(slot), new.pack())
-                if fd < 0:
-                    create_exclusive(self._path(slot), blob)  # durable (file and directory)
-                else:
+            while True:
+                fd = self._open(slot, os.O_RDWR)
+                if fd is None:
+                    new = change(None)
+                    if new is None:
+                        return None
+                    blob = seal(self.platform, PLATFORM_MEASUREMENT, self._label(slot), new.pack())
+                    if not self._create(slot, blob):
+                        continue  # another process created it meanwhile: change theirs
+                    self._known[slot] = (blob, new)
+                    return None
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed
+                    raw = self._read_fd(slot, fd)
+                    state = self._state_of(slot, raw) if raw else None
+                    new = change(state)
+                    if new is None:
+                        return state
+                    blob = seal(self.platform, PLATFORM_MEASUREMENT, self._label(slot), new.pack())
                     # Always the same size and far below one 512-byte sector: an in-place write
                     # is atomic on disk, and one fdatasync keeps the per-mirror cost to a single
-                    # flush. The size changes only when an older (shorter) record is upgraded.
+                    # flush. The size changes only when an older (shorter) record is upgraded,
+                    # or an empty one (an older plinius killed in its first create) is written.
                     os.pwrite(fd, blob, 0)
                     if len(raw) != len(blob):
                         os.ftruncate(fd, len(blob))
                     if durable:
                         os.fdatasync(fd)
-                self._known[slot] = (blob, new)
-                return state
-            finally:
-                if fd >= 0:
+                    self._known[slot] = (blob, new)
+                    return state
+                finally:
                     os.close(fd)
+
+    def _create(self, slot: str, blob: bytes) -> bool:
+        """Make the slot's first record: ``blob`` written and flushed under a temporary name in
+        the counter directory, then linked to the record's name (directory flushed) and the
+        temporary name removed. False: a record was there already (another creator's, kept).
+
+        A kill leaves no record or the whole one, never an empty record (at worst a stray
+        ``.SLOT.XXXXXXXX.tmp``, which nothing reads)."""
+        path = self._path(slot)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{slot}.", suffix=".tmp", dir=self.dir)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {self._what(slot)} {path}: {exc.strerror}") from None
+        try:
+            try:
+                write_all(fd, blob)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            link_new(tmp, path)  # never over a record; flushes the directory
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise ConfigError(f"cannot write {self._what(slot)} {path}: {exc.strerror}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return True
 
     def begin(self, slot: str, stamp: Stamp, extent: Extent | None = None) -> None:
         """Record a save in flight (and the ``extent`` of the mirror it writes): durable before

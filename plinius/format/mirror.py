@@ -483,6 +483,11 @@ class MirrorStore:
                     f"{what} is truncated: {nbytes} B, shorter than its {HEADER_SIZE} B header"
                 )
             raise NotAMirrorError(f"{what} is not a plinius mirror ({nbytes} B, no header)")
+        if data.nbytes < HEADER_SIZE:  # cut between the size probe and the read
+            raise TruncatedError(
+                f"{what} changed while it was read: {nbytes} B, then only {data.nbytes} B of "
+                f"its {HEADER_SIZE} B header came back"
+            )
         raw = bytes(data[:HEADER_SIZE])
         h = _Header(raw, *_HEADER.unpack(raw[: _HEADER.size]))
         if h.magic != MAGIC:

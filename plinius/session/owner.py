@@ -7,17 +7,14 @@ side, talking to the enclave only through its ecalls.
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from plinius.backends.base import Backend
 from plinius.core.crypto import Engine, make_engine
 from plinius.core.datasets import load_dataset
-from plinius.core.errors import ConfigError, NotFoundError, PliniusError
-from plinius.core.fsutil import check_path, create_exclusive, fsync_dir, private_dir
+from plinius.core.errors import ConfigError, PliniusError
+from plinius.core.fsutil import check_path, link_new, private_dir, scratch_beside
 from plinius.enclave.attestation import Quote, verify_quote
 from plinius.enclave.channel import EphemeralKey, wrap
 from plinius.enclave.counter import FreshnessGuard, MirrorCounters
@@ -132,37 +129,26 @@ def export_weights(opened: OpenedMirror, out: str | os.PathLike[str]) -> tuple[i
     """Write a Darknet mirror as a new ``.weights`` file (0600); (iteration, model label).
 
     Decrypting every record authenticates it, so this verifies too. Like the ``safetensors``
-    export, it never replaces anything at ``out`` (a file, a symlink): a ``ConfigError``."""
+    export, it never replaces anything at ``out`` (a file, a symlink): a ``ConfigError``. The
+    file is written whole in a private scratch directory beside ``out``, then linked in: a
+    kill leaves no file or the whole one at ``out``; the scratch directory a kill leaves (the
+    plaintext weights in it) is removed by the next export to that name."""
     net, info = network_from_opened(opened)
     target = Path(check_path(out, "output"))
-    try:
-        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name[:40]}.", dir=target.parent))
-    except FileNotFoundError:
-        raise NotFoundError(f"directory {target.parent} does not exist (writing {out})") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot write {out}: {exc.strerror}") from None
-    try:  # written whole beside the target (0700 directory), then linked in: never over a file
+    with scratch_beside(target) as scratch:
         staged = scratch / "weights"
         save_weights(net, staged)
         _link_new(staged, target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return info.iteration, str(info.meta["model"])
 
 
 def _link_new(staged: Path, target: Path) -> None:
     """Give the complete file ``staged`` the name ``target`` only if nothing has that name."""
-    exists = ConfigError(f"{target} exists: plinius export never overwrites, give a new path")
     try:
-        os.link(staged, target, follow_symlinks=False)
+        link_new(staged, target, mode=0o600)
     except FileExistsError:
-        raise exists from None
+        raise ConfigError(
+            f"{target} exists: plinius export never overwrites, give a new path"
+        ) from None
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
-            raise ConfigError(f"cannot write {target}: {exc.strerror}") from None
-        try:  # a file system without hard links: one exclusive create of the whole content
-            create_exclusive(target, staged.read_bytes(), mode=0o600)
-        except FileExistsError:
-            raise exists from None
-        return
-    fsync_dir(target.parent)
+        raise ConfigError(f"cannot write {target}: {exc.strerror}") from None

@@ -2,7 +2,8 @@
 
 Decrypting authenticates every record; the model tensors (layer 0, tied ones under every name
 ``state_dict`` gives them) are rebuilt in their torch dtypes from the raw records and the manifest,
-never unpickled. The file holds plaintext weights: created 0600, never over an existing file.
+never unpickled. The file holds plaintext weights: created 0600, never over an existing file,
+written whole beside it first (a kill leaves no file or the whole one under its name).
 """
 
 from __future__ import annotations
@@ -53,12 +54,20 @@ def write_safetensors(opened: OpenedMirror, path: str | os.PathLike[str]) -> int
         "plinius_version": str(opened.info.version),
     }
     data = save(tensors, metadata=meta)
+    target = fsutil.check_path(path, "output")
     try:
-        fsutil.create_exclusive(path, data, mode=0o600)
+        # written whole and flushed in a private scratch directory beside the target, then
+        # linked in (never over a file): a kill or a full disk leaves nothing under the name
+        with fsutil.scratch_beside(target) as scratch:
+            staged = scratch / "model.safetensors"
+            fsutil.create_exclusive(staged, data, mode=0o600)
+            fsutil.link_new(staged, target, mode=0o600)
     except FileExistsError:
         raise ConfigError(
             f"{path} exists: plinius export never overwrites, give a new path"
         ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
     return len(data)
 
 

@@ -129,7 +129,7 @@ def test_bench_quick_every_section(tmp_path: Path) -> None:
     assert why in doc["sections"]["torch"]["error"]
     from plinius.lab.bench.peers import peers_unavailable
 
-    # the peers need torch and safetensors (the bench extra, on the Python 3.11 envs)
+    # numpy, pickle and safetensors' numpy API need nothing more; torch adds its peers
     assert status.pop("peers") == ("ok" if peers_unavailable() is None else "skipped")
     assert status == {
         s: "ok" for s in ("save", "limits", "engines", "sps", "fio", "batch", "overhead")

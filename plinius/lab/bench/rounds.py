@@ -118,6 +118,8 @@ def _every(k: int, tick: Callable[[], None] | None) -> Callable[[], None]:
 def _recording(c: Contender, order: list[list[str]]) -> Contender:
     """``c`` whose first operation of each round appends its name to ``order`` (one list per
     round), so the report shows the interleaving and rotation that really ran."""
+    if not c.ops:  # a contender recorded as not run: nothing runs, nothing to record
+        return c
     first = c.ops[0]
     inner = c.run
     calls = 0
