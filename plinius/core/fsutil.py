@@ -3,9 +3,11 @@
 The threat model hands every storage path to an attacker, who may plant symlinks, FIFOs,
 directories or devices where plinius expects a file, or predict a temporary name and race it.
 Everything plinius creates goes through :func:`atomic_write` (``mkstemp`` in the target
-directory, ``O_EXCL``, fsync, rename, directory fsync) or :func:`create_exclusive`; everything it
-reads goes through :func:`read_regular` / :func:`open_regular` (``O_NOFOLLOW`` where asked,
-``O_NONBLOCK`` so a FIFO cannot hang us, then an ``fstat`` check that it is a regular file).
+directory, ``O_EXCL``, fsync, rename, directory fsync), :func:`create_exclusive` (every byte
+written, or the error and no file) or :func:`link_new` (a whole file linked in where nothing has
+the name, from a :func:`scratch_beside` directory for exports); everything it reads goes
+through :func:`read_regular` / :func:`open_regular` (``O_NOFOLLOW`` where asked, ``O_NONBLOCK``
+so a FIFO cannot hang us, then an ``fstat`` check that it is a regular file).
 """
 
 from __future__ import annotations

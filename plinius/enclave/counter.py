@@ -40,12 +40,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from plinius.core.errors import ConfigError, IntegrityError, NotFoundError, RollbackError
+from plinius.core.errors import (
+    ConfigError,
+    IntegrityError,
+    NotFoundError,
+    PliniusError,
+    RollbackError,
+)
 from plinius.core.fsutil import check_path, link_new, open_regular, private_dir, write_all
 from plinius.enclave.platform import Platform
 from plinius.enclave.sealing import seal, unseal
+from plinius.format.mirror import ID_BYTES
 
-ID_BYTES = 16
 PLATFORM_MEASUREMENT = hashlib.sha256(b"plinius platform counter service").digest()
 _MAGIC_V1 = b"PLNSLOT1"
 _MAGIC = b"PLNSLOT2"
@@ -334,6 +340,8 @@ class MirrorCounters:
             finally:
                 os.close(fd)
             link_new(tmp, path)  # never over a record; flushes the directory
+        except PliniusError:
+            raise  # (NotFoundError is an OSError too)
         except FileExistsError:
             return False
         except OSError as exc:

@@ -146,6 +146,8 @@ def _link_new(staged: Path, target: Path) -> None:
     """Give the complete file ``staged`` the name ``target`` only if nothing has that name."""
     try:
         link_new(staged, target, mode=0o600)
+    except PliniusError:
+        raise  # (NotFoundError is an OSError too)
     except FileExistsError:
         raise ConfigError(
             f"{target} exists: plinius export never overwrites, give a new path"

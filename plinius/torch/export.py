@@ -13,7 +13,7 @@ import os
 import torch
 
 from plinius.core import fsutil
-from plinius.core.errors import ConfigError
+from plinius.core.errors import ConfigError, PliniusError
 from plinius.format.mirror import OpenedMirror
 from plinius.torch.codec import dtype_from_name
 from plinius.torch.state import KIND, MODEL
@@ -62,6 +62,8 @@ def write_safetensors(opened: OpenedMirror, path: str | os.PathLike[str]) -> int
             staged = scratch / "model.safetensors"
             fsutil.create_exclusive(staged, data, mode=0o600)
             fsutil.link_new(staged, target, mode=0o600)
+    except PliniusError:
+        raise  # (NotFoundError is an OSError too)
     except FileExistsError:
         raise ConfigError(
             f"{path} exists: plinius export never overwrites, give a new path"

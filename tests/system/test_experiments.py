@@ -23,12 +23,18 @@ def test_crash_test_quick(tmp_path: Path) -> None:
     doc = json.loads(res.stdout)
     r = doc["result"]
     assert r["exact_resume"] is True
-    assert r["resilient"]["kills"] == 3 and r["nonresilient"]["kills"] == 3
+    assert len(r["kill_marks"]) == 3
+    for run in ("resilient", "nonresilient"):
+        # never more kills than planned; a busy machine may see a run finish between its last
+        # planned mark and the kill (the kill lands at a random moment of the next iteration),
+        # so the last one may miss: how many land must not depend on the machine's speed
+        assert 2 <= r[run]["kills"] <= 3
     assert r["baseline"]["kills"] == 0
     assert r["resilient"]["iterations_executed"] <= 60 + 3
     assert r["nonresilient"]["iterations_executed"] > 60
     kinds = [e["kind"] for e in r["resilient"]["events"]]
-    assert kinds[0] == "start" and kinds[-1] == "exit" and kinds.count("kill") == 3
+    assert kinds[0] == "start" and kinds[-1] == "exit"
+    assert kinds.count("kill") == r["resilient"]["kills"]
     assert all(e["t"] >= 0 for e in r["resilient"]["events"])
     assert (tmp_path / "crash.png").stat().st_size > 10_000
     assert "Exact resume" in (tmp_path / "report.md").read_text()
