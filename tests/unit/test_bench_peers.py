@@ -370,8 +370,8 @@ def _samples(center: float, seed: int) -> list[float]:
 
 
 def _peer_doc(peers: dict[str, tuple[float, dict[str, Any]]]) -> dict[str, Any]:
-    """A run's document at size-64: romulus saving in 10 ms, and ``peers`` (id -> save
-    seconds, facts)."""
+    """A run's document at size-64: romulus (RAM) and romulus?mode=msync (the disk) saving in
+    10 ms, and ``peers`` (id -> save seconds, facts)."""
     nbytes = 64 << 20
     rom = {
         "instance": "romulus",
@@ -399,9 +399,10 @@ def _peer_doc(peers: dict[str, tuple[float, dict[str, Any]]]) -> dict[str, Any]:
                 "errors": [],
             }
         )
+    msync = {**rom, "instance": "romulus?mode=msync", "durability": "power-fail"}
     return {
         "workloads": [{"workload": "size-64", "full": True, "not_run": {}}],
-        "results": [rom],
+        "results": [rom, msync],
         "contenders": contenders,
     }
 
@@ -419,8 +420,9 @@ def test_numpy_aes_fsync_target_is_reported_and_torch_targets_say_why_not() -> N
     numpy_aes = rows["save_vs_numpy_aes_fsync_ssd"]
     assert numpy_aes["verdict"] == "reported" and numpy_aes["bar"] == "no target"
     assert 15 < numpy_aes["measured"] < 25  # 200 ms against 10 ms
-    assert numpy_aes["sides"] == "romulus save vs numpy.save+aes-gcm+fsync (ssd) save"
-    assert numpy_aes["durability"] == "process-crash vs power-fail"
+    # against the romulus instance of the peer's own durability: never across levels
+    assert numpy_aes["sides"] == "romulus?mode=msync save vs numpy.save+aes-gcm+fsync (ssd) save"
+    assert numpy_aes["durability"] == "power-fail vs power-fail"
     # the existing targets keep their meaning: against the torch peers, here not run and why
     for key, ident in (
         ("save_vs_safetensors_tmpfs", "safetensors@tmpfs"),

@@ -88,30 +88,35 @@ TARGETS: tuple[tuple[str, str, float | None, str, str], ...] = (
 )
 
 
+#: the romulus instances a peer is compared with: the one of the peer's own durability
+ROMULUS = ("romulus", "romulus?mode=msync")
+
+
 def targets(doc: Mapping[str, Any], t: TargetTable) -> None:
+    """Each bar against the romulus instance of the peer's own durability (RAM against RAM,
+    fsynced disk against the pool msynced to the disk): never a ratio across levels."""
     wl = target_workload(doc)
-    rom = row_at(doc, wl, "romulus")
+    roms = [r for r in (row_at(doc, wl, name) for name in ROMULUS) if r is not None]
     why = why_not(doc, wl, NAME, "not run: no peers at this workload")
     for key, what, bar, ident, op in TARGETS:
         peer = by_id(doc, wl, NAME, ident)
         best = None
         if peer is not None:
             best = fastest([peer], ["save"] if op == "save" else _restore_ops(peer))
+        theirs = ((best[0].get("facts") or {}).get("durability") if best else None) or "-"
+        rom = next((r for r in roms if r["durability"] == theirs), None)
         if rom is None or best is None:
-            if rom is None:
-                reason = "not run: romulus did not run here"
-            elif peer is None:
-                reason = _why_missing(doc, wl, ident, why)
+            if best is None:
+                reason = _why_missing(doc, wl, ident, why) if peer is None else why
             else:
-                reason = why
+                reason = f"not run: no romulus instance of the peer's durability ({theirs}) here"
             t.add(key, what, bar, None, why=reason)
             continue
         them, their_op = best
         iv = speedup(
             rom["samples"][op], them["ops"][their_op]["seconds"], rom["bytes"] / them["nbytes"]
         )
-        sides = f"romulus {op} vs {them['name']} {their_op}"
-        theirs = (them.get("facts") or {}).get("durability") or "-"
+        sides = f"{rom['instance']} {op} vs {them['name']} {their_op}"
         t.add(key, what, bar, iv, sides=sides, durability=f"{rom['durability']} vs {theirs}")
 
 
