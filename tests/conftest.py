@@ -1,4 +1,5 @@
-"""Shared fixtures: crypto engines, and RAM-backed scratch directories under /dev/shm."""
+"""Shared fixtures: crypto engines, RAM-backed scratch directories under /dev/shm, and a key
+with a committed mirror made by the real CLI (system tests only)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from plinius.core.crypto import ENGINES
+from plinius.core.crypto import ENGINES, generate_key, write_key_file
 
 #: The test pyramid: ``tests/unit/`` (in-process: no subprocess, no server; checked by
 #: ``tests/unit/test_unit_purity.py``), ``tests/system/`` (real processes, servers, kills) and
@@ -68,3 +69,35 @@ def shm_dir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="plinius-test-", dir="/dev/shm"))
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def darknet_mirror(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """``{"key": KEY FILE, "spec": BACKEND SPEC}``: a new owner key and a mirror of ``tiny``
+    committed by ``plinius train`` (2 iterations) in tmpfs, removed after the module.
+
+    It runs the real CLI: for ``tests/system/`` and ``tests/security/`` only (the unit tier
+    stays in-process, see ``tests/unit/test_unit_purity.py``)."""
+    if TESTS / "unit" in Path(str(request.path)).resolve().parents:
+        pytest.fail("darknet_mirror runs plinius in subprocesses: not for tests/unit/")
+    from cli_runner import run_cli
+
+    root = tmp_path_factory.mktemp("darknet-mirror")
+    shm = Path(tempfile.mkdtemp(prefix="plinius-test-mirror-", dir="/dev/shm"))
+    key = root / "owner.key"
+    write_key_file(key, generate_key())
+    data = root / "data.pld"
+    res = run_cli("owner", "encrypt-data", "--key-file", str(key), "--out", str(data))
+    assert res.returncode == 0, res.stderr
+    spec = f"tmpfs:{shm / 'm'}"
+    try:
+        res = run_cli(
+            "train", "--model", "tiny", "--backend", spec, "--key-file", str(key),
+            "--data", str(data), "--iterations", "2",
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        yield {"key": str(key), "spec": spec}
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)

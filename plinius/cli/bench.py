@@ -17,6 +17,7 @@ import importlib.util
 import json
 import math
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from plinius.core.errors import ConfigError
 from plinius.core.units import parse_size
 from plinius.lab.bench.answer import markdown as render_answer
 from plinius.lab.bench.contenders import DEFAULT_ROUNDS
+from plinius.lab.bench.contention import Extension
 from plinius.lab.bench.render import (
     CONSOLE_SAVE_COLUMNS,
     ENGINE_COLUMNS,
@@ -87,6 +89,9 @@ DEFAULT_STEP_S = 1.0
 DEFAULT_EVERY = 100
 #: what the answer runs: the backends and, where installed, what users do instead
 ANSWER_SECTIONS = ("save", "peers")
+#: the answer's rounds end by this many seconds after the start, extended or not (the 3 minutes
+#: the whole answer may take, less the set-up and the report)
+ANSWER_BUDGET_S = 150.0
 
 
 def register(sub: Any) -> None:
@@ -153,6 +158,14 @@ def register(sub: Any) -> None:
         type=int_arg(1, 1000),
         help=f"interleaved rounds: every backend, peer and limit once per round, order rotated "
         f"(default {DEFAULT_ROUNDS}, quick {QUICK_ROUNDS})",
+    )
+    p.add_argument(
+        "--max-rounds",
+        type=int_arg(1, 1000),
+        help="while the machine is contended (load above the cores, CPU steal, a slowed CPU "
+        "probe), go on up to this many rounds so intervals can still separate (default: twice "
+        f"--rounds for the answer, within {ANSWER_BUDGET_S:g} s of the start; --rounds with "
+        "--paper)",
     )
     p.add_argument(
         "--workloads",
@@ -348,7 +361,19 @@ def _answer_mode(args: argparse.Namespace) -> bool:
     return not paper
 
 
+def _extension(args: argparse.Namespace, answer: bool, repeats: int, t0: float) -> Extension:
+    """How far a contended run may extend its rounds (:mod:`plinius.lab.bench.contention`)."""
+    if args.max_rounds is not None:
+        if args.max_rounds < repeats:
+            raise ConfigError(f"--max-rounds {args.max_rounds}: at least --rounds ({repeats})")
+        return Extension(args.max_rounds, t0 + ANSWER_BUDGET_S if answer else None)
+    if answer:
+        return Extension(2 * repeats, t0 + ANSWER_BUDGET_S)
+    return Extension(repeats)
+
+
 def run(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
     load_before = load_average()
     cpu_before = cpu_times()
     answer = _answer_mode(args)
@@ -363,6 +388,7 @@ def run(args: argparse.Namespace) -> int:
         if args.repeats is not None
         else (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
     )
+    extension = _extension(args, answer, repeats, t0)
     sections = _sections(args.only, args.skip)
     if answer and args.only is None:
         sections = tuple(s for s in sections if s in ANSWER_SECTIONS)
@@ -382,10 +408,24 @@ def run(args: argparse.Namespace) -> int:
         if entry["instance"] in runs_on:
             entry["durability"] = runs_on[entry["instance"]]["durability"]
             entry["emulated"] = runs_on[entry["instance"]]["emulated"]
-    opts = SuiteOptions(plan, sizes, repeats, engine, args.quick, sections, workloads=workloads)
+    opts = SuiteOptions(
+        plan,
+        sizes,
+        repeats,
+        engine,
+        args.quick,
+        sections,
+        workloads=workloads,
+        extension=extension,
+    )
     with progress_bar("bench", console, args.json) as bar:
         task = bar.add_task("bench", total=total_steps(opts))
-        doc = run_suite(opts, tick=lambda: bar.advance(task))
+
+        def grow(n: int) -> None:
+            now = next(t for t in bar.tasks if t.id == task)
+            bar.update(task, total=(now.total or 0) + n)
+
+        doc = run_suite(opts, tick=lambda: bar.advance(task), grow=grow)
     doc = {
         "schema": SCHEMA,
         "provenance": provenance(engine.name, load_before),

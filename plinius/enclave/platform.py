@@ -18,6 +18,7 @@ service).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -26,8 +27,14 @@ from Crypto.Protocol.KDF import HKDF
 from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
-from plinius.core.errors import ConfigError, NotFoundError
-from plinius.core.fsutil import create_exclusive, private_dir, read_regular
+from plinius.core.errors import ConfigError, NotFoundError, PliniusError
+from plinius.core.fsutil import (
+    create_exclusive,
+    link_new,
+    private_dir,
+    read_regular,
+    scratch_beside,
+)
 
 FUSE_BYTES = 32
 
@@ -160,18 +167,32 @@ class SimulatedPlatform:
             ) from None
 
     @staticmethod
-    def _load_or_create(path: Path, make: object) -> bytes:
+    def _load_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
+        """The platform file ``path``, created with ``make()`` when there is none.
+
+        A new file appears under its name only whole: written and flushed in a private scratch
+        directory beside it, then linked in (never over a file). A kill leaves no file or the
+        whole one, never an empty or partial secret; the scratch directory it may leave is
+        removed by the next creation of that file. Another process that created it first
+        wins: its file is used."""
         what = "platform file"
         try:
             return read_regular(path, what, nofollow=True, max_bytes=1 << 16)
         except NotFoundError:
             pass
-        data = make()  # type: ignore[operator]
+        data = make()
         try:
-            create_exclusive(path, data)
+            with scratch_beside(path) as scratch:
+                staged = scratch / path.name
+                create_exclusive(staged, data)
+                link_new(staged, path)
         except FileExistsError:  # another process created it first: use theirs
             return read_regular(path, what, nofollow=True, max_bytes=1 << 16)
-        return bytes(data)
+        except PliniusError:
+            raise  # (NotFoundError is an OSError too)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {what} {path}: {exc.strerror}") from None
+        return data
 
     kind = "simulated"
 

@@ -22,6 +22,7 @@ from plinius.lab.profiles import (
     default_backends,
     default_instances,
     default_spec,
+    profile,
     root_dir,
 )
 
@@ -111,6 +112,34 @@ def unique_labels(plan: list[InstancePlan]) -> list[InstancePlan]:
         raise ConfigError(
             "two backend instances would share a label: " + ", ".join(p.label for p in out)
         )
+    return out
+
+
+def modelled(plan: list[InstancePlan]) -> dict[str, str]:
+    """``{model's label: label of the instance it delays}`` for every device model of ``plan``
+    (an instance with its profile's ``model_option``), whoever gave it a role; the value is ""
+    when the modelled instance (same backend, root and options, without the model) is not in
+    the plan."""
+    out: dict[str, str] = {}
+    for p in plan:
+        opt = profile(p.name).model_option
+        opts = dict(p.options)
+        if opt is None or opts.get(opt, "none") == "none":
+            continue
+        base = {k: v for k, v in opts.items() if k != opt}
+        twin = next(
+            (
+                q
+                for q in plan
+                if q.name == p.name
+                and dict(q.options) == base
+                and q.spec is None
+                and p.spec is None
+                and q.root_kind() == p.root_kind()
+            ),
+            None,
+        )
+        out[p.label] = twin.label if twin else ""
     return out
 
 

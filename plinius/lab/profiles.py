@@ -163,6 +163,10 @@ class Profile:
     fio_engine: FioEngine = _plain_file_engine
     #: (emulated?, notes) when fio measures a mount on the backend's behalf
     fio_facts: FioFacts = file_facts
+    #: the option that makes an instance a *model* of another device (it only adds delays to
+    #: the same instance without the option, which is what it is compared with); "none" as
+    #: its value means no model
+    model_option: str | None = None
 
 
 def _planned(role: str, **how: Any) -> InstancePlan:
@@ -193,6 +197,7 @@ PROFILES: dict[str, Profile] = {
         ),
         fio_engine=pm_engine,
         fio_facts=pm_facts,
+        model_option="device",
     ),
     "tmpfs": Profile(marker="s", order=20, instances=(_planned("file in RAM, no fsync"),)),
     "dax": Profile(

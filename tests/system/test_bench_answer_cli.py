@@ -45,6 +45,7 @@ def test_the_answer_run_opens_the_report(tmp_path: Path) -> None:
         (["--mirror-size", "10M", "--workload", "resnet50"], "give one"),
         (["--workload", "nosuch"], "unknown workload"),
         (["--step-time", "0"], "--step-time"),
+        (["--rounds", "5", "--max-rounds", "3"], "--max-rounds 3: at least --rounds (5)"),
     ],
 )
 def test_bad_answer_flags_are_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -52,6 +53,25 @@ def test_bad_answer_flags_are_one_line(tmp_path: Path, args: list[str], needle: 
     assert res.returncode == 2 and needle in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_a_device_model_named_in_backends_is_compared_with_its_pool(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = run_cli(
+        "bench", "--mirror-size", "4M", "--backends", "romulus,romulus?device=optane-1dimm",
+        "--rounds", "3", "--out", str(out),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((out / "results.json").read_text())
+    model = next(r for r in doc["results"] if r["instance"] == "romulus?device=optane-1dimm")
+    assert model["models"] == "romulus" and model["save_breakdown"]["model_wait_s"] > 0
+    plain = next(r for r in doc["results"] if r["instance"] == "romulus")
+    assert plain["models"] is None and "model_wait_s" not in plain["save_breakdown"]
+    target = next(t for t in doc["targets"] if t["id"] == "save_pm_device_vs_romulus")
+    assert target["verdict"] != "not run" and target["interval"]
+    head = "\n".join((out / "report.md").read_text().splitlines()[:60])
+    assert "a model of real PM, compare with `romulus`; it waited" in head
+    assert "**Recommendation (process-crash)**: `romulus` (the only option measured)" in head
 
 
 def test_without_matplotlib_the_run_says_so_once_and_still_writes(tmp_path: Path) -> None:

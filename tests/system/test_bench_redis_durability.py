@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from needs import require
 
 from plinius.backends import open_backend
 from plinius.backends.fsinfo import mount_of
@@ -20,15 +21,13 @@ def test_default_redis_instances_have_their_aof_where_their_durability_says(
 ) -> None:
     disk = tmp_path / "disk"
     disk.mkdir()
-    if mount_of(disk).volatile:
-        pytest.skip(f"{disk} is RAM-backed here: no disk to put an AOF on")
+    volatile = mount_of(disk).volatile
+    require(f"{disk} is RAM-backed here: no disk to put an AOF on" if volatile else None)
     monkeypatch.setenv("PLINIUS_SHM_DIR", str(shm_dir))
     monkeypatch.setenv("PLINIUS_DISK_DIR", str(disk))
     plan = [p for p in default_plan() if p.name == "redis"]
     assert [p.label for p in plan] == ["redis", "redis@disk"]
-    why = probe(plan[0])
-    if why:
-        pytest.skip(why)
+    require(probe(plan[0]))
     want = {"redis": (shm_dir, "process-crash"), "redis@disk": (disk, "power-fail")}
     seen = {}
     with plan_instances(plan) as pairs:

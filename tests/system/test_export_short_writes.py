@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import cli_argv, run_cli
+from needs import import_torch
 
 from plinius.core.crypto import generate_key, write_key_file
 
@@ -77,7 +78,7 @@ def test_create_exclusive_on_a_full_disk_raises_and_leaves_no_file(tmp_path: Pat
 @pytest.fixture(scope="module")
 def torch_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A key and a committed TorchMirror of a 64x64 linear model (16 KiB of weights)."""
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     from plinius.torch import TorchMirror
 
     root = tmp_path_factory.mktemp("export-torch")
@@ -135,28 +136,6 @@ def test_killed_safetensors_export_leaves_no_file_and_is_cleaned_up(
     assert res.returncode == 0, res.stderr
     assert out.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
-
-
-@pytest.fixture(scope="module")
-def darknet_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A key and a committed mirror of ``tiny`` (2 iterations) in tmpfs."""
-    root = tmp_path_factory.mktemp("export-darknet")
-    shm = Path(tempfile.mkdtemp(prefix="plinius-test-export-", dir="/dev/shm"))
-    key = root / "owner.key"
-    write_key_file(key, generate_key())
-    data = root / "data.pld"
-    res = run_cli("owner", "encrypt-data", "--key-file", str(key), "--out", str(data))
-    assert res.returncode == 0, res.stderr
-    spec = f"tmpfs:{shm / 'm'}"
-    try:
-        res = run_cli(
-            "train", "--model", "tiny", "--backend", spec, "--key-file", str(key),
-            "--data", str(data), "--iterations", "2",
-        )  # fmt: skip
-        assert res.returncode == 0, res.stderr
-        yield {"key": str(key), "spec": spec}
-    finally:
-        shutil.rmtree(shm, ignore_errors=True)
 
 
 def test_killed_weights_export_leaves_a_scratch_the_next_export_removes(

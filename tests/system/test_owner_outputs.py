@@ -8,13 +8,11 @@ mirror is and the way out instead of "no sections: expected [net]".
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
+from needs import import_torch
 
 from plinius.backends.registry import open_backend
 from plinius.core.crypto import generate_key, make_engine, read_key_file, write_key_file
@@ -23,28 +21,6 @@ from plinius.enclave.platform import open_platform
 from plinius.session.owner import export_weights, open_owned
 
 OLD = b"the owner's earlier export, never to be replaced\n"
-
-
-@pytest.fixture(scope="module")
-def darknet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A key and a committed mirror of ``tiny`` (3 iterations) in tmpfs."""
-    root = tmp_path_factory.mktemp("owner-outputs")
-    shm = Path(tempfile.mkdtemp(prefix="plinius-test-outputs-", dir="/dev/shm"))
-    key = root / "owner.key"
-    write_key_file(key, generate_key())
-    data = root / "data.pld"
-    res = run_cli("owner", "encrypt-data", "--key-file", str(key), "--out", str(data))
-    assert res.returncode == 0, res.stderr
-    spec = f"tmpfs:{shm / 'm'}"
-    try:
-        res = run_cli(
-            "train", "--model", "tiny", "--backend", spec, "--key-file", str(key),
-            "--data", str(data), "--iterations", "3",
-        )  # fmt: skip
-        assert res.returncode == 0, res.stderr
-        yield {"key": str(key), "spec": spec}
-    finally:
-        shutil.rmtree(shm, ignore_errors=True)
 
 
 def one_line(stderr: str) -> str:
@@ -56,7 +32,7 @@ def one_line(stderr: str) -> str:
 @pytest.mark.parametrize("flag", ["--weights", "--safetensors"])
 @pytest.mark.parametrize("planted", ["file", "symlink"])
 def test_export_never_overwrites(
-    darknet: dict[str, str], tmp_path: Path, flag: str, planted: str
+    darknet_mirror: dict[str, str], tmp_path: Path, flag: str, planted: str
 ) -> None:
     """An existing file (or a symlink, even a dangling one) at the output is one line, exit 2,
     and stays exactly as it was; a new path then exports."""
@@ -66,9 +42,8 @@ def test_export_never_overwrites(
         out.write_bytes(OLD)
     else:
         os.symlink(target, out)
-    res = run_cli(
-        "export", "--backend", darknet["spec"], "--key-file", darknet["key"], flag, str(out)
-    )
+    owned = ("--backend", darknet_mirror["spec"], "--key-file", darknet_mirror["key"])
+    res = run_cli("export", *owned, flag, str(out))
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert "exists" in one_line(res.stderr) and "never overwrites" in res.stderr
     if planted == "file":
@@ -77,22 +52,21 @@ def test_export_never_overwrites(
         assert os.readlink(out) == str(target) and not target.exists()
     if flag == "--weights":
         fresh = tmp_path / "new.weights"
-        argv = ["--backend", darknet["spec"], "--key-file", darknet["key"], flag, str(fresh)]
-        res = run_cli("export", *argv)
+        res = run_cli("export", *owned, flag, str(fresh))
         assert res.returncode == 0, res.stderr
         assert fresh.stat().st_mode & 0o777 == 0o600
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_export_weights_itself_refuses_an_existing_file(
-    darknet: dict[str, str], tmp_path: Path
+    darknet_mirror: dict[str, str], tmp_path: Path
 ) -> None:
     """The library's way out keeps the promise too (a file made between the CLI's check and
     the write): no replacement, no temporary file left behind."""
     out = tmp_path / "raced.weights"
     out.write_bytes(OLD)
-    engine = make_engine(read_key_file(darknet["key"]))
-    with open_backend(darknet["spec"], create="never") as backend:
+    engine = make_engine(read_key_file(darknet_mirror["key"]))
+    with open_backend(darknet_mirror["spec"], create="never") as backend:
         opened = open_owned(backend, engine, open_platform(create=False))
         with pytest.raises(ConfigError, match="exists: plinius export never overwrites"):
             export_weights(opened, out)
@@ -101,9 +75,7 @@ def test_export_weights_itself_refuses_an_existing_file(
 
 
 def test_infer_on_a_pytorch_mirror_says_what_it_is(shm_dir: Path, tmp_path: Path) -> None:
-    torch = pytest.importorskip(
-        "torch", reason="torch==2.13.0 is installed only in the Python 3.11 envs"
-    )
+    torch = import_torch()
     from plinius.torch import TorchMirror
 
     key = tmp_path / "owner.key"

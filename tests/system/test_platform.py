@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,7 @@ from cli_runner import run_cli, train_args
 
 from plinius.core.crypto import generate_key, write_key_file
 from plinius.core.errors import ConfigError
-from plinius.enclave.platform import Platform, SimulatedPlatform, open_platform
+from plinius.enclave.platform import FUSE_BYTES, Platform, SimulatedPlatform, open_platform
 
 
 def test_specs_name_the_simulated_cpu_or_fail_in_one_line(
@@ -50,3 +54,73 @@ def test_train_and_verify_on_a_platform_given_by_spec(tmp_path: Path) -> None:
     assert other.returncode == 2  # the default CPU never committed this mirror
     bad = run_cli("verify", "--backend", spec, "--key-file", str(key), "--platform", "x", env=env)
     assert bad.returncode == 2 and "unknown kind 'x'" in bad.stderr
+
+
+# The child opens a new simulated CPU and SIGKILLs itself at its first write of the platform file
+# ``argv[2]`` (its own name or a staged copy of it), before a byte of it is written: what a crash
+# between the file's creation and its write leaves behind.
+KILLED_AT_WRITE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from plinius.enclave.platform import SimulatedPlatform
+
+    cpu, name = Path(sys.argv[1]), sys.argv[2]
+    real = os.write
+
+    def write(fd, data):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path.startswith(str(cpu) + os.sep) and os.path.basename(path) == name:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(fd, data)
+
+    os.write = write
+    SimulatedPlatform(cpu, state_dir=Path(sys.argv[3]))
+    print("not killed")
+    """
+)
+
+
+@pytest.mark.parametrize("name", ["fuse.key", "quoting.pem"])
+def test_a_kill_while_a_platform_key_is_written_leaves_no_partial_key(
+    tmp_path: Path, name: str
+) -> None:
+    """Killed between a key file's creation and its write: no file under its name (an empty
+    root secret used to be left there, and every later open refused the platform as damaged);
+    the next open creates a whole one, and the staged copy the kill left is removed."""
+    cpu, state = tmp_path / "cpu", tmp_path / "state"
+    res = subprocess.run(
+        [sys.executable, "-c", KILLED_AT_WRITE, str(cpu), name, str(state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert res.returncode == -signal.SIGKILL, (res.returncode, res.stdout, res.stderr)
+    assert not os.path.lexists(cpu / name)  # no key at all, never an empty or partial one
+    p = SimulatedPlatform(cpu, state_dir=state)
+    assert len((cpu / "fuse.key").read_bytes()) == FUSE_BYTES
+    assert p.derive(b"x", bytes(32)) == SimulatedPlatform(cpu, state_dir=state).derive(
+        b"x", bytes(32)
+    )
+    assert len(p.sign_quote(b"body")) == 64
+    assert sorted(os.listdir(cpu)) == ["fuse.key", "quoting.pem"]  # the staged copy is gone
+
+
+@pytest.mark.parametrize(("name", "left"), [("fuse.key", b""), ("quoting.pem", b"-----BEGIN")])
+def test_a_partial_key_an_older_plinius_left_is_refused_in_one_line(
+    tmp_path: Path, name: str, left: bytes
+) -> None:
+    """What the two-step creation of older versions left after a kill is never used as a key:
+    the open refuses in one line naming the file, and leaves it as it is."""
+    cpu, state = tmp_path / "cpu", tmp_path / "state"
+    cpu.mkdir(mode=0o700)
+    if name == "quoting.pem":
+        SimulatedPlatform(cpu, state_dir=state)
+        (cpu / name).unlink()
+    (cpu / name).write_bytes(left)
+    os.chmod(cpu / name, 0o600)
+    with pytest.raises(ConfigError, match="the platform location is damaged") as err:
+        SimulatedPlatform(cpu, state_dir=state)
+    assert str(cpu / name) in str(err.value) and "\n" not in str(err.value)
+    assert (cpu / name).read_bytes() == left

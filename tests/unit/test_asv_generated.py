@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from needs import require
 
 from plinius.core.crypto import available_engines, make_engine
 from plinius.lab.bench.registry import SuiteOptions, WorkloadContext, section, sections
@@ -118,9 +119,7 @@ def test_ids_are_those_of_the_contenders_really_built(
     roots: dict[str, Path],
     bench: ModuleType,
 ) -> None:
-    why = _unavailable(name)
-    if why:
-        pytest.skip(why)
+    require(_unavailable(name), torch=name == "torch")
     # the plan without its optional instances (a redis-server, the PM device model)
     plan = [p for p in default_plan() if not p.optional]
     opts = SuiteOptions(plan=plan, sizes=[1.0], repeats=1, engine=make_engine(KEY, engine))

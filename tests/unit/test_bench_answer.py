@@ -23,6 +23,7 @@ def _row(instance: str, durability: str, save: float, spread: float, **kw: Any) 
         "durability": durability,
         "emulated": kw.get("emulated", False),
         "role": kw.get("role", ""),
+        "models": kw.get("models"),
         "model": WL,
         "model_mb": 50,
         "bytes": MB,
@@ -59,7 +60,7 @@ def test_levels_are_never_ranked_against_each_other_and_a_model_never_wins() -> 
     doc = _doc(
         [
             _row("romulus", "process-crash", 0.030, 0.05, emulated=True),
-            _row("optane", "process-crash", 0.010, 0.05, role="PM device model"),
+            _row("optane", "process-crash", 0.010, 0.05, models="romulus"),
             _row("ssd", "power-fail", 0.120, 0.05),
         ]
     )
@@ -70,7 +71,7 @@ def test_levels_are_never_ranked_against_each_other_and_a_model_never_wins() -> 
     text = "\n".join(page)
     assert "Cost of durability" in text and "4.0×" in text  # the one labelled cross-level line
     assert text.count("Cost of durability") == 1
-    assert "*(emulated)*" in text and "a model of real PM" in text
+    assert "*(emulated)*" in text and "a model of real PM, compare with `romulus`" in text
 
 
 def test_the_answer_fits_one_screen() -> None:
@@ -98,9 +99,59 @@ def test_overhead_and_work_lost_follow_the_users_step_and_interval() -> None:
 def test_contention_is_said_at_the_top() -> None:
     busy = _doc(
         [_row("ssd", "power-fail", 0.1, 0.05)],
-        contention={"load_before": 64.0, "load_after": 70.0, "steal_fraction": 0.2},
+        contention={"cores": 2, "load_before": 64.0, "load_after": 70.0, "steal_fraction": 0.2},
     )
-    assert any("load average 70.0" in w for w in contention(busy))
+    assert any("load average 64.0 on 2 cores before the run" in w for w in contention(busy))
+    assert any("CPU steal 20%" in w for w in contention(busy))
     assert "Contended machine" in "\n".join(markdown(busy, WL, 1.0, 100)[:8])
-    quiet = _doc([_row("ssd", "power-fail", 0.1, 0.05)], contention={"load_after": 0.1})
-    assert contention(quiet) == []
+    quiet = _doc(
+        [_row("ssd", "power-fail", 0.1, 0.05)],
+        contention={"cores": 2, "load_before": 0.3, "load_after": 0.1, "max_spread": 1.3},
+    )
+    assert contention(quiet) == []  # a disk's spread on a quiet machine is not contention
+
+
+def test_what_the_rounds_saw_and_the_extra_rounds_are_said() -> None:
+    watch = {"reasons": ["a fixed CPU probe ran 2.0× slower than its fastest (median)"]}
+    doc = _doc(
+        [_row("ssd", "power-fail", 0.1, 0.05)],
+        contention={"cores": 2, "load_before": 0.3},
+        rounds={WL: {"count": 12, "planned": 7, "contention": watch}},
+    )
+    top = "\n".join(markdown(doc, WL, 1.0, 100)[:8])
+    assert "probe ran 2.0× slower" in top and "the rounds went on from 7 to 12" in top
+    assert "Medians of 12 interleaved rounds" in top
+
+
+def _peer(name: str, durability: str, save: float, sealed: bool) -> dict[str, Any]:
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    saves = list(save * (1 + 0.05 * (rng.random(7) - 0.5)))
+    facts = {"durability": durability, **({"engine": "openssl"} if sealed else {})}
+    ops = {"save": {"seconds": saves}, "restore": {"seconds": [save / 2] * 7}}
+    return {"section": "peers", "name": name, "workload": WL, "nbytes": MB, "ops": ops,
+            "facts": facts, "errors": []}  # fmt: skip
+
+
+def test_peers_are_shown_beside_the_options_and_never_win() -> None:
+    doc = _doc(
+        [
+            _row("romulus", "process-crash", 0.030, 0.05),
+            _row("tmpfs", "process-crash", 0.075, 0.05),
+        ],
+        contenders=[
+            _peer("pickle (tmpfs)", "process-crash", 0.010, sealed=False),  # fastest of all
+            _peer("numpy.save (tmpfs)", "process-crash", 0.020, sealed=False),
+            _peer("pickle+aes-gcm+fsync (tmpfs)", "process-crash", 0.120, sealed=True),
+            _peer("numpy.save+aes-gcm+fsync (tmpfs)", "process-crash", 0.150, sealed=True),
+        ],
+    )
+    page = markdown(doc, WL, 1.0, 100)
+    text = "\n".join(page)
+    # the fastest of each kind is in the table, labelled; the slower ones stay below the line
+    assert "`pickle (tmpfs)` *(peer: plaintext, not confidential)*" in text
+    assert "`pickle+aes-gcm+fsync (tmpfs)` *(peer: AES-GCM + fsync by hand" in text
+    assert "numpy.save (tmpfs)" not in text
+    assert "**Recommendation (process-crash)**: **`romulus`**" in text  # a peer never wins
+    line = next(x for x in page if x.startswith("Against what users do instead"))
+    assert "`romulus` saves 4.0" in line and "faster, beyond the noise" in line
+    assert len(page) <= 60

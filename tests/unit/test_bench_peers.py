@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from needs import require
 
 from plinius.backends.fsinfo import mount_of
 from plinius.core.crypto import make_engine
@@ -21,6 +22,7 @@ from plinius.lab.bench.peers import (
     available_kinds,
     cold_restore_check,
     drop_cache,
+    not_here,
     peer_contenders,
     peer_unavailable,
     peers_unavailable,
@@ -31,7 +33,6 @@ from plinius.lab.bench.stats import median_interval
 from plinius.lab.bench.targets import targets
 from plinius.lab.bench.workloads import make_arrays, workload_specs
 
-TORCH_REASON = "torch==2.13.0 is installed only in the Python 3.11 envs"
 KEY = bytes(range(16))
 #: what the default install (no torch) runs
 NO_TORCH = (
@@ -230,8 +231,7 @@ def _by_id(contenders: list[Contender]) -> dict[str, Contender]:
 
 
 def _one(kind: str, directory: Path, **kw: Any) -> Contender:
-    if peer_unavailable(kind):
-        pytest.skip(str(peer_unavailable(kind)))
+    require(peer_unavailable(kind), torch=kind in TORCH_KINDS)
     (c,) = peer_contenders(
         kw.pop("arrays", None) or _arrays(),
         "tiny",
@@ -298,7 +298,7 @@ def test_default_install_peers_round_trip_on_tmpfs_and_disk(
 
 
 def test_every_peer_round_trips_on_tmpfs_and_disk(shm_dir: Path, disk_dir: Path) -> None:
-    pytest.importorskip("torch", reason=TORCH_REASON)
+    require("; ".join(f"{k}: {why}" for k, why in not_here().items()) or None, torch=True)
     assert available_kinds() == list(KINDS)
     _round_trip({"tmpfs": shm_dir, "ssd": disk_dir}, list(KINDS))
 

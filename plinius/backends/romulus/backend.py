@@ -428,6 +428,14 @@ class RomulusBackend(Backend):
             self._check_root_name(blob)
         return blobs
 
+    def model_wait_s(self) -> float | None:
+        """Seconds this session waited for the modelled PM media (writes and reads), so a
+        benchmark can say what the device model added; None without a model."""
+        if self.pool.device is None or self.pool.closed:
+            return None
+        st = self.pool.stats()
+        return float(st.dev_write_wait_s + st.dev_read_wait_s)
+
     def describe(self) -> RunsOn:
         m = mount_of(self.path)
         dev = block_device_facts(m.device)

@@ -18,12 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from plinius.lab.bench.stats import Interval, median_interval
+from plinius.lab.bench.stats import Interval, median_interval, speedup
 
 RULE = (
     "an option wins only where its whole save interval lies below the next option's; "
     "otherwise they are tied"
 )
+_OPS = ("save", "restore", "restore_cold")
 #: the durability levels, strongest first (the order of the answer's tables)
 LEVELS = ("power-fail", "process-crash", "none")
 TITLES = {"power-fail": "power failure", "process-crash": "process crash"}
@@ -31,7 +32,7 @@ TITLES = {"power-fail": "power failure", "process-crash": "process crash"}
 
 @dataclass(frozen=True)
 class Option:
-    """One backend instance at the user's workload, as the answer shows it."""
+    """One backend instance (or one peer: what users do instead) at the user's workload."""
 
     instance: str
     durability: str
@@ -45,11 +46,23 @@ class Option:
     overhead: Interval
     #: training seconds lost by one failure: half an interval on average plus the restore
     lost_s: float
+    #: a device model: the instance it only adds delays to ("" when that one did not run)
+    models: str | None = None
+    #: a device model's own added wait per save (median seconds)
+    model_wait_s: float | None = None
+    #: a peer: "sealed" (AES-GCM by hand) or "plaintext"; None for plinius's own options
+    peer: str | None = None
+    save_samples: tuple[float, ...] = ()
 
     @property
     def restore(self) -> Interval:
         """The headline restore: cold where the backend has a page cache to evict."""
         return self.restore_cold or self.restore_warm
+
+    @property
+    def ranked(self) -> bool:
+        """Whether the recommendation may pick it: plinius's own, real (not a model) options."""
+        return self.models is None and self.peer is None
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,31 @@ class Verdict:
     winner: str | None  # None: tied (or a single option)
 
 
+def _option(
+    name: str,
+    durability: str,
+    samples: Mapping[str, Sequence[float]],
+    nbytes: int,
+    interval_s: float,
+    **more: Any,
+) -> Option:
+    save = median_interval(samples["save"])
+    warm = median_interval(samples["restore"])
+    cold = median_interval(samples["restore_cold"]) if samples.get("restore_cold") else None
+    return Option(
+        instance=name,
+        durability=durability,
+        mirror_bytes=nbytes,
+        save=save,
+        restore_warm=warm,
+        restore_cold=cold,
+        overhead=save.scaled(1.0 / interval_s),
+        lost_s=interval_s / 2 + (cold or warm).median,
+        save_samples=tuple(samples["save"]),
+        **{"emulated": False, "role": "", **more},
+    )
+
+
 def options(doc: Mapping[str, Any], workload: str, step_s: float, every: int) -> list[Option]:
     """Every instance measured at ``workload``, fastest save first."""
     out = []
@@ -66,33 +104,53 @@ def options(doc: Mapping[str, Any], workload: str, step_s: float, every: int) ->
     for r in doc.get("results") or []:
         if r.get("model") != workload or not r.get("samples"):
             continue
-        s = r["samples"]
-        save = median_interval(s["save"])
-        warm = median_interval(s["restore"])
-        cold = median_interval(s["restore_cold"]) if s.get("restore_cold") else None
-        over = save.scaled(1.0 / interval_s)
-        restore = cold or warm
+        wait = (r.get("save_breakdown") or {}).get("model_wait_s")
         out.append(
-            Option(
-                instance=str(r["instance"]),
-                durability=str(r["durability"]),
+            _option(
+                str(r["instance"]),
+                str(r["durability"]),
+                r["samples"],
+                int(r["bytes"]),
+                interval_s,
                 emulated=bool(r.get("emulated")),
                 role=str(r.get("role") or ""),
-                mirror_bytes=int(r["bytes"]),
-                save=save,
-                restore_warm=warm,
-                restore_cold=cold,
-                overhead=over,
-                lost_s=interval_s / 2 + restore.median,
+                models=r.get("models"),
+                model_wait_s=wait,
             )
         )
     return sorted(out, key=lambda o: o.save.median)
 
 
+def peers(doc: Mapping[str, Any], workload: str, step_s: float, every: int) -> list[Option]:
+    """What users would do instead, measured in the same rounds on the same tensors: the
+    fastest peer sealed by hand (AES-GCM) and the fastest plaintext one of each durability."""
+    got: dict[tuple[str, str], Option] = {}
+    for c in doc.get("contenders") or []:
+        ops = c.get("ops") or {}
+        if c.get("section") != "peers" or c.get("workload") != workload:
+            continue
+        if "save" not in ops or "restore" not in ops or c.get("errors"):
+            continue
+        facts = c.get("facts") or {}
+        durability = str(facts.get("durability") or "")
+        kind = "sealed" if facts.get("engine") else "plaintext"
+        samples = {
+            op: v["seconds"] for op, v in ops.items() if op in ("save", "restore", "restore_cold")
+        }
+        o = _option(
+            str(c["name"]), durability, samples, int(c["nbytes"]), step_s * every, peer=kind
+        )
+        have = got.get((durability, kind))
+        if have is None or o.save.median < have.save.median:
+            got[(durability, kind)] = o
+    return sorted(got.values(), key=lambda o: o.save.median)
+
+
 def recommend(opts: Sequence[Option], durability: str) -> Verdict:
-    """The one rule (:data:`RULE`) applied to the options of one durability level. A device
-    model (an option that only adds delays to another) is shown but never wins."""
-    real = [o for o in opts if o.durability == durability and not o.role.endswith("model")]
+    """The one rule (:data:`RULE`) applied to plinius's options of one durability level. A
+    device model (an option that only adds delays to another) and a peer are shown but never
+    win."""
+    real = [o for o in opts if o.durability == durability and o.ranked]
     if not real:
         return Verdict(durability, "nothing measured at this level", None)
     if len(real) == 1:
@@ -115,6 +173,29 @@ def recommend(opts: Sequence[Option], durability: str) -> Verdict:
     return Verdict(durability, text, None)
 
 
+def against_peers(opts: Sequence[Option], mine: Sequence[Option], durability: str) -> str:
+    """One sentence: plinius's fastest option of ``durability`` against the fastest peer that
+    seals by hand, paired by round (the peers carry no freshness: an old file put back loads)."""
+    ours = [o for o in opts if o.durability == durability and o.ranked and o.save_samples]
+    theirs = [o for o in mine if o.durability == durability and o.peer == "sealed"]
+    if not ours or not theirs:
+        return ""
+    a, b = ours[0], theirs[0]
+    if len(a.save_samples) != len(b.save_samples):
+        return ""
+    iv = speedup(a.save_samples, b.save_samples)
+    how = (
+        "faster, beyond the noise"
+        if iv.lo > 1
+        else ("slower, beyond the noise" if iv.hi < 1 else "a tie within the noise")
+    )
+    return (
+        f"Against what users do instead: `{a.instance}` saves {iv.median:.2f}× "
+        f"[{iv.lo:.2f}–{iv.hi:.2f}] the speed of the fastest hand-sealed peer "
+        f"(`{b.instance}`): {how}, and the peer has no freshness (an old file put back loads)."
+    )
+
+
 def _ms(iv: Interval | None) -> str:
     if iv is None:
         return "n/a"
@@ -132,26 +213,59 @@ def _mib(n: int) -> str:
 
 
 def contention(doc: Mapping[str, Any]) -> list[str]:
-    """Why this run's figures may be noisy: load above the cores, CPU steal, a wide spread of
-    the save samples. Empty when the machine looked quiet."""
+    """Why this run's figures may be noisy: load above the cores before the run, CPU steal
+    over it, and what the rounds' watch saw (:mod:`plinius.lab.bench.contention`). The save
+    samples' spread is not a sign: a disk with fsync spreads on a quiet machine. Empty when
+    the machine looked quiet."""
     why = []
-    cores = os.cpu_count() or 1
     env = doc.get("contention") or {}
-    loads = [v for v in (env.get("load_before"), env.get("load_after")) if v is not None]
-    if loads and max(loads) > cores:
-        why.append(f"load average {max(loads):.1f} on {cores} cores")
+    cores = env.get("cores") or os.cpu_count() or 1
+    before = env.get("load_before")
+    if before is not None and before > cores:
+        why.append(f"load average {before:.1f} on {cores} cores before the run")
     steal = env.get("steal_fraction")
     if steal is not None and steal > 0.05:
         why.append(f"CPU steal {steal:.0%} during the run")
-    spread = env.get("max_spread")
-    if spread is not None and spread > 0.5:
-        why.append(f"save samples spread up to {spread:.0%} of their median")
+    for r in (doc.get("rounds") or {}).values():
+        for reason in (r.get("contention") or {}).get("reasons") or []:
+            if reason not in why:
+                why.append(reason)
     return why
 
 
+def _extended(doc: Mapping[str, Any], workload: str) -> str:
+    r = (doc.get("rounds") or {}).get(workload) or {}
+    count, planned = r.get("count"), r.get("planned")
+    if count and planned and count > planned:
+        return f"the rounds went on from {planned} to {count}"
+    return ""
+
+
+def _row(o: Option) -> str:
+    tag = " *(emulated)*" if o.emulated else ""
+    if o.models is not None:
+        of = f"`{o.models}`" if o.models else "the pool without the model (not run)"
+        added = (
+            f"; it waited {o.model_wait_s * 1e3:,.1f} ms per save for the modelled media"
+            if o.model_wait_s is not None
+            else ""
+        )
+        tag += f" *(a model of real PM, compare with {of}{added})*"
+    if o.peer == "sealed":
+        tag = " *(peer: AES-GCM + fsync by hand, no freshness)*"
+    elif o.peer == "plaintext":
+        tag = " *(peer: plaintext, not confidential)*"
+    return (
+        f"| `{o.instance}`{tag} | {_ms(o.save)} | {_ms(o.restore_cold)} | "
+        f"{_ms(o.restore_warm)} | {_pct(o.overhead)} | {o.lost_s:,.1f} s | "
+        f"{_mib(o.mirror_bytes)} |"
+    )
+
+
 def markdown(doc: Mapping[str, Any], workload: str, step_s: float, every: int) -> list[str]:
-    """The first screen of report.md: the whole answer, about 40 lines."""
+    """The first screen of report.md: the whole answer, under 60 lines."""
     opts = options(doc, workload, step_s, every)
+    others = peers(doc, workload, step_s, every)
     wl: Mapping[str, Any] = next(
         (w for w in doc.get("workloads") or [] if w["workload"] == workload), {}
     )
@@ -161,48 +275,49 @@ def markdown(doc: Mapping[str, Any], workload: str, step_s: float, every: int) -
     note = ""
     if asked and measured and abs(measured - asked) > 0.05 * asked:
         note = f" (you asked for {_mib(int(asked))}: this is the closest synthetic model)"
+    rounds = ((doc.get("rounds") or {}).get(workload) or {}).get("count") or (
+        doc.get("parameters") or {}
+    ).get("rounds", "?")
     lines = [
         f"# Where should a {size} encrypted mirror live?",
         "",
         f"Workload `{workload}` ({size} per save{note}, AES-GCM sealed), one mirror every {every} "
-        f"training steps of {step_s:g} s. Medians of {doc.get('parameters', {}).get('rounds', '?')}"
-        " interleaved rounds with 95 % intervals; times in ms. "
-        "Emulated storage is marked *emulated*: not a hardware figure.",
+        f"training steps of {step_s:g} s. Medians of {rounds} interleaved rounds with 95 % "
+        "intervals; times in ms. Emulated storage is marked *emulated*: not a hardware figure.",
         "",
     ]
     noisy = contention(doc)
     if noisy:
+        more = _extended(doc, workload)
         lines += [
-            f"> **Contended machine**: {'; '.join(noisy)}. Figures are noisier than usual; "
-            "verdicts below need their intervals to separate even so.",
+            f"> **Contended machine**: {'; '.join(noisy)}. "
+            + (f"To keep the intervals honest {more}. " if more else "")
+            + "Figures are noisier than on a quiet machine; a verdict below stands only where "
+            "intervals separate.",
             "",
         ]
-    verdicts = []
     for level in LEVELS:
         mine = [o for o in opts if o.durability == level]
         if not mine:
             continue
+        theirs = [o for o in others if o.durability == level]
         lines += [
             f"## Survives a {TITLES[level]}" if level != "none" else "## No durability",
             "",
             "| option | save ms | restore cold ms | restore warm ms | overhead per step "
             "| work lost per failure | bytes per save |",
             "|---|---|---|---|---|---|---|",
+            *(_row(o) for o in mine),
+            *(_row(o) for o in theirs),
+            "",
+            f"**Recommendation ({level})**: {recommend(opts, level).text}.",
+            "",
         ]
-        for o in mine:
-            tag = " *(emulated)*" if o.emulated else ""
-            if o.role.endswith("model"):
-                tag += " *(a model of real PM: compare with the pool it delays)*"
-            lines.append(
-                f"| `{o.instance}`{tag} | {_ms(o.save)} | {_ms(o.restore_cold)} | "
-                f"{_ms(o.restore_warm)} | {_pct(o.overhead)} | {o.lost_s:,.1f} s | "
-                f"{_mib(o.mirror_bytes)} |"
-            )
-        v = recommend(opts, level)
-        verdicts.append(v)
-        lines += ["", f"**Recommendation ({level})**: {v.text}.", ""]
-    strong = [o for o in opts if o.durability == "power-fail" and not o.role.endswith("model")]
-    weak = [o for o in opts if o.durability == "process-crash" and not o.role.endswith("model")]
+        peer_line = against_peers(opts, others, level)
+        if peer_line:
+            lines += [peer_line, ""]
+    strong = [o for o in opts if o.durability == "power-fail" and o.ranked]
+    weak = [o for o in opts if o.durability == "process-crash" and o.ranked]
     if strong and weak:
         lines += [
             f"Cost of durability: surviving a power failure costs "
@@ -211,9 +326,11 @@ def markdown(doc: Mapping[str, Any], workload: str, step_s: float, every: int) -
             "",
         ]
     lines += [
-        f"Rule: {RULE}. Overhead per step = save / ({every} × {step_s:g} s), synchronous "
-        "mirroring (`--async-mirror` hides most of it); work lost per failure = half an "
-        "interval on average plus the restore.",
+        f"Rule: {RULE}; peers (what users do instead, on the same tensors: the fastest sealed "
+        "and plaintext one per level, all of them below) and device models are shown, never "
+        f"ranked. Overhead per step = save / ({every} × {step_s:g} s), synchronous mirroring "
+        "(`--async-mirror` hides most of it); work lost per failure = half an interval on "
+        "average plus the restore.",
         "",
         "---",
         "",

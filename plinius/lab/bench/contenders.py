@@ -71,10 +71,13 @@ def run_rounds(
     contenders: Sequence[Contender],
     rounds: int = DEFAULT_ROUNDS,
     tick: Callable[[], None] = lambda: None,
+    more: Callable[[int], bool] | None = None,
 ) -> list[Samples]:
     """Run every contender's operations once per round, rounds interleaved and rotated.
 
-    ``tick`` is called once per contender per round. A contender whose operation raises is
+    ``tick`` is called once per contender per round. After the ``rounds`` planned ones, ``more``
+    (given the rounds done) decides whether one more round runs: a contended machine gets more
+    rounds (:mod:`plinius.lab.bench.contention`). A contender whose operation raises is
     recorded with the error and left out of later rounds; the others go on. Contenders are
     closed at the end, also on errors.
     """
@@ -84,7 +87,8 @@ def run_rounds(
     if len(results) != len(contenders):
         raise ValueError("contender keys (section, name, workload) must be distinct")
     try:
-        for r in range(rounds):
+        r = 0
+        while r < rounds or (more is not None and more(r)):
             for c in rotated(contenders, r):
                 s = results[c.key]
                 if not s.errors:
@@ -96,6 +100,7 @@ def run_rounds(
                             break
                         s.seconds.setdefault(op, []).append(secs)
                 tick()
+            r += 1
     finally:
         for c in contenders:
             try:

@@ -47,6 +47,7 @@ import os
 import pickle
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -221,36 +222,150 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-class _Peer:
-    """One peer on one directory: ``save``, ``restore``, ``restore_cold`` and its checks.
+#: what a restore gives: new arrays or tensors (name -> array or tensor), or None when it copied
+#: into the existing arrays it was given
+Loaded = dict[str, Any] | None
 
-    A restore either returns new arrays (``self.loaded``, name -> array or tensor) or, for the
-    peers given ``dest``, copies into those existing arrays. With ``verify`` every restore is
-    checked exact against the source arrays (untimed); ``dest`` is zeroed before (untimed), so
-    a restore that copies nothing fails the check.
+
+class _Serializer:
+    """How one library writes the state to a file and reads it back (a plain peer is its
+    serializer), and to bytes in memory and back (what :class:`_Sealed` seals: a sealed peer is
+    the same serializer wrapped).
+
+    A restore returns new arrays or tensors; a serializer that ``fills_dest`` copies into the
+    existing arrays ``dest`` instead and returns None.
+    """
+
+    #: the plain peer fsyncs the file and its directory after every save
+    fsync = False
+    #: restores copy into ``dest`` (shared by the peers that do: they run in turn)
+    fills_dest = False
+    #: the plain peer's facts: how it saves and how it restores
+    how_save = ""
+    how_restore = ""
+    #: how :meth:`dumps` and :meth:`loads` work, for the sealed peer's facts ("" without one)
+    how_dumps = ""
+    how_loads = ""
+
+    def __init__(self, arrays: Arrays, dest: Arrays) -> None:
+        self.arrays = arrays
+        self.state = dict(arrays)  # what a user hands the serializer: name -> array
+        self.dest = dest if self.fills_dest else None
+
+    def write(self, path: Path) -> None:
+        raise NotImplementedError
+
+    def restore(self, path: Path) -> Loaded:
+        raise NotImplementedError
+
+    def dumps(self) -> bytes | memoryview:
+        raise NotImplementedError
+
+    def loads(self, plain: memoryview) -> Loaded:
+        raise NotImplementedError
+
+    def save(self, path: Path) -> None:
+        self.write(path)
+        if self.fsync:
+            _fsync_file(path)
+            fsync_dir(path.parent)
+
+    def how(self) -> dict[str, str]:
+        """The facts of how it saves and restores (op -> how)."""
+        return {"save": self.how_save, "restore": self.how_restore}
+
+    def restores(self, path: Path) -> dict[str, Callable[[], Loaded]]:
+        """Restores of ``path`` besides ``restore`` (op -> function)."""
+        return {}
+
+    def close(self) -> None:
+        """Nothing held."""
+
+
+class _Sealed:
+    """A serializer sealed by hand, as a user without plinius writes it: the serialized bytes
+    sealed as one AES-GCM record with the run's engine, written, the file and its directory
+    fsynced; the restore reads the file, opens it and deserializes. The sealed output on save
+    and the opened plaintext on restore go to one reused page-aligned buffer (as plinius reuses
+    its own: generous to the peer), shared by the sealed peers, which run in turn."""
+
+    aad = b"plinius peers: serialized + AES-GCM"
+    fsync = True
+
+    def __init__(self, inner: _Serializer, engine: Engine, staging: StagingBuffer) -> None:
+        if not inner.how_dumps:
+            raise ValueError(f"{type(inner).__name__} serializes to no bytes: nothing to seal")
+        self.inner = inner
+        self.engine = engine
+        self.staging = staging
+        self.dest = inner.dest
+
+    def save(self, path: Path) -> None:
+        view = memoryview(self.inner.dumps())
+        out = self.staging.view(view.nbytes + OVERHEAD)
+        self.engine.encrypt_into(self.aad, view, out)
+        with open(path, "wb") as f:
+            f.write(out)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(path.parent)
+
+    def restore(self, path: Path) -> Loaded:
+        """Deserialized from the opened plaintext: a view of the shared buffer, valid until the
+        next peer runs (authenticated before anything reads it)."""
+        with open(path, "rb") as f:
+            sealed = f.read()
+        if len(sealed) < OVERHEAD:
+            raise IntegrityError(str(path), "sealed file shorter than its IV and tag")
+        plain = self.staging.view(len(sealed) - OVERHEAD)
+        self.engine.decrypt_into(self.aad, sealed, plain, str(path))
+        return self.inner.loads(plain)
+
+    def how(self) -> dict[str, str]:
+        return {
+            "save": f"{self.inner.how_dumps}, one encrypt_into, write, fsync",
+            "restore": f"read, decrypt_into, {self.inner.how_loads}",
+            "engine": self.engine.name,
+        }
+
+    def restores(self, path: Path) -> dict[str, Callable[[], Loaded]]:
+        return {}
+
+    def close(self) -> None:
+        self.staging.close()  # safe while another contender still runs: it maps anew
+
+
+class _Peer:
+    """One peer on one directory: ``save``, ``restore``, ``restore_cold`` and its checks; how it
+    writes and reads is its ``codec``, a serializer (plain) or one :class:`_Sealed`.
+
+    A restore either returns new arrays (``self.loaded``, name -> array or tensor) or copies
+    into the existing arrays ``dest``. With ``verify`` every restore is checked exact against
+    the source arrays (untimed); ``dest`` is zeroed before (untimed), so a restore that copies
+    nothing fails the check.
     """
 
     def __init__(
-        self, arrays: Arrays, path: Path, cold: bool, verify: bool, dest: Arrays | None = None
+        self, codec: _Serializer | _Sealed, arrays: Arrays, path: Path, cold: bool, verify: bool
     ) -> None:
+        self.codec = codec
         self.arrays = arrays
-        self.state = dict(arrays)  # what a user hands the serializer: name -> array
         self.path = path
         self.cold = cold
         self.verify = verify
-        self.dest = dest  # shared by the peers that copy into it: they run in turn
-        self.loaded: dict[str, Any] | None = None
+        self.dest = codec.dest
+        self.loaded: Loaded = None
         self.facts: dict[str, Any] = {}  # the contender's facts: the cold check adds to them
 
     def save(self) -> None:
-        raise NotImplementedError
+        self.codec.save(self.path)
 
     def restore(self) -> None:
-        raise NotImplementedError
+        self.loaded = self.codec.restore(self.path)
 
-    def restores(self) -> dict[str, Callable[[], None]]:
+    def restores(self) -> dict[str, Callable[[], object]]:
         """The warm restore operations (op -> function)."""
-        return {"restore": self.restore}
+        return {"restore": self.restore, **self.codec.restores(self.path)}
 
     def check(self, got: dict[str, Any]) -> None:
         """Raise unless ``got`` (name -> array or tensor) holds exactly the source arrays."""
@@ -299,67 +414,23 @@ class _Peer:
 
     def close(self) -> None:
         self.path.unlink(missing_ok=True)
-
-
-class _Sealed(_Peer):
-    """By hand, as a user without plinius writes it: the serialized bytes sealed as one AES-GCM
-    record with the run's engine, written, the file and its directory fsynced; the restore reads
-    the file and opens it. The sealed output on save and the opened plaintext on restore go to
-    one reused page-aligned buffer (as plinius reuses its own: generous to the peer), shared by
-    the sealed peers, which run in turn."""
-
-    aad = b"plinius peers: serialized + AES-GCM"
-
-    def __init__(
-        self,
-        arrays: Arrays,
-        path: Path,
-        cold: bool,
-        verify: bool,
-        engine: Engine,
-        staging: StagingBuffer,
-        dest: Arrays | None = None,
-    ) -> None:
-        # the format's own class may take fewer arguments: this sets up the base alone, each
-        # sealed kind adds what its format needs
-        _Peer.__init__(self, arrays, path, cold, verify, dest)
-        self.engine = engine
-        self.staging = staging
-
-    def seal_and_write(self, plain: bytes | memoryview) -> None:
-        view = memoryview(plain)
-        out = self.staging.view(view.nbytes + OVERHEAD)
-        self.engine.encrypt_into(self.aad, view, out)
-        with open(self.path, "wb") as f:
-            f.write(out)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(self.path.parent)
-
-    def read_and_open(self) -> memoryview:
-        """The opened plaintext: a view of the shared buffer, valid until the next peer runs."""
-        with open(self.path, "rb") as f:
-            sealed = f.read()
-        if len(sealed) < OVERHEAD:
-            raise IntegrityError(str(self.path), "sealed file shorter than its IV and tag")
-        plain = self.staging.view(len(sealed) - OVERHEAD)
-        self.engine.decrypt_into(self.aad, sealed, plain, str(self.path))
-        return plain
-
-    def close(self) -> None:
-        super().close()
-        self.staging.close()  # safe while another contender still runs: it maps anew
+        self.codec.close()
 
 
 # numpy.save ---------------------------------------------------------------------------------
 
 
-class _NumpySave(_Peer):
+class _NumpySave(_Serializer):
     """Every array in turn into one file with ``numpy.save`` (the names first, as an array of
     strings); ``numpy.load`` in turn, which allocates every array. No fsync."""
 
-    def __init__(self, arrays: Arrays, path: Path, cold: bool, verify: bool) -> None:
-        super().__init__(arrays, path, cold, verify)
+    how_save = "numpy.save of each array in turn into one file, names first"
+    how_restore = "numpy.load of each in turn (new arrays)"
+    how_dumps = "numpy.save of each array to BytesIO"
+    how_loads = "numpy.load(BytesIO) of each (new arrays)"
+
+    def __init__(self, arrays: Arrays, dest: Arrays) -> None:
+        super().__init__(arrays, dest)
         self.names = np.array([name for name, _ in arrays])
 
     def dump(self, f: BinaryIO) -> None:
@@ -372,214 +443,174 @@ class _NumpySave(_Peer):
         names = np.load(f, allow_pickle=False)
         return {str(name): np.load(f, allow_pickle=False) for name in names}
 
-    def save(self) -> None:
-        with open(self.path, "wb") as f:
+    def write(self, path: Path) -> None:
+        with open(path, "wb") as f:
             self.dump(f)
 
-    def restore(self) -> None:
-        with open(self.path, "rb") as f:
-            self.loaded = self.load(f)
+    def restore(self, path: Path) -> Loaded:
+        with open(path, "rb") as f:
+            return self.load(f)
 
-
-class _NumpySaveSealed(_Sealed, _NumpySave):
-    """``numpy.save`` into ``BytesIO``, sealed, written, fsynced; read, opened, ``numpy.load``."""
-
-    def __init__(
-        self,
-        arrays: Arrays,
-        path: Path,
-        cold: bool,
-        verify: bool,
-        engine: Engine,
-        staging: StagingBuffer,
-    ) -> None:
-        _Sealed.__init__(self, arrays, path, cold, verify, engine, staging)
-        self.names = np.array([name for name, _ in arrays])
-
-    def save(self) -> None:
+    def dumps(self) -> memoryview:
         buf = io.BytesIO()
         self.dump(buf)
-        with buf.getbuffer() as view:
-            self.seal_and_write(view)
+        return buf.getbuffer()
 
-    def restore(self) -> None:
-        self.loaded = self.load(io.BytesIO(self.read_and_open()))
+    def loads(self, plain: memoryview) -> Loaded:
+        return self.load(io.BytesIO(plain))
 
 
 # pickle -------------------------------------------------------------------------------------
 
 
-class _Pickle(_Peer):
+class _Pickle(_Serializer):
     """``pickle.dump`` of the dict of arrays (protocol 5), ``pickle.load``. No fsync. (A pickle
-    runs code from the file it loads: this peer trusts the storage.)"""
+    runs code from the file it loads: this peer trusts the storage; arrays pickled in-band are
+    copied out of what ``pickle.loads`` reads: nothing keeps a view of it.)"""
 
-    def save(self) -> None:
-        with open(self.path, "wb") as f:
+    how_save = f"pickle.dump of the dict of arrays (protocol {PICKLE_PROTOCOL})"
+    how_restore = "pickle.load (new arrays; trusts the file: a pickle runs code)"
+    how_dumps = f"pickle.dumps (protocol {PICKLE_PROTOCOL})"
+    how_loads = "pickle.loads (new arrays)"
+
+    def write(self, path: Path) -> None:
+        with open(path, "wb") as f:
             pickle.dump(self.state, f, protocol=PICKLE_PROTOCOL)
 
-    def restore(self) -> None:
-        with open(self.path, "rb") as f:
-            self.loaded = pickle.load(f)  # our own file, just written
+    def restore(self, path: Path) -> Loaded:
+        with open(path, "rb") as f:
+            return pickle.load(f)  # our own file, just written
 
+    def dumps(self) -> bytes:
+        return pickle.dumps(self.state, protocol=PICKLE_PROTOCOL)
 
-class _PickleSealed(_Sealed, _Pickle):
-    """``pickle.dumps``, sealed, written, fsynced; read, opened, ``pickle.loads`` (arrays
-    pickled in-band are copied out of the buffer: nothing keeps a view of it)."""
-
-    def save(self) -> None:
-        self.seal_and_write(pickle.dumps(self.state, protocol=PICKLE_PROTOCOL))
-
-    def restore(self) -> None:
-        self.loaded = pickle.loads(self.read_and_open())  # authenticated first
+    def loads(self, plain: memoryview) -> Loaded:
+        return pickle.loads(plain)  # authenticated first
 
 
 # safetensors through numpy ------------------------------------------------------------------
 
 
-class _SafetensorsNp(_Peer):
+class _SafetensorsNp(_Serializer):
     """``safetensors.numpy.save_file`` (no fsync); ``safe_open(framework="np")`` and
-    ``numpy.copyto`` into the existing arrays."""
+    ``numpy.copyto`` into the existing arrays. In memory ``safetensors.numpy.save`` (bytes) and
+    ``safetensors.numpy.load`` (it takes ``bytes``)."""
 
-    def __init__(self, arrays: Arrays, path: Path, cold: bool, verify: bool, dest: Arrays) -> None:
-        super().__init__(arrays, path, cold, verify, dest)
+    fills_dest = True
+    how_save = "safetensors.numpy.save_file"
+    how_restore = "safe_open(framework='np') + numpy.copyto into existing arrays"
+    how_dumps = "safetensors.numpy.save (bytes)"
+    how_loads = "safetensors.numpy.load(bytes) + numpy.copyto into existing arrays"
+
+    def __init__(self, arrays: Arrays, dest: Arrays) -> None:
+        super().__init__(arrays, dest)
         import safetensors
         import safetensors.numpy
 
         self.st = safetensors
         self.stnp = safetensors.numpy
 
-    def save(self) -> None:
-        self.stnp.save_file(self.state, str(self.path))
+    def write(self, path: Path) -> None:
+        self.stnp.save_file(self.state, str(path))
 
-    def restore(self) -> None:
+    def restore(self, path: Path) -> Loaded:
         assert self.dest is not None
-        with self.st.safe_open(str(self.path), framework="np") as f:
+        with self.st.safe_open(str(path), framework="np") as f:
             for name, d in self.dest:
                 np.copyto(d, f.get_tensor(name))
+        return None
 
+    def dumps(self) -> bytes:
+        return self.stnp.save(self.state)
 
-class _SafetensorsNpSealed(_Sealed, _SafetensorsNp):
-    """``safetensors.numpy.save`` (bytes), sealed, written, fsynced; read, opened,
-    ``safetensors.numpy.load`` (it takes ``bytes``) and ``numpy.copyto`` into the existing
-    arrays."""
-
-    def __init__(
-        self,
-        arrays: Arrays,
-        path: Path,
-        cold: bool,
-        verify: bool,
-        engine: Engine,
-        staging: StagingBuffer,
-        dest: Arrays,
-    ) -> None:
-        _Sealed.__init__(self, arrays, path, cold, verify, engine, staging, dest)
-        import safetensors.numpy
-
-        self.stnp = safetensors.numpy
-
-    def save(self) -> None:
-        self.seal_and_write(self.stnp.save(self.state))
-
-    def restore(self) -> None:
+    def loads(self, plain: memoryview) -> Loaded:
         assert self.dest is not None
-        got = self.stnp.load(bytes(self.read_and_open()))
+        got = self.stnp.load(bytes(plain))
         for name, d in self.dest:
             np.copyto(d, got[name])
+        return None
 
 
 # torch (the bench extra) --------------------------------------------------------------------
 
 
-class _TorchPeer(_Peer):
-    """A peer that hands torch the arrays as CPU tensors (sharing their memory)."""
+class _TorchSerializer(_Serializer):
+    """A serializer that hands torch the arrays as CPU tensors (sharing their memory)."""
 
-    def __init__(
-        self, arrays: Arrays, path: Path, cold: bool, verify: bool, dest: Arrays | None = None
-    ) -> None:
-        super().__init__(arrays, path, cold, verify, dest)
+    def __init__(self, arrays: Arrays, dest: Arrays) -> None:
+        super().__init__(arrays, dest)
         import torch
 
         self.torch = torch
         self.tensors = {name: torch.from_numpy(a) for name, a in arrays}
 
 
-class _TorchSave(_TorchPeer):
+class _TorchSave(_TorchSerializer):
     """``torch.save`` to the file, fsynced, and ``torch.load``, which materialises every
-    tensor."""
+    tensor; in memory ``torch.save`` to and ``torch.load`` from ``BytesIO``."""
 
-    def save(self) -> None:
-        with open(self.path, "wb") as f:
+    fsync = True
+    how_save = "torch.save to the file, fsync"
+    how_restore = "torch.load(weights_only=True, mmap=False)"
+    how_dumps = "torch.save to BytesIO"
+    how_loads = "torch.load(BytesIO)"
+
+    def write(self, path: Path) -> None:
+        with open(path, "wb") as f:
             self.torch.save(self.tensors, f)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(self.path.parent)
 
-    def restore(self) -> None:
-        self.loaded = self.torch.load(self.path, weights_only=True, mmap=False)
+    def restore(self, path: Path) -> Loaded:
+        return self.torch.load(path, weights_only=True, mmap=False)
+
+    def dumps(self) -> memoryview:
+        buf = io.BytesIO()
+        self.torch.save(self.tensors, buf)
+        return buf.getbuffer()
+
+    def loads(self, plain: memoryview) -> Loaded:
+        return self.torch.load(io.BytesIO(plain), weights_only=True)
 
 
-class _Safetensors(_TorchPeer):
+class _Safetensors(_TorchSerializer):
     """``safetensors`` save, fsynced, and restores that copy into existing arrays (two copy
     flavours)."""
 
-    def __init__(self, arrays: Arrays, path: Path, cold: bool, verify: bool, dest: Arrays) -> None:
-        super().__init__(arrays, path, cold, verify, dest)
+    fsync = True
+    fills_dest = True
+    how_save = "safetensors.torch.save_file (faster here than safetensors.numpy), fsync"
+    how_restore = "safe_open(framework='pt') + numpy.copyto into existing arrays"
+
+    def __init__(self, arrays: Arrays, dest: Arrays) -> None:
+        super().__init__(arrays, dest)
         import safetensors.torch
 
         self.st = safetensors
         self.save_file = safetensors.torch.save_file
         self.dest_t = [(name, self.torch.from_numpy(d)) for name, d in dest]
 
-    def save(self) -> None:
-        self.save_file(self.tensors, str(self.path))
-        _fsync_file(self.path)
-        fsync_dir(self.path.parent)
+    def write(self, path: Path) -> None:
+        self.save_file(self.tensors, str(path))
 
-    def restore(self) -> None:
+    def restore(self, path: Path) -> Loaded:
         """``numpy.copyto`` from the zero-copy tensors ``safe_open`` hands out."""
         assert self.dest is not None
-        with self.st.safe_open(str(self.path), framework="pt") as f:
+        with self.st.safe_open(str(path), framework="pt") as f:
             for name, d in self.dest:
                 np.copyto(d, f.get_tensor(name).numpy())
+        return None
 
-    def restore_copy_(self) -> None:
-        with self.st.safe_open(str(self.path), framework="pt") as f:
+    def restore_copy_(self, path: Path) -> Loaded:
+        with self.st.safe_open(str(path), framework="pt") as f:
             for name, t in self.dest_t:
                 t.copy_(f.get_tensor(name))
+        return None
 
-    def restores(self) -> dict[str, Callable[[], None]]:
-        return {"restore": self.restore, "restore_copy_": self.restore_copy_}
+    def how(self) -> dict[str, str]:
+        copy_ = "safe_open(framework='pt') + torch.Tensor.copy_ into existing tensors"
+        return {**super().how(), "restore_copy_": copy_}
 
-
-class _TorchSaveSealed(_Sealed, _TorchSave):
-    """``torch.save`` to memory, one AES-GCM record over it, write + fsync: by hand."""
-
-    aad = b"plinius peers: torch.save + AES-GCM"
-
-    def __init__(
-        self,
-        arrays: Arrays,
-        path: Path,
-        cold: bool,
-        verify: bool,
-        engine: Engine,
-        staging: StagingBuffer,
-    ) -> None:
-        _Sealed.__init__(self, arrays, path, cold, verify, engine, staging)
-        import torch
-
-        self.torch = torch
-        self.tensors = {name: torch.from_numpy(a) for name, a in arrays}
-
-    def save(self) -> None:
-        buf = io.BytesIO()
-        self.torch.save(self.tensors, buf)
-        with buf.getbuffer() as view:
-            self.seal_and_write(view)
-
-    def restore(self) -> None:
-        self.loaded = self.torch.load(io.BytesIO(self.read_and_open()), weights_only=True)
+    def restores(self, path: Path) -> dict[str, Callable[[], Loaded]]:
+        return {"restore_copy_": partial(self.restore_copy_, path)}
 
 
 # --- building them ----------------------------------------------------------------------------
@@ -636,6 +667,20 @@ IN_PLACE = (
 )
 
 
+#: each kind's serializer: the kinds with ``aes-gcm`` in their name seal it (:class:`_Sealed`)
+SERIALIZERS: dict[str, type[_Serializer]] = {
+    "numpy.save": _NumpySave,
+    "numpy.save+aes-gcm+fsync": _NumpySave,
+    "pickle": _Pickle,
+    "pickle+aes-gcm+fsync": _Pickle,
+    "safetensors-np": _SafetensorsNp,
+    "safetensors-np+aes-gcm+fsync": _SafetensorsNp,
+    "torch.save": _TorchSave,
+    "safetensors": _Safetensors,
+    "torch.save+aes-gcm": _TorchSave,
+}
+
+
 def _build(
     kind: str,
     arrays: Arrays,
@@ -645,71 +690,13 @@ def _build(
     engine: Engine,
     staging: StagingBuffer,
     dest: Arrays,
-) -> tuple[_Peer, bool, dict[str, Any]]:
-    """The peer ``kind`` writing ``path``: ``(peer, fsyncs?, how it saves and restores)``."""
-    sealed = {"engine": engine.name}
-    if kind == "numpy.save":
-        how = {
-            "save": "numpy.save of each array in turn into one file, names first",
-            "restore": "numpy.load of each in turn (new arrays)",
-        }
-        return _NumpySave(arrays, path, cold, verify), False, how
-    if kind == "numpy.save+aes-gcm+fsync":
-        how = {
-            "save": "numpy.save of each array to BytesIO, one encrypt_into, write, fsync",
-            "restore": "read, decrypt_into, numpy.load(BytesIO) of each (new arrays)",
-            **sealed,
-        }
-        return _NumpySaveSealed(arrays, path, cold, verify, engine, staging), True, how
-    if kind == "pickle":
-        how = {
-            "save": f"pickle.dump of the dict of arrays (protocol {PICKLE_PROTOCOL})",
-            "restore": "pickle.load (new arrays; trusts the file: a pickle runs code)",
-        }
-        return _Pickle(arrays, path, cold, verify), False, how
-    if kind == "pickle+aes-gcm+fsync":
-        how = {
-            "save": f"pickle.dumps (protocol {PICKLE_PROTOCOL}), one encrypt_into, write, fsync",
-            "restore": "read, decrypt_into, pickle.loads (new arrays)",
-            **sealed,
-        }
-        return _PickleSealed(arrays, path, cold, verify, engine, staging), True, how
-    if kind == "safetensors-np":
-        how = {
-            "save": "safetensors.numpy.save_file",
-            "restore": "safe_open(framework='np') + numpy.copyto into existing arrays",
-        }
-        return _SafetensorsNp(arrays, path, cold, verify, dest), False, how
-    if kind == "safetensors-np+aes-gcm+fsync":
-        how = {
-            "save": "safetensors.numpy.save (bytes), one encrypt_into, write, fsync",
-            "restore": "read, decrypt_into, safetensors.numpy.load(bytes) + numpy.copyto "
-            "into existing arrays",
-            **sealed,
-        }
-        peer = _SafetensorsNpSealed(arrays, path, cold, verify, engine, staging, dest)
-        return peer, True, how
-    if kind == "torch.save":
-        how = {
-            "save": "torch.save to the file, fsync",
-            "restore": "torch.load(weights_only=True, mmap=False)",
-        }
-        return _TorchSave(arrays, path, cold, verify), True, how
-    if kind == "safetensors":
-        how = {
-            "save": "safetensors.torch.save_file (faster here than safetensors.numpy), fsync",
-            "restore": "safe_open(framework='pt') + numpy.copyto into existing arrays",
-            "restore_copy_": "safe_open(framework='pt') + torch.Tensor.copy_ into existing tensors",
-        }
-        return _Safetensors(arrays, path, cold, verify, dest), True, how
-    if kind == "torch.save+aes-gcm":
-        how = {
-            "save": "torch.save to BytesIO, one encrypt_into, write, fsync",
-            "restore": "read, decrypt_into, torch.load(BytesIO)",
-            **sealed,
-        }
-        return _TorchSaveSealed(arrays, path, cold, verify, engine, staging), True, how
-    raise ValueError(f"no peer {kind!r}")
+) -> _Peer:
+    """The peer ``kind`` writing ``path``: its serializer, sealed when ``kind`` says so."""
+    if kind not in SERIALIZERS:
+        raise ValueError(f"no peer {kind!r}")
+    serializer = SERIALIZERS[kind](arrays, dest)
+    codec = _Sealed(serializer, engine, staging) if "aes-gcm" in kind else serializer
+    return _Peer(codec, arrays, path, cold, verify)
 
 
 #: the file each kind writes, after the stem
@@ -774,9 +761,8 @@ def peer_contenders(
             stem = f"plinius-peer-{os.getpid()}-{workload.replace(os.sep, '_')}"
             for kind in chosen:
                 path = directory / f"{stem}{SUFFIX[kind]}"
-                peer, fsyncs, how = _build(
-                    kind, arrays, path, not no_cold, verify, engine, staging, dest
-                )
+                peer = _build(kind, arrays, path, not no_cold, verify, engine, staging, dest)
+                fsyncs = peer.codec.fsync
                 level, why = durability(directory, fsyncs)
                 ops = ["save", *peer.restores()]
                 if peer.cold:
@@ -784,7 +770,7 @@ def peer_contenders(
                 peer.facts = {
                     **_versions(kind),
                     **where,
-                    **how,
+                    **peer.codec.how(),
                     "fsync": fsyncs,
                     "durability": level,
                     "durability_note": why,

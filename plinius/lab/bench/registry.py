@@ -24,6 +24,7 @@ from typing import Any
 from plinius.core.crypto import Engine
 from plinius.core.errors import ConfigError
 from plinius.lab.bench.contenders import Contender, Samples
+from plinius.lab.bench.contention import Extension
 from plinius.lab.bench.saverestore import BenchModel
 from plinius.lab.bench.verdicts import TargetTable
 from plinius.lab.profiles import InstancePlan
@@ -50,6 +51,8 @@ class SuiteOptions:
     sections: tuple[str, ...] = ()  # () = every registered section
     fio_options: dict[str, Any] = field(default_factory=dict)
     workloads: tuple[str, ...] = ()  # named real-model workloads beside the size-N models
+    #: more rounds while the machine is contended (None: exactly ``repeats``)
+    extension: Extension | None = None
 
     def __post_init__(self) -> None:
         if not self.sections:

@@ -74,6 +74,8 @@ BREAKDOWN_COLUMNS = [
     "write_s",
     "flush_s",
     "fsync_s",
+    "replace_s",
+    "model_wait_s",
     "encrypt share",
 ]
 ENGINE_COLUMNS = [
@@ -561,6 +563,7 @@ def _figures(doc: dict[str, Any], out: Path) -> list[Path]:
     ask = doc["parameters"].get("answer")
     if ask:  # the answer's one figure; the paper's figures belong to --paper
         opts = answer.options(doc, ask["workload"], ask["step_s"], ask["every"])
+        opts += answer.peers(doc, ask["workload"], ask["step_s"], ask["every"])
         panels = [(lv, [o for o in opts if o.durability == lv]) for lv in answer.LEVELS]
         size = opts[0].mirror_bytes / (1 << 20) if opts else 0
         title = f"Where should a {size:,.1f} MiB mirror live? ({ask['workload']})"

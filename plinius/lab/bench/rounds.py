@@ -9,6 +9,7 @@ with its reason, and the others go on.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from plinius.lab.bench.contenders import Contender, run_rounds
+from plinius.lab.bench.contention import Watch
 from plinius.lab.bench.registry import NotRun, Section, SuiteOptions, WorkloadContext
 from plinius.lab.bench.saverestore import samples_json, workload
 
@@ -37,10 +39,13 @@ def run_workloads(
     tick: Callable[[], None] | None = None,
     roles: dict[str, str] | None = None,
     dirs: Callable[[], AbstractContextManager[dict[str, Path]]] | None = None,
+    grow: Callable[[int], None] | None = None,
 ) -> RoundsResult:
     """Every chosen rounds section on every workload of ``opts``; ``tick`` once per round of
     each workload. ``instances()`` gives fresh ``(label, spec)`` pairs for one workload, so none
-    inherits the files of the one before."""
+    inherits the files of the one before. The machine is watched before and after every round
+    (:class:`~plinius.lab.bench.contention.Watch`); while it is contended, ``opts.extension``
+    adds rounds, each announced to ``grow`` (one more progress step) before it runs."""
     res = RoundsResult()
     for label in opts.models:
         is_full = label in opts.full
@@ -72,14 +77,21 @@ def run_workloads(
                 contenders += got
             order: list[list[str]] = []
             wrapped = [_recording(c, order) for c in contenders]
-            samples = run_rounds(wrapped, opts.rounds, _every(len(wrapped), tick))
+            watch = Watch()
+            watch.sample()
+            more = _more(opts, watch, grow)
+            samples = run_rounds(
+                wrapped, opts.rounds, _every(len(wrapped), _then(watch.sample, tick)), more
+            )
             by_key = {x.contender.key: x for x in samples}
             for s, _got in owners:
                 if s.collect is not None:
                     res.rows += s.collect(ctx, by_key)
         res.contenders += [samples_json(x) for x in samples]
         res.rounds[label] = {
-            "count": opts.rounds,
+            "count": len(order) if order else opts.rounds,
+            "planned": opts.rounds,
+            "contention": watch.as_json(),
             "contenders": len(contenders),
             "order": order,
             "rotated": True,
@@ -99,6 +111,33 @@ def run_workloads(
         )
         del ctx, model
     return res
+
+
+def _then(first: Callable[[], None], tick: Callable[[], None] | None) -> Callable[[], None]:
+    def both() -> None:
+        first()
+        if tick:
+            tick()
+
+    return both
+
+
+def _more(
+    opts: SuiteOptions, watch: Watch, grow: Callable[[int], None] | None
+) -> Callable[[int], bool] | None:
+    """The ``more`` of :func:`run_rounds`: another round while ``opts.extension`` allows it."""
+    ext = opts.extension
+    if ext is None:
+        return None
+    started = time.monotonic()
+
+    def more(done: int) -> bool:
+        go = ext.more(watch, done, started)
+        if go and grow:
+            grow(1)
+        return go
+
+    return more
 
 
 def _every(k: int, tick: Callable[[], None] | None) -> Callable[[], None]:

@@ -163,8 +163,16 @@ class BackendRun:
     in the facts). One untimed save and restore warm up pools, files and staging memory."""
 
     def __init__(
-        self, label: str, spec: str, model: BenchModel, engine: Engine, role: str = ""
+        self,
+        label: str,
+        spec: str,
+        model: BenchModel,
+        engine: Engine,
+        role: str = "",
+        models: str | None = None,
     ) -> None:
+        """``models``: set when this instance is a device model, to the label of the instance
+        it delays ("" when that one is not in the run)."""
         self.model = model
         self.save_stats: list[dict[str, float]] = []
         self.restore_stats: list[dict[str, float]] = []
@@ -207,6 +215,7 @@ class BackendRun:
                 "spec": spec,
                 "backend": backend.name,
                 "role": role,
+                "models": models,
                 "durability": runs_on.durability,
                 "emulated": runs_on.emulated,
                 "byte_addressable": runs_on.byte_addressable,
@@ -227,10 +236,15 @@ class BackendRun:
     def run(self, op: str) -> float:
         if op == "save":
             self.version += 1
+            waited = self._model_wait()
             t0 = time.perf_counter()
             s = self.store.save(self.model.records, version=self.version, iteration=self.version)
             secs = time.perf_counter() - t0
-            self.save_stats.append(s.as_dict())
+            stats = s.as_dict()
+            if waited is not None:
+                # what the device model added to this save (the copier's waits included)
+                stats["model_wait_s"] = (self._model_wait() or 0.0) - waited
+            self.save_stats.append(stats)
             return secs
         if op == "restore":
             return self._load()
@@ -242,6 +256,10 @@ class BackendRun:
             return self._load()
         raise ValueError(f"unknown operation {op!r}")
 
+    def _model_wait(self) -> float | None:
+        get = getattr(self.backend, "model_wait_s", None)
+        return get() if callable(get) else None
+
     def close(self) -> None:
         try:
             for r in (self.model.records[0], self.model.records[-1]):
@@ -252,7 +270,12 @@ class BackendRun:
 
 
 def _median_breakdown(stats: list[dict[str, float]], keys: Sequence[str]) -> dict[str, float]:
-    return {k: statistics.median(s[k] for s in stats) if stats else 0.0 for k in keys}
+    """The median of each phase over the saves that report it (0.0 where none does)."""
+    out = {}
+    for k in keys:
+        got = [s[k] for s in stats if k in s]
+        out[k] = statistics.median(got) if got else 0.0
+    return out
 
 
 def samples_json(s: Samples) -> dict[str, Any]:
@@ -322,13 +345,16 @@ def backend_row(run: BackendRun, s: Samples, raw_seal_s: float) -> dict[str, Any
         "cold_restore": f["cold_restore"],
         "eviction": f["eviction"][-1] if f["eviction"] else None,
         "save_breakdown": _median_breakdown(
-            run.save_stats, ("encrypt_s", "write_s", "flush_s", "fsync_s")
+            run.save_stats,
+            ("encrypt_s", "write_s", "flush_s", "fsync_s", "replace_s")
+            + (("model_wait_s",) if any("model_wait_s" in s for s in run.save_stats) else ()),
         ),
         "restore_breakdown": _median_breakdown(run.restore_stats, ("read_s", "decrypt_s")),
         "raw_seal_mbps": raw_mbps,
         "save_vs_raw_seal": (mib / save_med) / raw_mbps,
         "byte_addressable": f["byte_addressable"],
         "role": f["role"],
+        "models": f.get("models"),
         "model": m.name,
         "mirror_bytes": nbytes,
         "param_bytes": m.param_bytes,

@@ -50,9 +50,14 @@ def _section(doc: dict[str, Any], name: str, fn: Callable[[], Any]) -> None:
     doc["sections"][name]["seconds"] = round(time.perf_counter() - t0, 1)
 
 
-def run_suite(opts: SuiteOptions, tick: Callable[[], None] = lambda: None) -> dict[str, Any]:
+def run_suite(
+    opts: SuiteOptions,
+    tick: Callable[[], None] = lambda: None,
+    grow: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Every chosen section; ``tick`` is called exactly :func:`total_steps` times (a section
-    that fails early is advanced to its planned count, so the progress bar ends at its total)."""
+    that fails early is advanced to its planned count, so the progress bar ends at its total),
+    plus once per round a contended machine adds, each announced to ``grow`` first."""
     doc: dict[str, Any] = {"sections": {}}
     done = 0
 
@@ -66,7 +71,7 @@ def run_suite(opts: SuiteOptions, tick: Callable[[], None] = lambda: None) -> di
             step()
 
     if opts.in_rounds:
-        _section(doc, "results", lambda: _rounds(opts, step))
+        _section(doc, "results", lambda: _rounds(opts, step, grow))
         got = doc.pop("results", None)
         if isinstance(got, RoundsResult):
             doc["results"] = got.rows
@@ -87,7 +92,9 @@ def run_suite(opts: SuiteOptions, tick: Callable[[], None] = lambda: None) -> di
     return doc
 
 
-def _rounds(opts: SuiteOptions, tick: Callable[[], None]) -> RoundsResult:
+def _rounds(
+    opts: SuiteOptions, tick: Callable[[], None], grow: Callable[[int], None] | None
+) -> RoundsResult:
     chosen = [s for s in opts.chosen() if s.contenders is not None]
     plan = opts.plan if any(s.collect is not None for s in chosen) else []
 
@@ -97,7 +104,7 @@ def _rounds(opts: SuiteOptions, tick: Callable[[], None]) -> RoundsResult:
             yield [(p.label, spec) for p, spec in pairs]
 
     roles = {p.label: p.role for p in plan}
-    return run_workloads(opts, chosen, labelled, tick, roles=roles, dirs=side_dirs)
+    return run_workloads(opts, chosen, labelled, tick, roles=roles, dirs=side_dirs, grow=grow)
 
 
 @contextmanager

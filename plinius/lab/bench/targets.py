@@ -18,8 +18,6 @@ from typing import Any
 from plinius.lab.bench.registry import TARGET_WORKLOAD, sections
 from plinius.lab.bench.verdicts import TargetTable
 
-PM_DEVICE_ROLE = "PM device model"
-
 
 def target_workload(doc: Mapping[str, Any]) -> str | None:
     """size-64 when it ran, else the first workload the full sections ran on, else the first
@@ -74,11 +72,13 @@ def row_at(doc: Mapping[str, Any], wl: str | None, instance: str) -> dict[str, A
     return None
 
 
-def role_row(doc: Mapping[str, Any], wl: str | None, role: str) -> dict[str, Any] | None:
-    for r in doc.get("results") or []:
-        if r.get("model") == wl and r.get("role") == role and r.get("samples"):
-            return dict(r)
-    return None
+def model_rows(doc: Mapping[str, Any], wl: str | None) -> list[dict[str, Any]]:
+    """The device models' rows at ``wl`` (rows whose ``models`` names what they delay)."""
+    return [
+        dict(r)
+        for r in doc.get("results") or []
+        if r.get("model") == wl and r.get("models") is not None and r.get("samples")
+    ]
 
 
 def headline(r: Mapping[str, Any]) -> tuple[list[float], str]:

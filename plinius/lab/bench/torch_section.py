@@ -78,6 +78,12 @@ class TorchWorkload:
             out["optim"] = self.optimizer.state_dict()
         return out
 
+    def load_state(self, sd: dict[str, Any]) -> None:
+        """Load what :meth:`state` gave (a restore's result) into the live module and optimizer."""
+        self.model.load_state_dict(sd["model"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(sd["optim"])
+
     def tensors(self, model_only: bool = False) -> dict[str, Any]:
         """Every live tensor by a stable name (optimizer state looked up now: loads replace it)."""
         out = {f"model.{k}": v for k, v in self.model.state_dict(keep_vars=True).items()}
@@ -187,6 +193,27 @@ def _versions() -> dict[str, str]:
     return {"torch": str(torch.__version__), "safetensors": str(safetensors.__version__)}
 
 
+#: the durability of the plaintext peers' files
+UNSYNCED = "none (no fsync, plaintext)"
+#: a contender's ``(name, id)``: ``DISPLAY (WHERE)`` and ``display@where`` in lower case
+Named = tuple[str, str]
+
+
+def _named(display: str, where: str) -> Named:
+    return f"{display} ({where})", f"{display.lower()}@{where}"
+
+
+def _peer_facts(
+    d: Path, durability: str, saves: str, engine: Engine | None = None
+) -> dict[str, Any]:
+    """What a peer writing in ``d`` ran on and saves."""
+    facts = {**_dir_facts(d, durability), **_versions()}
+    if engine is not None:
+        facts["engine"] = engine.name
+    facts["saves"] = saves
+    return facts
+
+
 def _restore_op(
     w: TorchWorkload, name: str, load: Callable[[], Any], model_only: bool = False
 ) -> float:
@@ -198,48 +225,69 @@ def _restore_op(
     return secs
 
 
-def _torch_save(w: TorchWorkload, label: str, d: Path) -> Contender:
+def _nothing() -> None:
+    """Nothing to close."""
+
+
+def _contender(
+    w: TorchWorkload,
+    named: Named,
+    facts: dict[str, Any],
+    run: Callable[[str], float],
+    *,
+    ops: tuple[str, ...] = (SAVE, RESTORE),
+    close: Callable[[], None] = _nothing,
+    model_only: bool = False,
+) -> Contender:
+    """One contender of the section on ``w`` (its whole state, or its model's with
+    ``model_only``)."""
+    name, ident = named
+    nbytes = w.nbytes(model_only)
+    return Contender(SECTION, name, w.label, nbytes, ops, run, close, facts, id=ident)
+
+
+def _save_restore(
+    w: TorchWorkload,
+    named: Named,
+    facts: dict[str, Any],
+    save: Callable[[], Any],
+    load: Callable[[], Any],
+    *,
+    close: Callable[[], None] = _nothing,
+    model_only: bool = False,
+) -> Contender:
+    """A contender whose ``save`` op times ``save`` and whose ``restore`` op times ``load``
+    (the live state scrambled before and checked after)."""
+
+    def run(op: str) -> float:
+        if op == SAVE:
+            return _timed(save)
+        return _restore_op(w, named[0], load, model_only)
+
+    return _contender(w, named, facts, run, close=close, model_only=model_only)
+
+
+def _torch_save(w: TorchWorkload, d: Path, named: Named) -> Contender:
     """``torch.save`` of both state dicts to one file, ``torch.load`` + ``load_state_dict``."""
     import torch
 
     path = d / "torch-save.pt"
-    name = f"torch.save ({label})"
-
-    def load() -> None:
-        sd = torch.load(path, weights_only=True)
-        w.model.load_state_dict(sd["model"])
-        if w.optimizer is not None:
-            w.optimizer.load_state_dict(sd["optim"])
-
-    def run(op: str) -> float:
-        if op == SAVE:
-            return _timed(lambda: torch.save(w.state(), path))
-        return _restore_op(w, name, load)
-
-    facts = {
-        **_dir_facts(d, "none (no fsync, plaintext)"),
-        **_versions(),
-        "saves": "model + optimizer",
-    }
-    return Contender(
-        SECTION,
-        name,
-        w.label,
-        w.nbytes(),
-        (SAVE, RESTORE),
-        run,
-        facts=facts,
-        id=f"torch.save@{label}",
+    return _save_restore(
+        w,
+        named,
+        _peer_facts(d, UNSYNCED, "model + optimizer"),
+        lambda: torch.save(w.state(), path),
+        lambda: w.load_state(torch.load(path, weights_only=True)),
     )
 
 
-def _torch_save_sealed(w: TorchWorkload, label: str, d: Path, engine: Engine) -> Contender:
+def _torch_save_sealed(w: TorchWorkload, d: Path, engine: Engine, named: Named) -> Contender:
     """What an encrypted, durable ``torch.save`` costs: pickle to memory, AES-GCM, write, fsync,
     rename; restore reads, authenticates and decrypts, then ``torch.load`` from memory."""
     import torch
 
     path = d / "torch-save.pt.sealed"
-    name = f"torch.save+AES-GCM+fsync ({label})"
+    name = named[0]
     aad = b"plinius-bench torch.save " + w.label.encode()
     sealed, plain = StagingBuffer(), StagingBuffer()
 
@@ -260,84 +308,44 @@ def _torch_save_sealed(w: TorchWorkload, label: str, d: Path, engine: Engine) ->
                 raise IntegrityError(name, "short read")
         out = plain.view(n - OVERHEAD)
         engine.decrypt_into(aad, src, out, name)
-        sd = torch.load(io.BytesIO(out), weights_only=True)
-        w.model.load_state_dict(sd["model"])
-        if w.optimizer is not None:
-            w.optimizer.load_state_dict(sd["optim"])
-
-    def run(op: str) -> float:
-        return _timed(save) if op == SAVE else _restore_op(w, name, load)
+        w.load_state(torch.load(io.BytesIO(out), weights_only=True))
 
     def close() -> None:
         sealed.close()
         plain.close()
 
-    facts = {
-        **_dir_facts(d, "fsync + atomic rename"),
-        **_versions(),
-        "engine": engine.name,
-        "saves": "model + optimizer",
-    }
-    return Contender(
-        SECTION,
-        name,
-        w.label,
-        w.nbytes(),
-        (SAVE, RESTORE),
-        run,
-        close,
-        facts,
-        id=f"torch.save+aes-gcm+fsync@{label}",
-    )
+    facts = _peer_facts(d, "fsync + atomic rename", "model + optimizer", engine)
+    return _save_restore(w, named, facts, save, load, close=close)
 
 
-def _safetensors(w: TorchWorkload, label: str, d: Path) -> Contender:
+def _safetensors(w: TorchWorkload, d: Path, named: Named) -> Contender:
     """``safetensors.torch.save_file``/``load_file`` of the model only (no optimizer format)."""
     from safetensors.torch import load_file, save_file
 
-    path = d / "model.safetensors"
-    name = f"safetensors ({label})"
-
-    def run(op: str) -> float:
-        if op == SAVE:
-            return _timed(lambda: save_file(w.model.state_dict(), str(path)))
-        return _restore_op(
-            w, name, lambda: w.model.load_state_dict(load_file(str(path))), model_only=True
-        )
-
-    facts = {
-        **_dir_facts(d, "none (no fsync, plaintext)"),
-        **_versions(),
-        "saves": "model only (safetensors has no optimizer format)",
-    }
-    return Contender(
-        SECTION,
-        name,
-        w.label,
-        w.nbytes(model_only=True),
-        (SAVE, RESTORE),
-        run,
-        facts=facts,
-        id=f"safetensors@{label}",
+    path = str(d / "model.safetensors")
+    return _save_restore(
+        w,
+        named,
+        _peer_facts(d, UNSYNCED, "model only (safetensors has no optimizer format)"),
+        lambda: save_file(w.model.state_dict(), path),
+        lambda: w.model.load_state_dict(load_file(path)),
+        model_only=True,
     )
 
 
-def _dcp(w: TorchWorkload, label: str, d: Path, asynchronous: bool) -> Contender:
+def _dcp(w: TorchWorkload, d: Path, asynchronous: bool, named: Named) -> Contender:
     """``torch.distributed.checkpoint`` in one process (no process group); the async variant
     times ``dcp.async_save`` until it returns and, separately, until the checkpoint is written."""
     import torch.distributed.checkpoint as dcp
 
     where = d / ("dcp-async" if asynchronous else "dcp")
     where.mkdir(exist_ok=True)
-    name = f"dcp.{'async_save' if asynchronous else 'save'} ({label})"
-    ops = (SAVE, SAVE_DONE, RESTORE) if asynchronous else (SAVE, RESTORE)
+    name = named[0]
 
     def load() -> None:
         sd = w.state()
         dcp.load(sd, checkpoint_id=str(where))
-        w.model.load_state_dict(sd["model"])
-        if w.optimizer is not None:
-            w.optimizer.load_state_dict(sd["optim"])
+        w.load_state(sd)
 
     def run(op: str) -> float:
         with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
@@ -352,59 +360,39 @@ def _dcp(w: TorchWorkload, label: str, d: Path, asynchronous: bool) -> Contender
             future.result()
             return returned if op == SAVE else time.perf_counter() - t0
 
-    facts = {
-        **_dir_facts(d, "none (no fsync, plaintext)"),
-        **_versions(),
-        "saves": "model + optimizer",
-        "process group": "none (single process)",
-    }
+    facts = _peer_facts(d, UNSYNCED, "model + optimizer")
+    facts["process group"] = "none (single process)"
+    ops: tuple[str, ...] = (SAVE, RESTORE)
     if asynchronous:
         facts["ops"] = f"'{SAVE}' until async_save returns; '{SAVE_DONE}' until its future is done"
-    kind = "dcp.async_save" if asynchronous else "dcp.save"
-    return Contender(
-        SECTION, name, w.label, w.nbytes(), ops, run, facts=facts, id=f"{kind}@{label}"
-    )
+        ops = (SAVE, SAVE_DONE, RESTORE)
+    return _contender(w, named, facts, run, ops=ops)
 
 
 def _torch_mirror(
-    w: TorchWorkload, spec: str, key_file: Path, platform: Platform | None
+    w: TorchWorkload, spec: str, key_file: Path, platform: Platform | None, named: Named
 ) -> Contender:
     """TorchMirror on one backend: ``step`` (every=1) seals and commits, ``restore`` loads it."""
     from plinius.torch import TorchMirror
 
-    backend_name = parse_spec(spec)[0]
-    name = f"TorchMirror ({backend_name})"
     tm = TorchMirror(
         w.model, w.optimizer, backend=spec, key_file=str(key_file), every=1, platform=platform
     )
     iteration = 0
 
-    def run(op: str) -> float:
+    def save() -> None:
         nonlocal iteration
-        if op == SAVE:
-            iteration += 1
-            return _timed(lambda: tm.step(iteration))
+        iteration += 1
+        tm.step(iteration)
 
-        def load() -> None:
-            got = tm.restore()
-            if got != iteration:
-                raise IntegrityError(name, f"restored iteration {got}, saved {iteration}")
-
-        return _restore_op(w, name, load)
+    def load() -> None:
+        got = tm.restore()
+        if got != iteration:
+            raise IntegrityError(named[0], f"restored iteration {got}, saved {iteration}")
 
     facts: dict[str, Any] = {"backend": spec, "saves": "model + optimizer + RNG states, sealed"}
     facts.update(_versions())
-    return Contender(
-        SECTION,
-        name,
-        w.label,
-        w.nbytes(),
-        (SAVE, RESTORE),
-        run,
-        tm.close,
-        facts,
-        id=f"torchmirror@{backend_name}",
-    )
+    return _save_restore(w, named, facts, save, load, close=tm.close)
 
 
 def _not_run(w: TorchWorkload, name: str, exc: BaseException) -> Contender:
@@ -445,26 +433,29 @@ def torch_contenders(
     w = workload or build_workload(workload_label, specs, seed)
     sealing = make_engine(read_key_file(key_file), engine)
     out: list[Contender] = []
-    builders: list[tuple[str, Callable[[], Contender]]] = []
+    builders: list[tuple[Named, Callable[[Named], Contender]]] = []
     for spec in backends:
-        label = f"TorchMirror ({parse_spec(spec)[0]})"
-        builders.append((label, partial(_torch_mirror, w, spec, Path(key_file), platform)))
-    for label, d in dirs.items():
-        builders += [
-            (f"torch.save ({label})", partial(_torch_save, w, label, d)),
+        where = parse_spec(spec)[0]
+        builders.append(
             (
-                f"torch.save+AES-GCM+fsync ({label})",
-                partial(_torch_save_sealed, w, label, d, sealing),
-            ),
-            (f"safetensors ({label})", partial(_safetensors, w, label, d)),
-            (f"dcp.save ({label})", partial(_dcp, w, label, d, False)),
-            (f"dcp.async_save ({label})", partial(_dcp, w, label, d, True)),
+                _named("TorchMirror", where),
+                partial(_torch_mirror, w, spec, Path(key_file), platform),
+            )
+        )
+    for label, d in dirs.items():
+        peers: list[tuple[str, Callable[[Named], Contender]]] = [
+            ("torch.save", partial(_torch_save, w, d)),
+            ("torch.save+AES-GCM+fsync", partial(_torch_save_sealed, w, d, sealing)),
+            ("safetensors", partial(_safetensors, w, d)),
+            ("dcp.save", partial(_dcp, w, d, False)),
+            ("dcp.async_save", partial(_dcp, w, d, True)),
         ]
-    for name, build in builders:
+        builders += [(_named(display, label), build) for display, build in peers]
+    for named, build in builders:
         try:
-            out.append(build())
+            out.append(build(named))
         except Exception as exc:  # reported as "not run", the section goes on
-            out.append(_not_run(w, name, exc))
+            out.append(_not_run(w, named[0], exc))
     return out
 
 

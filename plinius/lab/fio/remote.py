@@ -35,12 +35,10 @@ from plinius.lab.fio.runner import (
     SweepHost,
     Target,
     count_steps,
-    jobs_dir,
-    plan_targets,
+    plan_sweep,
     sweep_target,
 )
-from plinius.lab.fio.tool import FioTool, find_fio
-from plinius.lab.reporting.provenance import provenance
+from plinius.lab.fio.tool import FioTool
 
 
 def remote_target(t: Target, client: FioClient, remote_dir: str | None) -> Target:
@@ -53,21 +51,8 @@ def remote_target(t: Target, client: FioClient, remote_dir: str | None) -> Targe
         if client.loopback
         else "the server's mount is not inspected from here; device: the disks its fio reports"
     )
-    return Target(
-        name=root,
-        root=root,
-        engine=t.engine,
-        fs_type=m.fs_type,
-        mount_point=m.mount_point,
-        mount_options=m.options,
-        device=m.device,
-        dax=m.dax,
-        volatile=m.volatile,
-        backends=[],
-        env=dict(t.env),
-        directory=root,
-        notes=[how],
-        host=client.label,
+    return Target.on_mount(
+        root, root, t.engine, m, env=dict(t.env), directory=root, notes=[how], host=client.label
     )
 
 
@@ -142,28 +127,18 @@ def run_fio_clients(
     ``directories`` (``NAME:DIR``) and ``remote_dir`` are paths on the servers. Every server is
     probed first: an unreachable one raises ``FioServerError`` before any job.
     """
-    params = params or FioParams()
-    params.check()
-    fio = fio or find_fio()
-    jdir = jobs_dir(jobs)
-    planned = plan_targets(backends, directories, params, fio)
-    roots = list(dict.fromkeys(remote_dir or t.root for t in planned))
-    facts = [probe(fio, c, roots) for c in clients]
+    sweep = plan_sweep(backends, directories, params, fio=fio, jobs=jobs)
+    roots = list(dict.fromkeys(remote_dir or t.root for t in sweep.planned))
+    facts = [probe(sweep.fio, c, roots) for c in clients]
     targets: list[Target] = []
     results: list[JobResult] = []
     for c in clients:
-        placed = remote_targets(planned, c, remote_dir)
+        placed = remote_targets(sweep.planned, c, remote_dir)
         for rt in placed:
             targets.append(rt)
-            results.extend(run_remote_target(rt, c, params, fio, jdir, tick))
+            results.extend(run_remote_target(rt, c, sweep.params, sweep.fio, sweep.jobs, tick))
         if tick:  # local targets merged into one server directory: their steps are done
-            for _ in range(count_steps(planned, params) - count_steps(placed, params)):
+            done = count_steps(sweep.planned, sweep.params) - count_steps(placed, sweep.params)
+            for _ in range(done):
                 tick()
-    return FioReport(
-        fio={**fio.as_dict(), "jobs_dir": str(jdir)},
-        parameters=params,
-        targets=targets,
-        results=results,
-        provenance=provenance(),
-        clients=facts,
-    )
+    return sweep.report(targets, results, clients=facts)

@@ -241,6 +241,7 @@ def plot_fig2(
     threads = sorted({r.threads for r in fig2}) or [1]
     for ax in axes.flat:
         ax.set_xticks(threads, [str(t) for t in threads])
+        ax.tick_params(labelbottom=True)  # every panel names its threads, not only the bottom
     marks = "" if any(host != LOCAL for host, _, _ in lines) else "; * = emulated"
     fig.suptitle(f"fio: 4 KiB sync I/O, fsync per written block (paper Fig. 2){marks}")
     fig.tight_layout()

@@ -140,6 +140,24 @@ class Target:
     notes: list[str] = field(default_factory=list)
     host: str = LOCAL
 
+    @classmethod
+    def on_mount(cls, name: str, root: str, engine: str, m: MountInfo, **more: Any) -> Target:
+        """The target ``name`` measuring ``root`` with ``engine``, on mount ``m`` (its file
+        system, options, device, DAX, RAM-backed or not); ``more``: the other fields."""
+        more.setdefault("backends", [])
+        return cls(
+            name=name,
+            root=root,
+            engine=engine,
+            fs_type=m.fs_type,
+            mount_point=m.mount_point,
+            mount_options=m.options,
+            device=m.device,
+            dax=m.dax,
+            volatile=m.volatile,
+            **more,
+        )
+
     @property
     def label(self) -> str:
         """What was measured: backend names, each emulated one starred (``"ssd, dax*"``); on a
@@ -394,16 +412,11 @@ def plan_targets(
         chosen, env = profile(name).fio_engine(params.pm_engine, m, engines)
         engine = chosen or SYNC_ENGINE
         facts = _backend_facts(name, cls, engine, m)
-        t = Target(
-            name=name,
-            root=str(root),
-            engine=engine,
-            fs_type=m.fs_type,
-            mount_point=m.mount_point,
-            mount_options=m.options,
-            device=m.device,
-            dax=m.dax,
-            volatile=m.volatile,
+        t = Target.on_mount(
+            name,
+            str(root),
+            engine,
+            m,
             backends=[facts],
             device_facts=block_device_facts(m.device),
             env=env,
@@ -583,6 +596,49 @@ def run_target(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+@dataclass
+class Sweep:
+    """A sweep checked and planned before any job runs: its parameters, the fio it runs, the
+    job files and the targets planned on this machine."""
+
+    params: FioParams
+    fio: FioTool
+    jobs: Path
+    planned: list[Target]
+
+    def report(self, targets: list[Target], results: list[JobResult], **more: Any) -> FioReport:
+        """The report of the sweep's ``targets`` and ``results`` (``more``: e.g. ``clients``)."""
+        return FioReport(
+            fio={**self.fio.as_dict(), "jobs_dir": str(self.jobs)},
+            parameters=self.params,
+            targets=targets,
+            results=results,
+            provenance=provenance(),
+            **more,
+        )
+
+
+def plan_sweep(
+    backends: Sequence[str] | None = None,
+    directories: dict[str, str] | None = None,
+    params: FioParams | None = None,
+    *,
+    fio: FioTool | None = None,
+    jobs: str | os.PathLike[str] | None = None,
+) -> Sweep:
+    """Find fio, check the parameters and the job files, plan the targets: what a local and a
+    remote sweep share. Raises ``ToolMissingError`` (no usable fio) and ``ConfigError`` (bad
+    parameters, a missing job file); reads mounts only."""
+    params = params or FioParams()
+    params.check()
+    fio = fio or find_fio()
+    jdir = jobs_dir(jobs)
+    for s in params.suites:
+        if not (jdir / f"{s}.fio").is_file():
+            raise ConfigError(f"job file {jdir / f'{s}.fio'} is missing")
+    return Sweep(params, fio, jdir, plan_targets(backends, directories, params, fio))
+
+
 def run_fio(
     backends: Sequence[str] | None = None,
     directories: dict[str, str] | None = None,
@@ -598,23 +654,10 @@ def run_fio(
     Raises ``ToolMissingError`` (no usable fio) and ``ConfigError`` (bad parameters, no job
     files) before anything runs; failures of fio or of a target are recorded, not raised.
     """
-    params = params or FioParams()
-    params.check()
-    fio = fio or find_fio()
-    jdir = jobs_dir(jobs)
-    for s in params.suites:
-        if not (jdir / f"{s}.fio").is_file():
-            raise ConfigError(f"job file {jdir / f'{s}.fio'} is missing")
-    targets = plan_targets(backends, directories, params, fio)
+    sweep = plan_sweep(backends, directories, params, fio=fio, jobs=jobs)
     if on_targets:
-        on_targets(targets)
+        on_targets(sweep.planned)
     results: list[JobResult] = []
-    for t in targets:
-        results.extend(run_target(t, params, fio, jdir, tick))
-    return FioReport(
-        fio={**fio.as_dict(), "jobs_dir": str(jdir)},
-        parameters=params,
-        targets=targets,
-        results=results,
-        provenance=provenance(),
-    )
+    for t in sweep.planned:
+        results.extend(run_target(t, sweep.params, sweep.fio, sweep.jobs, tick))
+    return sweep.report(sweep.planned, results)

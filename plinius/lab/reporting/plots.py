@@ -6,6 +6,7 @@ redraw them from saved or asv results without re-running anything.
 
 from __future__ import annotations
 
+import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,23 +100,31 @@ def save_restore(results: Sequence[dict[str, Any]], path: Path, title: str = "")
     """Fig. 7: save and restore time versus mirror size, one line per backend instance
     (legend: instance [durability, emulated]; dashed = process-crash, solid = power-fail)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharex=True)
     xkey, xlabel = _x(results)
-    for name, rows in _by_backend(results).items():
+    groups = _by_backend(results)
+    seen: dict[str, list[float]] = {"x": [], "save": [], "restore": []}
+    for (name, rows), colour in zip(groups.items(), _colours(len(groups)), strict=True):
         xs = _xs(rows, xkey)
+        seen["x"] += xs
         for ax, key in zip(axes, ("save", "restore"), strict=True):
+            style = {**_style(rows, name), "color": colour}
             med, lo, hi = _bars(rows, key)
-            ax.errorbar(xs, med, yerr=[lo, hi], capsize=2, label=name, **_style(rows, name))
+            seen[key] += med
+            ax.errorbar(xs, med, yerr=[lo, hi], capsize=2, label=name, **style)
             cold = [r for r in rows if r.get("restore_cold_s") is not None]
             if key == "restore" and len(cold) == len(rows):
                 cmed, clo, chi = _bars(rows, "restore_cold")
-                style = {**_style(rows, name), "linestyle": "-."}
+                seen[key] += cmed
+                style["linestyle"] = "-."
                 ax.errorbar(xs, cmed, yerr=[clo, chi], capsize=2, label=f"{name} cold", **style)
     spread = "95 % CI" if all(_interval(r, "save_s") for r in results) else "min–max"
     for ax, key in zip(axes, ("save", "restore"), strict=True):
         ax.set(xlabel=xlabel, ylabel=f"{key} time (ms)", title=f"{key} (median, {spread})")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        _log_if_wide(ax, "x", seen["x"])
+        _log_if_wide(ax, "y", seen[key])
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize="x-small")
     fig.suptitle(title or "Encrypted mirror save/restore per backend instance [durability]")
     return _save(fig, plt, path)
 
@@ -126,10 +135,13 @@ def speedups(results: Sequence[dict[str, Any]], path: Path) -> Path:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)
     xkey, xlabel = _x(results)
-    for name, rows in _by_backend(results).items():
+    groups = _by_backend(results)
+    xs_seen: list[float] = []
+    for (name, rows), colour in zip(groups.items(), _colours(len(groups)), strict=True):
         rows = [r for r in rows if r.get("baseline") and r["baseline"] != r.get("instance")]
         if not rows:
             continue
+        xs_seen += _xs(rows, xkey)
         label = f"{name} vs {rows[0]['baseline']}"
         for ax, key in zip(axes, ("save", "restore"), strict=True):
             k = f"speedup_{key}_vs_baseline"
@@ -145,8 +157,10 @@ def speedups(results: Sequence[dict[str, Any]], path: Path) -> Path:
                     [y - (p[2][1] if p[2] else y) for y, p in zip(ys, pts, strict=True)],
                     [(p[2][2] if p[2] else y) - y for y, p in zip(ys, pts, strict=True)],
                 ]
-                ax.errorbar(xs, ys, yerr=err, capsize=2, label=label, **_style(rows, name))
+                style = {**_style(rows, name), "color": colour}
+                ax.errorbar(xs, ys, yerr=err, capsize=2, label=label, **style)
     for ax, key in zip(axes, ("save", "restore"), strict=True):
+        _log_if_wide(ax, "x", xs_seen)
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set(
             xlabel=xlabel,
@@ -168,7 +182,9 @@ def targets(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         for t in rows
         if t.get("interval") and not t.get("point_estimate") and t.get("unit") != "fraction"
     ]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * max(len(shown), 2) + 1.2))
+    labels = [textwrap.fill(str(t["target"]), 46) for t in shown]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(figsize=(10, 0.17 * max(lines, 4) + 0.1 * len(shown) + 1.0))
     colours = {"met": "tab:green", "not met": "tab:red", "inconclusive": "tab:orange"}
     for i, t in enumerate(shown):
         iv = t["interval"]
@@ -178,8 +194,11 @@ def targets(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.errorbar([m], [i], xerr=[[m - lo], [hi - m]], fmt="o", color=c, capsize=3)
         if t.get("bar_value") is not None:
             ax.plot([t["bar_value"]] * 2, [i - 0.35, i + 0.35], color="black", ls="--", lw=1)
-    ax.set_yticks(range(len(shown)), [t["target"] for t in shown], fontsize=7)
-    ax.set(xscale="log", xlabel="ratio (median, 95 % CI); dashed: the bar", title="Targets")
+    ax.set_yticks(range(len(shown)), labels, fontsize=7)
+    values = [v for t in shown for v in t["interval"]["ci95"]]
+    values += [t["bar_value"] for t in shown if t.get("bar_value")]
+    _log_if_wide(ax, "x", [*values, min(values, default=1) / 11])
+    ax.set(xlabel="ratio (median, 95 % CI); dashed: the bar", title="Targets")
     ax.invert_yaxis()
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, plt, path)
@@ -210,11 +229,10 @@ def sps(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[str(r["series"])].append(r)
-    for name, pts in groups.items():
+    for (name, pts), colour in zip(groups.items(), _colours(len(groups)), strict=True):
         pts.sort(key=lambda r: r["swaps_per_tx"])
-        ax.plot(
-            [p["swaps_per_tx"] for p in pts], [p["sps"] / 1e6 for p in pts], marker="o", label=name
-        )
+        xs = [p["swaps_per_tx"] for p in pts]
+        ax.plot(xs, [p["sps"] / 1e6 for p in pts], marker="o", label=name, color=colour)
     ax.set(
         xscale="log",
         xlabel="swaps per transaction",
@@ -224,6 +242,32 @@ def sps(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, plt, path)
+
+
+def _log_if_wide(ax: Any, axis: str, values: Sequence[float]) -> None:
+    """A log ``axis`` ("x" or "y") when the positive ``values`` span more than 10×, with plain
+    tick labels (1, 2, 5 × 10^k written out) that never collide."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    pos = [v for v in values if v > 0]
+    if not pos or max(pos) / min(pos) <= 10:
+        return
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    which.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    which.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
+    which.set_minor_formatter(NullFormatter())
+
+
+def _colours(n: int) -> list[Any]:
+    """``n`` distinct colours (tab10, then tab20's lighter ones): no two series alike."""
+    import matplotlib
+
+    tab10, tab20 = matplotlib.colormaps["tab10"], matplotlib.colormaps["tab20"]
+    base = [tab10(i) for i in range(10)]
+    light = [tab20(i) for i in range(1, 20, 2)]
+    pool = base + light
+    return [pool[i % len(pool)] for i in range(n)]
 
 
 def _save(fig: Any, plt: Any, path: Path) -> Path:
@@ -237,7 +281,8 @@ def _save(fig: Any, plt: Any, path: Path) -> Path:
 def answer(panels: Sequence[tuple[str, Sequence[Any]]], path: Path, title: str) -> Path:
     """The answer in one figure: one panel per durability level, each option's save and
     headline restore as bars with their 95 % intervals, on a log axis when the options differ
-    by more than 10× (``panels``: ``(level, options)`` of :mod:`plinius.lab.bench.answer`)."""
+    by more than 10× (``panels``: ``(level, options)`` of :mod:`plinius.lab.bench.answer`);
+    peers (what users do instead) hatched and labelled, device models labelled."""
     plt = _plt()
     panels = [(level, opts) for level, opts in panels if opts]
     n = max(len(panels), 1)
@@ -245,7 +290,14 @@ def answer(panels: Sequence[tuple[str, Sequence[Any]]], path: Path, title: str) 
     fig, axes = plt.subplots(n, 1, figsize=(8.5, height * n), squeeze=False)
     colours = {"save": "#1f77b4", "restore": "#ff7f0e"}
     for ax, (level, opts) in zip(axes[:, 0], panels, strict=False):
-        names = [o.instance + (" (emulated)" if o.emulated else "") for o in opts]
+        names = [
+            o.instance
+            + (" (emulated)" if o.emulated else "")
+            + (f" (peer, {o.peer})" if o.peer else "")
+            + (" (device model)" if o.models is not None else "")
+            for o in opts
+        ]
+        hatch = ["//" if o.peer else "" for o in opts]
         ys = range(len(opts))
         lows: list[float] = []
         highs: list[float] = []
@@ -256,16 +308,19 @@ def answer(panels: Sequence[tuple[str, Sequence[Any]]], path: Path, title: str) 
                 [max(iv.median - iv.lo, 0) * 1e3 for iv in ivs],
                 [max(iv.hi - iv.median, 0) * 1e3 for iv in ivs],
             ]
-            ax.barh(
+            bars = ax.barh(
                 [y + shift for y in ys], med, height=0.34, xerr=err, capsize=3,
                 color=colours[key], label=key if k == 0 else "restore (cold where it has one)",
             )  # fmt: skip
+            for bar, h in zip(bars, hatch, strict=True):
+                if h:
+                    bar.set_hatch(h)
+                    bar.set_alpha(0.6)
             lows += [iv.lo * 1e3 for iv in ivs if iv.lo > 0]
             highs += [iv.hi * 1e3 for iv in ivs]
         ax.set_yticks(list(ys), names, fontsize=8)
         ax.invert_yaxis()
-        if lows and max(highs) / min(lows) > 10:
-            ax.set_xscale("log")
+        _log_if_wide(ax, "x", lows + highs)
         ax.set_xlabel("ms (median, 95 % interval)")
         what = {"power-fail": "a power failure", "process-crash": "a process crash"}
         ax.set_title(f"survives {what.get(level, level)}", fontsize=9, loc="left")
