@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from plinius.core.crypto import ENGINES, generate_key, write_key_file
+from plinius.core.crypto import ENGINES
 
 #: The test pyramid: ``tests/unit/`` (in-process: no subprocess, no server; checked by
 #: ``tests/unit/test_unit_purity.py``), ``tests/system/`` (real processes, servers, kills) and
@@ -82,22 +82,13 @@ def darknet_mirror(
     stays in-process, see ``tests/unit/test_unit_purity.py``)."""
     if TESTS / "unit" in Path(str(request.path)).resolve().parents:
         pytest.fail("darknet_mirror runs plinius in subprocesses: not for tests/unit/")
-    from cli_runner import run_cli
+    from darknet_mirrors import train_mirrors
 
     root = tmp_path_factory.mktemp("darknet-mirror")
     shm = Path(tempfile.mkdtemp(prefix="plinius-test-mirror-", dir="/dev/shm"))
-    key = root / "owner.key"
-    write_key_file(key, generate_key())
-    data = root / "data.pld"
-    res = run_cli("owner", "encrypt-data", "--key-file", str(key), "--out", str(data))
-    assert res.returncode == 0, res.stderr
     spec = f"tmpfs:{shm / 'm'}"
     try:
-        res = run_cli(
-            "train", "--model", "tiny", "--backend", spec, "--key-file", str(key),
-            "--data", str(data), "--iterations", "2",
-        )  # fmt: skip
-        assert res.returncode == 0, res.stderr
+        key = train_mirrors(root, {"tmpfs": spec}, 2)
         yield {"key": str(key), "spec": spec}
     finally:
         shutil.rmtree(shm, ignore_errors=True)

@@ -77,7 +77,13 @@ def check_blob_name(blob: str) -> str:
 
 @dataclass
 class IoStats:
-    """Where the time of one save or restore went (seconds) and how many bytes moved."""
+    """Where the time of one save or restore went (seconds) and how many bytes moved.
+
+    For the file backends: ``write_s`` opens the file written and writes (and cuts) it,
+    ``fsync_s`` is every fsync (the file's, then the directory's after the replace),
+    ``replace_s`` the rename (or name exchange) that makes the new version current, nothing
+    else. Backends without such a step leave it 0.
+    """
 
     bytes: int = 0
     encrypt_s: float = 0.0
@@ -87,6 +93,7 @@ class IoStats:
     flush_s: float = 0.0
     fsync_s: float = 0.0
     total_s: float = 0.0
+    replace_s: float = 0.0
 
     def merge(self, other: IoStats) -> IoStats:
         """Field-wise sum: the mirror module adds its crypto time to the backend's I/O time."""

@@ -13,15 +13,17 @@ so a FIFO cannot hang us, then an ``fstat`` check that it is a regular file).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
+import functools
 import os
 import re
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from plinius.core.errors import ConfigError, NotFoundError
 
@@ -118,6 +120,41 @@ def fsync_dir(directory: StrPath) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+#: ``renameat2`` flag: swap the two names atomically (both must exist)
+RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """libc's ``renameat2`` (glibc >= 2.28) through ctypes, or None when libc lacks it."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def exchange(src: StrPath, dst: StrPath, *, dir_fd: int | None = None) -> None:
+    """Swap the names ``src`` and ``dst`` in one atomic step (``renameat2`` with
+    ``RENAME_EXCHANGE``): each name then holds the other's file, at every instant each name
+    holds one of the two. Relative names resolve against ``dir_fd`` when given. Neither name's
+    last component is followed (a symlink is swapped as a link).
+
+    Raises ``OSError``: ``ENOENT`` when either name is missing, ``ENOSYS`` when libc or the
+    kernel has no ``renameat2``, ``EINVAL`` (or ``EOPNOTSUPP``) when the file system does not
+    support exchanging; the caller then falls back to a plain rename."""
+    fn = _renameat2()
+    if fn is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available in this C library")
+    fd = _AT_FDCWD if dir_fd is None else dir_fd
+    if fn(fd, os.fsencode(src), fd, os.fsencode(dst), RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fspath(src), None, os.fspath(dst))
 
 
 def _refuse_special_target(p: Path) -> None:

@@ -185,6 +185,8 @@ class MirrorCounters:
         self._known: dict[str, tuple[bytes, SlotState]] = {}
         self._lock = threading.RLock()
         self._paths: dict[str, str] = {}
+        #: per slot: its record file, kept open for reading and writing (:meth:`_held`)
+        self._fds: dict[str, int] = {}
 
     def _what(self, slot: str) -> str:
         return f"platform counter {slot}"
@@ -204,14 +206,18 @@ class MirrorCounters:
         theirs. An empty record (an older plinius killed between creating its first record and
         writing it, before any mirror was written) holds no state."""
         with self._lock:
-            fd = self._open(slot, os.O_RDONLY)
+            held = self._fds.get(slot)
+            fd = held if held is not None else self._open(slot, os.O_RDONLY)
             raw = b""
             if fd is not None:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_SH)
                     raw = self._read_fd(slot, fd)
                 finally:
-                    os.close(fd)
+                    if held is None:
+                        os.close(fd)
+                    else:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
             if not raw:
                 self._known.pop(slot, None)
                 return None
@@ -223,6 +229,31 @@ class MirrorCounters:
             path = check_path(self.dir / slot, self._what(slot))
             self._paths[slot] = path
         return path
+
+    def _held(self, slot: str) -> int | None:
+        """The slot's record file, opened for reading and writing on first use and kept open
+        (None: there is none yet). A record is never replaced, only rewritten in place
+        (:meth:`_update`; the first one is linked in whole, never over another), so the kept
+        descriptor is the record's file for as long as the platform location is not reset."""
+        fd = self._fds.get(slot)
+        if fd is None:
+            fd = self._open(slot, os.O_RDWR)
+            if fd is not None:
+                self._fds[slot] = fd
+        return fd
+
+    def close(self) -> None:
+        """Close the record files kept open (a later use opens them again)."""
+        with self._lock:
+            fds, self._fds = self._fds, {}
+            for fd in fds.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _open(self, slot: str, flags: int) -> int | None:
         """The slot's record file (never through a symlink, never anything but a regular
@@ -248,11 +279,12 @@ class MirrorCounters:
         chunks: list[bytes] = []
         at = 0
         while True:
-            chunk = os.pread(fd, _MAX_RECORD + 1 - at, at)
-            if not chunk:
-                return b"".join(chunks)
+            want = _MAX_RECORD + 1 - at
+            chunk = os.pread(fd, want, at)
             chunks.append(chunk)
             at += len(chunk)
+            if at <= _MAX_RECORD and len(chunk) < want:  # a regular file's short read: its end
+                return b"".join(chunks)
             if at > _MAX_RECORD:
                 raise ConfigError(
                     f"{self._what(slot)} {self.dir / slot} is more than the {_MAX_RECORD} B "
@@ -289,7 +321,7 @@ class MirrorCounters:
         complete one, and a record another process created first is changed, never replaced."""
         with self._lock:
             while True:
-                fd = self._open(slot, os.O_RDWR)
+                fd = self._held(slot)
                 if fd is None:
                     new = change(None)
                     if new is None:
@@ -300,7 +332,7 @@ class MirrorCounters:
                     self._known[slot] = (blob, new)
                     return None
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # released in finally (the fd is kept)
                     raw = self._read_fd(slot, fd)
                     state = self._state_of(slot, raw) if raw else None
                     new = change(state)
@@ -319,7 +351,7 @@ class MirrorCounters:
                     self._known[slot] = (blob, new)
                     return state
                 finally:
-                    os.close(fd)
+                    fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _create(self, slot: str, blob: bytes) -> bool:
         """Make the slot's first record: ``blob`` written and flushed under a temporary name in

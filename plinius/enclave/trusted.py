@@ -440,6 +440,21 @@ class Enclave:
         """``--fresh``: a new run from scratch; its first mirror makes every older one stale."""
         self._run_id = os.urandom(ID_BYTES)
 
+    def ecall_explain_mismatch(self) -> str | None:
+        """What differs between this model and the one the stored mirror was made by, when the
+        model can say (its optional ``describe_mismatch(training_state)``): the manifest is
+        authenticated under the fingerprint its own header names; only the explanation leaves.
+        None: nothing to explain by (no mirror, no such hook, an unreadable mirror)."""
+        describe = getattr(self._model_or_none, "describe_mismatch", None)
+        if describe is None or self._store is None:
+            return None
+        try:
+            info = MirrorStore(self._store.backend, self._eng, None, self._store.blob).peek()
+        except PliniusError:
+            return None
+        net = info.meta.get("net") if info is not None else None
+        return str(describe(net)) if isinstance(net, dict) else None
+
     def _persist(
         self, records: list[Record], version: int, iteration: int, meta: dict[str, Any]
     ) -> IoStats:
@@ -563,4 +578,7 @@ class Enclave:
     def ecall_close(self) -> list[Backend]:
         """Stop mirroring; the replica backends now idle (the caller closes them)."""
         self.ecall_set_async(False)
-        return self._replicas.close() if self._replicas is not None else []
+        idle = self._replicas.close() if self._replicas is not None else []
+        if self._guard is not None:
+            self._guard.counters.close()  # a replica copy still going opens its record again
+        return idle

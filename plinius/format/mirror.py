@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -80,9 +80,9 @@ MANIFEST_NAME = "__manifest__"
 DEFAULT_BLOB = "mirror"
 
 
-@dataclass(frozen=True)
-class Record:
-    """One buffer to mirror: a C-contiguous array, sealed in place."""
+class Record(NamedTuple):
+    """One buffer to mirror: a C-contiguous array, sealed in place. (A named tuple: a save
+    makes one per buffer, and a frozen dataclass costs ~10 times as much to make.)"""
 
     layer: int
     name: str
@@ -312,6 +312,80 @@ def _manifest_bytes(
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
+#: the version packed into associated data (after the fixed prefix, before run and save ids)
+_STAMP_AAD = struct.Struct("<Q")
+#: the manifest's JSON encoder (compact, sorted keys: what ``_manifest_bytes`` writes), kept
+_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
+@dataclass
+class _SaveLayout:
+    """One layout of records as a save writes it (cached by :meth:`MirrorStore._layout`): the
+    entries and where the manifest starts; per record, per segment, ``(AAD prefix, AAD suffix,
+    blob offset, plaintext start, plaintext length)`` where a segment's associated data is
+    ``prefix | u64 version | run id | save id | suffix`` (the same bytes as
+    :func:`segment_aad` of :func:`record_aad`); and the manifest's JSON around ``meta``."""
+
+    signature: list[tuple[int, str, str, tuple[int, ...]]]
+    fingerprint: bytes
+    entries: list[Entry]
+    manifest_at: int
+    segments: list[list[tuple[bytes, bytes, int, int, int]]]
+    manifest_aad_prefix: bytes
+    json_head: bytes
+    json_records: bytes
+
+    @classmethod
+    def build(
+        cls,
+        signature: list[tuple[int, str, str, tuple[int, ...]]],
+        records: Sequence[Record],
+        fingerprint: bytes,
+        segment: int,
+    ) -> _SaveLayout:
+        entries, manifest_at = plan(records, segment)
+        segments = []
+        for e in entries:
+            prefix = associated_data(fingerprint, e.layer, e.name, 0)[: -_STAMP_AAD.size]
+            segs = record_segments(e.offset, e.length, segment)
+            segments.append(
+                [
+                    (prefix, segment_aad(b"", i, len(segs), e.length, segment), at, start, n)
+                    for i, (at, start, n) in enumerate(segs)
+                ]
+            )
+        # _manifest_bytes's document, keys in sorted order, cut around iteration, meta, version
+        head = _JSON.encode({"fingerprint": fingerprint.hex(), "format": FORMAT_VERSION})
+        records_json = _JSON.encode([e.as_json() for e in entries])
+        return cls(
+            signature,
+            fingerprint,
+            entries,
+            manifest_at,
+            segments,
+            associated_data(fingerprint, MANIFEST_LAYER, MANIFEST_NAME, 0)[: -_STAMP_AAD.size],
+            head[:-1].encode() + b',"iteration":',
+            b',"records":' + records_json.encode() + b',"version":',
+        )
+
+    def manifest(self, version: int, iteration: int, meta: Mapping[str, Any]) -> bytes:
+        """The manifest's JSON: the bytes :func:`_manifest_bytes` gives, from the cached parts."""
+        if type(version) is int and type(iteration) is int:
+            out = b"".join(
+                (
+                    self.json_head,
+                    b"%d" % iteration,
+                    b',"meta":',
+                    _JSON.encode(dict(meta)).encode(),
+                    self.json_records,
+                    b"%d}" % version,
+                )
+            )
+        else:  # what json makes of another kind of number
+            out = _manifest_bytes(version, iteration, self.fingerprint, meta, self.entries)
+        return out
+
+
 @dataclass(frozen=True)
 class _Header:
     """A mirror's plaintext header, unpacked (``raw``: its 128 bytes, the manifest's AAD)."""
@@ -377,7 +451,7 @@ class MirrorStore:
         self.fingerprint = fingerprint
         self.blob = blob
         self.segment = check_segment(segment_bytes)
-        self._plan_cache: tuple[tuple[Any, ...], list[Entry], int] | None = None
+        self._save_layout: _SaveLayout | None = None
         self._stream_bufs = (StagingBuffer(), StagingBuffer())
 
     @property
@@ -387,12 +461,18 @@ class MirrorStore:
 
     # --- save --------------------------------------------------------------------------------
 
-    def _plan(self, records: Sequence[Record]) -> tuple[list[Entry], int]:
-        sig = tuple((r.layer, r.name, r.array.dtype.str, r.array.shape) for r in records)
-        if self._plan_cache is None or self._plan_cache[0] != sig:
-            entries, manifest_at = plan(records, self.segment)
-            self._plan_cache = (sig, entries, manifest_at)
-        return self._plan_cache[1], self._plan_cache[2]
+    def _layout(self, records: Sequence[Record]) -> _SaveLayout:
+        """What a save of ``records`` writes that does not change from save to save while their
+        (layer, name, dtype, shape) stay the same: offsets, the manifest's record list as JSON,
+        every segment's place and the fixed parts of its associated data. Built again when the
+        layout changes (an optimizer that grew its state, another model)."""
+        sig = [(r.layer, r.name, r.array.dtype.str, r.array.shape) for r in records]
+        cached = self._save_layout
+        if cached is None or cached.signature != sig:
+            assert self.fingerprint is not None
+            cached = _SaveLayout.build(sig, records, self.fingerprint, self.segment)
+            self._save_layout = cached
+        return cached
 
     def save(
         self,
@@ -423,9 +503,11 @@ class MirrorStore:
         fingerprint = self.fingerprint
         seg = self.segment
         t0 = time.perf_counter()
-        entries, manifest_at = self._plan(records)
-        manifest = _manifest_bytes(version, iteration, fingerprint, meta or {}, entries)
-        total = manifest_at + len(manifest) + OVERHEAD
+        layout = self._layout(records)
+        manifest_at = layout.manifest_at
+        manifest = layout.manifest(version, iteration, meta or {})
+        m_len = len(manifest) + OVERHEAD
+        total = manifest_at + m_len
         header = _HEADER.pack(
             MAGIC,
             FORMAT_VERSION,
@@ -436,25 +518,24 @@ class MirrorStore:
             fingerprint,
             total,
             manifest_at,
-            len(manifest) + OVERHEAD,
-            len(entries),
+            m_len,
+            len(layout.entries),
             run_id,
             save_id,
             seg,
         ).ljust(HEADER_SIZE, b"\0")
         if before_write is not None:
-            before_write(total, len(manifest) + OVERHEAD)
+            before_write(total, m_len)
         with self.backend.begin_write(self.blob, total) as txn:
             txn.view(0, HEADER_SIZE)[:] = header
             batch = _SealBatch(txn, self.engine)
-            for rec, e in zip(records, entries, strict=True):
+            stamp = _STAMP_AAD.pack(version) + run_id + save_id
+            for rec, segs in zip(records, layout.segments, strict=True):
                 plain = as_bytes_view(rec.array)
-                aad = record_aad(fingerprint, e.layer, e.name, version, run_id, save_id)
-                segs = record_segments(e.offset, e.length, seg)
-                for i, (at, start, n) in enumerate(segs):
-                    job_aad = segment_aad(aad, i, len(segs), e.length, seg)
-                    batch.add(job_aad, plain[start : start + n], at, n)
-            batch.add(_manifest_aad(fingerprint, header, version), manifest, manifest_at, -1)
+                for prefix, suffix, at, start, n in segs:
+                    batch.add(prefix + stamp + suffix, plain[start : start + n], at, n)
+            batch.add(layout.manifest_aad_prefix + _STAMP_AAD.pack(version) + header, manifest,
+                      manifest_at, -1)  # fmt: skip
             batch.flush()
             io = txn.commit()
         io.encrypt_s += batch.seconds

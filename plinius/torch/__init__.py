@@ -5,10 +5,12 @@ Only this package imports torch::
 
     from plinius.torch import TorchMirror
 
-    with TorchMirror(model, opt, backend="romulus:/dev/shm/run.pool", key_file="k.key") as m:
-        for it in range(m.restore(), iterations):
-            train_step()
-            m.step(it + 1)
+    with TorchMirror(model, opt, backend="romulus:/dev/shm/run.pool", key_file="k.key",
+                     extra_state=loop) as m:
+        for epoch in m.epochs(epochs, batches_per_epoch):  # restores; the epochs left
+            for batch in m.batches():  # the batches left, each mirrored after its body
+                train_step(batch)
+            evaluate()  # the epoch's end: mirrored with its last batch
 """
 
 from __future__ import annotations

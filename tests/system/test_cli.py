@@ -136,10 +136,12 @@ def test_bench_quick_every_section(tmp_path: Path) -> None:
     }
     # quick: fewer rounds than a full run, and it says so; every target has a verdict
     assert doc["parameters"]["rounds"] == 3 and "quick run" in doc["parameters"]["rounds_note"]
+    from plinius.lab.bench.mirror_cost import TINY_MODEL
     from plinius.lab.bench.torch_section import EXAMPLE_MODEL
 
-    # batch: the overhead section's model; the PyTorch example's row where torch is installed
-    example = set() if torch_unavailable() else {EXAMPLE_MODEL}
+    # batch: the overhead section's model; the PyTorch example's row and the tiny model's fixed
+    # cost against torch.save where torch is installed
+    example = set() if torch_unavailable() else {EXAMPLE_MODEL, TINY_MODEL}
     fixed = {"64 MiB buffer", "64 MiB transaction"}  # the engines' and the sps section's bars
     assert {t["workload"] for t in doc["targets"]} == {"size-64", "batch", *example, *fixed}
     assert all(t["verdict"] != "not run" or t["why"] for t in doc["targets"])

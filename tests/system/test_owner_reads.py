@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_runner import run_cli
+from darknet_mirrors import train_mirrors
 
 import plinius.cli.export
 import plinius.cli.verify
 from plinius.backends.base import Backend
 from plinius.backends.registry import open_backend, open_read_only
 from plinius.cli.main import main
-from plinius.core.crypto import generate_key, make_engine, read_key_file, write_key_file
+from plinius.core.crypto import make_engine, read_key_file
 from plinius.enclave.counter import MirrorCounters, slot_name
 from plinius.enclave.platform import open_platform
 from plinius.enclave.trusted import mirror_guard
@@ -35,19 +35,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     """A key, its encrypted data and a committed mirror of ``tiny`` in tmpfs and in a pool."""
     root = tmp_path_factory.mktemp("owner-reads")
     shm = Path(tempfile.mkdtemp(prefix="plinius-test-reads-", dir="/dev/shm"))
-    key = root / "owner.key"
-    write_key_file(key, generate_key())
-    data = root / "data.pld"
-    res = run_cli("owner", "encrypt-data", "--key-file", str(key), "--out", str(data))
-    assert res.returncode == 0, res.stderr
     specs = {"tmpfs": f"tmpfs:{shm / 'files'}", "romulus": f"romulus:{shm / 'p.pool'}?size=32M"}
     try:
-        for spec in specs.values():
-            res = run_cli(
-                "train", "--model", "tiny", "--backend", spec, "--key-file", str(key),
-                "--data", str(data), "--iterations", "3",
-            )  # fmt: skip
-            assert res.returncode == 0, res.stderr
+        key = train_mirrors(root, specs, 3)
         yield {"key": str(key), "root": str(root), **specs}
     finally:
         shutil.rmtree(shm, ignore_errors=True)

@@ -10,6 +10,7 @@ samples (medians, bootstrap intervals, ratios) are :mod:`plinius.lab.bench.stats
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,13 @@ def rotated(items: Sequence[Contender], round_index: int) -> list[Contender]:
         return []
     k = round_index % len(items)
     return [*items[k:], *items[:k]]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds ``fn()`` took: what a contender's ``run`` returns for one operation."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def run_rounds(

@@ -11,7 +11,6 @@ the engine's own ``encrypt_many`` when it is parallel, else a Python thread pool
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 from plinius.core.crypto import OVERHEAD, Engine, associated_data
 from plinius.core.errors import IntegrityError
 from plinius.core.memory import aligned_empty
-from plinius.lab.bench.contenders import Contender
+from plinius.lab.bench.contenders import Contender, timed
 
 SECTION = "limits"
 CHUNK = 1 << 20  # bytes per AES-GCM job: the segment size of a sealed record
@@ -40,12 +39,6 @@ def _slices(n: int, parts: int, align: int = 4096) -> list[slice]:
     step = -(-n // parts)
     step = -(-step // align) * align
     return [slice(i, min(i + step, n)) for i in range(0, n, step)] or [slice(0, 0)]
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 class _Pool:
@@ -102,7 +95,7 @@ class _Memcpy:
             raise ValueError(f"unknown op {op!r}")
         if self.verify:
             self.dst[:] = 0
-        secs = _timed(self.copy)
+        secs = timed(self.copy)
         if self.verify and not np.array_equal(self.dst, self.src):
             raise IntegrityError("limits", "copied bytes differ from the source")
         return secs
@@ -182,11 +175,11 @@ class _AesGcm:
 
     def run(self, op: str) -> float:
         if op == "encrypt":
-            return _timed(self.encrypt)
+            return timed(self.encrypt)
         if op == "decrypt":
             if self.verify:
                 self.back[:] = 0  # shared with memcpy: a decrypt that writes nothing must show
-            secs = _timed(self.decrypt)
+            secs = timed(self.decrypt)
             if self.verify and not np.array_equal(self.back, self.src):
                 raise IntegrityError("limits", "decrypted bytes differ from the plaintext")
             return secs

@@ -45,7 +45,6 @@ import io
 import mmap
 import os
 import pickle
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -58,7 +57,7 @@ from plinius.core.crypto import OVERHEAD, Engine
 from plinius.core.errors import BackendError, IntegrityError, MissingExtraError
 from plinius.core.fsutil import fsync_dir
 from plinius.core.memory import StagingBuffer, aligned_empty
-from plinius.lab.bench.contenders import Contender
+from plinius.lab.bench.contenders import Contender, timed
 
 SECTION = "peers"
 INSTALL_HINT = "pip install 'plinius[bench]'"
@@ -206,12 +205,6 @@ def cold_restore_check(directory: Path) -> str | None:
 
 
 # --- the contenders ---------------------------------------------------------------------------
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def _fsync_file(path: Path) -> None:
@@ -379,7 +372,7 @@ class _Peer:
 
     def run(self, op: str) -> float:
         if op == "save":
-            return _timed(self.save)
+            return timed(self.save)
         if op == "restore_cold":
             if not self.cold:
                 raise ValueError(f"no cold restore on {self.path.parent}")
@@ -401,7 +394,7 @@ class _Peer:
         if self.verify and self.dest is not None:
             for _, d in self.dest:
                 d.fill(0)
-        secs = _timed(fn)
+        secs = timed(fn)
         if self.verify:
             got = dict(self.dest) if self.dest is not None else self.loaded
             if got is None:

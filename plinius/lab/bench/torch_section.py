@@ -38,7 +38,7 @@ from plinius.core.errors import ConfigError, IntegrityError
 from plinius.core.fsutil import atomic_writer
 from plinius.core.memory import StagingBuffer
 from plinius.enclave.platform import Platform, SimulatedPlatform
-from plinius.lab.bench.contenders import Contender
+from plinius.lab.bench.contenders import Contender, timed
 from plinius.lab.bench.iteration import MirrorOverhead, from_samples
 from plinius.lab.bench.workloads import TensorSpec, make_arrays, optimizer_specs, parameter_specs
 
@@ -175,12 +175,6 @@ def build_workload(
 
 
 # -- contenders ----------------------------------------------------------------------------------
-def _timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def _dir_facts(d: Path, durability: str) -> dict[str, Any]:
     m = mount_of(d)
     return {"directory": str(d), "file system": mount_label(m), "durability": durability}
@@ -219,7 +213,7 @@ def _restore_op(
 ) -> float:
     if w.checking:
         w.scramble(model_only)
-    secs = _timed(load)
+    secs = timed(load)
     if w.checking:
         w.check(name, model_only)
     return secs
@@ -261,7 +255,7 @@ def _save_restore(
 
     def run(op: str) -> float:
         if op == SAVE:
-            return _timed(save)
+            return timed(save)
         return _restore_op(w, named[0], load, model_only)
 
     return _contender(w, named, facts, run, close=close, model_only=model_only)
@@ -353,7 +347,7 @@ def _dcp(w: TorchWorkload, d: Path, asynchronous: bool, named: Named) -> Contend
             if op == RESTORE:
                 return _restore_op(w, name, load)
             if not asynchronous:
-                return _timed(lambda: dcp.save(w.state(), checkpoint_id=str(where)))
+                return timed(lambda: dcp.save(w.state(), checkpoint_id=str(where)))
             t0 = time.perf_counter()
             future = dcp.async_save(w.state(), checkpoint_id=str(where))
             returned = time.perf_counter() - t0

@@ -1,5 +1,6 @@
 """``overhead``: what mirroring costs a training iteration (sync and async, mirror every step),
-with and without a replica, and for the PyTorch adapter."""
+with and without a replica, and for the PyTorch adapter; and the fixed host cost of one
+``TorchMirror`` mirror (a tiny model against ``torch.save``, the example CNN)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,15 @@ from plinius.lab.bench.verdicts import TargetTable
 
 NAME = "overhead"
 TORCH_MODEL = "examples/torch_mnist.py"
+#: the fixed-cost row's kind (:mod:`plinius.lab.bench.mirror_cost`)
+FIXED = "fixed_cost"
+#: a tiny model's synchronous mirror at most this many times ``torch.save`` of its state
+TINY_BAR = 5.0
 
 
 def run(opts: SuiteOptions) -> list[dict[str, Any]]:
     from plinius.lab.bench.iteration import mirror_overhead, replica_overhead
+    from plinius.lab.bench.mirror_cost import fixed_cost_row
     from plinius.lab.bench.torch_section import overhead_row
 
     model = "batch" if opts.quick else "mnist"
@@ -24,6 +30,8 @@ def run(opts: SuiteOptions) -> list[dict[str, Any]]:
         mirror_overhead(model, iterations=n).as_dict(),
         replica_overhead(model, n).as_dict(),
         overhead_row(blocks=n, steps_per_block=10 if opts.quick else 20).as_dict(),
+        # a mirror takes about a millisecond: many rounds cost little and tighten the intervals
+        fixed_cost_row(rounds=max(30, 20 * n)),
     ]
 
 
@@ -64,12 +72,38 @@ def _targets(
         )
 
 
+def _fixed_target(t: TargetTable, row: Mapping[str, Any] | None) -> None:
+    """A tiny model's synchronous mirror within ``TINY_BAR`` × ``torch.save`` of its state."""
+    from plinius.lab.bench.mirror_cost import TINY_MODEL
+
+    key, what = "torch_fixed_cost", f"tiny model mirror ≤ {TINY_BAR:g}× torch.save (host time)"
+    raw = None if row is None else row.get("tiny_vs_torch_save")
+    if row is None or not isinstance(raw, dict):
+        why = "not run: the overhead section did not run"
+        if row is not None:
+            why = str(row.get("not_run") or "not measured")
+        t.add(key, what, TINY_BAR, None, why=why, at_least=False)
+        return
+    t.add(
+        key,
+        what,
+        TINY_BAR,
+        Interval.from_json(raw),
+        at_least=False,
+        sides="TorchMirror.mirror() (sync) vs torch.save into memory, per save",
+        workload=str(row.get("model") or TINY_MODEL),
+        durability=str(row.get("backend") or "-"),
+    )
+
+
 def targets(doc: Mapping[str, Any], t: TargetTable) -> None:
-    rows = [o for o in doc.get(NAME) or [] if not o.get("replica")]
+    every = doc.get(NAME) or []
+    rows = [o for o in every if not o.get("replica") and o.get("kind") != FIXED]
     over = next((o for o in rows if not str(o.get("model", "")).startswith(TORCH_MODEL)), None)
     _targets(t, "overhead", over, "mnist", (("sync", 0.10), ("async", 0.03)))
     tover = next((o for o in rows if str(o.get("model", "")).startswith(TORCH_MODEL)), None)
-    _targets(t, "torch_overhead", tover, TORCH_MODEL, (("sync", None), ("async", 0.05)))
+    _targets(t, "torch_overhead", tover, TORCH_MODEL, (("sync", 0.10), ("async", 0.05)))
+    _fixed_target(t, next((o for o in every if o.get("kind") == FIXED), None))
 
 
 def _text(o: Mapping[str, Any], mode: str) -> str:
@@ -88,6 +122,7 @@ def render(doc: Mapping[str, Any]) -> list[str]:
 
     if not doc.get(NAME):
         return []
+    fixed = [o for o in doc[NAME] if o.get("kind") == FIXED]
     rows = [
         {
             **o,
@@ -102,6 +137,7 @@ def render(doc: Mapping[str, Any]) -> list[str]:
             ),
         }
         for o in doc[NAME]
+        if o.get("kind") != FIXED
     ]
     columns = [
         "model",
@@ -120,7 +156,41 @@ def render(doc: Mapping[str, Any]) -> list[str]:
         "",
         md_table(rows, columns),
         "",
+        *_render_fixed(fixed),
     ]
+
+
+def _render_fixed(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Host milliseconds per ``TorchMirror.mirror()`` (median [95 % interval]) per case."""
+    from plinius.lab.reporting.markdown import md_table
+
+    out: list[str] = []
+    for row in rows:
+        out += ["## Fixed host cost of one mirror (TorchMirror, ms per save)", ""]
+        if row.get("not_run"):
+            out += [f"not run: {row['not_run']}", ""]
+            continue
+        table = []
+        for case, iv in (row.get("ms") or {}).items():
+            kind, _, how = case.partition("-")
+            table.append(
+                {
+                    "model": (row.get("models") or {}).get(kind, kind),
+                    "save": how,
+                    "host ms": Interval.from_json(iv).text("{:.3f}"),
+                }
+            )
+        ratio = row.get("tiny_vs_torch_save")
+        out += [md_table(table, ["model", "save", "host ms"]), ""]
+        if isinstance(ratio, dict):
+            iv = Interval.from_json(ratio)
+            out += [
+                f"Tiny model, synchronous mirror on {row.get('backend')}: "
+                f"{iv.text('{:.2f}')} × `torch.save` (paired by round; async: the loop waits "
+                "for the snapshot only, +flush: until the mirror is committed).",
+                "",
+            ]
+    return out
 
 
 register(
