@@ -278,6 +278,7 @@ class FileBackend(StagedBackend):
             if self.fsync:
                 os.fsync(fd)
                 stats.fsync_s = time.perf_counter() - t1
+            written = os.fstat(fd)
             os.close(fd)
             fd = -1
             t2 = time.perf_counter()
@@ -291,7 +292,22 @@ class FileBackend(StagedBackend):
             if isinstance(exc, OSError):
                 raise self._replace_error(blob, exc) from None
             raise
+        self._check_swapped(blob, written)
         return self._commit_dir(stats, t0)
+
+    def _check_swapped(self, blob: str, written: os.stat_result) -> None:
+        """The name ``blob`` now holds the very file just written: a spare swapped by someone
+        else between our checks and the exchange would otherwise pass for the new version
+        (the platform would commit it; its restore would then fail closed)."""
+        try:
+            now = os.stat(blob, dir_fd=self._dfd, follow_symlinks=False)
+        except OSError as exc:
+            raise self._replace_error(blob, exc) from None
+        if (now.st_dev, now.st_ino) != (written.st_dev, written.st_ino):
+            raise BackendError(
+                f"{self.name}: {self.dir / blob} is not the file this save wrote (the directory "
+                "changed under the save): the save is not committed"
+            )
 
     def _swap_in(self, spare: str, blob: str) -> None:
         """Give the complete spare the name ``blob`` atomically: exchange the two names (the

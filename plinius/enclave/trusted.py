@@ -443,13 +443,18 @@ class Enclave:
     def ecall_explain_mismatch(self) -> str | None:
         """What differs between this model and the one the stored mirror was made by, when the
         model can say (its optional ``describe_mismatch(training_state)``): the manifest is
-        authenticated under the fingerprint its own header names; only the explanation leaves.
-        None: nothing to explain by (no mirror, no such hook, an unreadable mirror)."""
+        authenticated under the fingerprint its own header names and checked fresh for this slot;
+        only the explanation leaves. None: nothing to explain by (no mirror, no such hook, an
+        unreadable or stale mirror)."""
         describe = getattr(self._model_or_none, "describe_mismatch", None)
-        if describe is None or self._store is None:
+        if describe is None or self._store is None or self._guard is None:
             return None
+        # only the slot's own fresh mirror (committed, or the one save in flight) is described:
+        # a mirror copied in from another slot or run of this owner says nothing of itself
+        fresh = replace(self._guard, settle=False)
         try:
-            info = MirrorStore(self._store.backend, self._eng, None, self._store.blob).peek()
+            store = MirrorStore(self._store.backend, self._eng, None, self._store.blob)
+            info = store.peek(freshness=fresh)
         except PliniusError:
             return None
         net = info.meta.get("net") if info is not None else None

@@ -96,6 +96,11 @@ def encode(obj: Any, where: str, records: Records | None = None) -> Any:
             _DICT: [[encode(k, where), encode(v, f"{where}.{k}", records)] for k, v in obj.items()]
         }
     if records is not None and isinstance(obj, torch.Tensor | np.ndarray):
+        if isinstance(obj, np.ndarray) and (obj.dtype.hasobject or obj.dtype.kind not in "biufc"):
+            raise ConfigError(
+                f"{where} is a numpy array of dtype {obj.dtype}: only bool, integer, float and "
+                "complex arrays are sealed as records (never pickled)"
+            )
         if where in records:
             raise ConfigError(f"{where} names two tensors: rename a key of extra_state")
         records[where] = obj

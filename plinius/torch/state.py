@@ -526,6 +526,7 @@ def _extra_destination(
         and have.dtype == tdt
         and list(have.shape) == shape
         and str(have.device) == device
+        and 0 not in have.stride()[: have.dim()]  # expanded: many elements, one place
     ):
         return have
     try:

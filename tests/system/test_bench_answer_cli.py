@@ -70,7 +70,7 @@ def test_a_device_model_named_in_backends_is_compared_with_its_pool(tmp_path: Pa
     target = next(t for t in doc["targets"] if t["id"] == "save_pm_device_vs_romulus")
     assert target["verdict"] != "not run" and target["interval"]
     head = "\n".join((out / "report.md").read_text().splitlines()[:60])
-    assert "a model of real PM, compare with `romulus`; it waited" in head
+    assert "a model of real PM, compare with `romulus`; its modelled media added" in head
     assert "**Recommendation (process-crash)**: `romulus` (the only option measured)" in head
 
 

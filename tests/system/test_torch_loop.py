@@ -180,6 +180,30 @@ def test_position_and_misuse(spec: str, key: str) -> None:
             mirror.position(0)
 
 
+def test_extra_state_odd_arrays_are_refused_or_replaced(spec: str, key: str) -> None:
+    """An object array is refused at the save in one line (never pickled); an expanded tensor
+    standing at a restored key (many elements, one place) is replaced, not written into."""
+    with (
+        pytest.raises(ConfigError, match="dtype object"),
+        TorchMirror(
+            torch.nn.Linear(2, 2), backend=spec, key_file=key,
+            extra_state={"x": np.array([object()], dtype=object)},
+        ) as mirror,
+    ):  # fmt: skip
+        mirror.mirror()
+    src = torch.arange(5.0).expand(3, 5).clone()
+    with TorchMirror(torch.nn.Linear(2, 2), backend=spec, key_file=key, extra_state={"x": src},
+                     fresh=True) as mirror:  # fmt: skip
+        mirror.step(1)
+    have = torch.zeros(5).expand(3, 5)
+    after: dict[str, Any] = {"x": have}
+    with TorchMirror(
+        torch.nn.Linear(2, 2), backend=spec, key_file=key, extra_state=after
+    ) as mirror:
+        mirror.restore()
+    assert torch.equal(after["x"], src) and after["x"] is not have
+
+
 def test_extra_state_tensors_are_sealed_records(spec: str, key: str, shm_dir: Path) -> None:
     """Tensors and arrays in extra_state (any size, nested, bf16, non-contiguous) become
     records, not JSON; restored into the same objects when dtype and shape match, else new."""
@@ -405,6 +429,18 @@ def test_rng_states_are_records_and_old_json_mirrors_restore(shm_dir: Path, key:
         assert got is not None
         st.load_training_state(got.info.meta["net"])
     assert (random.random(), np.random.random()) == want
+
+
+def test_a_mirror_copied_in_from_another_slot_is_not_described(shm_dir: Path, key: str) -> None:
+    """The explanation comes only from the slot's own fresh mirror: another model's mirror of
+    the same owner, copied in by the storage attacker, leaks none of its tensor names."""
+    other, mine = shm_dir / "other", shm_dir / "mine"
+    _mirror_of(f"tmpfs:{other}", key, _mlp(names=("secret_encoder", "diagnosis_head")))
+    _mirror_of(f"tmpfs:{mine}", key, torch.nn.Linear(2, 2))
+    (mine / "mirror").write_bytes((other / "mirror").read_bytes())
+    msg = _refusal(f"tmpfs:{mine}", key, torch.nn.Linear(2, 2))
+    assert "secret_encoder" not in msg and "diagnosis_head" not in msg, msg
+    assert "fingerprints differ" in msg and "fresh=True" in msg
 
 
 def test_old_mirrors_mismatch_is_described_from_their_layout() -> None:

@@ -56,6 +56,20 @@ def test_a_winner_only_beyond_the_noise() -> None:
     assert v.winner == "romulus" and "beyond the noise" in v.text
 
 
+def test_the_verdict_pairs_rounds_as_the_targets_do() -> None:
+    """A contended run slows both sides of a round alike: unpaired intervals overlap, the
+    paired ratio (the targets table's) is clear, and the recommendation follows the ratio."""
+    load = [1.0, 4.0, 1.1, 3.5, 1.05, 3.8, 2.5]
+    fast = _row("romulus", "process-crash", 0.010, 0.0)
+    slow = _row("tmpfs", "process-crash", 0.027, 0.0)
+    fast["samples"]["save"] = [0.010 * x for x in load]
+    slow["samples"]["save"] = [0.027 * x for x in load]
+    opts = options(_doc([fast, slow]), WL, 1.0, 100)
+    assert opts[0].save.hi > opts[1].save.lo  # the unpaired intervals overlap
+    v = recommend(opts, "process-crash")
+    assert v.winner == "romulus" and "2.7× [2.7–2.7] faster" in v.text, v.text
+
+
 def test_levels_are_never_ranked_against_each_other_and_a_model_never_wins() -> None:
     doc = _doc(
         [

@@ -90,3 +90,25 @@ def test_a_device_model_is_found_however_it_was_named(
     plan: list[str], want: dict[str, str]
 ) -> None:
     assert modelled([InstancePlan.from_text(t) for t in plan]) == want
+
+
+def test_a_model_whose_pool_did_not_run_is_compared_with_nothing() -> None:
+    """Its target is "not run", never a ratio against another instance (another durability)."""
+    from plinius.lab.bench.sections.save import _models
+    from plinius.lab.bench.verdicts import TargetTable
+
+    def row(instance: str, models: str | None, durability: str) -> dict[str, object]:
+        samples = {"save": [0.01, 0.02, 0.015], "restore": [0.01, 0.02, 0.015]}
+        return {"instance": instance, "model": "w", "models": models, "samples": samples,
+                "durability": durability}  # fmt: skip
+
+    doc = {
+        "results": [
+            row("romulus?device=optane-2dimm&mode=msync", "", "power-fail"),
+            row("romulus", None, "process-crash"),
+        ]
+    }
+    t = TargetTable("w")
+    _models(doc, "w", t)
+    assert [r.verdict for r in t.rows] == ["not run", "not run"]
+    assert all("its own pool" in r.why for r in t.rows)

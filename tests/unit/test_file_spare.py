@@ -434,3 +434,38 @@ def test_a_failed_write_or_exchange_keeps_the_previous_version(
         data = _payload(10_000, 4)
         _put(b, "m", data)
         assert _get(b, "m") == data
+
+
+def test_a_spare_swapped_after_its_checks_fails_the_save_closed(
+    shm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attacker links another file at the spare's name after our descriptor was checked:
+    the exchange then names *their* file ``m``. The save must fail (so the platform never
+    commits it), their file stays unwritten, and the error is one line."""
+    victim = shm_dir / "victim"
+    victim.write_bytes(b"precious\n" * 10)
+    victim.chmod(0o600)
+    real_fstat = os.fstat
+    armed = False
+    with open_backend(f"tmpfs:{shm_dir / 'store'}") as b:
+        assert isinstance(b, FileBackend)
+        d = b.dir
+        _put(b, "m", b"a" * 5000)
+        _put(b, "m", b"b" * 5001)  # a spare exists now
+
+        def fstat(fd: int) -> os.stat_result:
+            nonlocal armed
+            st = real_fstat(fd)
+            if armed and stat.S_ISREG(st.st_mode):
+                armed = False
+                os.unlink(d / ".m.spare")
+                os.link(victim, d / ".m.spare")
+            return st
+
+        monkeypatch.setattr(files_mod.os, "fstat", fstat)
+        armed = True
+        with pytest.raises(Exception, match="is not the file this save wrote") as err:
+            _put(b, "m", b"c" * 7000)
+        monkeypatch.undo()
+        assert "\n" not in str(err.value)
+    assert victim.read_bytes() == b"precious\n" * 10

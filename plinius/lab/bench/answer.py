@@ -4,8 +4,9 @@ From the save section's rows at the user's one workload (every backend instance,
 same interleaved rounds), one table per durability level: save, cold and warm restore (medians
 with their 95 % intervals), the mirroring overhead per training step at the user's step time and
 mirror interval, the work lost per failure, the bytes per save. Then one recommendation per level
-by one stated rule: the fastest save wins only where its whole interval lies below the next
-option's; otherwise the options are *tied* and the report says what to choose by. The same rows
+by one stated rule: the fastest save wins only where it is faster than the next option's beyond
+the noise (their ratio's interval, paired by round as in the targets table, lies above 1);
+otherwise the options are *tied* and the report says what to choose by. The same rows
 and the same intervals feed the targets table, so the two never disagree. Options of different
 durability are never ranked against each other; one labelled "cost of durability" line says
 what the stronger level costs.
@@ -21,8 +22,9 @@ from typing import Any
 from plinius.lab.bench.stats import Interval, median_interval, speedup
 
 RULE = (
-    "an option wins only where its whole save interval lies below the next option's; "
-    "otherwise they are tied"
+    "an option wins only where its save is faster than the next option's beyond the noise (the "
+    "95 % interval of their ratio, paired by round as in the targets, lies above 1); otherwise "
+    "they are tied"
 )
 _OPS = ("save", "restore", "restore_cold")
 #: the durability levels, strongest first (the order of the answer's tables)
@@ -157,20 +159,33 @@ def recommend(opts: Sequence[Option], durability: str) -> Verdict:
         only = real[0]
         return Verdict(durability, f"`{only.instance}` (the only option measured)", only.instance)
     best, nxt = real[0], real[1]
-    if best.save.hi < nxt.save.lo:
-        ratio = nxt.save.median / best.save.median
+    beats = _beats(best, nxt)
+    if beats is not None:
         text = (
-            f"**`{best.instance}`**: its save is {ratio:.1f}× faster than the next option "
-            f"(`{nxt.instance}`), beyond the noise"
+            f"**`{best.instance}`**: its save is {beats.median:.1f}× [{beats.lo:.1f}–"
+            f"{beats.hi:.1f}] faster than the next option (`{nxt.instance}`), beyond the noise"
         )
         return Verdict(durability, text, best.instance)
-    tied = [o.instance for o in real if o.save.lo <= best.save.hi]
+    tied = [o.instance for o in real if o is best or _beats(best, o) is None]
     by_restore = min((o for o in real if o.instance in tied), key=lambda o: o.restore.median)
     text = (
         f"**tied** on save: {', '.join(f'`{t}`' for t in tied)} (intervals overlap); choose by "
         f"restore (fastest: `{by_restore.instance}`), by what you run already, or by cost"
     )
     return Verdict(durability, text, None)
+
+
+def _beats(a: Option, b: Option) -> Interval | None:
+    """How many times faster ``a`` saves than ``b`` when beyond the noise, else None: paired
+    by round as the targets table does (a contended round slows both sides alike), or from the
+    two medians' intervals when the rounds cannot be paired."""
+    if a.save_samples and len(a.save_samples) == len(b.save_samples):
+        iv = speedup(a.save_samples, b.save_samples)
+        return iv if iv.lo > 1 else None
+    if a.save.hi < b.save.lo:
+        r = b.save.median / a.save.median
+        return Interval(r, b.save.lo / a.save.hi, b.save.hi / a.save.lo, len(a.save_samples))
+    return None
 
 
 def against_peers(opts: Sequence[Option], mine: Sequence[Option], durability: str) -> str:
@@ -246,7 +261,8 @@ def _row(o: Option) -> str:
     if o.models is not None:
         of = f"`{o.models}`" if o.models else "the pool without the model (not run)"
         added = (
-            f"; it waited {o.model_wait_s * 1e3:,.1f} ms per save for the modelled media"
+            f"; its modelled media added {o.model_wait_s * 1e3:,.1f} ms per save, the "
+            "background copy's included"
             if o.model_wait_s is not None
             else ""
         )

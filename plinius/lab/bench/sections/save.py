@@ -109,8 +109,11 @@ def _models(doc: Mapping[str, Any], wl: str | None, t: TargetTable) -> None:
     devices: list[dict[str, Any] | None] = [*model_rows(doc, wl)] or [None]
     for i, device in enumerate(devices):
         label = device["instance"] if device else "romulus (PM device model)"
-        base_label = (device or {}).get("models") or "romulus"
-        base = row_at(doc, wl, base_label)
+        # "": the model's own pool (same instance without the model) was not in the plan; then
+        # nothing is compared, never another instance (it may not even share its durability)
+        base_label = (device or {}).get("models")
+        base_label = "romulus" if base_label is None else base_label or "its own pool"
+        base = row_at(doc, wl, base_label) if base_label != "its own pool" else None
         for op in ("save", "restore"):
             key = f"{op}_pm_device_vs_romulus" + (f":{label}" if i else "")
             what = f"{label} vs {base_label} {op} (the model against the pool it delays)"
@@ -135,7 +138,11 @@ def _model_note(iv: Interval, device: Mapping[str, Any], op: str) -> str:
     """What a model-vs-pool ratio means: a model only adds waits, so it can tie with the pool
     (its waits hidden in the noise) but never beat it; a "win" is the noise of a busy run."""
     wait = (device.get("save_breakdown") or {}).get("model_wait_s")
-    waited = f" (it waited {wait * 1e3:,.1f} ms per save)" if op == "save" and wait else ""
+    waited = (
+        f" (its modelled media added {wait * 1e3:,.1f} ms per save, the background copy's included)"
+        if op == "save" and wait
+        else ""
+    )
     if iv.lo > 1:
         return (
             f"faster than the pool it only delays{waited}: impossible without noise, so this "
