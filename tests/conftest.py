@@ -71,6 +71,17 @@ def shm_dir() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture
+def disk_dir() -> Iterator[Path]:
+    """A fresh directory on the disk (/var/tmp: ext4 here), never /dev/shm: where the ssd
+    backend lives; removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix="plinius-test-disk-", dir="/var/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def darknet_mirror(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +23,6 @@ import pytest
 from plinius.backends import open_backend
 from plinius.backends.files import FileBackend
 from plinius.backends.testing import KILLS, BackendContract
-
-
-@pytest.fixture
-def disk_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="plinius-test-spare-", dir="/var/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 class TestSsdNewFiles(BackendContract):

@@ -7,9 +7,6 @@ page of the blob may be resident, or the result must say why not. On tmpfs it mu
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +20,6 @@ from plinius.core.errors import BackendError, NotFoundError
 from plinius.core.memory import PAGE, aligned_empty
 
 SIZE = 3 * (1 << 20) + 123
-
-
-@pytest.fixture
-def disk_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="plinius-test-evict-", dir="/var/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _put(b: Backend, blob: str, data: bytes) -> None:

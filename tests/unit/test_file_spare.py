@@ -13,8 +13,6 @@ import errno
 import os
 import shutil
 import stat
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +30,6 @@ from plinius.format.mirror import MirrorStore, Record
 
 SPARE = ".m.spare"
 PRECIOUS = b"the owner key: never to be overwritten\n"
-
-
-@pytest.fixture
-def disk_dir() -> Iterator[Path]:
-    """A directory on the disk (ext4 here), never /dev/shm: the ssd backend's home."""
-    d = Path(tempfile.mkdtemp(prefix="plinius-test-spare-", dir="/var/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(params=["tmpfs", "ssd", "ssd?direct=1"])
