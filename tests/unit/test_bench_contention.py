@@ -30,6 +30,12 @@ def test_load_above_the_cores_and_a_slowed_probe_are_reasons() -> None:
     assert slow and "probe ran 3.0× slower" in slow[0]
 
 
+def test_the_benchmarks_own_load_is_not_contention() -> None:
+    """Its engine keeps both cores busy: a load of 2.5 on 2 cores during the rounds is itself."""
+    assert _watch([2.0, 2.5, 2.9], [0.003] * 3).reasons() == []
+    assert _watch([2.0, 3.4], [0.003] * 3).reasons()
+
+
 def test_a_real_sample_records_load_and_probe() -> None:
     w = Watch()
     w.sample()

@@ -23,6 +23,9 @@ from plinius.lab.reporting.provenance import cpu_times, load_average
 PROBE_BYTES = 4 << 20
 #: a probe this much slower than the fastest one seen means the cores were busy
 PROBE_SLOWDOWN = 1.5
+#: the load the benchmark itself adds while it runs (its engine keeps the cores busy), beyond
+#: which the load average during the rounds says someone else is running too
+OWN_LOAD = 1.0
 #: more than this fraction of CPU time stolen by the hypervisor
 STEAL_LIMIT = 0.05
 
@@ -68,7 +71,8 @@ class Watch:
     def reasons(self) -> list[str]:
         """Why the figures may be noisy, one phrase each; empty when the machine was quiet."""
         why = []
-        if self.loads and max(self.loads) > self.cores:
+        # during the rounds the benchmark's own threads count in the load (up to a core each)
+        if self.loads and max(self.loads) > self.cores + OWN_LOAD:
             why.append(f"load average up to {max(self.loads):.1f} on {self.cores} cores")
         steal = self.steal()
         if steal is not None and steal > STEAL_LIMIT:
