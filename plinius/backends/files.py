@@ -237,14 +237,7 @@ class FileBackend(StagedBackend):
         t0 = time.perf_counter()
         tmp, fd = self._create_tmp(blob)
         try:
-            _write_all(fd, data, self.dir / blob)
-            if self.direct and data.nbytes != size:
-                os.ftruncate(fd, size)
-            t1 = time.perf_counter()
-            stats.write_s = t1 - t0
-            if self.fsync:
-                os.fsync(fd)
-                stats.fsync_s = time.perf_counter() - t1
+            self._fill(fd, blob, data, size, stats, t0)
             os.close(fd)
             fd = -1
             t2 = time.perf_counter()
@@ -270,14 +263,7 @@ class FileBackend(StagedBackend):
         if fd is None:
             return None
         try:
-            _write_all(fd, data, self.dir / blob)
-            if os.fstat(fd).st_size != size:  # the spare was longer, or an O_DIRECT tail
-                os.ftruncate(fd, size)
-            t1 = time.perf_counter()
-            stats.write_s = t1 - t0
-            if self.fsync:
-                os.fsync(fd)
-                stats.fsync_s = time.perf_counter() - t1
+            self._fill(fd, blob, data, size, stats, t0)
             written = os.fstat(fd)
             os.close(fd)
             fd = -1
@@ -294,6 +280,20 @@ class FileBackend(StagedBackend):
             raise
         self._check_swapped(blob, written)
         return self._commit_dir(stats, t0)
+
+    def _fill(
+        self, fd: int, blob: str, data: memoryview, size: int, stats: IoStats, t0: float
+    ) -> None:
+        """Write the whole staged blob into ``fd``, cut it to exactly ``size`` (a longer spare,
+        an ``O_DIRECT`` tail), fsync it where the durability needs it; both timed."""
+        _write_all(fd, data, self.dir / blob)
+        if os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)
+        t1 = time.perf_counter()
+        stats.write_s = t1 - t0
+        if self.fsync:
+            os.fsync(fd)
+            stats.fsync_s = time.perf_counter() - t1
 
     def _check_swapped(self, blob: str, written: os.stat_result) -> None:
         """The name ``blob`` now holds the very file just written: a spare swapped by someone
