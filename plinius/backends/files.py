@@ -63,7 +63,7 @@ from plinius.backends.fsinfo import block_device_facts, mount_of
 from plinius.backends.owned_dir import LOCK_NAME, open_owned_dir
 from plinius.backends.staging import StagedBackend
 from plinius.core.errors import BackendError, ConfigError, NotFoundError
-from plinius.core.fsutil import HeldLock, check_path, exchange
+from plinius.core.fsutil import HeldLock, check_path, exchange, write_all
 from plinius.core.memory import PAGE, StagingBuffer, align_up
 
 _TMP_SUFFIX = ".tmp"
@@ -660,16 +660,13 @@ def resident_pages(fd: int, size: int) -> int:
 
 
 def _write_all(fd: int, data: memoryview, path: Path) -> None:
-    done = 0
-    total = data.nbytes
-    while done < total:
-        try:
-            n = os.write(fd, data[done : min(total, done + _CHUNK)])
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise BackendError(
-                    f"no space left writing {path} ({total} B needed); the previous version "
-                    "is untouched"
-                ) from None
-            raise BackendError(f"write to {path} failed: {exc.strerror}") from None
-        done += n
+    """:func:`plinius.core.fsutil.write_all`, its error said as the backend's one line."""
+    try:
+        write_all(fd, data)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise BackendError(
+                f"no space left writing {path} ({data.nbytes} B needed); the previous version "
+                "is untouched"
+            ) from None
+        raise BackendError(f"write to {path} failed: {exc.strerror}") from None
