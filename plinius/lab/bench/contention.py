@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from plinius.lab.reporting.provenance import cpu_times, load_average
+from plinius.lab.reporting.provenance import cpu_times, load_average, steal_since
 
 #: the probe hashes this many bytes (a few ms): long enough to time, short beside a round
 PROBE_BYTES = 4 << 20
@@ -55,12 +55,7 @@ class Watch:
 
     def steal(self) -> float | None:
         """The fraction of CPU time stolen since the first sample (None: not exposed)."""
-        now = cpu_times()
-        if not self._cpu0 or not now or len(now) < 8 or len(self._cpu0) < 8:
-            return None
-        delta = [b - a for a, b in zip(self._cpu0, now, strict=False)]
-        total = sum(delta[:8])
-        return delta[7] / total if total > 0 else None
+        return steal_since(self._cpu0)
 
     def slowdown(self) -> float | None:
         """The median probe over the fastest one: 1.0 on a quiet machine."""

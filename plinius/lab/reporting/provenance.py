@@ -83,6 +83,17 @@ def cpu_times() -> list[int] | None:
     return [int(x) for x in fields[1:]] if fields and fields[0] == "cpu" else None
 
 
+def steal_since(cpu_before: list[int] | None) -> float | None:
+    """The fraction of CPU time the hypervisor stole since :func:`cpu_times` gave
+    ``cpu_before`` (None: not exposed, or no time passed)."""
+    now = cpu_times()
+    if not cpu_before or not now or len(cpu_before) < 8 or len(now) < 8:
+        return None
+    delta = [b - a for a, b in zip(cpu_before, now, strict=False)]
+    total = sum(delta[:8])
+    return delta[7] / total if total > 0 else None
+
+
 def contention_facts(
     load_before: list[float] | None, cpu_before: list[int] | None, rows: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -90,12 +101,8 @@ def contention_facts(
     time stolen by the hypervisor in between, and the widest spread of the save samples
     ((max - min) / median over the rounds) of any row."""
     after = load_average()
-    cpu_after = cpu_times()
-    steal = None
-    if cpu_before and cpu_after and len(cpu_before) > 7 and len(cpu_after) > 7:
-        delta = [b - a for a, b in zip(cpu_before, cpu_after, strict=False)]
-        total = sum(delta[:8])
-        steal = round(delta[7] / total, 4) if total > 0 else None
+    stolen = steal_since(cpu_before)
+    steal = None if stolen is None else round(stolen, 4)
     spreads = []
     for r in rows:
         saves = sorted((r.get("samples") or {}).get("save") or [])
