@@ -169,8 +169,9 @@ def recommend(opts: Sequence[Option], durability: str) -> Verdict:
     tied = [o.instance for o in real if o is best or _beats(best, o) is None]
     by_restore = min((o for o in real if o.instance in tied), key=lambda o: o.restore.median)
     text = (
-        f"**tied** on save: {', '.join(f'`{t}`' for t in tied)} (intervals overlap); choose by "
-        f"restore (fastest: `{by_restore.instance}`), by what you run already, or by cost"
+        f"**tied** on save: {', '.join(f'`{t}`' for t in tied)} (the fastest is not faster "
+        f"than these beyond the noise); choose by restore (fastest: `{by_restore.instance}`), "
+        "by what you run already, or by cost"
     )
     return Verdict(durability, text, None)
 
