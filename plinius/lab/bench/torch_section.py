@@ -461,38 +461,96 @@ def example_model() -> Any:
     return Net()
 
 
+#: the training loops the overhead rows time: the example CNN on the embedded digits (one
+#: thread, a light step) and ResNet-50 + SGD-momentum on synthetic images (every core: a
+#: CPU-bound loop as users run it, which an asynchronous mirror must share the cores with)
+LOOPS = ("cnn", "resnet50")
+RESNET50_MODEL = "ResNet-50 + SGD-momentum (PyTorch, TorchMirror)"
+#: ResNet-50's input for the loaded row: ImageNet's 224 px would make a 10-step block last
+#: ~25 s on 2 cores; 128 px keeps the real network and a CPU-bound step of ~0.6 s there
+RESNET50_PIXELS = 128
+RESNET50_BATCH = 8
+
+
+@dataclass
+class TrainLoop:
+    """One training loop to time: what it is called, how to build a fresh model and optimizer,
+    and how to draw a batch (from ``rng``, so every mode sees the same kind of data)."""
+
+    label: str
+    make: Callable[[], tuple[Any, Any]]
+    batch: Callable[[np.random.Generator], tuple[Any, Any]]
+
+
+def train_loop(kind: str, batch: int, seed: int = 0) -> TrainLoop:
+    """The loop ``kind`` (one of :data:`LOOPS`) with ``batch`` samples per step."""
+    import torch
+
+    if kind == "cnn":
+        from plinius.core.datasets import load_embedded
+
+        data = load_embedded(seed=seed)
+        x = torch.from_numpy(data.x_train).reshape(-1, 1, 28, 28)
+        y = torch.from_numpy(data.y_train.astype(np.int64))
+
+        def make_cnn() -> tuple[Any, Any]:
+            model = example_model()
+            return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+        def digits(rng: np.random.Generator) -> tuple[Any, Any]:
+            b = torch.from_numpy(rng.integers(0, x.shape[0], batch))
+            return x[b], y[b]
+
+        return TrainLoop(EXAMPLE_MODEL, make_cnn, digits)
+    if kind == "resnet50":
+        from plinius.lab.bench.resnet import resnet50_sgd
+
+        px = RESNET50_PIXELS
+
+        def images(rng: np.random.Generator) -> tuple[Any, Any]:
+            xs = rng.standard_normal((batch, 3, px, px), dtype=np.float32)
+            return torch.from_numpy(xs), torch.from_numpy(rng.integers(0, 1000, batch))
+
+        label = f"{RESNET50_MODEL}, batch {batch} of {px}x{px} px"
+        return TrainLoop(label, resnet50_sgd, images)
+    raise ConfigError(f"unknown training loop {kind!r}: choose one of {', '.join(LOOPS)}")
+
+
 def torch_overhead(
     sync_backend: str,
     async_backend: str,
     key_file: str | Path,
     *,
+    loop: str = "cnn",
     every: int = 1,
     blocks: int = 7,
     steps_per_block: int = 20,
     batch: int = 64,
-    threads: int = 1,
+    threads: int | None = 1,
     seed: int = 0,
     platform: Platform | None = None,
 ) -> dict[str, Any]:
-    """Seconds per training step of the example model without mirroring, with a synchronous
-    mirror every ``every`` steps and with an asynchronous one, in interleaved blocks (order
-    rotated per block). An async block ends by draining its pending seal, inside the timing.
+    """Seconds per training step of ``loop`` (:func:`train_loop`) without mirroring, with a
+    synchronous mirror every ``every`` steps and with an asynchronous one, in interleaved
+    blocks (order rotated per block). An async block ends by draining its pending seal,
+    inside the timing. ``threads``: torch's intra-op threads (None: every core this process
+    may use, so the background seal competes with training for them, as it does for users).
 
     Returns ``{"samples": {"none": [...], "sync": [...], "async": [...]}, ...}``: one
     seconds-per-step figure per block, for :mod:`plinius.lab.bench.stats` intervals.
     """
     import torch
 
-    from plinius.core.datasets import load_embedded
+    from plinius.lab.bench.limits import cores
     from plinius.torch import TorchMirror
 
     if every < 1 or blocks < 1 or steps_per_block < 1:
         raise ConfigError("every, blocks and steps_per_block must be >= 1")
+    threads = cores() if threads is None else threads
     torch.manual_seed(seed)
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    data = load_embedded(seed=seed)
-    x = torch.from_numpy(data.x_train).reshape(-1, 1, 28, 28)
-    y = torch.from_numpy(data.y_train.astype(np.int64))
+    train = train_loop(loop, batch, seed)
     rng = np.random.default_rng(seed)
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -506,8 +564,7 @@ def torch_overhead(
 
     modes = []
     for name, spec in (("none", None), ("sync", sync_backend), ("async", async_backend)):
-        model = example_model()
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        model, opt = train.make()
         tm = None
         if spec is not None:
             tm = TorchMirror(
@@ -523,11 +580,11 @@ def torch_overhead(
         modes.append(Mode(name, model, opt, tm))
 
     def block(m: Mode) -> float:
-        idx = [torch.from_numpy(rng.integers(0, x.shape[0], batch)) for _ in range(steps_per_block)]
+        data = [train.batch(rng) for _ in range(steps_per_block)]
         t0 = time.perf_counter()
-        for b in idx:
+        for bx, by in data:
             m.optimizer.zero_grad(set_to_none=True)
-            loss_fn(m.model(x[b]), y[b]).backward()
+            loss_fn(m.model(bx), by).backward()
             m.optimizer.step()
             m.done += 1
             if m.mirror is not None:
@@ -549,8 +606,10 @@ def torch_overhead(
         for m in modes:
             if m.mirror is not None:
                 m.mirror.close()
+        torch.set_num_threads(before)
     return {
-        "model": EXAMPLE_MODEL,
+        "model": train.label,
+        "loop": loop,
         "every": every,
         "batch": batch,
         "threads": threads,
@@ -562,12 +621,17 @@ def torch_overhead(
     }
 
 
-def overhead_row(blocks: int, steps_per_block: int = 20) -> MirrorOverhead:
-    """The ``overhead`` section's PyTorch row: :func:`torch_overhead` on ``romulus`` in RAM
-    with a throw-away key and simulated CPU (removed after); "not run" and why without torch."""
+def overhead_row(
+    blocks: int, steps_per_block: int = 20, *, loop: str = "cnn", every: int = 1
+) -> dict[str, Any]:
+    """An ``overhead`` section row of the PyTorch adapter: :func:`torch_overhead` of ``loop``
+    on ``romulus`` in RAM with a throw-away key and simulated CPU (removed after); "not run"
+    and why without torch. The example CNN runs on one thread, ResNet-50 on every core."""
+    label = EXAMPLE_MODEL if loop == "cnn" else RESNET50_MODEL
+    facts = {"loop": loop, "every": every}
     why = torch_unavailable()
     if why:
-        return MirrorOverhead(EXAMPLE_MODEL, "romulus", 0.0, 0.0, 0.0, not_run=why)
+        return {**MirrorOverhead(label, "romulus", 0.0, 0.0, 0.0, not_run=why).as_dict(), **facts}
     from plinius.core.crypto import generate_key, write_key_file
     from plinius.lab.plan import default_spec, root_dir
 
@@ -581,15 +645,20 @@ def overhead_row(blocks: int, steps_per_block: int = 20) -> MirrorOverhead:
             default_spec("romulus", d / "sync"),
             default_spec("romulus", d / "async"),
             d / "owner.key",
+            loop=loop,
+            every=every,
             blocks=blocks,
             steps_per_block=steps_per_block,
+            batch=64 if loop == "cnn" else RESNET50_BATCH,
+            threads=1 if loop == "cnn" else None,
             platform=platform,
         )
-    return from_samples(
-        EXAMPLE_MODEL,
+    row = from_samples(
+        got["model"],
         "romulus",
         got["samples"],
         instance="romulus (TorchMirror)",
         durability=got["durability"],
         emulated=got["emulated"],
     )
+    return {**row.as_dict(), **facts, "threads": got["threads"]}
