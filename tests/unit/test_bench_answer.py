@@ -169,3 +169,18 @@ def test_peers_are_shown_beside_the_options_and_never_win() -> None:
     line = next(x for x in page if x.startswith("Against what users do instead"))
     assert "`romulus` saves 4.0" in line and "faster, beyond the noise" in line
     assert len(page) <= 60
+
+
+def test_the_answer_names_the_cpu_and_the_engine_the_run_chose() -> None:
+    prov = {
+        "cpu": {"model": "AMD EPYC 9B14", "cores": 2},
+        "crypto_engine": "auto",
+        "crypto_engine_choice": {"describe": "cryptography/1 at every size"},
+    }
+    page = markdown(
+        _doc([_row("romulus", "process-crash", 0.03, 0.05)], provenance=prov), WL, 1.0, 100
+    )
+    line = next(x for x in page if x.startswith("Measured on "))
+    assert "AMD EPYC 9B14 (2 cores)" in line and "`auto` (cryptography/1 at every size)" in line
+    assert page.index(line) < next(i for i, x in enumerate(page) if x.startswith("## "))
+    assert not any(x.startswith("Measured on ") for x in markdown(_doc([]), WL, 1.0, 100))

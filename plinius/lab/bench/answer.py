@@ -249,6 +249,24 @@ def contention(doc: Mapping[str, Any]) -> list[str]:
     return why
 
 
+def machine_line(doc: Mapping[str, Any]) -> list[str]:
+    """What ran: the CPU and the AES-GCM the run chose (``auto`` names the ways it measured
+    fastest here), so a figure is never read as another machine's."""
+    prov = doc.get("provenance") or {}
+    if not prov:
+        return []
+    cpu = prov.get("cpu") or {}
+    choice = prov.get("crypto_engine_choice") or {}
+    engine = str(prov.get("crypto_engine") or "?")
+    how = choice.get("describe") if isinstance(choice, dict) else None
+    sealed = f"`{engine}` ({how})" if how else f"`{engine}`"
+    return [
+        f"Measured on {cpu.get('model') or 'an unknown CPU'} ({cpu.get('cores') or '?'} cores); "
+        f"AES-GCM by {sealed}; the enclave is simulated (a software boundary).",
+        "",
+    ]
+
+
 def _extended(doc: Mapping[str, Any], workload: str) -> str:
     r = (doc.get("rounds") or {}).get(workload) or {}
     count, planned = r.get("count"), r.get("planned")
@@ -302,6 +320,7 @@ def markdown(doc: Mapping[str, Any], workload: str, step_s: float, every: int) -
         f"training steps of {step_s:g} s. Medians of {rounds} interleaved rounds with 95 % "
         "intervals; times in ms. Emulated storage is marked *emulated*: not a hardware figure.",
         "",
+        *machine_line(doc),
     ]
     noisy = contention(doc)
     if noisy:
