@@ -307,12 +307,30 @@ int rom_begin(rom_pool *p);
 int rom_commit(rom_pool *p);
 int rom_abort(rom_pool *p);
 int rom_log(rom_pool *p, uint64_t off, uint64_t len); /* declare main[off, off+len) written */
+/* main[off, off+len) is final in this transaction: its whole lines may be flushed now on the
+ * pool's reader thread (pmem mode), and the commit flushes only the rest. Never store to the
+ * range again in this transaction. A no-op where it cannot help (other modes, crash
+ * simulation, device model): the commit flushes everything as always. */
+int rom_flush_ahead(rom_pool *p, uint64_t off, uint64_t len);
 /* commit: ROM_COMMIT_SYNC or _BACKGROUND; bg_min: smallest copy (bytes) worth handing to the
  * copier (UINT64_MAX: keep the current one). Not inside a transaction. The defaults come from
  * PLINIUS_PM_COMMIT (sync|background) and PLINIUS_PM_BG_MIN at open. */
 int rom_set_commit(rom_pool *p, int commit, uint64_t bg_min);
 /* wait until back is the last committed state (the background copy is done); ns waited */
 uint64_t rom_wait_copy(rom_pool *p);
+
+/* --- read-ahead (a restore's copy out of the pool, off the caller's thread) -------------------- */
+/* Copy n bytes at off of main (committed=0) or of back (committed=1: after the background copy)
+ * into dst on the pool's reader thread, and return at once; rom_read_wait returns once it is
+ * done (ns waited). One read at a time: a second start waits for the first. dst is the
+ * caller's private memory and must stay valid until rom_read_wait returns. The caller works
+ * (decrypts the previous range) meanwhile: with cffi releasing the GIL in rom_read_wait the
+ * copy and the caller's work overlap on two cores. A forked child (no reader) copies inline. */
+int rom_read_start(rom_pool *p, void *dst, uint64_t off, uint64_t n, int committed);
+uint64_t rom_read_wait(rom_pool *p);
+/* this session: out[0] lines flushed ahead (rom_flush_ahead), out[1] jobs the reader thread
+ * ran (reads and flushes), out[2] ns it spent on them, out[3] ns callers waited for it */
+void rom_reader_stats(rom_pool *p, uint64_t *out);
 
 /* --- allocator (offsets are relative to main; 0 means none) ----------------------------------- */
 int rom_alloc(rom_pool *p, uint64_t size, uint64_t *off);

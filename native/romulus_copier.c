@@ -7,6 +7,7 @@
  */
 #include "romulus_internal.h"
 
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
@@ -23,6 +24,8 @@ void bg_init(rom_pool *p) {
     p->bg_hold = e && *e && strcmp(e, "0") != 0;
     e = getenv("PLINIUS_ROMULUS_BG_DELAY_MS");
     p->bg_delay_ms = (e && *e) ? (uint32_t)strtoul(e, NULL, 10) : 0;
+    pthread_mutex_init(&p->rd_mu, NULL);
+    pthread_cond_init(&p->rd_cv, NULL);
 }
 
 static void *bg_main(void *arg) {
@@ -125,4 +128,163 @@ int rom_set_commit(rom_pool *p, int commit, uint64_t bg_min) {
     if (bg_min != UINT64_MAX)
         p->bg_min = bg_min;
     return ROM_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The reader thread (romulus.h, READ-AHEAD): one plain copy out of the mapping at a time into
+ * the caller's private memory. It touches no pool state but the range it is given: reads of
+ * main never wait for a transaction, reads of back wait for the copier (rom_read_start).
+ * ------------------------------------------------------------------------------------------- */
+
+/* How long the reader, and a waiter, poll before they block. A restore hands the reader a
+ * batch every few hundred microseconds: blocking between batches would make every hand-off a
+ * futex wake-up, which the scheduler serves by running the woken thread on the waker's CPU
+ * (wake-affine), i.e. not beside it. Polling keeps both on their own cores; it ends after
+ * this long without work, so an idle pool costs nothing. */
+#define RD_SPIN_NS 1000000u
+
+static int rd_busy(rom_pool *p) { return __atomic_load_n(&p->rd_pending, __ATOMIC_ACQUIRE); }
+
+/* one step of a poll: a pause, and every 64th step the CPU offered to whoever else is
+ * runnable here (on a busy machine the thread polled for may be waiting for this very CPU) */
+static void cpu_relax(unsigned k) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (k % 64 == 0)
+        sched_yield();
+}
+
+static void *rd_main(void *arg) {
+    rom_pool *p = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    pthread_mutex_lock(&p->rd_mu);
+    for (;;) {
+        while (!p->rd_stop && !p->rd_pending)
+            pthread_cond_wait(&p->rd_cv, &p->rd_mu);
+        if (!p->rd_pending)
+            break;
+        uint8_t *dst = p->rd_dst;
+        const uint8_t *src = p->rd_src;
+        uint64_t n = p->rd_n;
+        int op = p->rd_op;
+        pthread_mutex_unlock(&p->rd_mu);
+        uint64_t t0 = mono_ns();
+        if (op == RD_FLUSH)
+            flush_lines_now(p, dst, n);
+        else
+            memcpy(dst, src, n);
+        uint64_t ns = mono_ns() - t0;
+        pthread_mutex_lock(&p->rd_mu);
+        p->rd_copies++;
+        p->rd_copy_ns += ns;
+        __atomic_store_n(&p->rd_pending, 0, __ATOMIC_RELEASE);
+        if (p->rd_sleepers)
+            pthread_cond_broadcast(&p->rd_cv);
+        /* poll for the next job a while (see RD_SPIN_NS) */
+        p->rd_spinning = 1;
+        pthread_mutex_unlock(&p->rd_mu);
+        uint64_t until = mono_ns() + RD_SPIN_NS;
+        unsigned k = 0;
+        while (!rd_busy(p) && !__atomic_load_n(&p->rd_stop, __ATOMIC_ACQUIRE)) {
+            cpu_relax(++k);
+            if (k % 256 == 0 && mono_ns() > until)
+                break;
+        }
+        pthread_mutex_lock(&p->rd_mu);
+        p->rd_spinning = 0; /* from here a start wakes the reader (rd_pending checked above) */
+    }
+    pthread_mutex_unlock(&p->rd_mu);
+    return NULL;
+}
+
+/* with rd_mu held: until no read is in flight (polled a while, then blocked); ns waited */
+static uint64_t rd_drain(rom_pool *p) {
+    if (!p->rd_pending)
+        return 0;
+    uint64_t t0 = mono_ns();
+    pthread_mutex_unlock(&p->rd_mu);
+    unsigned k = 0;
+    while (rd_busy(p)) {
+        cpu_relax(++k);
+        if (k % 256 == 0 && mono_ns() - t0 > RD_SPIN_NS)
+            break;
+    }
+    pthread_mutex_lock(&p->rd_mu);
+    p->rd_sleepers++;
+    while (p->rd_pending)
+        pthread_cond_wait(&p->rd_cv, &p->rd_mu);
+    p->rd_sleepers--;
+    return mono_ns() - t0;
+}
+
+int rd_post(rom_pool *p, int op, uint8_t *dst, const uint8_t *src, uint64_t n) {
+    pthread_mutex_lock(&p->rd_mu);
+    p->rd_wait_ns += rd_drain(p);
+    if (!p->rd_started || p->rd_pid != getpid()) {
+        int forked = p->rd_started; /* the parent's reader: not ours to start again */
+        if (forked || pthread_create(&p->rd_thread, NULL, rd_main, p) != 0) {
+            pthread_mutex_unlock(&p->rd_mu);
+            return 0;
+        }
+        p->rd_started = 1;
+        p->rd_pid = getpid();
+    }
+    p->rd_op = op;
+    p->rd_dst = dst;
+    p->rd_src = src;
+    p->rd_n = n;
+    __atomic_store_n(&p->rd_pending, 1, __ATOMIC_RELEASE);
+    if (!p->rd_spinning)
+        pthread_cond_broadcast(&p->rd_cv);
+    pthread_mutex_unlock(&p->rd_mu);
+    return 1;
+}
+
+void rd_finish(rom_pool *p) {
+    pthread_mutex_lock(&p->rd_mu);
+    if (p->rd_pid == getpid())
+        p->rd_wait_ns += rd_drain(p);
+    pthread_mutex_unlock(&p->rd_mu);
+}
+
+int rom_read_start(rom_pool *p, void *dst, uint64_t off, uint64_t n, int committed) {
+    if (p->closed)
+        return fail(ROM_E_CLOSED, "pool %s is closed", p->path);
+    if (off > p->region || n > p->region - off)
+        return fail(ROM_E_RANGE, "read [%llu, +%llu) is outside the %llu-byte region",
+                    (unsigned long long)off, (unsigned long long)n,
+                    (unsigned long long)p->region);
+    if (committed)
+        bg_wait(p, 0); /* back is the last committed state once the copier is done */
+    const uint8_t *src = (committed ? p->back : p->main) + off;
+    if (!rd_post(p, RD_COPY, dst, src, n))
+        memcpy(dst, src, n); /* no reader here: copy inline, done when this returns */
+    return ROM_OK;
+}
+
+uint64_t rom_read_wait(rom_pool *p) {
+    pthread_mutex_lock(&p->rd_mu);
+    uint64_t waited = p->rd_pid == getpid() ? rd_drain(p) : 0;
+    p->rd_wait_ns += waited;
+    pthread_mutex_unlock(&p->rd_mu);
+    return waited;
+}
+
+void rd_shutdown(rom_pool *p) {
+    pthread_mutex_lock(&p->rd_mu);
+    int ours = p->rd_started && p->rd_pid == getpid();
+    if (ours)
+        rd_drain(p);
+    __atomic_store_n(&p->rd_stop, 1, __ATOMIC_RELEASE);
+    p->rd_started = 0;
+    pthread_cond_broadcast(&p->rd_cv);
+    pthread_mutex_unlock(&p->rd_mu);
+    if (ours)
+        pthread_join(p->rd_thread, NULL);
+    pthread_mutex_lock(&p->rd_mu);
+    p->rd_stop = 0;
+    pthread_mutex_unlock(&p->rd_mu);
 }

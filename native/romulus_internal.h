@@ -131,6 +131,8 @@ struct run {
     uint64_t n;     /* number of lines */
 };
 
+#define AHEAD_MAX 64 /* flushed-ahead runs per transaction; more are flushed at commit */
+
 struct prange {
     uintptr_t lo, hi;
 };
@@ -165,6 +167,11 @@ struct rom_pool {
     size_t nruns, cap_runs;
     uint64_t log_lines, log_limit;
     int overflow;
+    /* line runs of main flushed ahead (rom_flush_ahead) in this transaction, on the reader
+     * thread; the commit flushes the logged runs minus these, once the reader is done */
+    struct run ahead[AHEAD_MAX];
+    size_t nahead;
+    uint64_t ahead_lines; /* this session */
 
     /* msync mode: page ranges flushed since the last fence */
     struct prange *sync;
@@ -195,6 +202,22 @@ struct rom_pool {
     int bg_hold;          /* test hook: the copier starts only once someone waits for it */
     uint32_t bg_delay_ms; /* test hook: the copier sleeps half-way through its copy */
     uint64_t bg_copies, bg_copy_ns, last_bg_copy_ns, bg_wait_ns;
+
+    /* read-ahead (romulus.h, READ-AHEAD): the reader thread copies one range out of the pool
+     * into the caller's private memory while the caller works; everything below rd_mu is
+     * guarded by it */
+    pthread_mutex_t rd_mu;
+    pthread_cond_t rd_cv;
+    pthread_t rd_thread;
+    int rd_started, rd_pending, rd_stop;
+    int rd_op;       /* RD_COPY or RD_FLUSH */
+    int rd_spinning; /* the reader polls rd_pending: a start needs no wake-up */
+    int rd_sleepers; /* waiters blocked on rd_cv: the reader wakes them */
+    pid_t rd_pid; /* the process whose reader this is (a forked child copies inline) */
+    uint8_t *rd_dst;
+    const uint8_t *rd_src;
+    uint64_t rd_n;
+    uint64_t rd_copies, rd_copy_ns, rd_wait_ns;
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -263,6 +286,9 @@ ROM_HIDDEN void persist_init(rom_pool *p);
 #define NT_MIN_DEFAULT 0 /* measured: streaming stores win even for single lines */
 #define PAR_MAX 8        /* helper threads for big flushes and copies */
 ROM_HIDDEN void pm_flush(rom_pool *p, const void *addr, uint64_t len);
+/* write back whole lines [addr, addr+len) and sfence, on the calling thread: no statistics, no
+ * hooks, no device model (the reader thread's flush-ahead; pmem mode only) */
+ROM_HIDDEN void flush_lines_now(rom_pool *p, const void *addr, uint64_t len);
 ROM_HIDDEN void pm_fence(rom_pool *p);
 ROM_HIDDEN void copy_persist(rom_pool *p, uint8_t *dst, const uint8_t *src, uint64_t n, int nt);
 
@@ -335,6 +361,13 @@ ROM_HIDDEN void bg_init(rom_pool *p);
 ROM_HIDDEN int bg_post(rom_pool *p, void (*job)(rom_pool *p));
 ROM_HIDDEN uint64_t bg_wait(rom_pool *p, int count); /* ns waited; count: add to bg_wait_ns */
 ROM_HIDDEN void bg_shutdown(rom_pool *p);            /* wait, then stop and join the copier */
+ROM_HIDDEN void rd_shutdown(rom_pool *p);            /* wait, then stop and join the reader */
+#define RD_COPY 0
+#define RD_FLUSH 1
+/* hand the reader one job (RD_COPY: memcpy(dst, src, n); RD_FLUSH: flush_lines_now(dst, n)),
+ * after the one in flight; 0: no reader here, the caller does it */
+ROM_HIDDEN int rd_post(rom_pool *p, int op, uint8_t *dst, const uint8_t *src, uint64_t n);
+ROM_HIDDEN void rd_finish(rom_pool *p); /* until the reader's job is done */
 
 /* romulus_txn.c: transactions */
 ROM_HIDDEN int check_txn(rom_pool *p); /* ROM_E_NOTXN unless this thread has one open */

@@ -296,6 +296,15 @@ void pm_flush(rom_pool *p, const void *addr, uint64_t len) {
         flush_raw(p->flush, a, end);
 }
 
+void flush_lines_now(rom_pool *p, const void *addr, uint64_t len) {
+    if (len == 0 || p->mode != ROM_MODE_PMEM)
+        return;
+    flush_raw(p->flush, (uintptr_t)addr, (uintptr_t)addr + len);
+#if ROM_X86
+    __asm__ volatile("sfence" ::: "memory"); /* the write-backs done before the job is */
+#endif
+}
+
 static void hw_fence(rom_pool *p) {
     if (p->mode == ROM_MODE_MSYNC) {
         for (size_t i = 0; i < p->nsync; i++)

@@ -441,6 +441,7 @@ int rom_close(rom_pool *p) {
     if (p->in_txn)
         abort_txn(p);
     bg_shutdown(p); /* back complete, the copier joined */
+    rd_shutdown(p); /* no read-ahead still copying out of the mapping */
     p->hdr->holder_pid = 0;
     pm_fence(p); /* orders the last IDLE (and, in msync mode, writes the pending pages) */
     hooks_closing(p);
@@ -459,6 +460,8 @@ void rom_release(rom_pool *p) {
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->bg_cv);
     pthread_mutex_destroy(&p->bg_mu);
+    pthread_cond_destroy(&p->rd_cv);
+    pthread_mutex_destroy(&p->rd_mu);
     free(p->bitmap);
     free(p->runs);
     free(p->sync);
@@ -508,4 +511,13 @@ void rom_get_stats(rom_pool *p, rom_stats *s) {
     s->last_bg_copy_ns = p->last_bg_copy_ns;
     s->bg_wait_ns = p->bg_wait_ns;
     pthread_mutex_unlock(&p->bg_mu);
+}
+
+void rom_reader_stats(rom_pool *p, uint64_t *out) {
+    out[0] = p->ahead_lines;
+    pthread_mutex_lock(&p->rd_mu);
+    out[1] = p->rd_copies;
+    out[2] = p->rd_copy_ns;
+    out[3] = p->rd_wait_ns;
+    pthread_mutex_unlock(&p->rd_mu);
 }

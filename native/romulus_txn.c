@@ -9,6 +9,7 @@
 #include "romulus_internal.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -39,11 +40,66 @@ int rom_begin(rom_pool *p) {
     p->in_txn = 1;
     p->owner = pthread_self();
     p->txn_fences = 0;
+    p->nahead = 0;
     p->log_limit = p->used / 4 / LINE;
     p->hdr->state = ROM_MUTATING;
     pm_flush(p, &p->hdr->state, 8);
     pm_fence(p); /* FENCE 1: MUTATING durable before any store to main */
     prefetch_w(&p->hdr->state); /* for the COPYING store */
+    return ROM_OK;
+}
+
+/* Flush main's lines [first, first+n) but those flushed ahead (sorted, disjoint). */
+static void flush_unless_ahead(rom_pool *p, uint64_t first, uint64_t n) {
+    uint64_t end = first + n;
+    for (size_t i = 0; i < p->nahead && first < end; i++) {
+        uint64_t a = p->ahead[i].first, b = a + p->ahead[i].n;
+        if (b <= first || a >= end)
+            continue;
+        if (a > first)
+            pm_flush(p, p->main + first * LINE, (a - first) * LINE);
+        first = b;
+    }
+    if (first < end)
+        pm_flush(p, p->main + first * LINE, (end - first) * LINE);
+}
+
+static int cmp_run(const void *x, const void *y) {
+    const struct run *a = x, *b = y;
+    return a->first < b->first ? -1 : a->first > b->first;
+}
+
+/* Flush main's lines fully inside [off, off+len) now, on the reader thread, while the caller
+ * seals the next range: the commit then flushes only what was not flushed ahead (after the
+ * reader's own sfence: FENCE 2 still orders every line of main before COPYING). Only in pmem
+ * mode, with no crash simulation (its events stay on one thread, in order) and no device model
+ * (its accounting is the committing thread's); otherwise the commit flushes it all. The caller
+ * promises the range is final (WriteTxn.written): a line stored to after this would not be
+ * flushed again. Edge lines (shared with the neighbouring range) are left to the commit. */
+int rom_flush_ahead(rom_pool *p, uint64_t off, uint64_t len) {
+    int rc = check_txn(p);
+    if (rc)
+        return rc;
+    if (off > p->region || len > p->region - off)
+        return fail(ROM_E_RANGE, "range [%llu, +%llu) is outside the %llu-byte main region",
+                    (unsigned long long)off, (unsigned long long)len,
+                    (unsigned long long)p->region);
+    if (p->mode != ROM_MODE_PMEM || pm_hooks.pool == p || p->dev_on)
+        return ROM_OK;
+    uint64_t first = (off + LINE - 1) / LINE, end = (off + len) / LINE;
+    if (end <= first)
+        return ROM_OK;
+    struct run *last = p->nahead ? &p->ahead[p->nahead - 1] : NULL;
+    if (!(last && last->first + last->n == first) && p->nahead == AHEAD_MAX)
+        return ROM_OK; /* the commit flushes it */
+    if (!rd_post(p, RD_FLUSH, p->main + first * LINE, NULL, (end - first) * LINE))
+        return ROM_OK; /* no reader: the commit flushes it */
+    if (last && last->first + last->n == first)
+        last->n += end - first;
+    else
+        p->ahead[p->nahead++] = (struct run){first, end - first};
+    p->flushed_lines += end - first;
+    p->ahead_lines += end - first;
     return ROM_OK;
 }
 
@@ -126,12 +182,17 @@ int rom_commit(rom_pool *p) {
         pm_flush(p, &h->used, 8);
     }
     uint64_t used = p->used;
-    if (p->overflow) {
-        pm_flush(p, p->main, used); /* ALL of main, not just what was logged */
+    if (p->nahead) {
+        rd_finish(p); /* the flushes ahead done, each fenced by the reader */
+        qsort(p->ahead, p->nahead, sizeof p->ahead[0], cmp_run);
+    }
+    if (p->overflow) { /* ALL of main, not just what was logged */
+        flush_unless_ahead(p, 0, (used + LINE - 1) / LINE);
     } else {
         for (size_t i = 0; i < p->nruns; i++)
-            pm_flush(p, p->main + p->runs[i].first * LINE, p->runs[i].n * LINE);
+            flush_unless_ahead(p, p->runs[i].first, p->runs[i].n);
     }
+    p->nahead = 0;
     pm_fence(p); /* FENCE 2: main complete before COPYING */
     /* the flushes evicted the logged main lines: fetch them back for the copy to back while
      * FENCE 3 waits */
@@ -157,6 +218,9 @@ int rom_commit(rom_pool *p) {
  * ------------------------------------------------------------------------------------------- */
 
 void abort_txn(rom_pool *p) {
+    if (p->nahead)
+        rd_finish(p); /* no flush ahead still running over main */
+    p->nahead = 0;
     if (p->overflow) {
         copy_persist(p, p->main, p->back, p->used, 0);
     } else {

@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -167,6 +168,12 @@ class RomulusWriteTxn(WriteTxn):
         mv = self._pool.writable(self._offset + offset, length)
         self._views.append(mv)
         return mv
+
+    def written(self, offset: int, length: int) -> None:
+        """The sealed range is final: its lines are flushed now on the pool's reader thread
+        while the caller seals the next batch, so the commit flushes only what is left."""
+        self._check_range(offset, length)
+        self._pool.flush_ahead(self._offset + offset, length)
 
     def _finish(self) -> None:
         self._done = True
@@ -401,6 +408,26 @@ class RomulusBackend(Backend):
         out[:n] = self.pool.view(at + offset, n, committed=committed)
         self.pool.model_read(n)
         return n
+
+    def start_read_into(self, blob: str, offset: int, out: memoryview) -> Callable[[], int]:
+        """:meth:`read_into` on the pool's reader thread: the copy starts now and runs while the
+        caller works (a restore decrypts the previous batch meanwhile, holding the GIL or not);
+        the returned function waits for it and gives the byte count. ``out`` must stay alive
+        and untouched until that function returned; one read in flight at a time."""
+        found = self._lookup(blob)
+        if found is None:
+            raise NotFoundError(f"blob {blob!r} of backend {self.spec} does not exist")
+        at, size, committed = found
+        n = check_range(repr(blob), offset, out.nbytes, size)
+        pool = self.pool
+        pool.read_start(at + offset, out[:n], committed=committed)
+
+        def wait() -> int:
+            pool.read_wait()
+            pool.model_read(n)
+            return n
+
+        return wait
 
     def map(self, blob: str) -> memoryview | None:
         found = self._lookup(blob)

@@ -365,6 +365,28 @@ class Pool:
         if rc:
             _raise(rc)
 
+    def reader_stats(self) -> dict[str, float]:
+        """This session's reader thread: lines flushed ahead, jobs run (reads and flushes),
+        seconds it spent on them and seconds callers waited for it."""
+        self._check()
+        out = ffi.new("uint64_t[4]")
+        lib.rom_reader_stats(self._h, out)
+        return {
+            "ahead_lines": int(out[0]),
+            "jobs": int(out[1]),
+            "job_s": int(out[2]) / 1e9,
+            "wait_s": int(out[3]) / 1e9,
+        }
+
+    def flush_ahead(self, offset: int, length: int) -> None:
+        """main[offset, offset+length) is final in this transaction: its whole lines are
+        written back now on the pool's reader thread (pmem mode) while the caller goes on, and
+        the commit flushes only the rest (``rom_flush_ahead``). Never store to it again."""
+        self._bounds(offset, length)
+        rc = lib.rom_flush_ahead(self._h, offset, length)
+        if rc:
+            _raise(rc)
+
     # --- memory -------------------------------------------------------------------------------
 
     def _bounds(self, offset: int, length: int) -> None:
@@ -389,6 +411,25 @@ class Pool:
             lib.rom_wait_copy(self._h)
         at = (self.back_off if committed else self.main_off) + offset
         return self._ro[at : at + length]
+
+    def read_start(self, offset: int, out: memoryview, *, committed: bool = False) -> None:
+        """Start copying ``out.nbytes`` bytes of main (or of back, ``committed``) at ``offset``
+        into ``out`` on the pool's reader thread (no GIL needed there) and return at once;
+        :meth:`read_wait` returns once they are there. ``out`` must stay alive and untouched
+        until then. One read in flight at a time (a second start waits for the first)."""
+        n = out.nbytes
+        self._bounds(offset, n)
+        if out.readonly:
+            raise BackendError("read_start needs writable memory")
+        rc = lib.rom_read_start(self._h, ffi.from_buffer(out), offset, n, 1 if committed else 0)
+        if rc:
+            _raise(rc)
+
+    def read_wait(self) -> float:
+        """Wait for the read :meth:`read_start` started (the GIL released); seconds waited."""
+        if self._closed:
+            return 0.0
+        return int(lib.rom_read_wait(self._h)) / 1e9
 
     def model_read(self, nbytes: int) -> None:
         """Device model: wait as reading ``nbytes`` from the modelled media would (else no-op)."""

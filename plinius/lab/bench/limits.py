@@ -3,16 +3,20 @@
 A save cannot beat copying its bytes once nor encrypting them once, so the ``limits`` section
 times exactly that on the workload's byte count: ``numpy.copyto`` between two preallocated
 page-aligned buffers (one thread, and all cores each copying a slice: ``copyto`` releases the
-GIL), and raw AES-GCM of 1 MiB chunks with the engine the run uses (one thread, and all cores:
-the engine's own ``encrypt_many`` when it is parallel, else a Python thread pool of
-``encrypt_into`` calls, which shows what the GIL leaves of the second core).
+GIL), and raw AES-GCM of 1 MiB chunks, once per *way* of running AES-GCM (:class:`Way`: an
+engine and a thread count; by default :func:`default_ways`: the run's engine on one thread and
+on all cores, and the parallel native engine beside a serial one). A way on all cores uses the
+engine's own ``encrypt_many`` when it is parallel, else a Python thread pool of
+``encrypt_into`` calls, which shows what the GIL leaves of the second core. The fastest way
+measured is the limit the targets compare romulus against (``sections/limits.py``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -190,23 +194,49 @@ class _AesGcm:
             self.pool.close()
 
 
-def _aes(
-    nbytes: int,
-    workload: str,
-    engine: Engine,
-    threads: int,
-    bufs: _Buffers,
-    verify: bool,
-    extra: bool = False,
-) -> Contender:
-    aes = _AesGcm(engine, bufs, threads, verify)
-    label = "1 thread" if threads == 1 else "all cores"
-    if extra:
-        label += f", {engine.name}"
+@dataclass(frozen=True)
+class Way:
+    """One way of running raw AES-GCM that the limits measure: ``label`` names it in the
+    contender id (``aes-gcm/LABEL``: ``cryptography/1``, ``openssl/2``, ...), ``engine`` builds
+    its engine (any key: raw AES-GCM), ``threads`` is how many cores it is given (1: serial
+    ``encrypt_into``/``decrypt_into``). ``name``: the contender's display name (default
+    ``aes-gcm (LABEL)``)."""
+
+    label: str
+    engine: Callable[[], Engine]
+    threads: int
+    name: str = ""
+
+    @property
+    def ident(self) -> str:
+        return f"aes-gcm/{self.label}"
+
+
+def default_ways(engine: Engine, n: int | None = None) -> list[Way]:
+    """The run's engine on one thread and, with more than one core, on all ``n`` of them; and
+    beside a serial engine the parallel native one on all cores (when it is built here). Add
+    ways to this list to measure more (the fastest becomes the limit)."""
+    n = cores() if n is None else n
+    out = [Way(f"{engine.name}/1", lambda: engine, 1, "aes-gcm (1 thread)")]
+    if n > 1:
+        out.append(Way(f"{engine.name}/{n}", lambda: engine, n, "aes-gcm (all cores)"))
+        if not engine.parallel and _native_usable():
+            from plinius.core import crypto_native
+
+            name = crypto_native.OpenSSLEngine.name
+            out.append(
+                Way(f"{name}/{n}", lambda: _native_engine(), n, f"aes-gcm (all cores, {name})")
+            )
+    return out
+
+
+def _aes(nbytes: int, workload: str, way: Way, bufs: _Buffers, verify: bool) -> Contender:
+    engine = way.engine()
+    aes = _AesGcm(engine, bufs, way.threads, verify)
     return Contender(
         section=SECTION,
-        name=f"aes-gcm ({label})",
-        id=f"aes-gcm/{engine.name}/{threads}",
+        name=way.name or f"aes-gcm ({way.label})",
+        id=way.ident,
         workload=workload,
         nbytes=nbytes,
         ops=("encrypt", "decrypt"),
@@ -214,6 +244,7 @@ def _aes(
         close=aes.close,
         facts={
             "engine": engine.name,
+            "way": way.label,
             "threads": aes.threads,
             "how": aes.mode,
             "chunk_bytes": CHUNK,
@@ -223,34 +254,42 @@ def _aes(
 
 
 def limit_contenders(
-    nbytes: int, workload: str, engine: Engine, *, verify: bool = False
+    nbytes: int,
+    workload: str,
+    engine: Engine,
+    *,
+    verify: bool = False,
+    ways: Sequence[Way] | None = None,
 ) -> list[Contender]:
-    """memcpy and raw AES-GCM of ``nbytes`` with one thread and with all cores.
+    """memcpy with one thread and with all cores, and raw AES-GCM once per way (``ways``,
+    default :func:`default_ways` of ``engine``), all on the same buffers.
 
     ``verify`` checks after every copy and decrypt that the bytes arrived (untimed; tests).
-    On a single-core machine only the one-thread contenders are returned.
+    On a single-core machine only the one-thread contenders are returned by default.
     """
     if nbytes <= 0:
         raise ValueError("limits need a positive byte count")
+    ways = default_ways(engine) if ways is None else list(ways)
+    idents = [w.ident for w in ways]
+    if len(set(idents)) != len(idents):
+        raise ValueError(f"limits: two ways with one label in {idents}")
     bufs = _Buffers(nbytes)
     n = cores()
     out = [_memcpy(nbytes, workload, 1, bufs, verify)]
     if n > 1:
         out.append(_memcpy(nbytes, workload, n, bufs, verify))
-    out.append(_aes(nbytes, workload, engine, 1, bufs, verify))
-    if n > 1:
-        out.append(_aes(nbytes, workload, engine, n, bufs, verify))
-        native = _native_engine(engine)
-        if native is not None:  # the all-core limit is the faster of the two ways
-            out.append(_aes(nbytes, workload, native, n, bufs, verify, extra=True))
+    out += [_aes(nbytes, workload, w, bufs, verify) for w in ways]
     return out
 
 
-def _native_engine(engine: Engine) -> Engine | None:
-    """The parallel native engine beside a serial run engine (any key: raw AES-GCM), when it
-    is built here."""
+def _native_usable() -> bool:
     from plinius.core import crypto_native
 
-    if engine.parallel or not crypto_native.usable():
-        return None
+    return bool(crypto_native.usable())
+
+
+def _native_engine() -> Engine:
+    """The parallel native engine (any key: raw AES-GCM), on every core from the first byte."""
+    from plinius.core import crypto_native
+
     return crypto_native.OpenSSLEngine(os.urandom(16), serial_below=0)

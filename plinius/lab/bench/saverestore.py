@@ -160,7 +160,12 @@ class BackendRun:
     """One backend instance saving and restoring one workload: a :class:`Contender` of section
     ``save`` with ops ``save``, ``restore`` (warm) and, where the backend can evict its blob
     from the page cache, ``restore_cold`` (evicted first, untimed; the eviction result is kept
-    in the facts). One untimed save and restore warm up pools, files and staging memory."""
+    in the facts). One untimed save and restore warm up pools, files and staging memory.
+
+    A restore decrypts into kept destination arrays, touched once by that first restore, as a
+    real restore goes into a model's existing memory; never into fresh ``np.empty`` arrays,
+    whose first touch (page faults, ~1 GB/s on small VMs) would be timed as the restore's. The
+    raw AES-GCM limits decrypt into a kept, touched buffer likewise (``limits``)."""
 
     def __init__(
         self,
