@@ -1,13 +1,17 @@
 /*
  * aead.c -- batches of AES-GCM-128 records on a pool of threads, the cipher from libcrypto (EVP).
- * See aead.h for the record layout and the threading rules.
+ * See aead.h for the record layout, the threading rules and why libcrypto is loaded at run time.
  */
+#define _GNU_SOURCE /* dladdr */
 #include "aead.h"
 
-#include <openssl/crypto.h>
+#include <dlfcn.h>
+#include <openssl/crypto.h> /* types and constants only: every call goes through a plx_crypto */
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/opensslv.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -21,7 +25,83 @@
 /* Below this many bytes in a batch, waking the workers costs more than it saves. */
 #define PARALLEL_MIN_BYTES ((size_t)256 << 10)
 
+/* ---- libcrypto, loaded by path ------------------------------------------------------------ */
+
+/* The soname of the libcrypto the headers describe (libcrypto.so.3): the default library. */
+#define PLX_STR2(x) #x
+#define PLX_STR(x) PLX_STR2(x)
+#define DEFAULT_LIBCRYPTO "libcrypto.so." PLX_STR(OPENSSL_SHLIB_VERSION)
+
+struct plx_crypto {
+    EVP_CIPHER_CTX *(*ctx_new)(void);
+    void (*ctx_free)(EVP_CIPHER_CTX *);
+    int (*init_ex)(EVP_CIPHER_CTX *, const EVP_CIPHER *, ENGINE *, const unsigned char *,
+                   const unsigned char *, int);
+    int (*update)(EVP_CIPHER_CTX *, unsigned char *, int *, const unsigned char *, int);
+    int (*final_ex)(EVP_CIPHER_CTX *, unsigned char *, int *);
+    int (*ctrl)(EVP_CIPHER_CTX *, int, int, void *);
+    const EVP_CIPHER *(*aes_128_gcm)(void);
+    void (*clear_error)(void);
+    void (*cleanse)(void *, size_t);
+    const char *(*version)(int);
+    char path[4096];
+};
+
+static void *find(void *handle, const char *name, char *err, size_t errlen, int *missing) {
+    void *sym = dlsym(handle, name);
+    if (sym == NULL && !*missing) {
+        *missing = 1;
+        snprintf(err, errlen, "no symbol %s in it", name);
+    }
+    return sym;
+}
+
+plx_crypto *plx_crypto_load(const char *path, char *err, size_t errlen) {
+    const char *name = (path != NULL && path[0] != '\0') ? path : DEFAULT_LIBCRYPTO;
+    if (errlen) err[0] = '\0';
+    /* never dlclose: engines, and libcrypto's own thread-local state, outlive any caller */
+    void *handle = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+    if (handle == NULL) {
+        const char *why = dlerror();
+        snprintf(err, errlen, "%s", why ? why : "dlopen failed");
+        return NULL;
+    }
+    plx_crypto *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    int missing = 0;
+    *(void **)&c->ctx_new = find(handle, "EVP_CIPHER_CTX_new", err, errlen, &missing);
+    *(void **)&c->ctx_free = find(handle, "EVP_CIPHER_CTX_free", err, errlen, &missing);
+    *(void **)&c->init_ex = find(handle, "EVP_CipherInit_ex", err, errlen, &missing);
+    *(void **)&c->update = find(handle, "EVP_CipherUpdate", err, errlen, &missing);
+    *(void **)&c->final_ex = find(handle, "EVP_CipherFinal_ex", err, errlen, &missing);
+    *(void **)&c->ctrl = find(handle, "EVP_CIPHER_CTX_ctrl", err, errlen, &missing);
+    *(void **)&c->aes_128_gcm = find(handle, "EVP_aes_128_gcm", err, errlen, &missing);
+    *(void **)&c->clear_error = find(handle, "ERR_clear_error", err, errlen, &missing);
+    *(void **)&c->cleanse = find(handle, "OPENSSL_cleanse", err, errlen, &missing);
+    *(void **)&c->version = find(handle, "OpenSSL_version", err, errlen, &missing);
+    if (missing) {
+        free(c);
+        return NULL;
+    }
+    Dl_info info;
+    const char *where = name;
+    if (dladdr(*(void **)&c->ctx_new, &info) != 0 && info.dli_fname != NULL)
+        where = info.dli_fname;
+    snprintf(c->path, sizeof c->path, "%s", where);
+    return c;
+}
+
+const char *plx_crypto_version(const plx_crypto *c) { return c->version(OPENSSL_VERSION); }
+
+const char *plx_crypto_path(const plx_crypto *c) { return c->path; }
+
+/* ---- batches: state ------------------------------------------------------------------------ */
+
 typedef struct {
+    const plx_crypto *c;
     const plx_aead_job *jobs;
     const uint8_t *ivs; /* NULL when opening */
     size_t count;
@@ -32,6 +112,7 @@ typedef struct {
 } batch;
 
 struct plx_aead {
+    const plx_crypto *c; /* the libcrypto every call of this engine goes through */
     uint8_t key[KEY_BYTES];
     int threads;
     int spawn;
@@ -53,11 +134,11 @@ struct plx_aead {
 
 /* ---- one record ---------------------------------------------------------------------------- */
 
-static int update(EVP_CIPHER_CTX *ctx, uint8_t *out, const uint8_t *in, size_t n) {
+static int update(const plx_crypto *c, EVP_CIPHER_CTX *ctx, uint8_t *out, const uint8_t *in, size_t n) {
     while (n > 0) {
         size_t piece = n < UPDATE_MAX ? n : UPDATE_MAX;
         int outl = 0;
-        if (EVP_CipherUpdate(ctx, out, &outl, in, (int)piece) != 1) return -1;
+        if (c->update(ctx, out, &outl, in, (int)piece) != 1) return -1;
         if (out != NULL) {
             if ((size_t)outl != piece) return -1;
             out += piece;
@@ -68,35 +149,35 @@ static int update(EVP_CIPHER_CTX *ctx, uint8_t *out, const uint8_t *in, size_t n
     return 0;
 }
 
-static int fail(void) {
-    ERR_clear_error(); /* leave no stale error for other OpenSSL users of this thread */
+static int fail(const plx_crypto *c) {
+    c->clear_error(); /* leave no stale error for other OpenSSL users of this thread */
     return -1;
 }
 
-static int seal_one(EVP_CIPHER_CTX *ctx, const uint8_t *iv, const uint8_t *aad, size_t aad_len,
+static int seal_one(const plx_crypto *c, EVP_CIPHER_CTX *ctx, const uint8_t *iv, const uint8_t *aad, size_t aad_len,
                     const uint8_t *in, size_t n, uint8_t *ct_and_tag) {
     int outl = 0;
-    if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, 1) != 1) return fail();
-    if (aad_len && update(ctx, NULL, aad, aad_len) != 0) return fail();
-    if (n && update(ctx, ct_and_tag, in, n) != 0) return fail();
-    if (EVP_CipherFinal_ex(ctx, ct_and_tag + n, &outl) != 1 || outl != 0) return fail();
-    if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_BYTES, ct_and_tag + n) != 1)
-        return fail();
+    if (c->init_ex(ctx, NULL, NULL, NULL, iv, 1) != 1) return fail(c);
+    if (aad_len && update(c, ctx, NULL, aad, aad_len) != 0) return fail(c);
+    if (n && update(c, ctx, ct_and_tag, in, n) != 0) return fail(c);
+    if (c->final_ex(ctx, ct_and_tag + n, &outl) != 1 || outl != 0) return fail(c);
+    if (c->ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_BYTES, ct_and_tag + n) != 1)
+        return fail(c);
     return 0;
 }
 
-static int open_one(EVP_CIPHER_CTX *ctx, const uint8_t *iv, const uint8_t *aad, size_t aad_len,
+static int open_one(const plx_crypto *c, EVP_CIPHER_CTX *ctx, const uint8_t *iv, const uint8_t *aad, size_t aad_len,
                     const uint8_t *ct_and_tag, size_t n, uint8_t *out) {
     uint8_t tag[TAG_BYTES];
     uint8_t last[16]; /* GCM's final writes nothing; never let it write into `out` */
     int outl = 0;
     memcpy(tag, ct_and_tag + n, TAG_BYTES);
-    if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, 0) != 1) return fail();
-    if (aad_len && update(ctx, NULL, aad, aad_len) != 0) return fail();
-    if (n && update(ctx, out, ct_and_tag, n) != 0) return fail();
-    if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_BYTES, tag) != 1) return fail();
-    if (EVP_CipherFinal_ex(ctx, last, &outl) <= 0) { /* constant-time compare inside EVP */
-        ERR_clear_error();
+    if (c->init_ex(ctx, NULL, NULL, NULL, iv, 0) != 1) return fail(c);
+    if (aad_len && update(c, ctx, NULL, aad, aad_len) != 0) return fail(c);
+    if (n && update(c, ctx, out, ct_and_tag, n) != 0) return fail(c);
+    if (c->ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_BYTES, tag) != 1) return fail(c);
+    if (c->final_ex(ctx, last, &outl) <= 0) { /* constant-time compare inside EVP */
+        c->clear_error();
         return 1;
     }
     return 0;
@@ -105,12 +186,13 @@ static int open_one(EVP_CIPHER_CTX *ctx, const uint8_t *iv, const uint8_t *aad, 
 /* ---- contexts ------------------------------------------------------------------------------ */
 
 static EVP_CIPHER_CTX *new_ctx(const plx_aead *e) {
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    const plx_crypto *c = e->c;
+    EVP_CIPHER_CTX *ctx = c->ctx_new();
     if (ctx == NULL) return NULL;
     /* the key schedule is computed here, once per context; jobs only set the IV */
-    if (EVP_CipherInit_ex(ctx, EVP_aes_128_gcm(), NULL, e->key, NULL, 1) != 1) {
-        EVP_CIPHER_CTX_free(ctx);
-        ERR_clear_error();
+    if (c->init_ex(ctx, c->aes_128_gcm(), NULL, e->key, NULL, 1) != 1) {
+        c->ctx_free(ctx);
+        c->clear_error();
         return NULL;
     }
     return ctx;
@@ -131,7 +213,7 @@ static void release(plx_aead *e, EVP_CIPHER_CTX *ctx) {
         EVP_CIPHER_CTX **grown = realloc(e->spare, cap * sizeof *grown);
         if (grown == NULL) {
             pthread_mutex_unlock(&e->lock);
-            EVP_CIPHER_CTX_free(ctx);
+            e->c->ctx_free(ctx);
             return;
         }
         e->spare = grown;
@@ -153,9 +235,9 @@ static void run_batch(batch *b, EVP_CIPHER_CTX *ctx) {
         if (b->ivs != NULL) {
             const uint8_t *iv = b->ivs + IV_BYTES * i;
             memcpy(j->dst, iv, IV_BYTES);
-            rc = seal_one(ctx, iv, j->aad, j->aad_len, j->src, j->len, j->dst + IV_BYTES);
+            rc = seal_one(b->c, ctx, iv, j->aad, j->aad_len, j->src, j->len, j->dst + IV_BYTES);
         } else {
-            rc = open_one(ctx, j->src, j->aad, j->aad_len, j->src + IV_BYTES, j->len, j->dst);
+            rc = open_one(b->c, ctx, j->src, j->aad, j->aad_len, j->src + IV_BYTES, j->len, j->dst);
         }
         if (rc < 0) {
             atomic_store(&b->error, 1);
@@ -217,7 +299,7 @@ static void start_workers(plx_aead *e) {
         EVP_CIPHER_CTX *ctx = new_ctx(e);
         if (arg == NULL || ctx == NULL) {
             free(arg);
-            EVP_CIPHER_CTX_free(ctx);
+            e->c->ctx_free(ctx);
             return;
         }
         arg->engine = e;
@@ -230,7 +312,7 @@ static void start_workers(plx_aead *e) {
         pthread_mutex_unlock(&e->lock);
         if (rc != 0) {
             free(arg);
-            EVP_CIPHER_CTX_free(ctx);
+            e->c->ctx_free(ctx);
             e->worker_ctx[i] = NULL;
             return;
         }
@@ -306,7 +388,7 @@ static int64_t run_many(plx_aead *e, const plx_aead_job *jobs, size_t count,
         for (size_t i = 0; i < count; i++) order[i] = keys[i].index;
         free(keys);
     }
-    batch b = {.jobs = jobs, .ivs = ivs, .count = count, .order = order};
+    batch b = {.c = e->c, .jobs = jobs, .ivs = ivs, .count = count, .order = order};
     atomic_init(&b.next, 0);
     atomic_init(&b.first_fail, (long long)count);
     atomic_init(&b.error, 0);
@@ -345,10 +427,12 @@ static int64_t run_many(plx_aead *e, const plx_aead_job *jobs, size_t count,
 
 /* ---- API ----------------------------------------------------------------------------------- */
 
-plx_aead *plx_aead_new(const uint8_t *key, size_t key_len, int threads, int spawn) {
-    if (key_len != KEY_BYTES || threads < 1) return NULL;
+plx_aead *plx_aead_new(const uint8_t *key, size_t key_len, int threads, int spawn,
+                       const plx_crypto *c) {
+    if (key_len != KEY_BYTES || threads < 1 || c == NULL) return NULL;
     plx_aead *e = calloc(1, sizeof *e);
     if (e == NULL) return NULL;
+    e->c = c;
     memcpy(e->key, key, KEY_BYTES);
     e->threads = threads;
     e->spawn = spawn != 0;
@@ -373,8 +457,8 @@ void plx_aead_free(plx_aead *e) {
     pthread_mutex_unlock(&e->lock);
     for (int i = 0; i < e->nworkers; i++) pthread_join(e->workers[i], NULL);
     if (e->worker_ctx != NULL)
-        for (int i = 0; i < e->threads - 1; i++) EVP_CIPHER_CTX_free(e->worker_ctx[i]);
-    for (size_t i = 0; i < e->nspare; i++) EVP_CIPHER_CTX_free(e->spare[i]);
+        for (int i = 0; i < e->threads - 1; i++) e->c->ctx_free(e->worker_ctx[i]);
+    for (size_t i = 0; i < e->nspare; i++) e->c->ctx_free(e->spare[i]);
     free(e->spare);
     free(e->workers);
     free(e->worker_ctx);
@@ -382,7 +466,7 @@ void plx_aead_free(plx_aead *e) {
     pthread_mutex_destroy(&e->batch_lock);
     pthread_cond_destroy(&e->wake);
     pthread_cond_destroy(&e->idle);
-    OPENSSL_cleanse(e->key, sizeof e->key);
+    e->c->cleanse(e->key, sizeof e->key);
     free(e);
 }
 
@@ -392,7 +476,7 @@ int plx_aead_seal(plx_aead *e, const uint8_t *iv, const uint8_t *aad, size_t aad
                   const uint8_t *plaintext, size_t n, uint8_t *ct_and_tag) {
     EVP_CIPHER_CTX *ctx = acquire(e);
     if (ctx == NULL) return -1;
-    int rc = seal_one(ctx, iv, aad, aad_len, plaintext, n, ct_and_tag);
+    int rc = seal_one(e->c, ctx, iv, aad, aad_len, plaintext, n, ct_and_tag);
     release(e, ctx);
     return rc;
 }
@@ -401,7 +485,7 @@ int plx_aead_open(plx_aead *e, const uint8_t *iv, const uint8_t *aad, size_t aad
                   const uint8_t *ct_and_tag, size_t n, uint8_t *out) {
     EVP_CIPHER_CTX *ctx = acquire(e);
     if (ctx == NULL) return -1;
-    int rc = open_one(ctx, iv, aad, aad_len, ct_and_tag, n, out);
+    int rc = open_one(e->c, ctx, iv, aad, aad_len, ct_and_tag, n, out);
     release(e, ctx);
     return rc;
 }

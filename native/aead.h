@@ -14,6 +14,13 @@
  * batch runs at a time per engine; single-buffer calls take a spare context and may run from
  * several threads at once. An engine must not be used in a child after fork() (the workers do
  * not exist there): the Python wrapper makes a new one in the child.
+ *
+ * LIBCRYPTO AT RUN TIME: the ten EVP/ERR functions used are resolved through a plx_crypto table,
+ * loaded from a path with dlopen(RTLD_NOW | RTLD_LOCAL) and never closed. The default is the
+ * libcrypto the headers describe (the system one); another (a newer OpenSSL with VAES AES-GCM,
+ * e.g. the one a wheel bundles) is often several times faster on the same CPU, and which is
+ * faster here is measured, not assumed (plinius/core/crypto_ways.py). OpenSSL's headers are used
+ * for types and constants only; records are the same whichever library seals them.
  */
 #ifndef PLINIUS_AEAD_H
 #define PLINIUS_AEAD_H
@@ -22,6 +29,16 @@
 #include <stdint.h>
 
 typedef struct plx_aead plx_aead;
+typedef struct plx_crypto plx_crypto;
+
+/* Load the libcrypto at `path` (NULL or "": the default one) and resolve its functions; NULL on
+ * failure, with the reason (dlerror or the missing symbol) in `err`. A table lives for the
+ * process: load each library once and share it between engines. */
+plx_crypto *plx_crypto_load(const char *path, char *err, size_t errlen);
+/* OpenSSL_version(OPENSSL_VERSION) of that library ("OpenSSL 3.5.9 30 Sep 2025"), and the path
+ * the dynamic loader actually opened. */
+const char *plx_crypto_version(const plx_crypto *lib);
+const char *plx_crypto_path(const plx_crypto *lib);
 
 /* One buffer of a batch. Seal: `src` is the plaintext (`len` bytes), `dst` the record
  * (len + 28 bytes; the IV is written to its first 12 bytes). Open: `src` is the record
@@ -34,10 +51,12 @@ typedef struct {
     uint8_t *dst;
 } plx_aead_job;
 
-/* A 16-byte key and the number of threads a batch may use (>= 1, the caller included); NULL
- * when libcrypto fails or memory runs out. `spawn` != 0 starts fresh threads for every batch
- * instead of keeping workers (kept only to measure the difference). */
-plx_aead *plx_aead_new(const uint8_t *key, size_t key_len, int threads, int spawn);
+/* A 16-byte key, the number of threads a batch may use (>= 1, the caller included) and the
+ * libcrypto every call goes through; NULL when libcrypto fails or memory runs out. `spawn` != 0
+ * starts fresh threads for every batch instead of keeping workers (kept only to measure the
+ * difference). */
+plx_aead *plx_aead_new(const uint8_t *key, size_t key_len, int threads, int spawn,
+                       const plx_crypto *lib);
 /* Stops and joins the workers, wipes the key. */
 void plx_aead_free(plx_aead *engine);
 int plx_aead_threads(const plx_aead *engine);

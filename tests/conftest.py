@@ -55,6 +55,10 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     os.environ["PLINIUS_PLATFORM_DIR"] = tempfile.mkdtemp(prefix="plinius-test-platform-")
     os.environ["PLINIUS_STATE_DIR"] = tempfile.mkdtemp(prefix="plinius-test-state-")
+    # one cache of the measured crypto engine table for the whole run: the first `auto` engine
+    # measures (a few seconds), every later one, in any test, worker (xdist workers inherit the
+    # controller's) or subprocess, reads it
+    os.environ.setdefault("PLINIUS_CACHE_DIR", tempfile.mkdtemp(prefix="plinius-test-cache-"))
 
 
 @pytest.fixture(params=list(ENGINES))

@@ -8,14 +8,17 @@ moved to another place, another model or another mirror version fails to open.
 
 Engines share one interface: ``openssl`` (native, libcrypto on all cores, built where OpenSSL's
 headers are: :mod:`plinius.core.crypto_native`), ``cryptography`` (the ``fast`` extra) and
-``pycryptodome`` (always installed); plug-ins add more. :func:`make_engine` without a name takes
-the fastest, measured once per process (:mod:`plinius.core.crypto_choice`).
+``pycryptodome`` (always installed); plug-ins add more. :func:`make_engine` without a name is
+``auto``: per call size and mode, the way (engine, libcrypto, threads) measured fastest on this
+machine (:mod:`plinius.core.crypto_choice`, :mod:`plinius.core.crypto_ways`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import importlib
 import os
 import struct
 import sys
@@ -38,6 +41,9 @@ OVERHEAD = IV_BYTES + TAG_BYTES  # 28 B per sealed buffer
 KEY_ID_BYTES = 8
 
 Buffer = bytes | bytearray | memoryview | np.ndarray
+#: where single-buffer IVs come from; tests pin it (with ``crypto_native.random_bytes``) to
+#: compare the records of every way byte for byte
+random_bytes = os.urandom
 
 
 def associated_data(fingerprint: bytes, layer: int, name: str, version: int) -> bytes:
@@ -94,7 +100,7 @@ class Engine(ABC):
         n = pv.nbytes
         if out.nbytes != n + OVERHEAD:
             raise ValueError(f"output is {out.nbytes} B, encrypting {n} B needs {n + OVERHEAD} B")
-        iv = os.urandom(IV_BYTES)
+        iv = random_bytes(IV_BYTES)
         out[:IV_BYTES] = iv
         self._encrypt(iv, aad, pv, out[IV_BYTES:])
 
@@ -117,6 +123,22 @@ class Engine(ABC):
     #: True when :meth:`encrypt_many`/:meth:`decrypt_many` spread their jobs over several cores
     #: (the GIL released); the Python engines hold the GIL and run them one after another
     parallel: bool = False
+    #: threads a call may use
+    threads: int = 1
+
+    @property
+    def way(self) -> str:
+        """The way this engine runs (``cryptography/1``; ``openssl[3.5.9]/2`` for the native
+        one), as :mod:`plinius.core.crypto_ways` names them."""
+        return f"{self.name}/{self.threads}"
+
+    def describe(self) -> str:
+        """One line for reports: which way runs which calls (here always the same one)."""
+        return self.way
+
+    def ways_used(self) -> dict[str, Engine]:
+        """The engines this one hands calls to, by way name (itself, except for ``auto``)."""
+        return {self.way: self}
 
     def encrypt_many(self, jobs: Sequence[tuple[bytes, Buffer, memoryview]]) -> None:
         """Encrypt many ``(aad, plaintext, out)`` jobs, each as :meth:`encrypt_into` (own random
@@ -214,14 +236,19 @@ def _cryptography_usable() -> bool:
 
 # Fastest first: the default is the first one installed. Engines registered through the
 # entry-point group ``plinius.engines`` or :func:`register_engine` come after these.
+@functools.cache
 def openssl_usable() -> bool:
-    """Whether the compiled module (and the libcrypto it links) loads here; asked here, not
-    of ``crypto_native``, which builds on this module (no import cycle)."""
+    """Whether the compiled module loads here and finds a libcrypto (the default one, or
+    ``$PLINIUS_LIBCRYPTO``'s, checked when an engine is made); asked here, not of
+    ``crypto_native``, which builds on this module (no import cycle)."""
     try:
-        from plinius import _aead  # noqa: F401
+        from plinius._aead import ffi, lib
     except ImportError:
         return False
-    return True
+    if os.environ.get("PLINIUS_LIBCRYPTO", "").strip():
+        return True
+    err = ffi.new("char[]", 256)
+    return bool(lib.plx_crypto_load(ffi.NULL, err, len(err)) != ffi.NULL)
 
 
 ENGINES: dict[str, tuple[type[Engine] | str, Callable[[], bool]]] = {
@@ -277,15 +304,22 @@ def available_engines() -> list[str]:
     return [name for name in ENGINE_REGISTRY.entries() if ENGINE_REGISTRY.is_usable(name)]
 
 
-def make_engine(key: bytes, name: str | None = None) -> Engine:
-    """Build engine ``name`` for ``key``; ``None``/``"auto"``: the fastest installed here,
-    measured once per process (:mod:`plinius.core.crypto_choice`)."""
-    if name is None or name == "auto":
-        from plinius.core.crypto_choice import choose, record
+#: what ``auto`` is built by; loaded by name like the ``openssl`` engine above, because it
+#: measures and builds the engines of this module (an import would be a loop)
+AUTO = "plinius.core.crypto_choice:make_auto"
+MODES = ("sync", "async")
 
-        engine = ENGINE_REGISTRY.load_usable(choose(available_engines()))(key)
-        record(engine)
-        return engine
+
+def make_engine(key: bytes, name: str | None = None, *, mode: str = "sync") -> Engine:
+    """Build engine ``name`` for ``key``; ``None``/``"auto"``: per call size, the way measured
+    fastest on this machine (:mod:`plinius.core.crypto_choice`). ``mode="sync"`` minimises wall
+    time (the mirror has every core), ``"async"`` CPU time (it shares them with training)."""
+    if mode not in MODES:
+        raise ConfigError(f"mode={mode!r}: give one of {', '.join(MODES)}")
+    if name is None or name == "auto":
+        module, _, attr = AUTO.partition(":")
+        built: Engine = getattr(importlib.import_module(module), attr)(key, mode=mode)
+        return built
     return ENGINE_REGISTRY.load_usable(name)(key)
 
 

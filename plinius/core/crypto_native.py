@@ -5,6 +5,11 @@ sealed on one core. Here one call hands a whole list of buffers to C, which seal
 of threads (the GIL released) with one keyed EVP context per thread. Records are byte for byte
 those of the Python engines (``[IV][ciphertext][tag]``), so any engine opens what another sealed.
 
+libcrypto is loaded at run time (:func:`load_libcrypto`: the default one, ``$PLINIUS_LIBCRYPTO``,
+or a path), so one build runs on whichever OpenSSL is fastest here: a wheel's bundled OpenSSL 3.5
+(VAES AES-GCM) can be three times the system 3.0 on the same CPU. Which is, is measured
+(:mod:`plinius.core.crypto_ways`).
+
 The module is optional (built only where OpenSSL's headers are); :func:`usable` says whether it
 is here. Sizes are checked in Python before any pointer reaches C: a wrong length is a
 ``ValueError``, never an overrun.
@@ -13,8 +18,11 @@ is here. Sizes are checked in Python before any pointer reaches C: a wrong lengt
 from __future__ import annotations
 
 import os
+import re
+import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from plinius.core.crypto import (
@@ -56,30 +64,72 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-SERIAL_BELOW_ENV = "PLINIUS_AEAD_SERIAL_BELOW"
-#: bytes per call below which one core of ``cryptography`` beats the pool here (see the class)
-DEFAULT_SERIAL_BELOW = 16 << 20
+LIBCRYPTO_ENV = "PLINIUS_LIBCRYPTO"
+_LIBCRYPTO_RE = re.compile(r"OpenSSL (\d+\.\d+\.\d+\S*)")
 
 
-def default_serial_below() -> int:
-    """``$PLINIUS_AEAD_SERIAL_BELOW`` (bytes; 0: everything native) if set, else 16 MiB."""
-    raw = os.environ.get(SERIAL_BELOW_ENV, "").strip()
-    if not raw:
-        return DEFAULT_SERIAL_BELOW
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ConfigError(f"{SERIAL_BELOW_ENV}={raw!r}: give a whole number of bytes >= 0")
-    return value
+@dataclass(frozen=True)
+class LibCrypto:
+    """One libcrypto loaded into this process for the native engine (never unloaded)."""
+
+    #: the path asked for (``None``: the default one the module was built against)
+    requested: str | None
+    #: the file the dynamic loader opened
+    path: str
+    #: ``OpenSSL_version()``, e.g. "OpenSSL 3.5.9 30 Sep 2025"
+    version_text: str
+    #: the version number, e.g. "3.5.9" (what way names show: ``openssl[3.5.9]/2``)
+    version: str
+    handle: Any = field(repr=False, compare=False)
 
 
-def _serial_engine(key: bytes) -> Engine | None:
-    """``cryptography``'s engine for the small calls, or None where it is not installed."""
-    from plinius.core.crypto import CryptographyEngine, _cryptography_usable
+_loaded: dict[str | None, LibCrypto] = {}
+_load_lock = threading.Lock()
 
-    return CryptographyEngine(key) if _cryptography_usable() else None
+
+def load_libcrypto(path: str | os.PathLike[str] | None = None) -> LibCrypto:
+    """The libcrypto at ``path`` (``None``: the default), loaded once per process.
+
+    A path that does not load, or is not a libcrypto with the EVP functions the engine uses, is
+    a one-line :class:`ConfigError` naming it."""
+    key = None if path is None else os.fspath(path)
+    with _load_lock:
+        found = _loaded.get(key)
+        if found is not None:
+            return found
+        from plinius._aead import ffi, lib
+
+        err = ffi.new("char[]", 512)
+        raw = ffi.NULL if key is None else os.fsencode(key)
+        handle = lib.plx_crypto_load(raw, err, len(err))
+        if handle == ffi.NULL:
+            what = "the default libcrypto" if key is None else f"libcrypto {key}"
+            why = ffi.string(err).decode(errors="replace").strip() or "it does not load"
+            raise ConfigError(f"cannot load {what}: {why.splitlines()[0]}")
+        text = ffi.string(lib.plx_crypto_version(handle)).decode(errors="replace")
+        loaded_path = ffi.string(lib.plx_crypto_path(handle)).decode(errors="replace")
+        m = _LIBCRYPTO_RE.search(text)
+        found = LibCrypto(
+            requested=key,
+            path=os.path.realpath(loaded_path) if os.path.isabs(loaded_path) else loaded_path,
+            version_text=text,
+            version=m.group(1) if m else text.split()[-1] if text.split() else "?",
+            handle=handle,
+        )
+        _loaded[key] = found
+        return found
+
+
+def forced_libcrypto() -> str | None:
+    """``$PLINIUS_LIBCRYPTO`` (a path: the one libcrypto the ``openssl`` engine may use), or None.
+
+    A path that is not an existing file is a one-line :class:`ConfigError`."""
+    raw = os.environ.get(LIBCRYPTO_ENV, "")
+    if not raw.strip():
+        return None
+    if "\0" in raw or not os.path.isfile(raw):
+        raise ConfigError(f"{LIBCRYPTO_ENV}={raw!r}: not an existing libcrypto file")
+    return os.path.realpath(raw)
 
 
 def _free_in_owner(lib: Any, handle: Any, pid: int) -> None:
@@ -90,7 +140,12 @@ def _free_in_owner(lib: Any, handle: Any, pid: int) -> None:
 
 
 class OpenSSLEngine(Engine):
-    """libcrypto's AES-GCM, many buffers per call on ``threads`` threads (the GIL released)."""
+    """libcrypto's AES-GCM, many buffers per call on ``threads`` threads (the GIL released).
+
+    Every call runs here, on the libcrypto given (``libcrypto``: a path, default
+    ``$PLINIUS_LIBCRYPTO`` or the system one): which library, and whether one thread or all, is
+    fastest for which call size is measured per machine by ``auto``
+    (:mod:`plinius.core.crypto_ways`), never assumed."""
 
     name = "openssl"
     parallel = True
@@ -101,20 +156,24 @@ class OpenSSLEngine(Engine):
         *,
         threads: int | None = None,
         spawn: bool = False,
-        serial_below: int | None = None,
+        libcrypto: str | os.PathLike[str] | None = None,
+        serial_below: int = 0,
     ) -> None:
         """``threads`` defaults to :func:`default_threads`; ``spawn`` starts fresh threads for
         every batch instead of keeping workers (only to measure what the pool saves).
 
-        ``serial_below`` (default :func:`default_serial_below`): single buffers, and batches of
-        fewer bytes, go to ``cryptography`` on the calling core when it is installed: its wheel's
-        OpenSSL may seal a cache-resident buffer faster on one core than this libcrypto on all
-        (measured on the 2-core VMs: 0.17 vs 0.41 ms for 2 MiB; from ~32 MiB the pool wins,
-        8.4 vs 11.6 ms for 64 MiB). ``0`` runs everything here."""
+        ``serial_below`` is accepted only as 0 (what every engine does now) for callers written
+        when small calls went to ``cryptography`` here: that split is ``auto``'s job, measured."""
         super().__init__(key)
-        below = default_serial_below() if serial_below is None else int(serial_below)
-        self._serial: Engine | None = _serial_engine(key) if below > 0 else None
-        self.serial_below = below if self._serial is not None else 0
+        if serial_below:
+            raise ConfigError(
+                f"serial_below={serial_below}: the openssl engine runs every call itself now; "
+                "use the auto engine (make_engine(key)) to split calls by measured speed"
+            )
+        if libcrypto is None:
+            libcrypto = forced_libcrypto()
+        self.libcrypto = load_libcrypto(libcrypto)
+        self.serial_below = 0
         from plinius._aead import ffi, lib
 
         self._ffi = ffi
@@ -132,12 +191,20 @@ class OpenSSLEngine(Engine):
         """The C engine of this process (a child after fork() builds its own)."""
         pid = os.getpid()
         if self._pid != pid:
-            handle = self._lib.plx_aead_new(self._key, len(self._key), self.threads, self._spawn)
+            handle = self._lib.plx_aead_new(
+                self._key, len(self._key), self.threads, self._spawn, self.libcrypto.handle
+            )
             if handle == self._ffi.NULL:
-                raise ConfigError("libcrypto could not set up AES-128-GCM (plinius._aead)")
+                raise ConfigError(
+                    f"libcrypto {self.libcrypto.path} could not set up AES-128-GCM (plinius._aead)"
+                )
             weakref.finalize(self, _free_in_owner, self._lib, handle, pid)
             self._handle, self._pid = handle, pid
         return self._handle
+
+    @property
+    def way(self) -> str:
+        return f"openssl[{self.libcrypto.version}]/{self.threads}"
 
     def _ptr(self, buf: memoryview | bytes, writable: bool = False) -> Any:
         try:
@@ -150,9 +217,6 @@ class OpenSSLEngine(Engine):
     def _encrypt(
         self, iv: bytes, aad: bytes, plaintext: memoryview, ct_and_tag: memoryview
     ) -> None:
-        if self._serial is not None:
-            self._serial._encrypt(iv, aad, plaintext, ct_and_tag)
-            return
         n = plaintext.nbytes
         if ct_and_tag.nbytes != n + TAG_BYTES or len(iv) != IV_BYTES:
             raise ValueError(f"output is {ct_and_tag.nbytes} B, needs {n + TAG_BYTES} B")
@@ -169,8 +233,6 @@ class OpenSSLEngine(Engine):
             raise ConfigError("libcrypto failed to encrypt (plinius._aead)")
 
     def _decrypt(self, iv: bytes, aad: bytes, ct_and_tag: memoryview, out: memoryview) -> bool:
-        if self._serial is not None:
-            return self._serial._decrypt(iv, aad, ct_and_tag, out)
         n = out.nbytes
         if ct_and_tag.nbytes != n + TAG_BYTES or len(iv) != IV_BYTES:
             raise ValueError(f"output is {n} B, sealed buffer holds {ct_and_tag.nbytes - 16} B")
@@ -193,9 +255,6 @@ class OpenSSLEngine(Engine):
         jobs = list(jobs)
         if not jobs:
             return
-        if self._small(j[1] for j in jobs):
-            Engine.encrypt_many(self, jobs)  # one after another, each through _encrypt
-            return
         table = self._ffi.new("plx_aead_job[]", len(jobs))
         keep: list[Any] = []  # the cdata views must outlive the call
         for i, (aad, plaintext, out) in enumerate(jobs):
@@ -217,9 +276,6 @@ class OpenSSLEngine(Engine):
         verified (by EVP, in constant time) and the first failing job in list order is named."""
         jobs = list(jobs)
         if not jobs:
-            return
-        if self._small(j[1] for j in jobs):
-            Engine.decrypt_many(self, jobs)
             return
         table = self._ffi.new("plx_aead_job[]", len(jobs))
         keep: list[Any] = []
@@ -246,17 +302,6 @@ class OpenSSLEngine(Engine):
             raise IntegrityError(what, f"sealed buffer is {size} B, shorter than {OVERHEAD} B")
         if failed is not None:
             raise IntegrityError(jobs[failed][3], TAG_MISMATCH)
-
-    def _small(self, buffers: Iterable[Buffer]) -> bool:
-        """Whether a batch goes to the serial engine: fewer bytes than ``serial_below``."""
-        if self._serial is None:
-            return False
-        total = 0
-        for b in buffers:
-            total += as_bytes_view(b).nbytes
-            if total >= self.serial_below:
-                return False
-        return True
 
     def _fill(
         self, job: Any, keep: list[Any], aad: bytes, src: memoryview, n: int, dst: memoryview
