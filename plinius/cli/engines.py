@@ -105,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         source = "measured now (the cache directory is not writable: not kept)"
     print(f"table: {source}; load average {doc['load_when_measured']} when measured")
+    if doc["load_when_measured"] > cpu["cores"] + 1:  # up to cores + 1 is the measuring itself
+        print(
+            f"note: others were running when it was measured (load {doc['load_when_measured']} "
+            f"on {cpu['cores']} cores): run `plinius engines --measure` on a quiet machine"
+        )
     for w in doc["ways"]:
         if w["library"] and w["threads"] == 1:
             print(f"  {w['library']}: {w['version']}, {w['path']} ({w['origin']})")
