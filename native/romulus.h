@@ -329,7 +329,9 @@ uint64_t rom_wait_copy(rom_pool *p);
 int rom_read_start(rom_pool *p, void *dst, uint64_t off, uint64_t n, int committed);
 uint64_t rom_read_wait(rom_pool *p);
 /* this session: out[0] lines flushed ahead (rom_flush_ahead), out[1] jobs the reader thread
- * ran (reads and flushes), out[2] ns it spent on them, out[3] ns callers waited for it */
+ * ran (reads and flushes), out[2] ns it spent on them, out[3] ns callers waited for it (or ran
+ * a job themselves), out[4] jobs a caller took back and ran because the reader had not started
+ * them (asleep or not scheduled) */
 void rom_reader_stats(rom_pool *p, uint64_t *out);
 
 /* --- allocator (offsets are relative to main; 0 means none) ----------------------------------- */

@@ -155,6 +155,20 @@ static void cpu_relax(unsigned k) {
         sched_yield();
 }
 
+/* the job (op, dst, src, n): a flush ahead or a copy out of the pool */
+static void rd_run(rom_pool *p, int op, uint8_t *dst, const uint8_t *src, uint64_t n) {
+    if (op == RD_FLUSH)
+        flush_lines_now(p, dst, n);
+    else
+        memcpy(dst, src, n);
+}
+
+/* rd_pending: RD_IDLE, RD_POSTED (handed over, not started) or RD_RUNNING (the reader has it);
+ * it changes only under rd_mu, and is polled without it */
+#define RD_IDLE 0
+#define RD_POSTED 1
+#define RD_RUNNING 2
+
 static void *rd_main(void *arg) {
     rom_pool *p = arg;
     sigset_t all;
@@ -162,25 +176,23 @@ static void *rd_main(void *arg) {
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     pthread_mutex_lock(&p->rd_mu);
     for (;;) {
-        while (!p->rd_stop && !p->rd_pending)
+        while (!p->rd_stop && p->rd_pending != RD_POSTED)
             pthread_cond_wait(&p->rd_cv, &p->rd_mu);
-        if (!p->rd_pending)
+        if (p->rd_pending != RD_POSTED)
             break;
+        __atomic_store_n(&p->rd_pending, RD_RUNNING, __ATOMIC_RELEASE);
         uint8_t *dst = p->rd_dst;
         const uint8_t *src = p->rd_src;
         uint64_t n = p->rd_n;
         int op = p->rd_op;
         pthread_mutex_unlock(&p->rd_mu);
         uint64_t t0 = mono_ns();
-        if (op == RD_FLUSH)
-            flush_lines_now(p, dst, n);
-        else
-            memcpy(dst, src, n);
+        rd_run(p, op, dst, src, n);
         uint64_t ns = mono_ns() - t0;
         pthread_mutex_lock(&p->rd_mu);
         p->rd_copies++;
         p->rd_copy_ns += ns;
-        __atomic_store_n(&p->rd_pending, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&p->rd_pending, RD_IDLE, __ATOMIC_RELEASE);
         if (p->rd_sleepers)
             pthread_cond_broadcast(&p->rd_cv);
         /* poll for the next job a while (see RD_SPIN_NS) */
@@ -188,33 +200,48 @@ static void *rd_main(void *arg) {
         pthread_mutex_unlock(&p->rd_mu);
         uint64_t until = mono_ns() + RD_SPIN_NS;
         unsigned k = 0;
-        while (!rd_busy(p) && !__atomic_load_n(&p->rd_stop, __ATOMIC_ACQUIRE)) {
+        while (rd_busy(p) != RD_POSTED && !__atomic_load_n(&p->rd_stop, __ATOMIC_ACQUIRE)) {
             cpu_relax(++k);
             if (k % 256 == 0 && mono_ns() > until)
                 break;
         }
         pthread_mutex_lock(&p->rd_mu);
-        p->rd_spinning = 0; /* from here a start wakes the reader (rd_pending checked above) */
+        p->rd_spinning = 0; /* from here a post wakes the reader (rd_pending checked above) */
     }
     pthread_mutex_unlock(&p->rd_mu);
     return NULL;
 }
 
-/* with rd_mu held: until no read is in flight (polled a while, then blocked); ns waited */
+/* With rd_mu held: until no job is in flight; ns waited. A job the reader has not started yet
+ * (it is asleep, or not scheduled on a busy machine) is taken back and run here: the caller
+ * never waits for a thread that is not running. A running one is polled a while, then waited
+ * for. */
 static uint64_t rd_drain(rom_pool *p) {
-    if (!p->rd_pending)
+    if (p->rd_pending == RD_IDLE)
         return 0;
     uint64_t t0 = mono_ns();
+    if (p->rd_pending == RD_POSTED) {
+        __atomic_store_n(&p->rd_pending, RD_IDLE, __ATOMIC_RELEASE);
+        uint8_t *dst = p->rd_dst;
+        const uint8_t *src = p->rd_src;
+        uint64_t n = p->rd_n;
+        int op = p->rd_op;
+        pthread_mutex_unlock(&p->rd_mu);
+        rd_run(p, op, dst, src, n);
+        pthread_mutex_lock(&p->rd_mu);
+        p->rd_taken_back++;
+        return mono_ns() - t0;
+    }
     pthread_mutex_unlock(&p->rd_mu);
     unsigned k = 0;
-    while (rd_busy(p)) {
+    while (rd_busy(p) != RD_IDLE) {
         cpu_relax(++k);
         if (k % 256 == 0 && mono_ns() - t0 > RD_SPIN_NS)
             break;
     }
     pthread_mutex_lock(&p->rd_mu);
     p->rd_sleepers++;
-    while (p->rd_pending)
+    while (p->rd_pending != RD_IDLE)
         pthread_cond_wait(&p->rd_cv, &p->rd_mu);
     p->rd_sleepers--;
     return mono_ns() - t0;
@@ -236,7 +263,7 @@ int rd_post(rom_pool *p, int op, uint8_t *dst, const uint8_t *src, uint64_t n) {
     p->rd_dst = dst;
     p->rd_src = src;
     p->rd_n = n;
-    __atomic_store_n(&p->rd_pending, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&p->rd_pending, RD_POSTED, __ATOMIC_RELEASE);
     if (!p->rd_spinning)
         pthread_cond_broadcast(&p->rd_cv);
     pthread_mutex_unlock(&p->rd_mu);

@@ -218,6 +218,7 @@ struct rom_pool {
     const uint8_t *rd_src;
     uint64_t rd_n;
     uint64_t rd_copies, rd_copy_ns, rd_wait_ns;
+    uint64_t rd_taken_back; /* jobs the waiter ran itself: the reader had not started them */
 };
 
 /* ---------------------------------------------------------------------------------------------

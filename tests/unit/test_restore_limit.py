@@ -301,16 +301,23 @@ def test_resnet50_targets_say_not_run_without_that_workload() -> None:
 
 def test_bench_restores_into_kept_memory(tmp_path: Path) -> None:
     """The bench's romulus restore decrypts into the same, already touched arrays each round
-    (as a real restore into a model's memory), never into fresh ones."""
+    (as a real restore into a model's memory), never into fresh ones, and starts once the
+    pool has settled (as at start-up)."""
     from plinius.lab.bench.saverestore import BackendRun, bench_model
 
     model = bench_model(1)
     run = BackendRun("romulus", f"romulus:{tmp_path / 'b.pool'}", model, _engine())
     try:
         before = {k: v.ctypes.data for k, v in run.dests.items()}
+        calls: list[str] = []
+        settle, load = run.backend.settle, run.store.load
+        run.backend.settle = lambda: calls.append("settle") or settle()  # type: ignore[method-assign]
+        run.store.load = lambda **kw: calls.append("load") or load(**kw)  # type: ignore[method-assign]
         run.run("save")
         run.run("restore")
         assert {k: v.ctypes.data for k, v in run.dests.items()} == before
+        # settled (the save's background copy done) before the timed restore, not during it
+        assert calls == ["settle", "load"] and run.restore_stats[-1]["settle_s"] >= 0.0
     finally:
         run.close()
     assert os.path.exists(tmp_path / "b.pool")

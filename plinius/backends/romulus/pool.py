@@ -366,16 +366,18 @@ class Pool:
             _raise(rc)
 
     def reader_stats(self) -> dict[str, float]:
-        """This session's reader thread: lines flushed ahead, jobs run (reads and flushes),
-        seconds it spent on them and seconds callers waited for it."""
+        """This session's reader thread: lines flushed ahead, jobs it ran (reads and flushes),
+        seconds it spent on them, seconds callers waited for it, and jobs a caller ran itself
+        because the reader had not started them."""
         self._check()
-        out = ffi.new("uint64_t[4]")
+        out = ffi.new("uint64_t[5]")
         lib.rom_reader_stats(self._h, out)
         return {
             "ahead_lines": int(out[0]),
             "jobs": int(out[1]),
             "job_s": int(out[2]) / 1e9,
             "wait_s": int(out[3]) / 1e9,
+            "taken_back": int(out[4]),
         }
 
     def flush_ahead(self, offset: int, length: int) -> None:

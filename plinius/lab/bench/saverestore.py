@@ -165,7 +165,10 @@ class BackendRun:
     A restore decrypts into kept destination arrays, touched once by that first restore, as a
     real restore goes into a model's existing memory; never into fresh ``np.empty`` arrays,
     whose first touch (page faults, ~1 GB/s on small VMs) would be timed as the restore's. The
-    raw AES-GCM limits decrypt into a kept, touched buffer likewise (``limits``)."""
+    raw AES-GCM limits decrypt into a kept, touched buffer likewise (``limits``). And a restore
+    starts, as at start-up, with the backend settled: the background work of the save just
+    before it (romulus: the copier's copy of main to back, ``settle()``) is waited for untimed
+    (its seconds in the restore's ``settle_s``), not timed as part of the restore."""
 
     def __init__(
         self,
@@ -229,13 +232,21 @@ class BackendRun:
             },
         )
 
-    def _load(self) -> float:
+    def _settle(self) -> float:
+        """Untimed, before a restore: the backend's background work of the last save (romulus:
+        the copier's copy of main to back) finished, as at a real restore (start-up)."""
+        settle = getattr(self.backend, "settle", None)
+        return float(settle()) if callable(settle) else 0.0
+
+    def _load(self, settled: float = 0.0) -> float:
         t0 = time.perf_counter()
         got = self.store.load(into=self.dests, min_version=self.version)
         secs = time.perf_counter() - t0
         if got is None:
             raise AssertionError(f"{self.store.what}: nothing to restore after a save")
-        self.restore_stats.append(got.stats.as_dict())
+        stats = got.stats.as_dict()
+        stats["settle_s"] = settled
+        self.restore_stats.append(stats)
         return secs
 
     def run(self, op: str) -> float:
@@ -252,13 +263,14 @@ class BackendRun:
             self.save_stats.append(stats)
             return secs
         if op == "restore":
-            return self._load()
+            return self._load(self._settle())
         if op == "restore_cold":
+            settled = self._settle()
             ev = _evict(self.backend, self.store.blob)
             evictions = self.contender.facts["eviction"]
             evictions.append(_facts_of(ev))
             del evictions[:-3]  # the last few are enough to show whether eviction held
-            return self._load()
+            return self._load(settled)
         raise ValueError(f"unknown operation {op!r}")
 
     def _model_wait(self) -> float | None:
@@ -354,7 +366,9 @@ def backend_row(run: BackendRun, s: Samples, raw_seal_s: float) -> dict[str, Any
             ("encrypt_s", "write_s", "flush_s", "fsync_s", "replace_s")
             + (("model_wait_s",) if any("model_wait_s" in s for s in run.save_stats) else ()),
         ),
-        "restore_breakdown": _median_breakdown(run.restore_stats, ("read_s", "decrypt_s")),
+        "restore_breakdown": _median_breakdown(
+            run.restore_stats, ("read_s", "decrypt_s", "settle_s")
+        ),
         "raw_seal_mbps": raw_mbps,
         "save_vs_raw_seal": (mib / save_med) / raw_mbps,
         "byte_addressable": f["byte_addressable"],
