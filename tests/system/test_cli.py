@@ -106,11 +106,11 @@ def test_bench_small_run(tmp_path: Path) -> None:
     assert {e["engine"] for e in doc["engines"]} == {"openssl", "cryptography", "pycryptodome"}
     assert all(e["seal_mbps"] > 0 and e["raw_encrypt_mbps"] > 0 for e in doc["engines"])
     prov = doc["provenance"]
-    # what "auto" chose, and how it splits calls between the native pool and cryptography
-    assert prov["sgx"] == "simulated" and prov["crypto_engine"] == "openssl"
+    # what "auto" chose, and why: the ways measured on this machine, per call size
+    assert prov["sgx"] == "simulated"
     choice = prov["crypto_engine_choice"]
-    assert choice["chosen"] == "openssl" and choice["how"] == "fastest installed"
-    assert choice["serial_below"] > 0 and "threads of the native engine" in choice["note"]
+    assert choice["chosen"] == prov["crypto_engine"] and choice["how"].startswith("measured here")
+    assert choice["table_source"] and choice["note"] and choice["cpu"]
     assert doc["backends"]["ssd"]["fs_type"] and "emulated" in doc["backends"]["tmpfs"]
 
 
