@@ -213,9 +213,7 @@ def test_limit_contenders_take_a_list_of_ways() -> None:
         limit_contenders(MIB, "tiny", engine, ways=[ways[0], ways[0]])
 
 
-def test_default_ways_name_the_ids_the_section_lists() -> None:
-    from plinius.lab.bench.sections import limits as section
-
+def test_default_ways_are_the_run_engine_and_the_native_beside_it() -> None:
     engine = _engine()
     ways = default_ways(engine, 2)
     assert [w.ident for w in ways][:2] == [f"aes-gcm/{engine.name}/1", f"aes-gcm/{engine.name}/2"]
@@ -223,16 +221,6 @@ def test_default_ways_name_the_ids_the_section_lists() -> None:
         default_ways(engine, 1)[0].name == "aes-gcm (1 thread)"
         and len(default_ways(engine, 1)) == 1
     )
-
-    class Opts:
-        pass
-
-    opts = Opts()
-    opts.engine = engine  # type: ignore[attr-defined]
-    listed = section.ids(opts)  # type: ignore[arg-type]
-    assert [i for i in listed if i.startswith("aes-gcm/")] == [
-        w.ident for w in default_ways(engine)
-    ]
 
 
 def _noisy(center: float, seed: int = 1) -> list[float]:
@@ -377,3 +365,48 @@ def test_romulus_save_flushes_sealed_batches_ahead(tmp_path: Path) -> None:
         got = store.load(min_version=1)
         assert got is not None
         assert all(np.array_equal(got.arrays[(r.layer, r.name)], r.array) for r in recs)
+
+
+def test_the_section_measures_every_discovered_way_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from plinius.lab.bench import limits
+    from plinius.lab.bench.sections import limits as section
+
+    engine = _engine()
+    found = [
+        Way(f"{engine.name}/1", lambda: engine, 1),  # the run's own: listed once
+        Way("other[9.9]/1", lambda: engine, 1),
+        Way("other[9.9]/2", lambda: engine, 2),
+    ]
+    monkeypatch.setattr(limits, "engine_ways", lambda: found)
+    ways = limits.all_ways(engine, 2)
+    assert [w.label for w in ways] == [
+        f"{engine.name}/1",
+        f"{engine.name}/2",
+        "other[9.9]/1",
+        "other[9.9]/2",
+    ]
+    assert ways[0].name == "aes-gcm (1 thread)"  # the run's engine keeps its names
+
+    class Opts:
+        pass
+
+    opts = Opts()
+    opts.engine = engine  # type: ignore[attr-defined]
+    monkeypatch.setattr(limits, "cores", lambda: 2)
+    assert section.ids(opts)[2:] == [w.ident for w in ways]  # type: ignore[arg-type]
+    monkeypatch.setattr(limits, "engine_ways", lambda: [])  # nothing discovered: the defaults
+    assert [w.label for w in limits.all_ways(engine, 2)] == [
+        w.label for w in limits.default_ways(engine, 2)
+    ]
+
+
+def test_discovered_ways_build_engines_that_seal() -> None:
+    from plinius.lab.bench.limits import engine_ways
+
+    for way in engine_ways():
+        engine = way.engine()
+        out = memoryview(bytearray(64 + 28))
+        engine.encrypt_into(b"aad", b"x" * 64, out)
+        back = bytearray(64)
+        engine.decrypt_into(b"aad", out, back, "way")
+        assert bytes(back) == b"x" * 64, way.label

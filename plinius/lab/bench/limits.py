@@ -230,6 +230,40 @@ def default_ways(engine: Engine, n: int | None = None) -> list[Way]:
     return out
 
 
+def engine_ways() -> list[Way]:
+    """Every way :mod:`plinius.core.crypto_ways` finds here (each engine on each libcrypto with
+    each thread count it measures for ``auto``: ``openssl[3.0.13]/2``, ``cryptography/1``,
+    ...), each with a fresh random key; none when discovery is not available or fails."""
+    try:
+        from plinius.core import crypto_ways
+
+        found = crypto_ways.discover()
+    except Exception:  # the limits then measure the default ways only
+        return []
+
+    def factory(way: crypto_ways.Way) -> Callable[[], Engine]:
+        return lambda: crypto_ways.build(way, os.urandom(16))
+
+    return [Way(w.name, factory(w), w.threads) for w in found]
+
+
+def all_ways(engine: Engine, n: int | None = None) -> list[Way]:
+    """What the ``limits`` section measures: the run's engine on one thread and on all cores,
+    then every way :func:`engine_ways` finds (labels already present once only); without
+    discovered ways, :func:`default_ways`."""
+    found = engine_ways()
+    if not found:
+        return default_ways(engine, n)
+    n = cores() if n is None else n
+    out = [w for w in default_ways(engine, n) if w.label.startswith(f"{engine.name}/")]
+    seen = {w.label for w in out}
+    for w in found:
+        if w.label not in seen:
+            seen.add(w.label)
+            out.append(w)
+    return out
+
+
 def _aes(nbytes: int, workload: str, way: Way, bufs: _Buffers, verify: bool) -> Contender:
     engine = way.engine()
     aes = _AesGcm(engine, bufs, way.threads, verify)

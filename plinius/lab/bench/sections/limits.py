@@ -20,18 +20,20 @@ AES = "limits:aes-gcm/"
 
 
 def contenders(ctx: WorkloadContext) -> Sequence[Contender]:
-    from plinius.lab.bench.limits import limit_contenders
+    from plinius.lab.bench.limits import all_ways, limit_contenders
 
-    return limit_contenders(ctx.model.mirror_bytes, ctx.model.name, ctx.engine)
+    ways = all_ways(ctx.engine)
+    return limit_contenders(ctx.model.mirror_bytes, ctx.model.name, ctx.engine, ways=ways)
 
 
 def ids(opts: SuiteOptions) -> list[str]:
-    """What :func:`plinius.lab.bench.limits.limit_contenders` builds here: memcpy on one thread
-    and on all cores, and every way of :func:`plinius.lab.bench.limits.default_ways`."""
-    from plinius.lab.bench.limits import cores, default_ways
+    """What :func:`contenders` builds here: memcpy on one thread and on all cores, and every
+    way of :func:`plinius.lab.bench.limits.all_ways` (the run's engine, then every engine way
+    discovered here: the fastest of them is the limit)."""
+    from plinius.lab.bench.limits import all_ways, cores
 
     n = cores()
-    ways = [w.ident for w in default_ways(opts.engine, n)]
+    ways = [w.ident for w in all_ways(opts.engine, n)]
     return ["memcpy/1", *([f"memcpy/{n}"] if n > 1 else []), *ways]
 
 
