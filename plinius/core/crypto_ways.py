@@ -58,6 +58,9 @@ TABLE_FORMAT = 1
 CACHE_MAX_BYTES = 256 << 10
 #: a table older than this is measured again (firmware, microcode and kernels change speeds)
 CACHE_MAX_AGE = _dt.timedelta(days=30)
+#: a 1-minute load average at or below which the cores are free enough to time every way
+#: (a statement about load, not about a CPU): a table measured above it is provisional
+QUIET_LOAD = 0.5
 CACHE_ENV = "PLINIUS_CACHE_DIR"
 #: engines measured by ``auto``; pycryptodome only where it is the only one, plug-ins by name
 MEASURED_ENGINES = ("openssl", "cryptography")
@@ -345,9 +348,10 @@ class Table:
     created: str
     #: ``results[op][way][size] = (wall_s, cpu_s)``
     results: dict[str, dict[str, dict[int, tuple[float, float]]]]
-    #: "measured now" or "cached"
-    #: the 1-minute load average when it was measured (others' work slows the ways down)
+    #: the 1-minute load average just before it was measured (others' work slows the ways
+    #: down: see :data:`QUIET_LOAD`)
     load: float = 0.0
+    #: "measured now" or "cached"
     source: str = "measured now"
     path: Path | None = None
 
@@ -358,6 +362,12 @@ class Table:
     @property
     def ways(self) -> list[str]:
         return sorted({w for per in self.results.values() for w in per})
+
+    @property
+    def provisional(self) -> bool:
+        """Measured while other work ran: the multi-threaded ways may not have had their cores,
+        so the first process that finds the machine quiet measures again."""
+        return self.load > QUIET_LOAD
 
     def describe_source(self) -> str:
         """ "measured now" or "cached at <time> (<path>)", for reports."""
@@ -554,6 +564,7 @@ def measure(ways: Sequence[Way], *, rounds: int = 5, key: dict[str, Any] | None 
     """Seal and open at every size with every way: interleaved rounds (every way and size in
     each), after one warm-up round; the median per call of wall and CPU seconds. About 1-3 s
     for five ways on two cores."""
+    load = round(os.getloadavg()[0], 2)  # before: the measurement adds to it
     key_bytes = os.urandom(16)
     engines = {w.name: build(w, key_bytes) for w in ways}
     bufs = _Buffers(max(SIZES))
@@ -593,11 +604,16 @@ def measure(ways: Sequence[Way], *, rounds: int = 5, key: dict[str, Any] | None 
         key=key if key is not None else table_key(ways),
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         results=results,
-        load=round(os.getloadavg()[0], 2),
+        load=load,
     )
 
 
 _memo: dict[str, Table] = {}
+
+
+def _quiet_now(found: Table) -> bool:
+    """Whether ``found`` was measured on a busy machine and this one is quiet now."""
+    return found.provisional and os.getloadavg()[0] <= QUIET_LOAD
 
 
 def table(ways: Sequence[Way], *, remeasure: bool = False) -> Table:
@@ -606,13 +622,22 @@ def table(ways: Sequence[Way], *, remeasure: bool = False) -> Table:
     key = table_key(ways)
     digest = _key_hash(key)
     names = [w.name for w in ways]
+    seen: Table | None = None  # a provisional table, measured again now the machine is quiet
     if not remeasure:
-        found = _memo.get(digest) or read_cache(key, names)
+        found = _memo.get(digest)
         if found is not None:
+            return found
+        found = read_cache(key, names)
+        if found is not None and not _quiet_now(found):
             _memo[digest] = found
             return found
+        seen = found
     with _measuring_lock(cache_dir()):
-        found = None if remeasure else read_cache(key, names)  # measured while we waited?
+        found = None
+        if not remeasure:  # measured by another process while we waited?
+            found = read_cache(key, names)
+            if found is not None and seen is not None and found.created == seen.created:
+                found = None
         if found is None:
             found = measure(ways, key=key)
             write_cache(found)
