@@ -143,8 +143,6 @@ int rom_set_commit(rom_pool *p, int commit, uint64_t bg_min) {
  * this long without work, so an idle pool costs nothing. */
 #define RD_SPIN_NS 1000000u
 
-static int rd_busy(rom_pool *p) { return __atomic_load_n(&p->rd_pending, __ATOMIC_ACQUIRE); }
-
 /* one step of a poll: a pause, and every 64th step the CPU offered to whoever else is
  * runnable here (on a busy machine the thread polled for may be waiting for this very CPU) */
 static void cpu_relax(unsigned k) {
@@ -155,7 +153,17 @@ static void cpu_relax(unsigned k) {
         sched_yield();
 }
 
-/* the job (op, dst, src, n): a flush ahead or a copy out of the pool */
+/* A job is cut into pieces the reader and the waiter both claim, one at a time, so a waiter
+ * never waits for more than the piece the reader is running: on a busy machine, where the
+ * reader may not run for a while, the waiter does the rest itself (no worse than copying
+ * inline); on an idle second core the reader does most of it beside the caller. */
+#define RD_PIECE (256u << 10)
+
+/* rd_pending: RD_IDLE (no job) or RD_POSTED (a job whose pieces are not all done); it changes
+ * only under rd_mu, and is polled without it */
+#define RD_IDLE 0
+#define RD_POSTED 1
+
 static void rd_run(rom_pool *p, int op, uint8_t *dst, const uint8_t *src, uint64_t n) {
     if (op == RD_FLUSH)
         flush_lines_now(p, dst, n);
@@ -163,83 +171,102 @@ static void rd_run(rom_pool *p, int op, uint8_t *dst, const uint8_t *src, uint64
         memcpy(dst, src, n);
 }
 
-/* rd_pending: RD_IDLE, RD_POSTED (handed over, not started) or RD_RUNNING (the reader has it);
- * it changes only under rd_mu, and is polled without it */
-#define RD_IDLE 0
-#define RD_POSTED 1
-#define RD_RUNNING 2
+/* claim the next piece of job j (not of a later one); 0: none left */
+static int rd_claim(rom_pool *p, const struct rd_job *j, uint64_t *idx) {
+    uint64_t v = __atomic_load_n(&p->rd_next, __ATOMIC_ACQUIRE);
+    while ((uint32_t)(v >> 32) == j->gen && (v & 0xffffffffu) < j->pieces) {
+        if (__atomic_compare_exchange_n(&p->rd_next, &v, v + 1, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            *idx = v & 0xffffffffu;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* run piece i of job j (rd_mu not held); the last piece done ends the job */
+static void rd_piece(rom_pool *p, const struct rd_job *j, uint64_t i) {
+    uint64_t off = i * RD_PIECE, k = j->n - off < RD_PIECE ? j->n - off : RD_PIECE;
+    rd_run(p, j->op, j->dst + off, j->src ? j->src + off : NULL, k);
+    if (__atomic_add_fetch(&p->rd_done, 1, __ATOMIC_ACQ_REL) == j->pieces) {
+        pthread_mutex_lock(&p->rd_mu);
+        __atomic_store_n(&p->rd_pending, RD_IDLE, __ATOMIC_RELEASE);
+        if (p->rd_sleepers)
+            pthread_cond_broadcast(&p->rd_cv);
+        pthread_mutex_unlock(&p->rd_mu);
+    }
+}
+
+/* a job the reader has not looked at yet: posted, and of another generation than its last */
+static int rd_new_job(rom_pool *p, uint32_t last) {
+    return __atomic_load_n(&p->rd_pending, __ATOMIC_ACQUIRE) == RD_POSTED &&
+           __atomic_load_n(&p->rd_job.gen, __ATOMIC_ACQUIRE) != last;
+}
 
 static void *rd_main(void *arg) {
     rom_pool *p = arg;
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
+    uint32_t last = 0;
     pthread_mutex_lock(&p->rd_mu);
     for (;;) {
-        while (!p->rd_stop && p->rd_pending != RD_POSTED)
+        while (!p->rd_stop && !(p->rd_pending == RD_POSTED && p->rd_job.gen != last))
             pthread_cond_wait(&p->rd_cv, &p->rd_mu);
-        if (p->rd_pending != RD_POSTED)
+        if (p->rd_stop)
             break;
-        __atomic_store_n(&p->rd_pending, RD_RUNNING, __ATOMIC_RELEASE);
-        uint8_t *dst = p->rd_dst;
-        const uint8_t *src = p->rd_src;
-        uint64_t n = p->rd_n;
-        int op = p->rd_op;
+        struct rd_job j = p->rd_job;
+        last = j.gen;
         pthread_mutex_unlock(&p->rd_mu);
-        uint64_t t0 = mono_ns();
-        rd_run(p, op, dst, src, n);
+        uint64_t t0 = mono_ns(), i;
+        int did = 0;
+        while (rd_claim(p, &j, &i)) {
+            rd_piece(p, &j, i);
+            did = 1;
+        }
         uint64_t ns = mono_ns() - t0;
         pthread_mutex_lock(&p->rd_mu);
-        p->rd_copies++;
-        p->rd_copy_ns += ns;
-        __atomic_store_n(&p->rd_pending, RD_IDLE, __ATOMIC_RELEASE);
-        if (p->rd_sleepers)
-            pthread_cond_broadcast(&p->rd_cv);
+        if (did) {
+            p->rd_copies++;
+            p->rd_copy_ns += ns;
+        }
         /* poll for the next job a while (see RD_SPIN_NS) */
         p->rd_spinning = 1;
         pthread_mutex_unlock(&p->rd_mu);
         uint64_t until = mono_ns() + RD_SPIN_NS;
         unsigned k = 0;
-        while (rd_busy(p) != RD_POSTED && !__atomic_load_n(&p->rd_stop, __ATOMIC_ACQUIRE)) {
+        while (!rd_new_job(p, last) && !__atomic_load_n(&p->rd_stop, __ATOMIC_ACQUIRE)) {
             cpu_relax(++k);
             if (k % 256 == 0 && mono_ns() > until)
                 break;
         }
         pthread_mutex_lock(&p->rd_mu);
-        p->rd_spinning = 0; /* from here a post wakes the reader (rd_pending checked above) */
+        p->rd_spinning = 0; /* from here a post wakes the reader (checked above, under rd_mu) */
     }
     pthread_mutex_unlock(&p->rd_mu);
     return NULL;
 }
 
-/* With rd_mu held: until no job is in flight; ns waited. A job the reader has not started yet
- * (it is asleep, or not scheduled on a busy machine) is taken back and run here: the caller
- * never waits for a thread that is not running. A running one is polled a while, then waited
- * for. */
+/* With rd_mu held: until the job in flight is done; ns waited. The waiter runs every piece
+ * the reader has not claimed, then polls a while for the reader's last one, then blocks. */
 static uint64_t rd_drain(rom_pool *p) {
     if (p->rd_pending == RD_IDLE)
         return 0;
-    uint64_t t0 = mono_ns();
-    if (p->rd_pending == RD_POSTED) {
-        __atomic_store_n(&p->rd_pending, RD_IDLE, __ATOMIC_RELEASE);
-        uint8_t *dst = p->rd_dst;
-        const uint8_t *src = p->rd_src;
-        uint64_t n = p->rd_n;
-        int op = p->rd_op;
-        pthread_mutex_unlock(&p->rd_mu);
-        rd_run(p, op, dst, src, n);
-        pthread_mutex_lock(&p->rd_mu);
-        p->rd_taken_back++;
-        return mono_ns() - t0;
-    }
+    uint64_t t0 = mono_ns(), i, mine = 0;
+    struct rd_job j = p->rd_job;
     pthread_mutex_unlock(&p->rd_mu);
+    while (rd_claim(p, &j, &i)) {
+        rd_piece(p, &j, i);
+        mine++;
+    }
     unsigned k = 0;
-    while (rd_busy(p) != RD_IDLE) {
+    while (__atomic_load_n(&p->rd_pending, __ATOMIC_ACQUIRE) != RD_IDLE) {
         cpu_relax(++k);
         if (k % 256 == 0 && mono_ns() - t0 > RD_SPIN_NS)
             break;
     }
     pthread_mutex_lock(&p->rd_mu);
+    p->rd_taken_back += mine;
     p->rd_sleepers++;
     while (p->rd_pending != RD_IDLE)
         pthread_cond_wait(&p->rd_cv, &p->rd_mu);
@@ -259,10 +286,16 @@ int rd_post(rom_pool *p, int op, uint8_t *dst, const uint8_t *src, uint64_t n) {
         p->rd_started = 1;
         p->rd_pid = getpid();
     }
-    p->rd_op = op;
-    p->rd_dst = dst;
-    p->rd_src = src;
-    p->rd_n = n;
+    if (n == 0) {
+        pthread_mutex_unlock(&p->rd_mu);
+        return 1; /* nothing to do: done */
+    }
+    uint32_t gen = p->rd_job.gen + 1;
+    if (gen == 0)
+        gen = 1; /* 0 is the reader's "none yet" */
+    p->rd_job = (struct rd_job){gen, op, dst, src, n, (n + RD_PIECE - 1) / RD_PIECE};
+    __atomic_store_n(&p->rd_done, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->rd_next, (uint64_t)gen << 32, __ATOMIC_RELEASE);
     __atomic_store_n(&p->rd_pending, RD_POSTED, __ATOMIC_RELEASE);
     if (!p->rd_spinning)
         pthread_cond_broadcast(&p->rd_cv);

@@ -133,6 +133,16 @@ struct run {
 
 #define AHEAD_MAX 64 /* flushed-ahead runs per transaction; more are flushed at commit */
 
+/* one job of the reader thread (romulus_copier.c): a copy or a flush, run in pieces that the
+ * reader and whoever waits for the job claim one at a time */
+struct rd_job {
+    uint32_t gen; /* which job: pieces are claimed only for it */
+    int op;       /* RD_COPY or RD_FLUSH */
+    uint8_t *dst;
+    const uint8_t *src;
+    uint64_t n, pieces;
+};
+
 struct prange {
     uintptr_t lo, hi;
 };
@@ -210,15 +220,14 @@ struct rom_pool {
     pthread_cond_t rd_cv;
     pthread_t rd_thread;
     int rd_started, rd_pending, rd_stop;
-    int rd_op;       /* RD_COPY or RD_FLUSH */
-    int rd_spinning; /* the reader polls rd_pending: a start needs no wake-up */
-    int rd_sleepers; /* waiters blocked on rd_cv: the reader wakes them */
+    int rd_spinning; /* the reader polls rd_pending: a post needs no wake-up */
+    int rd_sleepers; /* waiters blocked on rd_cv: the last piece's runner wakes them */
     pid_t rd_pid; /* the process whose reader this is (a forked child copies inline) */
-    uint8_t *rd_dst;
-    const uint8_t *rd_src;
-    uint64_t rd_n;
+    struct rd_job rd_job; /* the job in flight (set under rd_mu by rd_post) */
+    uint64_t rd_next;     /* (generation << 32) | next piece to claim: atomic */
+    uint64_t rd_done;     /* pieces of the job in flight done: atomic */
     uint64_t rd_copies, rd_copy_ns, rd_wait_ns;
-    uint64_t rd_taken_back; /* jobs the waiter ran itself: the reader had not started them */
+    uint64_t rd_taken_back; /* pieces a waiter ran itself (the reader had not claimed them) */
 };
 
 /* ---------------------------------------------------------------------------------------------

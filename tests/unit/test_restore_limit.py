@@ -6,6 +6,7 @@ size-64 and at the ResNet-50 workload."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,28 @@ def test_read_start_copies_main_and_back(tmp_path: Path) -> None:
         pool.read_wait()
         assert bytes(out[:100]) == bytes(pool.view(off + 1, 100, committed=True))
         assert not out[100:].any()  # nothing beyond what was asked for
+
+
+def test_reads_in_pieces_shared_with_the_waiter_land_whole(tmp_path: Path) -> None:
+    """The reader and the waiter claim pieces of one job: whatever the size (a piece, less,
+    more, none) and however fast the waiter comes back, every byte arrives, none of another
+    job's."""
+    rng = np.random.default_rng(5)
+    with Pool(tmp_path / "p.pool", 16 * MIB, create=True) as pool:
+        with pool.transaction():
+            off = pool.alloc(6 * MIB)
+            pool.writable(off, 6 * MIB)[:] = rng.integers(0, 256, 6 * MIB, dtype=np.uint8).data
+        ref = np.frombuffer(pool.view(off, 6 * MIB), np.uint8)
+        out = aligned_empty(6 * MIB)
+        for n in (0, 1, 4095, 256 << 10, (256 << 10) + 1, 3 * MIB + 17, 6 * MIB):
+            for _ in range(3):
+                at = int(rng.integers(0, 6 * MIB - n + 1))
+                out[:] = 0
+                pool.read_start(off + at, memoryview(out)[:n])
+                if rng.random() < 0.5:
+                    time.sleep(0.001)  # the reader first, or the waiter at once
+                pool.read_wait()
+                assert np.array_equal(out[:n], ref[at : at + n]) and not out[n:].any()
 
 
 def test_read_start_refuses_ranges_outside_the_pool(tmp_path: Path) -> None:
