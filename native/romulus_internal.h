@@ -223,6 +223,7 @@ struct rom_pool {
     int rd_spinning; /* the reader polls rd_pending: a post needs no wake-up */
     int rd_sleepers; /* waiters blocked on rd_cv: the last piece's runner wakes them */
     pid_t rd_pid; /* the process whose reader this is (a forked child copies inline) */
+    int rd_avoid;  /* the CPU the reader is kept off (the poster's last), -1: none */
     struct rd_job rd_job; /* the job in flight (set under rd_mu by rd_post) */
     uint64_t rd_next;     /* (generation << 32) | next piece to claim: atomic */
     uint64_t rd_done;     /* pieces of the job in flight done: atomic */
