@@ -330,8 +330,8 @@ int rom_read_start(rom_pool *p, void *dst, uint64_t off, uint64_t n, int committ
 uint64_t rom_read_wait(rom_pool *p);
 /* this session: out[0] lines flushed ahead (rom_flush_ahead), out[1] jobs the reader thread
  * ran (reads and flushes), out[2] ns it spent on them, out[3] ns callers waited for it (or ran
- * a job themselves), out[4] jobs a caller took back and ran because the reader had not started
- * them (asleep or not scheduled) */
+ * a job themselves), out[4] pieces a caller ran itself because the reader had not claimed
+ * them, out[5] jobs left to the caller because the reader had been late (a busy machine) */
 void rom_reader_stats(rom_pool *p, uint64_t *out);
 
 /* --- allocator (offsets are relative to main; 0 means none) ----------------------------------- */

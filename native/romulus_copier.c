@@ -159,6 +159,11 @@ static void cpu_relax(unsigned k, int yield) {
  * reader may not run for a while, the waiter does the rest itself (no worse than copying
  * inline); on an idle second core the reader does most of it beside the caller. */
 #define RD_PIECE (256u << 10)
+/* A waiter that waited longer than RD_LATE_NS for the reader's last piece (~25 us of work) had
+ * a reader that was not running: the next RD_BACKOFF jobs are left to the caller (inline),
+ * then the reader is tried again. On a machine with a free core this never triggers. */
+#define RD_LATE_NS 300000u
+#define RD_BACKOFF 16u
 
 /* rd_pending: RD_IDLE (no job) or RD_POSTED (a job whose pieces are not all done); it changes
  * only under rd_mu, and is polled without it */
@@ -261,6 +266,7 @@ static uint64_t rd_drain(rom_pool *p) {
         mine++;
     }
     unsigned k = 0;
+    uint64_t t1 = mono_ns();
     int shared = p->rd_avoid < 0; /* the reader may be queued on this very CPU */
     while (__atomic_load_n(&p->rd_pending, __ATOMIC_ACQUIRE) != RD_IDLE) {
         cpu_relax(++k, shared);
@@ -273,7 +279,10 @@ static uint64_t rd_drain(rom_pool *p) {
     while (p->rd_pending != RD_IDLE)
         pthread_cond_wait(&p->rd_cv, &p->rd_mu);
     p->rd_sleepers--;
-    return mono_ns() - t0;
+    uint64_t t2 = mono_ns();
+    if (t2 - t1 > RD_LATE_NS)
+        p->rd_backoff = RD_BACKOFF;
+    return t2 - t0;
 }
 
 /* With rd_mu held: keep the reader off the CPU the poster runs on. A reader woken by the
@@ -307,6 +316,12 @@ int rd_post(rom_pool *p, int op, uint8_t *dst, const uint8_t *src, uint64_t n) {
         p->rd_started = 1;
         p->rd_pid = getpid();
         p->rd_avoid = -1;
+    }
+    if (p->rd_backoff) {
+        p->rd_backoff--;
+        p->rd_inline++;
+        pthread_mutex_unlock(&p->rd_mu);
+        return 0; /* the caller runs it */
     }
     rd_place(p);
     if (n == 0) {

@@ -224,6 +224,8 @@ struct rom_pool {
     int rd_sleepers; /* waiters blocked on rd_cv: the last piece's runner wakes them */
     pid_t rd_pid; /* the process whose reader this is (a forked child copies inline) */
     int rd_avoid;  /* the CPU the reader is kept off (the poster's last), -1: none */
+    uint32_t rd_backoff; /* posts left to run inline: the reader was late (a busy machine) */
+    uint64_t rd_inline;  /* this session: posts run inline because of that */
     struct rd_job rd_job; /* the job in flight (set under rd_mu by rd_post) */
     uint64_t rd_next;     /* (generation << 32) | next piece to claim: atomic */
     uint64_t rd_done;     /* pieces of the job in flight done: atomic */

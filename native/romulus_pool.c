@@ -520,5 +520,6 @@ void rom_reader_stats(rom_pool *p, uint64_t *out) {
     out[2] = p->rd_copy_ns;
     out[3] = p->rd_wait_ns;
     out[4] = p->rd_taken_back;
+    out[5] = p->rd_inline;
     pthread_mutex_unlock(&p->rd_mu);
 }

@@ -433,3 +433,54 @@ def test_discovered_ways_build_engines_that_seal() -> None:
         back = bytearray(64)
         engine.decrypt_into(b"aad", out, back, "way")
         assert bytes(back) == b"x" * 64, way.label
+
+
+def test_extents_checked_once_are_checked_again_when_they_change(tmp_path: Path) -> None:
+    """A restore skips the per-record bounds check only for the very extents it checked last:
+    a manifest that moves a record out of bounds (sealed with the right key, so it
+    authenticates) is still refused after a good restore."""
+    import json as _json
+
+    from plinius.format.mirror import (
+        _HEADER,
+        FORMAT_VERSION,
+        HEADER_SIZE,
+        ID_BYTES,
+        MAGIC,
+        _manifest_aad,
+        plan,
+    )
+
+    backend, store = _store(tmp_path)
+    with backend:
+        recs = _records(n=3, size=64 * 1024)
+        store.save(recs, version=1)
+        assert store.load(min_version=1) is not None
+        assert store._extents_checked is not None
+        engine = store.engine
+        entries, m_at = plan(recs, store.segment)
+        doc = {
+            "format": FORMAT_VERSION,
+            "fingerprint": FP.hex(),
+            "version": 2,
+            "iteration": 0,
+            "meta": {},
+            "records": [e.as_json() for e in entries],
+        }
+        doc["records"][1]["offset"] = 64  # inside the header: out of bounds
+        manifest = _json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+        total = m_at + len(manifest) + 28
+        header = _HEADER.pack(
+            MAGIC, FORMAT_VERSION, HEADER_SIZE, 0, engine.key_id, 2, FP, total, m_at,
+            len(manifest) + 28, len(entries), os.urandom(ID_BYTES), os.urandom(ID_BYTES),
+            store.segment,
+        ).ljust(HEADER_SIZE, b"\0")  # fmt: skip
+        with backend.begin_write(store.blob, total) as txn:
+            txn.view(0, total)[:] = bytes(total)
+            txn.view(0, HEADER_SIZE)[:] = header
+            engine.encrypt_into(
+                _manifest_aad(FP, header, 2), manifest, txn.view(m_at, len(manifest) + 28)
+            )
+            txn.commit()
+        with pytest.raises(IntegrityError, match="out of bounds"):
+            store.load(min_version=2)

@@ -367,10 +367,11 @@ class Pool:
 
     def reader_stats(self) -> dict[str, float]:
         """This session's reader thread: lines flushed ahead, jobs it ran (reads and flushes),
-        seconds it spent on them, seconds callers waited for it, and jobs a caller ran itself
-        because the reader had not started them."""
+        seconds it spent on them, seconds callers waited for it (or ran pieces themselves),
+        pieces a caller ran itself because the reader had not claimed them, and jobs left to
+        the caller because the reader had been late (a busy machine)."""
         self._check()
-        out = ffi.new("uint64_t[5]")
+        out = ffi.new("uint64_t[6]")
         lib.rom_reader_stats(self._h, out)
         return {
             "ahead_lines": int(out[0]),
@@ -378,6 +379,7 @@ class Pool:
             "job_s": int(out[2]) / 1e9,
             "wait_s": int(out[3]) / 1e9,
             "taken_back": int(out[4]),
+            "inline": int(out[5]),
         }
 
     def flush_ahead(self, offset: int, length: int) -> None:
