@@ -27,6 +27,7 @@ SYSTEM = frozenset(
         "test_experiments.py",
         "test_fio.py",
         "test_fio_client.py",
+        "test_inflight_kill.py",
         "test_redis_hostile.py",
         "test_replica.py",
         "test_romulus_crash.py",

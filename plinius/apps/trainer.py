@@ -58,6 +58,8 @@ class TrainOptions:
     log: str | None = None
     data: str | None = None
     async_mirror: bool = False
+    #: ``--max-in-flight K`` (with ``--async-mirror``): snapshots that may wait for their persist
+    max_in_flight: int = 1
     batch: int | None = None
     state_dir: str | None = None
     no_mirror: bool = False
@@ -179,6 +181,7 @@ def check_options(opts: TrainOptions) -> None:
         ("--replica-every", opts.replica_every, 1),
         ("--replica-max-lag", opts.replica_max_lag, 1),
         ("--accept-replica-loss", opts.accept_replica_loss, 0),
+        ("--max-in-flight", opts.max_in_flight, 1),
     ):
         hi = MAX_SEED if flag == "--seed" else MAX_COUNT
         if value is not None and not lo <= value <= hi:
@@ -186,6 +189,11 @@ def check_options(opts: TrainOptions) -> None:
     for what, path in (("key file", opts.key_file), ("--data", opts.data), ("--log", opts.log)):
         if path == "":
             raise ConfigError(f"{what} path is empty: give a file")
+    if opts.max_in_flight > 1 and not opts.async_mirror:
+        raise ConfigError(
+            f"--max-in-flight {opts.max_in_flight}: snapshots wait in flight only with "
+            "--async-mirror"
+        )
     name, location, _ = parse_spec(opts.backend)
     fsutil.check_path(location, f"backend {name} location")
     check_replicas(opts)
@@ -347,6 +355,7 @@ def _train(
             replication=replication,
             asynchronous=opts.async_mirror,
             mirror_bytes=mirror_bytes,
+            max_in_flight=opts.max_in_flight,
         )
 
         def announce(found: Resumed) -> None:

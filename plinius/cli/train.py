@@ -46,6 +46,14 @@ def register(sub: Any) -> None:
     p.add_argument("--log", help="append per-iteration losses to FILE (.csv or .jsonl)")
     p.add_argument("--data", help="the owner's encrypted dataset (plinius owner encrypt-data)")
     p.add_argument("--async-mirror", action="store_true", help="seal and persist in background")
+    p.add_argument(
+        "--max-in-flight",
+        type=int_arg(1),
+        default=1,
+        metavar="K",
+        help="with --async-mirror: up to K snapshots wait for their persist (K snapshots of "
+        "memory; they commit one at a time, in order) before a mirror waits (default 1)",
+    )
     p.add_argument("--batch", type=int_arg(1), help="override the cfg's batch size")
     add_state_flags(p)
     p.add_argument("--no-mirror", action="store_true", help="train without any mirror")
@@ -98,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         log=args.log,
         data=args.data,
         async_mirror=args.async_mirror,
+        max_in_flight=args.max_in_flight,
         batch=args.batch,
         state_dir=args.state_dir,
         no_mirror=args.no_mirror,

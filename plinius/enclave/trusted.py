@@ -9,9 +9,12 @@ enclave mirrors the buffers it lists and never looks at how it lays them out.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -56,6 +59,32 @@ from plinius.format.mirror import (
 from plinius.format.pmdata import LoadReport, PMData
 
 PROVISION_AAD = b"plinius-data-key-v1"
+
+
+def check_max_in_flight(value: object, asynchronous: bool = True) -> int:
+    """``max_in_flight`` as given, when it is an int >= 1 (and > 1 only with asynchronous
+    mirroring, the only mode where more than one snapshot can wait); else one ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"max_in_flight={value!r}: must be an int >= 1")
+    if value > 1 and not asynchronous:
+        raise ConfigError(
+            f"max_in_flight={value}: snapshots wait in flight only when mirroring is "
+            "asynchronous (asynchronous=True, --async-mirror)"
+        )
+    return value
+
+
+class SkippedPersist(PliniusError):
+    """A queued asynchronous mirror not written because an earlier one failed."""
+
+
+@dataclass
+class _InFlight:
+    """One asynchronous mirror: its snapshot buffer (by index) and its persist."""
+
+    buffer: int
+    version: int
+    future: Future[IoStats]
 
 
 class EnclaveStateError(PliniusError):
@@ -162,8 +191,13 @@ class Enclave:
         self._y = np.empty((0, 0), np.float32)
         self._dataset_id: bytes | None = None
         self._async: ThreadPoolExecutor | None = None
-        self._pending: Future[IoStats] | None = None
-        self._snapshot: np.ndarray | None = None
+        #: asynchronous mirrors not known to be finished, oldest first (at most max_in_flight)
+        self._in_flight: deque[_InFlight] = deque()
+        self._max_in_flight = 1
+        self._snapshots: list[np.ndarray] = []  # one buffer per mirror that may be in flight
+        self._free: list[int] = []  # indices of the snapshot buffers no mirror holds
+        #: set by the background thread when a persist failed: the queued ones are skipped
+        self._broken = threading.Event()
         self._replicas: Replicator | None = None
         self._accept_loss: int | None = None  # mirrors a replica restore may lose beyond the bound
         self._reseed = False  # the next mirror re-seeds a lost primary from a replica's content
@@ -499,38 +533,101 @@ class Enclave:
             return None
         return state.committed, state.committed_extent
 
-    def ecall_set_async(self, enabled: bool) -> None:
-        """Asynchronous mirroring: snapshot here, seal and persist in a background thread."""
-        if enabled and self._async is None:
+    def ecall_set_async(self, enabled: bool, max_in_flight: int = 1) -> None:
+        """Asynchronous mirroring: snapshot here, seal and persist in a background thread.
+
+        ``max_in_flight`` (K): how many snapshots may wait for their persist. K page-aligned
+        snapshot buffers are allocated here, once, and reused; the persists run one after
+        another on one thread (the slot's freshness record holds one save in flight), so
+        mirrors commit in version order, and a mirror waits only when K are pending."""
+        k = check_max_in_flight(max_in_flight, enabled)
+        if enabled and self._async is not None and k == self._max_in_flight:
+            return
+        if self._async is not None:
+            try:
+                self.ecall_flush()
+            finally:
+                self._async.shutdown()
+                self._async = None
+                self._snapshots, self._free = [], []
+        if enabled:
+            nbytes = self._model.snapshot_nbytes()
+            self._snapshots = [aligned_empty(nbytes) for _ in range(k)]
+            self._free = list(range(k))
+            self._max_in_flight = k
             self._async = ThreadPoolExecutor(1, thread_name_prefix="plinius-mirror")
-            self._snapshot = aligned_empty(self._model.snapshot_nbytes())
-        elif not enabled and self._async is not None:
-            self.ecall_flush()
-            self._async.shutdown()
-            self._async = None
 
     def ecall_flush(self) -> None:
-        """Wait for an asynchronous mirror in flight (errors surface here)."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+        """Wait for every asynchronous mirror in flight (the first error surfaces here)."""
+        while self._in_flight:
+            self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        """Wait for the oldest mirror in flight and free its buffer. If it failed, every mirror
+        queued after it is dropped unwritten (none commits after a failed one) and its error
+        raised."""
+        oldest = self._in_flight[0]
+        error = oldest.future.exception()
+        self._in_flight.popleft()
+        self._free.append(oldest.buffer)
+        if error is None:
+            return
+        while self._in_flight:  # skipped (the background thread saw the failure), or unstarted
+            later = self._in_flight.popleft()
+            later.future.cancel()
+            with contextlib.suppress(BaseException):
+                later.future.exception()
+            self._free.append(later.buffer)
+        self._broken.clear()  # every queued mirror is accounted for: the next ones may run
+        raise error
+
+    def _surface_errors(self) -> None:
+        """Free the buffers of the mirrors already finished, oldest first; raise the first
+        error of any of them (dropping the mirrors queued after it)."""
+        while self._in_flight and self._in_flight[0].future.done():
+            self._finish_oldest()
+
+    def _persist_queued(
+        self, records: list[Record], version: int, iteration: int, meta: dict[str, Any]
+    ) -> IoStats:
+        """The background thread's persist of one snapshot; none after one failed."""
+        if self._broken.is_set():
+            raise SkippedPersist(f"mirror version {version} not written: an earlier one failed")
+        try:
+            return self._persist(records, version, iteration, meta)
+        except BaseException:
+            self._broken.set()
+            raise
 
     def ecall_mirror(self) -> float:
-        """Mirror the current state as the next version; seconds the caller waited."""
+        """Mirror the current state as the next version; seconds the caller waited
+        (asynchronous: for the snapshot, and for the oldest mirror when K are in flight)."""
         if self._store is None:
             raise EnclaveStateError("attach a mirror first")
         t0 = time.perf_counter()
+        if self._async is not None:
+            self._surface_errors()  # a failed mirror stops here, before a newer one is queued
+            while len(self._in_flight) >= self._max_in_flight:
+                self._finish_oldest()  # the bound: wait for the oldest to commit
         self._version += 1
         meta = self._meta()
         it = self._model.iteration
         if self._async is None:
             self._persist(_records(self._model.mirror_buffers()), self._version, it, meta)
             return time.perf_counter() - t0
-        self.ecall_flush()  # at most one mirror in flight: the snapshot memory is free again
-        assert self._snapshot is not None
-        snap = _records(self._model.snapshot_into(self._snapshot))
-        self._pending = self._async.submit(self._persist, snap, self._version, it, meta)
+        buffer = self._free.pop()
+        try:
+            snap = _records(self._model.snapshot_into(self._snapshots[buffer]))
+            future = self._async.submit(self._persist_queued, snap, self._version, it, meta)
+        except BaseException:
+            self._free.append(buffer)
+            raise
+        self._in_flight.append(_InFlight(buffer, self._version, future))
         return time.perf_counter() - t0
+
+    def ecall_in_flight(self) -> int:
+        """Asynchronous mirrors not yet known to be finished (each holds a snapshot buffer)."""
+        return len(self._in_flight)
 
     # --- training --------------------------------------------------------------------------
 

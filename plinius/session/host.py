@@ -24,7 +24,7 @@ from plinius.core.fsutil import check_path
 from plinius.core.model import Trainable
 from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import Platform, open_platform
-from plinius.enclave.trusted import Enclave
+from plinius.enclave.trusted import Enclave, check_max_in_flight
 from plinius.session.owner import provision
 
 Say = Callable[[str], None]
@@ -163,8 +163,14 @@ class Session:
         replication: Replication | None = None,
         asynchronous: bool = False,
         mirror_bytes: int = 0,
+        max_in_flight: int = 1,
     ) -> None:
-        """Mirror into ``backend`` (its slot's freshness record), copy to the replicas."""
+        """Mirror into ``backend`` (its slot's freshness record), copy to the replicas.
+
+        ``asynchronous``: snapshot, then seal and persist in the background; ``max_in_flight``
+        (asynchronous only): how many snapshots may wait for their persist before a mirror
+        waits (K snapshot buffers; the persists still commit one at a time, in order)."""
+        check_max_in_flight(max_in_flight, asynchronous)
         self.backend = backend
         self.enclave.ecall_attach_mirror(backend, MirrorCounters(self.platform))
         if replication is not None and replication.specs:
@@ -178,7 +184,7 @@ class Session:
                 accept_loss=replication.accept_loss,
             )
             self._replicas = opened  # attached: the enclave's copiers now hold them
-        self.enclave.ecall_set_async(asynchronous)
+        self.enclave.ecall_set_async(asynchronous, max_in_flight)
 
     def _open_replicas(
         self, replication: Replication, primary: Backend, mirror_bytes: int
@@ -252,7 +258,7 @@ class Session:
         return self.enclave.ecall_mirror()
 
     def flush(self) -> None:
-        """Wait for an asynchronous mirror in flight (its error, if any, is raised here)."""
+        """Wait for every asynchronous mirror in flight (the first error is raised here)."""
         self.enclave.ecall_flush()
 
     def replica_report(self) -> dict[str, Any] | None:
@@ -272,7 +278,7 @@ class Session:
             self.say(f"warning: a replica copy was still in flight after {timeout:.0f} s")
 
     def close(self) -> None:
-        """Wait for the mirror in flight and (bounded) the replica copies, then close what
+        """Wait for the mirrors in flight and (bounded) the replica copies, then close what
         the session opened; a replica still writing is left to the process exit."""
         if self._closed:
             return

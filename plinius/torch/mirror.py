@@ -24,6 +24,7 @@ import torch
 from plinius.core.errors import ConfigError, ModelMismatchError, PliniusError
 from plinius.core.model import Trainable
 from plinius.enclave.platform import Platform
+from plinius.enclave.trusted import check_max_in_flight
 from plinius.session import BackendLike, Replication, Resumed, Session
 from plinius.torch.state import TorchState, mirror_estimate
 
@@ -111,6 +112,7 @@ class TorchMirror:
         key_file: str,
         every: int = 1,
         asynchronous: bool = False,
+        max_in_flight: int = 1,
         replica: BackendLike | list[BackendLike] | None = None,
         scheduler: Any = None,
         extra_state: dict[str, Any] | None = None,
@@ -129,6 +131,7 @@ class TorchMirror:
             raise ConfigError(f"replica_max_lag={replica_max_lag}: must be >= 1")
         if accept_replica_loss is not None and accept_replica_loss < 0:
             raise ConfigError(f"accept_replica_loss={accept_replica_loss}: must be >= 0")
+        self.max_in_flight = check_max_in_flight(max_in_flight, asynchronous)
         self.state = TorchState(
             model, optimizer, scheduler, extra_state, module_types=check_module_types
         )
@@ -265,7 +268,7 @@ class TorchMirror:
                 need = self.state.snapshot_nbytes()
                 if need != self._snap_nbytes:  # first mirror, or the optimizer grew its state
                     self._session.enclave.ecall_set_async(False)
-                    self._session.enclave.ecall_set_async(True)
+                    self._session.enclave.ecall_set_async(True, self.max_in_flight)
                     self._snap_nbytes = need
             self._session.mirror()
         self._mirrored = self.state.iteration
@@ -274,7 +277,8 @@ class TorchMirror:
         return waited
 
     def flush(self) -> None:
-        """Wait for the asynchronous mirror in flight (its error, if any, is raised here)."""
+        """Wait for every asynchronous mirror in flight (the first error is raised here; the
+        mirrors queued after a failed one are dropped unwritten)."""
         with _as_python():
             self._session.flush()
 
@@ -310,7 +314,7 @@ class TorchMirror:
 
     def close(self) -> None:
         """Mirror the last :meth:`step` if it is newer than the last mirror (unless
-        ``mirror_on_close=False``), drain the pending mirror and replica copies, close the
+        ``mirror_on_close=False``), drain the pending mirrors and replica copies, close the
         backends opened here."""
         self._close(tail=self.mirror_on_close)
 
