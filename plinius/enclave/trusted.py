@@ -61,11 +61,22 @@ from plinius.format.pmdata import LoadReport, PMData
 PROVISION_AAD = b"plinius-data-key-v1"
 
 
+#: each snapshot in flight holds a copy of the whole state: past this many, a bound only costs
+#: memory (in steady state the loop waits for the persist whatever K is)
+MAX_IN_FLIGHT = 64
+
+
 def check_max_in_flight(value: object, asynchronous: bool = True) -> int:
-    """``max_in_flight`` as given, when it is an int >= 1 (and > 1 only with asynchronous
-    mirroring, the only mode where more than one snapshot can wait); else one ConfigError."""
+    """``max_in_flight`` as given, when it is an int in 1..MAX_IN_FLIGHT (and > 1 only with
+    asynchronous mirroring, the only mode where more than one snapshot can wait); else one
+    ConfigError."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"max_in_flight={value!r}: must be an int >= 1")
+    if value > MAX_IN_FLIGHT:
+        raise ConfigError(
+            f"max_in_flight={value}: at most {MAX_IN_FLIGHT} (each snapshot in flight holds a "
+            "copy of the whole training state)"
+        )
     if value > 1 and not asynchronous:
         raise ConfigError(
             f"max_in_flight={value}: snapshots wait in flight only when mirroring is "
@@ -177,6 +188,7 @@ class Enclave:
         self._cfg_text = cfg_text
         self._seed = seed
         self._engine: Engine | None = None
+        self._async_engine: Engine | None = None  # the background seal's (see _use_key)
         self._channel: EphemeralKey | None = None
         self._quote: bytes = b""
         self._data_rng = np.random.Generator(np.random.PCG64(_data_seed(seed)))
@@ -222,8 +234,15 @@ class Enclave:
         key = unwrap(chan_key, wrapped_key, PROVISION_AAD + self.measurement, "provisioned key")
         engine = make_engine(key)
         self._sealed.put(self._key_label(engine.key_id), key)
-        self._engine = engine
+        self._use_key(key, engine)
         return engine.key_id
+
+    def _use_key(self, key: bytes, engine: Engine) -> None:
+        """The data key's engines: ``engine`` for everything, and the one measured least costly
+        in CPU for the background seal of asynchronous mirrors (it shares the cores with
+        training; :func:`plinius.core.crypto.make_engine` ``mode="async"``)."""
+        self._engine = engine
+        self._async_engine = make_engine(key, mode="async")
 
     def _key_label(self, key_id: bytes) -> str:
         # one sealed copy per (enclave, key): another model's enclave provisions its own
@@ -234,7 +253,7 @@ class Enclave:
         key = self._sealed.get(self._key_label(key_id))
         if key is None:
             return False
-        self._engine = make_engine(key)
+        self._use_key(key, make_engine(key))
         return True
 
     @property
@@ -495,7 +514,12 @@ class Enclave:
         return str(describe(net)) if isinstance(net, dict) else None
 
     def _persist(
-        self, records: list[Record], version: int, iteration: int, meta: dict[str, Any]
+        self,
+        records: list[Record],
+        version: int,
+        iteration: int,
+        meta: dict[str, Any],
+        engine: Engine | None = None,
     ) -> IoStats:
         assert self._store is not None and self._guard is not None
         counters, slot = self._guard.counters, self._guard.slot
@@ -519,6 +543,7 @@ class Enclave:
             run_id=stamp.run_id,
             save_id=stamp.save_id,
             before_write=lambda size, manifest: begin(Extent(size, manifest)),
+            engine=engine,
         )
         counters.commit(slot, stamp)
         if self._replicas is not None and extent:
@@ -594,7 +619,7 @@ class Enclave:
         if self._broken.is_set():
             raise SkippedPersist(f"mirror version {version} not written: an earlier one failed")
         try:
-            return self._persist(records, version, iteration, meta)
+            return self._persist(records, version, iteration, meta, self._async_engine)
         except BaseException:
             self._broken.set()
             raise

@@ -496,14 +496,20 @@ class MirrorStore:
         run_id: bytes | None = None,
         save_id: bytes | None = None,
         before_write: Callable[[int, int], None] | None = None,
+        engine: Engine | None = None,
     ) -> IoStats:
         """Replace the stored mirror atomically by a new one at ``version``.
 
         ``run_id`` and ``save_id`` (random when not given) are the stamp the platform's
         freshness record names; ``before_write(blob size, sealed manifest length)`` is called
         once both are known and before anything is written (the enclave records the save in
-        flight there). Every segment of every record goes to the engine in a few batched calls.
+        flight there). Every segment of every record goes to the engine in a few batched calls:
+        ``engine`` (same key) when given, e.g. the one chosen for asynchronous mirrors, which
+        share the cores with training; else the store's.
         """
+        engine = self.engine if engine is None else engine
+        if engine.key_id != self.engine.key_id:
+            raise ValueError("the sealing engine must hold the store's key")
         if version < 0:
             raise ValueError("mirror version must be >= 0")
         run_id = os.urandom(ID_BYTES) if run_id is None else run_id
@@ -525,7 +531,7 @@ class MirrorStore:
             FORMAT_VERSION,
             HEADER_SIZE,
             0,
-            self.engine.key_id,
+            engine.key_id,
             version,
             fingerprint,
             total,
@@ -540,7 +546,7 @@ class MirrorStore:
             before_write(total, m_len)
         with self.backend.begin_write(self.blob, total) as txn:
             txn.view(0, HEADER_SIZE)[:] = header
-            batch = _SealBatch(txn, self.engine)
+            batch = _SealBatch(txn, engine)
             stamp = _STAMP_AAD.pack(version) + run_id + save_id
             for rec, segs in zip(records, layout.segments, strict=True):
                 plain = as_bytes_view(rec.array)

@@ -104,9 +104,11 @@ class Spy:
         self.most_in_flight = 0
         real: Callable[..., Any] = enclave._persist
 
-        def persist(records: list[Record], version: int, iteration: int, meta: Any) -> Any:
+        def persist(
+            records: list[Record], version: int, iteration: int, meta: Any, *more: Any
+        ) -> Any:
             self.most_in_flight = max(self.most_in_flight, enclave.ecall_in_flight())
-            out = real(records, version, iteration, meta)
+            out = real(records, version, iteration, meta, *more)
             self.ran.append((version, iteration, _digest(records)))
             return out
 
@@ -367,3 +369,42 @@ def test_the_finding_follows_the_figures() -> None:
     assert "at M = 1 a persist (2.0 steps measured alone) outlasts" in said
     assert "at M = 4 it fits in the interval" in said
     assert "at no interval" in finding([row(1, 1, 0), row(1, 4, 0.9)], 3.0)
+
+
+def test_k_has_an_upper_bound_in_one_line() -> None:
+    from plinius.enclave.trusted import MAX_IN_FLIGHT
+
+    assert check_max_in_flight(MAX_IN_FLIGHT) == MAX_IN_FLIGHT
+    with pytest.raises(ConfigError, match=f"at most {MAX_IN_FLIGHT}"):
+        check_max_in_flight(MAX_IN_FLIGHT + 1)
+
+
+def test_the_background_seal_uses_the_engine_chosen_for_asynchronous_mirrors(
+    run: tuple[Session, GatedBackend],
+) -> None:
+    """Asynchronous mirrors share the cores with training: their seal goes through the engine
+    ``make_engine(key, mode="async")`` built for the data key, a synchronous one through the
+    enclave's main engine."""
+    s, b = run
+    b.open_gate = True
+    enclave = s.enclave
+    assert enclave._async_engine is not None and enclave._engine is not None
+    assert enclave._async_engine.key_id == enclave._engine.key_id
+    calls = {"sync": 0, "async": 0}
+    for mode, eng in (("sync", enclave._engine), ("async", enclave._async_engine)):
+        original = eng.encrypt_many
+
+        def counted(jobs: Any, _orig: Any = original, _mode: str = mode) -> None:
+            calls[_mode] += 1
+            _orig(jobs)
+
+        eng.encrypt_many = counted  # type: ignore[method-assign]
+    if enclave._async_engine is enclave._engine:
+        pytest.fail("one engine object for both modes: the count cannot tell them apart")
+    s.attach(b, asynchronous=True)
+    enclave.ecall_mirror()
+    enclave.ecall_flush()
+    assert calls["async"] >= 1 and calls["sync"] == 0
+    s.attach(b, asynchronous=False)
+    enclave.ecall_mirror()
+    assert calls["sync"] >= 1
