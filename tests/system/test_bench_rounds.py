@@ -67,7 +67,7 @@ def test_small_run_has_rounds_intervals_and_targets(tmp_path: Path) -> None:
     assert prov["cpu"]["governor"] and prov["load_average"]["after"] is not None
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "cpufreq governor" in report
-    line = next(x for x in report.splitlines() if x.startswith("| romulus save ≥ 0.80×"))
+    line = next(x for x in report.splitlines() if x.startswith("| romulus save ≥ 0.85×"))
     assert "[" in line and aes["verdict"] in line
     assert "round 1: save:" in report
     assert (out / "targets.png").stat().st_size > 5_000

@@ -61,7 +61,7 @@ def _raw_calls(
     if name == "openssl":  # the C one-shot call itself, on one thread, no IV drawn
         from plinius.core.crypto_native import OpenSSLEngine
 
-        native = OpenSSLEngine(key, threads=1, serial_below=0)
+        native = OpenSSLEngine(key, threads=1)
         native_ct = out[IV : IV + n + TAG_BYTES].data
         native_back = aligned_empty(n).data
 

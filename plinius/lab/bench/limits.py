@@ -326,4 +326,4 @@ def _native_engine() -> Engine:
     """The parallel native engine (any key: raw AES-GCM), on every core from the first byte."""
     from plinius.core import crypto_native
 
-    return crypto_native.OpenSSLEngine(os.urandom(16), serial_below=0)
+    return crypto_native.OpenSSLEngine(os.urandom(16))
