@@ -175,7 +175,7 @@ def test_the_answer_names_the_cpu_and_the_engine_the_run_chose() -> None:
     prov = {
         "cpu": {"model": "AMD EPYC 9B14", "cores": 2},
         "crypto_engine": "auto",
-        "crypto_engine_choice": {"describe": "cryptography/1 at every size"},
+        "crypto_engine_choice": {"note": "cryptography/1 at every size"},
     }
     page = markdown(
         _doc([_row("romulus", "process-crash", 0.03, 0.05)], provenance=prov), WL, 1.0, 100

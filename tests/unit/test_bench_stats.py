@@ -228,3 +228,34 @@ def test_a_negative_overhead_is_no_measurable_overhead_never_a_met_target() -> N
     assert rows["overhead_sync"]["verdict"] == "no measurable overhead"
     assert rows["overhead_sync"]["why"].startswith("< 2.0%")
     assert rows["overhead_async"]["verdict"] == "met"  # 1 % [0.4–2 %] against 3 %
+
+
+def test_the_run_engine_is_judged_against_the_fastest_way_measured() -> None:
+    """The choice by measurement is right when the engine as mirrors call it (its all-cores
+    way: one batch) is as fast as the best way the limits measured; a slower one is not met."""
+    doc = _doc()
+    doc["provenance"] = {"crypto_engine": "openssl"}
+    rows = {t["id"]: t for t in targets(doc)}
+    enc, dec = rows["engine_vs_fastest_aes_encrypt"], rows["engine_vs_fastest_aes_decrypt"]
+    # openssl/2 is the fastest way of this run: the ratio to itself is exactly 1
+    assert enc["verdict"] == "met" and enc["measured"] == 1.0
+    assert "aes-gcm (all cores) vs aes-gcm (all cores)" in enc["sides"]
+    assert dec["verdict"] == "met"
+    # a run whose engine was slower than a way it could have chosen: not met
+    doc["contenders"].append(
+        _contender(
+            "limits",
+            "aes-gcm (cryptography/1)",
+            "aes-gcm/cryptography/1",
+            {"encrypt": _noisy(0.005, seed=5), "decrypt": _noisy(0.0025, seed=6)},
+            threads=1,
+        )
+    )
+    rows = {t["id"]: t for t in targets(doc)}
+    assert rows["engine_vs_fastest_aes_encrypt"]["verdict"] == "not met"
+    assert "cryptography/1" in rows["engine_vs_fastest_aes_encrypt"]["sides"]
+    # no provenance (or no way of the run's engine): not run, and why
+    del doc["provenance"]
+    rows = {t["id"]: t for t in targets(doc)}
+    assert rows["engine_vs_fastest_aes_decrypt"]["verdict"] == "not run"
+    assert "the run's engine" in rows["engine_vs_fastest_aes_decrypt"]["why"]

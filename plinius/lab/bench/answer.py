@@ -258,7 +258,7 @@ def machine_line(doc: Mapping[str, Any]) -> list[str]:
     cpu = prov.get("cpu") or {}
     choice = prov.get("crypto_engine_choice") or {}
     engine = str(prov.get("crypto_engine") or "?")
-    how = choice.get("describe") if isinstance(choice, dict) else None
+    how = choice.get("note") if isinstance(choice, dict) else None
     sealed = f"`{engine}` ({how})" if how else f"`{engine}`"
     return [
         f"Measured on {cpu.get('model') or 'an unknown CPU'} ({cpu.get('cores') or '?'} cores); "

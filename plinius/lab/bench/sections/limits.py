@@ -94,6 +94,39 @@ def targets(doc: Mapping[str, Any], t: TargetTable) -> None:
             )
             sides = f"romulus {op} vs {aes['name']} {aes_op} (throughput)"
             t.add(key, what, BAR, iv, sides=sides, durability=rom["durability"], workload=wl)
+    chosen_targets(doc, t)
+
+
+#: the run's engine, called as a mirror calls it, within this fraction of the fastest way: the
+#: engines' own noise between interleaved rounds (a choice by measurement cannot beat the
+#: fastest way it chose from; it can only fall behind it)
+CHOSEN_BAR = 0.95
+
+
+def chosen_way(doc: Mapping[str, Any], wl: str | None) -> dict[str, Any] | None:
+    """The run's engine as a mirror calls it: one batch (``encrypt_many``) on all cores when the
+    engine is parallel (``auto`` is: it hands the batch to the way it chose), else one thread."""
+    name = str((doc.get("provenance") or {}).get("crypto_engine") or "")
+    rows = [c for c in measured(doc, wl, NAME) if str(c.get("id", "")).startswith(f"{AES}{name}/")]
+    return max(rows, key=lambda c: int((c.get("facts") or {}).get("threads") or 1), default=None)
+
+
+def chosen_targets(doc: Mapping[str, Any], t: TargetTable) -> None:
+    """The run's engine (``auto`` unless forced) against the fastest way measured, at the
+    target workload: the choice by measurement is right when it is as fast as the best."""
+    wl = target_workload(doc)
+    for aes_op in ("encrypt", "decrypt"):
+        key = f"engine_vs_fastest_aes_{aes_op}"
+        what = f"the run's engine {aes_op}s ≥ {CHOSEN_BAR:.2f}× the fastest AES-GCM way measured"
+        run = chosen_way(doc, wl)
+        best = fastest_aes(doc, wl, aes_op)
+        if run is None or best is None or aes_op not in run["ops"]:
+            why = missing([("the run's engine", run), (f"limits: {aes_op}", best)])
+            t.add(key, what, CHOSEN_BAR, None, why=why, workload=wl)
+            continue
+        iv = speedup(run["ops"][aes_op]["seconds"], best["ops"][aes_op]["seconds"], 1.0)
+        sides = f"{run['name']} vs {best['name']} {aes_op} (throughput)"
+        t.add(key, what, CHOSEN_BAR, iv, sides=sides, workload=wl)
 
 
 register(
