@@ -46,11 +46,25 @@ from plinius.core.fsutil import atomic_write, private_dir, read_regular, try_loc
 from plinius.core.memory import PAGE, align_up, aligned_empty
 
 MiB = 1 << 20
-#: the call sizes that matter to a mirror: one segment (``format.mirror.SEGMENT_BYTES``), one
-#: save batch (``format.mirror._SAVE_BATCH``) and a whole mirror of 64 MiB, each handed over as
-#: 2 MiB buffers like the mirror does (core may not import the format: a test holds them equal)
 SEGMENT = 2 * MiB
-SIZES: tuple[int, ...] = (SEGMENT, 16 * MiB, 64 * MiB)
+
+
+def restore_batch_bytes(segment: int = SEGMENT) -> int:
+    """Plaintext per pipelined restore batch (``format.mirror`` uses this): a segment per core
+    (a parallel engine's call fills every core), at least two segments, at most 32 MiB of
+    reusable memory per buffer."""
+    segment = segment or SEGMENT
+    return max(2 * segment, min(32 * MiB, (os.cpu_count() or 1) * segment))
+
+
+#: the call sizes that matter to a mirror: one segment (``format.mirror.SEGMENT_BYTES``), one
+#: restore batch (:func:`restore_batch_bytes`: 4 MiB on two cores), one save batch
+#: (``format.mirror._SAVE_BATCH``) and a whole mirror of 64 MiB, each handed over as 2 MiB
+#: buffers like the mirror does (core may not import the format: a test holds them equal). A
+#: call of a size between two of them takes the way of the nearest, so the sizes mirrors really
+#: call with are measured themselves: on two cores, a 4 MiB restore batch taking the 2 MiB way
+#: (one thread) left the second core idle
+SIZES: tuple[int, ...] = tuple(sorted({SEGMENT, restore_batch_bytes(), 16 * MiB, 64 * MiB}))
 OPS: tuple[str, ...] = ("seal", "open")
 #: version of the cached table's layout
 TABLE_FORMAT = 1

@@ -43,6 +43,7 @@ from plinius.core.crypto import (
     associated_data,
     check_key_matches,
 )
+from plinius.core.crypto_ways import restore_batch_bytes
 from plinius.core.errors import (
     BackendError,
     FormatError,
@@ -1046,10 +1047,8 @@ class _SegmentJob(NamedTuple):
 
 
 def _batch_bytes(segment: int) -> int:
-    """Plaintext per pipelined batch: a segment per core (a parallel engine's call fills every
-    core), at least two segments, at most 32 MiB of reusable memory per buffer."""
-    segment = segment or SEGMENT_BYTES
-    return max(2 * segment, min(32 << 20, (os.cpu_count() or 1) * segment))
+    """Plaintext per pipelined restore batch (measured by ``auto`` at this very size)."""
+    return restore_batch_bytes(segment)
 
 
 def _batches(jobs: list[_SegmentJob], target: int) -> list[tuple[int, int, list[_SegmentJob]]]:

@@ -76,6 +76,7 @@ BREAKDOWN_COLUMNS = [
     "fsync_s",
     "replace_s",
     "model_wait_s",
+    "background_s",
     "encrypt share",
 ]
 ENGINE_COLUMNS = [

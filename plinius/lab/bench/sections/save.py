@@ -240,6 +240,10 @@ def render(doc: Mapping[str, Any]) -> list[str]:
         "",
         "### Save breakdown (median seconds: the paper's Table I)",
         "",
+        "`background_s`: the work a save leaves running after it returns (romulus: the copy "
+        "of main to back), waited for untimed before the next contender runs; it competes "
+        "with training for the cores (the overhead section measures that).",
+        "",
         md_table(breakdown_rows(doc["results"]), BREAKDOWN_COLUMNS),
         "",
     ]
