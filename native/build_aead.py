@@ -1,14 +1,14 @@
 """cffi out-of-line API-mode build of the native AEAD engine as ``plinius._aead``.
 
 Used by setup.py (``cffi_modules=[..., "native/build_aead.py:ffibuilder"]``). The extension is
-``optional``: without OpenSSL's headers the compile fails, setuptools warns, and
-plinius installs without it (``plinius.core.crypto`` then falls back to the Python engines and says
-which engine ran). The cipher is libcrypto's EVP AES-128-GCM; ``aead.c`` only batches records
-over threads. libcrypto is not linked but loaded at run time (``plx_crypto_load``): the default is
-the one the headers describe, and any other by path (``OpenSSLEngine(libcrypto=...)``). cffi releases the GIL around every call. The declarations are generated from
-``aead.h`` with the same generator as the Romulus engine's; only the ``plx_aead_*`` API is
-exported (everything else in ``aead.c`` is static). ``PLINIUS_SANITIZE=1`` builds it with
-ASan + UBSan like the Romulus engine.
+``optional``: without OpenSSL's headers the compile fails, setuptools warns, and plinius installs
+without it (``plinius.core.crypto`` then falls back to the Python engines and says which engine
+ran). The cipher is libcrypto's EVP AES-128-GCM; ``aead.c`` only batches records over threads.
+libcrypto is not linked but loaded at run time (``plx_crypto_load``): the default is the one the
+headers describe, and any other by path (``OpenSSLEngine(libcrypto=...)``). cffi releases the GIL
+around every call. The declarations are generated from ``aead.h`` with the same generator as the
+Romulus engine's; only the ``plx_aead_*`` API is exported (everything else in ``aead.c`` is
+static). ``PLINIUS_SANITIZE=1`` builds it with ASan + UBSan like the Romulus engine.
 """
 
 from __future__ import annotations

@@ -204,6 +204,10 @@ class CryptographyEngine(Engine):
     """AES-GCM from ``cryptography`` (OpenSSL) via ``encrypt_into``/``decrypt_into``."""
 
     name = "cryptography"
+    #: the largest buffer its one-shot calls take (OpenSSL's int lengths): a larger one (a
+    #: format-2 record of over 2 GiB) panics in its Rust layer, so it goes to pycryptodome,
+    #: which writes the same records
+    ONE_SHOT_MAX = (1 << 31) - 1
 
     def __init__(self, key: bytes) -> None:
         super().__init__(key)
@@ -212,13 +216,25 @@ class CryptographyEngine(Engine):
 
         self._aead = AESGCM(bytes(key))
         self._invalid_tag = InvalidTag
+        self._key = bytes(key)
+        self._large: PycryptodomeEngine | None = None
+
+    def _big(self) -> PycryptodomeEngine:
+        if self._large is None:
+            self._large = PycryptodomeEngine(self._key)
+        return self._large
 
     def _encrypt(
         self, iv: bytes, aad: bytes, plaintext: memoryview, ct_and_tag: memoryview
     ) -> None:
+        if len(plaintext) > self.ONE_SHOT_MAX:
+            self._big()._encrypt(iv, aad, plaintext, ct_and_tag)
+            return
         self._aead.encrypt_into(iv, plaintext, aad, ct_and_tag)
 
     def _decrypt(self, iv: bytes, aad: bytes, ct_and_tag: memoryview, out: memoryview) -> bool:
+        if len(out) > self.ONE_SHOT_MAX:
+            return self._big()._decrypt(iv, aad, ct_and_tag, out)
         try:
             self._aead.decrypt_into(iv, ct_and_tag, aad, out)
         except self._invalid_tag:

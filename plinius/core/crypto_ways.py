@@ -83,6 +83,8 @@ _MAX_PATH_ENTRIES = 64
 _MAX_LIBS_DIRS = 64
 _MAX_FILES_PER_DIR = 256
 _LIBCRYPTO_NAME = re.compile(r"^libcrypto[-.\w]*\.so(\.\d+)*$")
+#: a cached table's ISO date (it is printed: digits and separators only)
+_CREATED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.+\-]{8,30}")
 _WAY_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,40}(\[[0-9A-Za-z.+_-]{1,40}\])?/[1-9][0-9]{0,3}$")
 
 
@@ -423,8 +425,8 @@ def parse_table(doc: Any, key: dict[str, Any], ways: Sequence[str]) -> Table:
     if doc["format"] != TABLE_FORMAT or doc["key"] != key:
         raise ValueError("another machine, library or format")
     created = doc["created"]
-    if not isinstance(created, str) or len(created) > 40:
-        raise ValueError("bad date")
+    if not isinstance(created, str) or not _CREATED.fullmatch(created):
+        raise ValueError("bad date")  # printed by `plinius engines`: no control characters
     when = _dt.datetime.fromisoformat(created)
     if when.tzinfo is None:
         raise ValueError("a date without a time zone")

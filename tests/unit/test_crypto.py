@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,3 +139,51 @@ def test_key_file(tmp_path: Path) -> None:
         read_key_file(bad)
     with pytest.raises(ConfigError, match="plinius keygen"):
         read_key_file(tmp_path / "missing")
+
+
+def test_cryptography_hands_buffers_beyond_its_one_shot_limit_to_pycryptodome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """cryptography's one-shot AES-GCM panics (a BaseException) on a buffer over 2 GiB (a
+    format-2 record may be one): such a buffer goes to pycryptodome, whose records are the same
+    (the limit is lowered here so the test needs no 4 GiB)."""
+    pytest.importorskip("cryptography")
+    from plinius.core.crypto import CryptographyEngine, PycryptodomeEngine
+
+    eng = CryptographyEngine(KEY)
+    monkeypatch.setattr(CryptographyEngine, "ONE_SHOT_MAX", 1000)
+    used: list[str] = []
+    for op in ("_encrypt", "_decrypt"):
+        real = getattr(PycryptodomeEngine, op)
+
+        def spy(self: Any, *a: Any, _real: Any = real, _op: str = op) -> Any:
+            used.append(_op)
+            return _real(self, *a)
+
+        monkeypatch.setattr(PycryptodomeEngine, op, spy)
+
+    def seal(e: Any, plain: np.ndarray) -> np.ndarray:
+        out = np.empty(plain.nbytes + OVERHEAD, np.uint8)
+        e.encrypt_into(b"aad", plain, out.data)
+        return out
+
+    def opened(e: Any, sealed: np.ndarray) -> bytes:
+        out = np.empty(sealed.nbytes - OVERHEAD, np.uint8)
+        e.decrypt_into(b"aad", sealed, out, "record")
+        return out.tobytes()
+
+    big = (np.arange(3000) % 251).astype(np.uint8)
+    sealed = seal(eng, big)
+    assert used == ["_encrypt"]
+    # the same record: the other engines open it, and it opens theirs
+    assert opened(PycryptodomeEngine(KEY), sealed) == big.tobytes()
+    assert opened(eng, seal(PycryptodomeEngine(KEY), big)) == big.tobytes()
+    assert used == ["_encrypt", "_decrypt", "_encrypt", "_decrypt"]
+    # a forged tag is still refused, one line
+    sealed[-1] ^= 1
+    with pytest.raises(IntegrityError, match="record"):
+        opened(eng, sealed)
+    small = np.arange(100, dtype=np.uint8)
+    used.clear()
+    assert opened(eng, seal(eng, small)) == small.tobytes()
+    assert used == []  # below the limit: cryptography's own one-shot calls

@@ -290,6 +290,9 @@ def _hostile_docs(doc: dict[str, Any]) -> list[Any]:
         lambda d: d.update(created="2020-01-01T00:00:00+00:00"),  # too old
         lambda d: d.update(created="2999-01-01T00:00:00+00:00"),  # from the future
         lambda d: d.update(created="2026-01-01T00:00:00"),  # no time zone
+        # a date ISO parsing accepts, with a forged line in it (`plinius engines` prints it)
+        lambda d: d.update(created=d["created"].replace("T", "\n")),
+        lambda d: d.update(created=d["created"].replace("T", "\x1b")),
         lambda d: d.update(load=True),
         lambda d: d["key"]["cpu"].update(model="another CPU"),
         lambda d: d.update(results=[]),
