@@ -148,7 +148,9 @@ class Zygote:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", ZYGOTE],
+            # -P: the installed plinius, never the source tree in the working directory (the
+            # tox envs install a wheel; the tree has no compiled engines there)
+            [sys.executable, "-P", "-c", ZYGOTE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,
