@@ -49,6 +49,15 @@ int rom_begin(rom_pool *p) {
     return ROM_OK;
 }
 
+/* ROM_OK when [off, off+len) lies inside main's region (overflow-safe), else ROM_E_RANGE. */
+static int check_range(const rom_pool *p, uint64_t off, uint64_t len) {
+    if (off > p->region || len > p->region - off)
+        return fail(ROM_E_RANGE, "range [%llu, +%llu) is outside the %llu-byte main region",
+                    (unsigned long long)off, (unsigned long long)len,
+                    (unsigned long long)p->region);
+    return ROM_OK;
+}
+
 /* Flush main's lines [first, first+n) but those flushed ahead (sorted, disjoint). */
 static void flush_unless_ahead(rom_pool *p, uint64_t first, uint64_t n) {
     uint64_t end = first + n;
@@ -80,10 +89,8 @@ int rom_flush_ahead(rom_pool *p, uint64_t off, uint64_t len) {
     int rc = check_txn(p);
     if (rc)
         return rc;
-    if (off > p->region || len > p->region - off)
-        return fail(ROM_E_RANGE, "range [%llu, +%llu) is outside the %llu-byte main region",
-                    (unsigned long long)off, (unsigned long long)len,
-                    (unsigned long long)p->region);
+    if ((rc = check_range(p, off, len)))
+        return rc;
     if (p->mode != ROM_MODE_PMEM || pm_hooks.pool == p || p->dev_on)
         return ROM_OK;
     uint64_t first = (off + LINE - 1) / LINE, end = (off + len) / LINE;
@@ -249,10 +256,8 @@ int rom_log(rom_pool *p, uint64_t off, uint64_t len) {
     int rc = check_txn(p);
     if (rc)
         return rc;
-    if (off > p->region || len > p->region - off)
-        return fail(ROM_E_RANGE, "range [%llu, +%llu) is outside the %llu-byte main region",
-                    (unsigned long long)off, (unsigned long long)len,
-                    (unsigned long long)p->region);
+    if ((rc = check_range(p, off, len)))
+        return rc;
     log_range(p, off, len);
     return ROM_OK;
 }
