@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from plinius.core.cores import usable_cores
 from plinius.core.crypto import (
     IV_BYTES,
     OVERHEAD,
@@ -58,10 +59,7 @@ def default_threads() -> int:
         if value < 1:
             raise ConfigError(f"{THREADS_ENV}={raw!r}: give a whole number of threads >= 1")
         return value
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    return usable_cores()
 
 
 LIBCRYPTO_ENV = "PLINIUS_LIBCRYPTO"

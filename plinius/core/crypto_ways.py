@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from plinius import __version__
+from plinius.core.cores import usable_cores
 from plinius.core.crypto import (
     ENGINE_REGISTRY,
     OVERHEAD,
@@ -243,20 +244,13 @@ def discover() -> list[Way]:
         tuple(installed),
         os.environ.get(LIBCRYPTO_ENV, ""),
         os.environ.get(THREADS_ENV, ""),
-        _cores(),
+        usable_cores(),
         tuple(sys.path),
     )
     found = _discovered.get(settings)
     if found is None:
         found = _discovered[settings] = _discover(installed)
     return list(found)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _discover(installed: list[str]) -> list[Way]:
@@ -291,7 +285,7 @@ def build(way: Way, key: bytes) -> Engine:
 def cpu() -> dict[str, Any]:
     """What the table depends on: CPU model, a hash of its flags, the cores we may use."""
     model, digest = _cpu_model()
-    return {"model": model, "flags_sha256": digest, "cores": _cores()}
+    return {"model": model, "flags_sha256": digest, "cores": usable_cores()}
 
 
 @functools.cache

@@ -353,10 +353,10 @@ def test_another_cpu_or_library_version_measures_again(
     crypto_ways._memo.clear()
     assert crypto_ways.table(ways).source == "measured now"
     monkeypatch.setattr(crypto_ways, "_cpu_model", lambda: (model, flags))
-    monkeypatch.setattr(crypto_ways, "_cores", lambda: 64)
+    monkeypatch.setattr(crypto_ways, "usable_cores", lambda: 64)
     crypto_ways._memo.clear()
     assert crypto_ways.table(ways).source == "measured now"
-    monkeypatch.setattr(crypto_ways, "_cores", lambda: len(os.sched_getaffinity(0)))
+    monkeypatch.setattr(crypto_ways, "usable_cores", lambda: len(os.sched_getaffinity(0)))
     lib = crypto_ways.Library("openssl[3.5.10]", "OpenSSL 3.5.10", "/x", "/x", "t")
     crypto_ways._memo.clear()
     assert crypto_ways.table([ways[0], Way("openssl", 2, lib)]).source == "measured now"

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from plinius.core.cores import usable_cores
 from plinius.core.crypto import OVERHEAD, Engine, associated_data
 from plinius.core.errors import IntegrityError
 from plinius.core.memory import aligned_empty
@@ -30,12 +31,8 @@ SECTION = "limits"
 CHUNK = 1 << 20  # bytes per AES-GCM job: the segment size of a sealed record
 
 
-def cores() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+#: CPUs this process may run on
+cores = usable_cores
 
 
 def _slices(n: int, parts: int, align: int = 4096) -> list[slice]:
