@@ -108,3 +108,25 @@ def darknet_mirror(
         yield {"key": str(key), "spec": spec}
     finally:
         shutil.rmtree(shm, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def swtpm_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One manufactured software TPM (EK, EK certificate, its own local CA) per test process;
+    every ``swtpm`` starts from a copy of its state. ``.ci/run`` installs swtpm: without it
+    this fails (never skips)."""
+    from plinius.lab.swtpm import manufacture
+
+    base = tmp_path_factory.mktemp("swtpm-template")
+    manufacture(base)
+    return base
+
+
+@pytest.fixture
+def swtpm(swtpm_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A running ``swtpm socket --tpm2`` of its own (free loopback ports, temporary state),
+    stopped afterwards."""
+    from plinius.lab.swtpm import Swtpm
+
+    with Swtpm(tmp_path_factory.mktemp("swtpm"), template=swtpm_template) as tpm:
+        yield tpm

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         fp = info.fingerprint
         enclave = Enclave(platform, None, fingerprint=fp)
         if not enclave.ecall_unseal_key(key_id(key)):
-            provision(enclave, key, platform.quoting_public_pem, fp)
+            provision(enclave, key, platform.owner_verifier(), fp)
         enclave.ecall_attach_mirror(backend, MirrorCounters(platform, create=False))
         label, iteration = enclave.ecall_model_from_mirror(network_from_opened)
         acc, n = enclave.ecall_infer(backend, args.split)

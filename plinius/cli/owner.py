@@ -82,7 +82,7 @@ def run_provision(args: argparse.Namespace) -> int:
     platform = open_platform(args.platform, state_dir=args.state_dir)
     enclave = Enclave(platform, net, label, cfg)
     kid = provision(
-        enclave, read_key_file(args.key_file), platform.quoting_public_pem, net.fingerprint()
+        enclave, read_key_file(args.key_file), platform.owner_verifier(), net.fingerprint()
     )
     print(
         f"attested enclave {measurement(net.fingerprint()).hex()} (simulated SGX) and "

@@ -9,17 +9,32 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
 from plinius.core.errors import PliniusError
-from plinius.enclave.platform import Platform
+
+
+class _Signs(Protocol):
+    def sign_quote(self, body: bytes) -> bytes: ...
 
 
 class AttestationError(PliniusError):
     """A quote failed verification: wrong signature, measurement or report data."""
+
+
+#: the owner's check of a platform's quote: (quote bytes, expected measurement, the enclave's
+#: channel public key); raises :class:`AttestationError` naming what failed
+QuoteVerifier = Callable[[bytes, bytes, bytes], None]
+
+
+def quote_body(measurement: bytes, report_data: bytes) -> bytes:
+    """What a quote vouches for: the measurement and the report data, domain-separated."""
+    return b"plinius-quote-v1" + measurement + report_data
 
 
 @dataclass(frozen=True)
@@ -29,7 +44,7 @@ class Quote:
     signature: bytes
 
     def body(self) -> bytes:
-        return b"plinius-quote-v1" + self.measurement + self.report_data
+        return quote_body(self.measurement, self.report_data)
 
     def to_bytes(self) -> bytes:
         return json.dumps(
@@ -45,7 +60,7 @@ class Quote:
             raise AttestationError(f"malformed quote: {exc}") from None
 
 
-def make_quote(platform: Platform, measurement: bytes, report_data: bytes) -> Quote:
+def make_quote(platform: _Signs, measurement: bytes, report_data: bytes) -> Quote:
     """What the quoting enclave does: sign (measurement, report data) with the platform key."""
     if len(report_data) != 64:
         raise ValueError("report data is 64 bytes")
@@ -77,3 +92,14 @@ def verify_quote(
         )
     if not hmac.compare_digest(quote.report_data, report_data_for(enclave_public_key)):
         raise AttestationError("quote does not bind the enclave's channel key (report data)")
+
+
+def pinned_key_verifier(quoting_public_pem: str) -> QuoteVerifier:
+    """The simulated platform's quotes, checked against its pinned quoting key."""
+
+    def check(quote: bytes, expected_measurement: bytes, enclave_public_key: bytes) -> None:
+        verify_quote(
+            Quote.from_bytes(quote), quoting_public_pem, expected_measurement, enclave_public_key
+        )
+
+    return check

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
@@ -35,67 +34,21 @@ from plinius.core.fsutil import (
     read_regular,
     scratch_beside,
 )
+from plinius.enclave.attestation import QuoteVerifier, make_quote, pinned_key_verifier
+from plinius.enclave.platform_protocol import (
+    Platform,
+    _nested,
+    default_platform_dir,
+    default_state_dir,
+)
+from plinius.enclave.slot_files import SlotFiles
+from plinius.enclave.slot_state import SlotRecords
 
 FUSE_BYTES = 32
 
 
-def _xdg(var: str, fallback: str) -> Path:
-    env = os.environ.get(var)
-    return Path(env) if env else Path.home() / fallback
-
-
-def default_state_dir() -> Path:
-    """``$PLINIUS_STATE_DIR``, else ``$XDG_STATE_HOME/plinius``: untrusted, attacker-owned."""
-    env = os.environ.get("PLINIUS_STATE_DIR")
-    return Path(env) if env else _xdg("XDG_STATE_HOME", ".local/state") / "plinius"
-
-
-def default_platform_dir() -> Path:
-    """``$PLINIUS_PLATFORM_DIR``, else ``$XDG_DATA_HOME/plinius-platform``: the simulated CPU."""
-    env = os.environ.get("PLINIUS_PLATFORM_DIR")
-    return Path(env) if env else _xdg("XDG_DATA_HOME", ".local/share") / "plinius-platform"
-
-
-def _nested(a: Path, b: Path) -> bool:
-    ra, rb = os.path.realpath(a), os.path.realpath(b)
-    return ra == rb or ra.startswith(rb + os.sep) or rb.startswith(ra + os.sep)
-
-
-class Platform(Protocol):
-    """What the machine's root of trust gives the enclave and the host: keys bound to an
-    enclave's measurement, signed quotes, and a trusted place for the freshness records.
-
-    The simulated CPU (:class:`SimulatedPlatform`) is one implementation; a hardware root of
-    trust (a TPM) plugs in here. Only the platform package touches a platform's own files.
-    """
-
-    #: what reports call it, e.g. ``"simulated"``
-    kind: str
-    #: the trusted platform location (freshness records live below it)
-    dir: Path
-    #: where untrusted sealed state goes (sealed keys, the data set cache)
-    state_dir: Path
-
-    def derive(self, purpose: bytes, measurement: bytes, length: int = 16) -> bytes:
-        """A key only code with this ``measurement`` obtains (SGX EGETKEY, MRENCLAVE policy)."""
-        ...
-
-    def sign_quote(self, body: bytes) -> bytes:
-        """The platform's signature over a quote body (the quoting enclave's job)."""
-        ...
-
-    @property
-    def quoting_public_pem(self) -> str:
-        """What an owner pins to verify quotes from this platform."""
-        ...
-
-    def describe(self) -> dict[str, str]:
-        """What ran, for reports: the kind, where it lives, and that it is (not) hardware."""
-        ...
-
-
 #: ``--platform`` / ``$PLINIUS_PLATFORM`` kinds this build knows
-PLATFORM_KINDS = ("sim",)
+PLATFORM_KINDS = ("sim", "tpm")
 PLATFORM_ENV = "PLINIUS_PLATFORM"
 
 
@@ -105,14 +58,20 @@ def open_platform(
     state_dir: str | os.PathLike[str] | None = None,
     create: bool = True,
 ) -> Platform:
-    """The platform a spec names: ``sim`` (the simulated CPU at ``$PLINIUS_PLATFORM_DIR``) or
-    ``sim:DIR``; default ``$PLINIUS_PLATFORM``, else ``sim``."""
+    """The platform a spec names: ``sim`` (the simulated CPU at ``$PLINIUS_PLATFORM_DIR``),
+    ``sim:DIR``, or ``tpm:device=/dev/tpmrm0`` / ``tpm:swtpm=HOST:PORT`` (a TPM 2.0, see
+    :mod:`plinius.enclave.tpm_platform`); default ``$PLINIUS_PLATFORM``, else ``sim``."""
     spec = spec or os.environ.get(PLATFORM_ENV) or "sim"
     kind, _, where = spec.partition(":")
+    if kind == "tpm":
+        from plinius.enclave.tpm_platform import TpmPlatform
+
+        return TpmPlatform(spec, state_dir=state_dir, create=create)
     if kind != "sim":
         raise ConfigError(
             f"platform {spec!r}: unknown kind {kind!r}; this build knows "
-            f"{', '.join(PLATFORM_KINDS)} (sim or sim:DIR, the simulated CPU)"
+            f"{', '.join(PLATFORM_KINDS)} (sim or sim:DIR, the simulated CPU; "
+            "tpm:device=/dev/tpmrm0 or tpm:swtpm=HOST:PORT, a TPM 2.0)"
         )
     return SimulatedPlatform(where or None, state_dir=state_dir, create=create)
 
@@ -209,6 +168,19 @@ class SimulatedPlatform:
     def sign_quote(self, body: bytes) -> bytes:
         """Ed25519 over the quote body with the platform's quoting key."""
         return bytes(eddsa.new(self._quoting, "rfc8032").sign(body))
+
+    def attest(self, measurement: bytes, report_data: bytes) -> bytes:
+        """A quote signed with the simulated quoting key."""
+        return make_quote(self, measurement, report_data).to_bytes()
+
+    def owner_verifier(self) -> QuoteVerifier:
+        """Checks quotes against this simulated CPU's quoting key (the owner trusts it: the
+        simulated platform is trusted as a whole)."""
+        return pinned_key_verifier(self.quoting_public_pem)
+
+    def slot_records(self, *, create: bool = True) -> SlotRecords:
+        """Sealed files under the platform location, one per slot."""
+        return SlotFiles(self, create=create)
 
     def describe(self) -> dict[str, str]:
         return {

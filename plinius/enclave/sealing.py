@@ -9,13 +9,22 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
+from typing import Protocol
 
 from plinius.core.crypto import OVERHEAD, Engine, make_engine
 from plinius.core.errors import ConfigError, IntegrityError, NotFoundError
 from plinius.core.fsutil import atomic_write, private_dir, read_regular
-from plinius.enclave.platform import Platform
+from plinius.enclave.platform_protocol import Platform
 
 MAGIC = b"PLNSEAL1"
+
+
+class KeySource(Protocol):
+    """Whatever derives the sealing key: a platform (the simulated CPU, a TPM)."""
+
+    def derive(self, purpose: bytes, measurement: bytes, length: int = 16) -> bytes: ...
+
+
 _LABEL_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -27,7 +36,7 @@ def _engine(key: bytes, engine: str | None) -> Engine:
 
 
 def seal(
-    platform: Platform,
+    platform: KeySource,
     measurement: bytes,
     label: str,
     data: bytes,
@@ -44,7 +53,7 @@ def seal(
 
 
 def unseal(
-    platform: Platform,
+    platform: KeySource,
     measurement: bytes,
     label: str,
     blob: bytes,

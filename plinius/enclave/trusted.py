@@ -33,7 +33,7 @@ from plinius.core.errors import (
 )
 from plinius.core.memory import aligned_empty
 from plinius.core.model import Mirrorable, NamedBuffer, Trainable
-from plinius.enclave.attestation import make_quote, report_data_for
+from plinius.enclave.attestation import report_data_for
 from plinius.enclave.channel import EphemeralKey, unwrap
 from plinius.enclave.counter import (
     ID_BYTES,
@@ -44,7 +44,7 @@ from plinius.enclave.counter import (
     slot_name,
 )
 from plinius.enclave.measure import measurement
-from plinius.enclave.platform import Platform
+from plinius.enclave.platform_protocol import Platform
 from plinius.enclave.replicas import Replica, Replicator, Warn
 from plinius.enclave.sealing import SealedStore
 from plinius.format.mirror import (
@@ -220,8 +220,7 @@ class Enclave:
     def ecall_attest(self) -> tuple[bytes, bytes]:
         """A quote over this enclave's measurement binding a fresh channel key; and that key."""
         self._channel = EphemeralKey()
-        quote = make_quote(self._platform, self.measurement, report_data_for(self._channel.public))
-        self._quote = quote.to_bytes()
+        self._quote = self._platform.attest(self.measurement, report_data_for(self._channel.public))
         return self._quote, self._channel.public
 
     def ecall_provision(self, owner_public: bytes, wrapped_key: bytes) -> bytes:

@@ -130,8 +130,8 @@ class Session:
             owner(data_key)
         if self.enclave.ecall_unseal_key(key_id(data_key)):
             return False
-        pem = self.platform.quoting_public_pem
-        provision(self.enclave, data_key, pem, self.model.fingerprint())
+        verifier = self.platform.owner_verifier()
+        provision(self.enclave, data_key, verifier, self.model.fingerprint())
         return True
 
     # --- storage -----------------------------------------------------------------------------

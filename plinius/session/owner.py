@@ -15,7 +15,7 @@ from plinius.core.crypto import Engine, make_engine
 from plinius.core.datasets import load_dataset
 from plinius.core.errors import ConfigError, PliniusError
 from plinius.core.fsutil import check_path, link_new, private_dir, scratch_beside
-from plinius.enclave.attestation import Quote, verify_quote
+from plinius.enclave.attestation import QuoteVerifier, pinned_key_verifier
 from plinius.enclave.channel import EphemeralKey, wrap
 from plinius.enclave.counter import FreshnessGuard, MirrorCounters
 from plinius.enclave.measure import measurement
@@ -32,11 +32,17 @@ from plinius.nn import Network, save_weights
 from plinius.nn.mirrored import network_from_opened
 
 
-def provision(enclave: Enclave, key: bytes, quoting_public_pem: str, model_fp: bytes) -> bytes:
-    """Attest ``enclave`` (expected measurement computed here) and hand it ``key``."""
+def provision(
+    enclave: Enclave, key: bytes, verifier: QuoteVerifier | str, model_fp: bytes
+) -> bytes:
+    """Attest ``enclave`` (expected measurement computed here) and hand it ``key``.
+
+    ``verifier``: the platform's :meth:`~plinius.enclave.platform.Platform.owner_verifier`
+    (or a simulated platform's pinned quoting key, PEM)."""
+    check = pinned_key_verifier(verifier) if isinstance(verifier, str) else verifier
     expected = measurement(model_fp)
     quote_bytes, enclave_public = enclave.ecall_attest()
-    verify_quote(Quote.from_bytes(quote_bytes), quoting_public_pem, expected, enclave_public)
+    check(quote_bytes, expected, enclave_public)
     mine = EphemeralKey()
     chan = mine.channel_key(enclave_public, quote_bytes + mine.public + enclave_public)
     return enclave.ecall_provision(mine.public, wrap(chan, key, PROVISION_AAD + expected))

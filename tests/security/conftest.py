@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_runner import run_cli as _run
@@ -38,7 +39,8 @@ def assert_refused(res: subprocess.CompletedProcess[str], *needles: str) -> None
 
 @dataclass
 class World:
-    """A victim: owner key, encrypted data set, state dir, platform dir, scratch dirs."""
+    """A victim: owner key, encrypted data set, state dir, platform dir, scratch dirs, and the
+    platform spec (None: the simulated CPU in ``platform``; else a TPM keeping its files there)."""
 
     root: Path
     key: Path
@@ -46,18 +48,32 @@ class World:
     state: Path
     platform: Path
     shm: Path
+    spec: str | None = None
+    tpm: Any = None
 
     @property
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             **os.environ,
             "PLINIUS_STATE_DIR": str(self.state),
             "PLINIUS_PLATFORM_DIR": str(self.platform),
         }
+        env.pop("PLINIUS_PLATFORM", None)
+        if self.spec is not None:
+            env["PLINIUS_PLATFORM"] = self.spec
+        return env
 
 
 @pytest.fixture
-def world(tmp_path: Path, shm_dir: Path) -> World:
+def platform_kind() -> str:
+    """The victim's platform: the simulated CPU unless a module asks for both."""
+    return "sim"
+
+
+@pytest.fixture
+def world(
+    tmp_path: Path, shm_dir: Path, platform_kind: str, request: pytest.FixtureRequest
+) -> World:
     key = tmp_path / "owner.key"
     write_key_file(key, generate_key())
     w = World(
@@ -68,6 +84,9 @@ def world(tmp_path: Path, shm_dir: Path) -> World:
         platform=tmp_path / "platform",
         shm=shm_dir,
     )
+    if platform_kind == "tpm":
+        w.tpm = request.getfixturevalue("swtpm")
+        w.spec = w.tpm.spec(w.platform)
     res = _run("owner", "encrypt-data", "--key-file", str(key), "--out", str(w.data), env=w.env)
     assert res.returncode == 0, res.stderr
     return w

@@ -25,6 +25,13 @@ from .conftest import CliRunner, World, assert_refused
 FILE_BACKENDS = ["tmpfs", "ssd"]
 
 
+@pytest.fixture(params=["sim", "tpm"])
+def platform_kind(request: pytest.FixtureRequest) -> str:
+    """Every attack here runs against both platforms: the simulated CPU and a real (software)
+    TPM 2.0 started by the ``swtpm`` fixture."""
+    return str(request.param)
+
+
 def spec_for(world: World, kind: str, name: str) -> str:
     if kind == "romulus":
         return f"romulus:{world.shm / (name + '.pool')}?size=32M"
@@ -89,6 +96,7 @@ def assert_all_refuse(run_cli: CliRunner, world: World, spec: str, *needles: str
 # --- class 2: the CPU secret is never where the attacker is --------------------------------
 
 
+@pytest.mark.parametrize("platform_kind", ["sim"])
 def test_cpu_secret_is_outside_state_dir_and_backend(run_cli: CliRunner, world: World) -> None:
     spec = spec_for(world, "tmpfs", "m")
     train(run_cli, world, spec, 3)
@@ -105,6 +113,7 @@ def test_cpu_secret_is_outside_state_dir_and_backend(run_cli: CliRunner, world: 
     assert not list(world.state.rglob("fuse.key")) and not list(world.state.rglob("counters"))
 
 
+@pytest.mark.parametrize("platform_kind", ["sim"])
 def test_platform_location_inside_state_dir_is_refused(run_cli: CliRunner, world: World) -> None:
     env = {**world.env, "PLINIUS_PLATFORM_DIR": str(world.state / "cpu")}
     res = run_cli(

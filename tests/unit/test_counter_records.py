@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-import plinius.enclave.counter as cm
+import plinius.enclave.slot_files as cm
 from plinius.enclave.counter import Extent, MirrorCounters, Stamp
 from plinius.enclave.platform import SimulatedPlatform
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import plinius.enclave.counter as counter_mod
+import plinius.enclave.slot_files as counter_mod
 import plinius.format.mirror as mirror_mod
 from plinius.backends.base import Backend, Blob
 from plinius.backends.registry import open_backend

@@ -1,0 +1,338 @@
+"""The TPM 2.0 commands the ``tpm`` platform uses, through tpm2-pytss (ESAPI): a keyed-hash key
+that never leaves the TPM, one NV counter, and quotes by an attestation key under the EK.
+
+Each use opens its own connection (:meth:`TpmLink.session`) and flushes every transient object
+it loaded before closing it: swtpm serves one connection at a time and has no resource
+manager, so a process that held a connection open would stall every other one on that TPM, and
+objects left loaded by a killed process would fill its three transient slots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from plinius.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tpm2_pytss import ESAPI
+
+#: how to get the extra; tpm2-pytss builds against the TSS2 headers
+TPM_INSTALL_HINT = (
+    "pip install 'plinius[tpm]' (tpm2-pytss; building it needs libtss2-dev and pkg-config: "
+    "apt-get install libtss2-dev pkg-config)"
+)
+#: the owner hierarchy's authorisation, needed once to define the NV counter
+OWNER_AUTH_ENV = "PLINIUS_TPM_OWNER_AUTH"
+#: the persistent RSA EK (TCG EK profile), and the NV index of its certificate
+EK_HANDLE = 0x81010001
+EK_CERT_INDEX = 0x01C00002
+#: the PCR the enclave measurement is extended into for a quote: 23, "application support",
+#: resettable from locality 0, so each quote starts it from zeros
+QUOTE_PCR = 23
+
+
+def pytss() -> Any:
+    """tpm2_pytss, or the one-line install hint (the extra is optional)."""
+    os.environ.setdefault("TSS2_LOG", "all+NONE")  # ESYS logs expected TPM errors to stderr
+    try:
+        import tpm2_pytss
+    except ImportError:
+        raise ConfigError(f"the tpm platform needs tpm2-pytss: {TPM_INSTALL_HINT}") from None
+    return tpm2_pytss
+
+
+def owner_auth() -> bytes:
+    """The owner hierarchy's authorisation value (``$PLINIUS_TPM_OWNER_AUTH``, default empty)."""
+    return os.environ.get(OWNER_AUTH_ENV, "").encode()
+
+
+def tpm_error(exc: BaseException) -> str:
+    """A TSS2 error as one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class CounterInfo:
+    """The public area of an NV index, as far as freshness cares."""
+
+    is_counter: bool
+    written: bool
+    attributes: int
+
+
+class TpmLink:
+    """One TPM, named by its TCTI (``device:/dev/tpmrm0`` or ``swtpm:host=H,port=P``)."""
+
+    def __init__(self, tcti: str, what: str) -> None:
+        self.tcti = tcti
+        self.what = what
+        self._lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[ESAPI]:
+        """An ESAPI connection for one short use; TPM errors become one-line ConfigErrors."""
+        t = pytss()
+        with self._lock:
+            try:
+                esapi = t.ESAPI(self.tcti)
+            except Exception as exc:  # TSS2_Exception, or a TCTI that cannot connect
+                raise ConfigError(
+                    f"cannot reach the TPM at {self.what}: {tpm_error(exc)}"
+                ) from None
+            try:
+                yield esapi
+            except t.TSS2_Exception as exc:
+                raise ConfigError(f"TPM at {self.what}: {tpm_error(exc)}") from None
+            finally:
+                with contextlib.suppress(Exception):
+                    esapi.close()
+
+
+# --- the keyed-hash key ---------------------------------------------------------------------
+
+
+def _srk(e: ESAPI) -> Any:
+    """The owner hierarchy's storage primary, re-made from the owner seed (same template, same
+    key): ECC P-256, which a TPM makes far faster than RSA."""
+    t = pytss()
+    tmpl = t.types.TPM2B_PUBLIC.parse(
+        "ecc256:aes128cfb",
+        objectAttributes=t.constants.TPMA_OBJECT.DEFAULT_TPM2_TOOLS_CREATEPRIMARY_ATTRS,
+    )
+    handle, *_ = e.create_primary(None, tmpl, t.constants.ESYS_TR.OWNER)
+    return handle
+
+
+def _hmac_template() -> Any:
+    t = pytss()
+    a = t.constants.TPMA_OBJECT
+    attrs = a.FIXEDTPM | a.FIXEDPARENT | a.SENSITIVEDATAORIGIN | a.USERWITHAUTH | a.SIGN_ENCRYPT
+    return t.types.TPM2B_PUBLIC.parse("hmac:sha256", objectAttributes=attrs | a.NODA)
+
+
+def create_hmac_key(e: ESAPI) -> bytes:
+    """A new keyed-hash key made inside the TPM: its TPM-wrapped blob (public || private),
+    which loads only under this TPM's storage primary."""
+    srk = _srk(e)
+    try:
+        priv, pub, *_ = e.create(srk, None, _hmac_template())
+    finally:
+        e.flush_context(srk)
+    return bytes(pub.marshal()) + bytes(priv.marshal())
+
+
+def check_hmac_blob(blob: bytes, what: str) -> tuple[Any, Any]:
+    """The (public, private) of a key blob, refused unless it is a TPM-made, TPM-bound
+    keyed-hash key (an attacker's key with known bits must never stand in for ours)."""
+    t = pytss()
+    a = t.constants.TPMA_OBJECT
+    try:
+        pub, used = t.types.TPM2B_PUBLIC.unmarshal(blob)
+        priv, rest = t.types.TPM2B_PRIVATE.unmarshal(blob[used:])
+    except Exception:
+        raise ConfigError(f"{what} is not a TPM key blob") from None
+    if used + rest != len(blob):
+        raise ConfigError(f"{what} has trailing bytes: not a TPM key blob")
+    area = pub.publicArea
+    need = a.FIXEDTPM | a.FIXEDPARENT | a.SENSITIVEDATAORIGIN
+    if area.type != t.constants.TPM2_ALG.KEYEDHASH or (int(area.objectAttributes) & need) != need:
+        raise ConfigError(
+            f"{what} is not a keyed-hash key made inside the TPM (fixedTPM, fixedParent, "
+            "sensitiveDataOrigin): refusing a key whose bits may be known"
+        )
+    return pub, priv
+
+
+def tpm_hmac(e: ESAPI, blob: bytes, labels: list[bytes], what: str) -> list[bytes]:
+    """HMAC-SHA256 of each label with the key in ``blob``, computed inside the TPM."""
+    t = pytss()
+    pub, priv = check_hmac_blob(blob, what)
+    srk = _srk(e)
+    try:
+        key = e.load(srk, priv, pub)
+    except t.TSS2_Exception as exc:
+        raise ConfigError(
+            f"{what} does not load on this TPM ({tpm_error(exc)}): it was made by another TPM "
+            "(the platform directory was copied from another machine) or the owner hierarchy "
+            "was cleared"
+        ) from None
+    finally:
+        e.flush_context(srk)
+    try:
+        return [bytes(e.hmac(key, label, t.constants.TPM2_ALG.SHA256)) for label in labels]
+    finally:
+        e.flush_context(key)
+
+
+# --- the NV counter -------------------------------------------------------------------------
+
+
+def _counter_attrs() -> int:
+    t = pytss()
+    nv = t.constants.TPMA_NV
+    kind = t.constants.TPM2_NT.COUNTER << nv.TPM2_NT_SHIFT
+    return int(kind | nv.AUTHWRITE | nv.AUTHREAD | nv.OWNERREAD | nv.NO_DA)
+
+
+def open_counter(e: ESAPI, index: int) -> tuple[Any, CounterInfo] | None:
+    """NV index ``index``'s ESAPI handle and public area (None: not defined)."""
+    t = pytss()
+    try:
+        handle = e.tr_from_tpmpublic(index)
+    except t.TSS2_Exception as exc:
+        if exc.rc & 0xFF == 0x8B:  # TPM_RC_HANDLE: no such index
+            return None
+        raise
+    pub, _ = e.nv_read_public(handle)
+    attrs = int(pub.nvPublic.attributes)
+    nv = t.constants.TPMA_NV
+    kind = (attrs & int(nv.TPM2_NT_MASK)) >> int(nv.TPM2_NT_SHIFT)
+    info = CounterInfo(
+        is_counter=kind == int(t.constants.TPM2_NT.COUNTER),
+        written=bool(attrs & int(nv.WRITTEN)),
+        attributes=attrs,
+    )
+    return handle, info
+
+
+def define_counter(e: ESAPI, index: int, owner_auth: bytes) -> None:
+    """Define the NV counter (owner authorisation; the index's own auth is empty, no DA)."""
+    t = pytss()
+    e.tr_set_auth(t.constants.ESYS_TR.OWNER, owner_auth)
+    area = t.types.TPMS_NV_PUBLIC(
+        nvIndex=index,
+        nameAlg=t.constants.TPM2_ALG.SHA256,
+        attributes=t.constants.TPMA_NV(_counter_attrs()),
+        dataSize=8,
+    )
+    e.nv_define_space(b"", t.types.TPM2B_NV_PUBLIC(area), t.constants.ESYS_TR.OWNER)
+
+
+def counter_value(e: ESAPI, handle: Any) -> int:
+    return int.from_bytes(bytes(e.nv_read(handle, 8, 0)), "big")
+
+
+def counter_increment(e: ESAPI, handle: Any) -> None:
+    e.nv_increment(handle)
+
+
+# --- attestation ----------------------------------------------------------------------------
+
+
+def _ek_session(e: ESAPI) -> Any:
+    """The EK's policy (PolicySecret of the endorsement hierarchy): one session per use."""
+    t = pytss()
+    c = t.constants
+    s = e.start_auth_session(
+        c.ESYS_TR.NONE,
+        c.ESYS_TR.NONE,
+        c.TPM2_SE.POLICY,
+        t.types.TPMT_SYM_DEF.parse("aes128cfb"),
+        c.TPM2_ALG.SHA256,
+    )
+    e.policy_secret(c.ESYS_TR.ENDORSEMENT, s)
+    return s
+
+
+def _ek(e: ESAPI) -> Any:
+    return e.tr_from_tpmpublic(EK_HANDLE)
+
+
+def ek_certificate(e: ESAPI) -> tuple[bytes, bytes]:
+    """(the EK's certificate, DER; the EK's public area, marshalled)."""
+    t = pytss()
+    handle = e.tr_from_tpmpublic(EK_CERT_INDEX)
+    pub, _ = e.nv_read_public(handle)
+    size = int(pub.nvPublic.dataSize)
+    _, cap = e.get_capability(
+        t.constants.TPM2_CAP.TPM_PROPERTIES, t.constants.TPM2_PT_NV.BUFFER_MAX
+    )
+    chunk = int(cap.data.tpmProperties.tpmProperty[0].value)
+    der = b""
+    while len(der) < size:
+        der += bytes(e.nv_read(handle, min(chunk, size - len(der)), len(der)))
+    ek_pub, _, _ = e.read_public(_ek(e))
+    return der, bytes(ek_pub.marshal())
+
+
+def create_ak(e: ESAPI) -> bytes:
+    """A restricted ECC P-256 signing key under the EK: its blob (public || private)."""
+    t = pytss()
+    a = t.constants.TPMA_OBJECT
+    attrs = (
+        a.RESTRICTED
+        | a.SIGN_ENCRYPT
+        | a.FIXEDTPM
+        | a.FIXEDPARENT
+        | a.SENSITIVEDATAORIGIN
+        | a.USERWITHAUTH
+    )
+    tmpl = t.types.TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256:null", objectAttributes=attrs)
+    s = _ek_session(e)
+    try:
+        priv, pub, *_ = e.create(_ek(e), None, tmpl, session1=s)
+    finally:
+        e.flush_context(s)
+    return bytes(pub.marshal()) + bytes(priv.marshal())
+
+
+@contextlib.contextmanager
+def _loaded_ak(e: ESAPI, blob: bytes) -> Iterator[Any]:
+    t = pytss()
+    pub, used = t.types.TPM2B_PUBLIC.unmarshal(blob)
+    priv, _ = t.types.TPM2B_PRIVATE.unmarshal(blob[used:])
+    s = _ek_session(e)
+    try:
+        ak = e.load(_ek(e), priv, pub, session1=s)
+    finally:
+        e.flush_context(s)
+    try:
+        yield ak
+    finally:
+        e.flush_context(ak)
+
+
+def pcr_event(measurement: bytes) -> bytes:
+    """What a quote extends into :data:`QUOTE_PCR` for an enclave measurement."""
+    return hashlib.sha256(b"plinius-enclave-measurement" + measurement).digest()
+
+
+def quote(e: ESAPI, ak_blob: bytes, measurement: bytes, nonce: bytes) -> tuple[bytes, bytes]:
+    """Reset :data:`QUOTE_PCR`, extend the measurement's event into it and quote it with the
+    AK over ``nonce``: (TPMS_ATTEST, TPMT_SIGNATURE), both marshalled."""
+    t = pytss()
+    c = t.constants
+    pcr = c.ESYS_TR.parse(f"pcr{QUOTE_PCR}")
+    e.pcr_reset(pcr)
+    digest = t.types.TPMT_HA(
+        hashAlg=c.TPM2_ALG.SHA256, digest=t.types.TPMU_HA(sha256=pcr_event(measurement))
+    )
+    e.pcr_extend(pcr, t.types.TPML_DIGEST_VALUES([digest]))
+    with _loaded_ak(e, ak_blob) as ak:
+        attest, sig = e.quote(
+            ak, f"sha256:{QUOTE_PCR}", nonce, t.types.TPMT_SIG_SCHEME(scheme=c.TPM2_ALG.NULL)
+        )
+    return bytes(attest), bytes(sig.marshal())
+
+
+def activate_credential(e: ESAPI, ak_blob: bytes, id_object: bytes, secret: bytes) -> bytes:
+    """TPM2_ActivateCredential: the EK opens a challenge made for the AK's name, which proves
+    the AK lives in the TPM the EK certificate names."""
+    t = pytss()
+    ido, _ = t.types.TPM2B_ID_OBJECT.unmarshal(id_object)
+    enc, _ = t.types.TPM2B_ENCRYPTED_SECRET.unmarshal(secret)
+    with _loaded_ak(e, ak_blob) as ak:
+        s = _ek_session(e)
+        try:
+            got = e.activate_credential(
+                ak, _ek(e), ido, enc, session1=t.constants.ESYS_TR.PASSWORD, session2=s
+            )
+        finally:
+            e.flush_context(s)
+    return bytes(got)
