@@ -25,6 +25,9 @@ asv's clock is the contender's own: ``time_op`` calls ``contender.run(op)``, whi
 seconds of the operation alone, and :func:`contender_clock` advances by exactly those. So asv
 records the figure ``plinius bench`` records, without what the contender keeps outside its
 timing (the page-cache drop before a cold restore, zeroing and checking a torch restore).
+
+The ``freshness`` section runs on its own, not in the rounds: its class,
+:class:`FreshnessContenders`, is written out below, in the same shape.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from plinius.core.crypto import make_engine
+from plinius.lab.bench import freshness
 from plinius.lab.bench.contenders import Contender
 from plinius.lab.bench.registry import (
     NotRun,
@@ -62,6 +66,10 @@ OPS = {
     "torch": ("save", "restore", "save (until written)"),
 }
 DEFAULT_OPS = ("save", "restore")
+#: the freshness class: saves per timed block (a multiple of 4: every block of counter_every=8
+#: holds as many counter moves) and calls per timed primitive
+FRESHNESS_SAVES = 8
+FRESHNESS_CALLS = 10
 
 #: what ``plinius bench`` runs by default: the default plan, the engine ``auto`` picks here
 OPTIONS = SuiteOptions(plan=list(default_plan()), sizes=[10.0], repeats=1, engine=make_engine(KEY))
@@ -189,3 +197,53 @@ def _generate() -> dict[str, type]:
 
 
 globals().update(_generate())
+
+
+class FreshnessContenders:
+    """``plinius bench`` section ``freshness`` (it runs on its own, not in the rounds, so no
+    class is generated for it): ``time_op`` over ``(contender, op)``, built, timed and closed
+    as the section does (:class:`plinius.lab.bench.freshness.FreshnessBench`). ``save``: the
+    seconds per save of a block of :data:`FRESHNESS_SAVES` saves (``begin`` + ``commit``) on the
+    simulated CPU or on swtpm, a software TPM, at ``counter_every`` 1, 8 and 30s; the ops of
+    ``swtpm-primitives``: the seconds per call of each raw swtpm command. An op the contender
+    lacks, or a contender that cannot run here (no swtpm, no tpm2-pytss: its one-line reason),
+    raises NotImplementedError."""
+
+    section_name = "freshness"
+    param_names = ["contender", "op"]
+    params = (list(freshness.IDS), list(freshness.OPS))
+    timer = staticmethod(contender_clock)
+    timeout = 600
+    number = 1
+    repeat = (3, 7, 20.0)
+
+    def setup(self, contender: str, op: str) -> None:
+        self.contender: Contender | None = None
+        self.bench: freshness.FreshnessBench | None = None
+        if op not in freshness.ops_of(contender):
+            raise NotImplementedError(f"{contender} has no {op!r}")
+        try:
+            self.bench = freshness.FreshnessBench(
+                [contender], saves=FRESHNESS_SAVES, calls=FRESHNESS_CALLS
+            )
+            if contender in self.bench.not_run:
+                raise NotImplementedError(f"{contender}: {self.bench.not_run[contender]}")
+            (self.contender,) = self.bench.contenders
+            self.contender.run(op)  # warm-up, as the other classes warm up
+        except BaseException:
+            self.teardown()
+            raise
+
+    def teardown(self, *args: Any) -> None:
+        contender, self.contender = getattr(self, "contender", None), None
+        bench, self.bench = getattr(self, "bench", None), None
+        try:
+            if contender is not None:
+                contender.close()
+        finally:
+            if bench is not None:
+                bench.close()  # swtpm stopped, scratch directory removed
+
+    def time_op(self, contender: str, op: str) -> None:
+        assert self.contender is not None
+        _clock[0] += self.contender.run(op)
