@@ -1,7 +1,8 @@
 """A PyTorch training run mirrored by TorchMirror, killed and resumed by test_torch_kill.py.
 
-``python torch_kill_child.py SPEC KEY ITERATIONS ASYNC``: prints each iteration done, then the
-digest of everything the run would go on from (weights, optimizer, scheduler, RNGs, extra).
+``python torch_kill_child.py SPEC KEY ITERATIONS ASYNC [PLATFORM]``: prints each iteration done,
+then the digest of everything the run would go on from (weights, optimizer, scheduler, RNGs,
+extra). ``PLATFORM``: a platform spec given to ``TorchMirror(platform=...)``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import numpy as np
 import torch
 
+from plinius.enclave.platform import open_platform
 from plinius.torch import TorchMirror
 
 
@@ -30,9 +32,10 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.7)
     extra: dict[str, int] = {"cursor": 0}
+    platform = open_platform(sys.argv[5]) if len(sys.argv) > 5 else None
     with TorchMirror(
         model, opt, backend=spec, key_file=key, scheduler=sched, extra_state=extra,
-        asynchronous=asynchronous == "1",
+        asynchronous=asynchronous == "1", platform=platform,
     ) as mirror:  # fmt: skip
         for it in range(mirror.restore(), iterations):
             x = torch.randn(32, 64) + float(np.random.random())

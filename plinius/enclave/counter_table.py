@@ -15,6 +15,12 @@ flight, as the simulated CPU does). Refused: a table bound to any other value (r
 or from before the counter was redefined), a table that does not authenticate (altered, or
 made by another TPM), a missing table where the counter was set up.
 
+One window is left, once per platform and before any mirror: a first setup killed between the
+counter's first increment and the first table's write leaves a counter with no table, which
+looks exactly like a deleted table (the counter's first value is the TPM's, not ours, so
+nothing tells the two apart) and is refused the same way; the message says how to set the
+platform up again.
+
 Why two steps: a table is only ever written for a value the writer itself moved the counter
 next to, and the TPM reaches each value once, so no two different tables are ever bound to
 one value, even when a writer is killed after its write and before its increment and the
@@ -231,8 +237,9 @@ class CounterTable:
                 raise _Unset()
             raise RollbackError(
                 f"the freshness table {self.path} is missing but {idx} is at {value}: it was "
-                "deleted (or this platform's first setup was killed before writing it); "
-                "refusing to start over without the records"
+                "deleted; refusing to start over without the records (if this platform never "
+                "committed a mirror, its first setup was killed: give it another nv= index, "
+                f"or undefine this one: tpm2_nvundefine -C o {self.platform.nv_index:#x})"
             )
         table = self._parse(raw)
         if handle is None or value is None:

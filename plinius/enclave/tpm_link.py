@@ -97,16 +97,52 @@ class TpmLink:
 # --- the keyed-hash key ---------------------------------------------------------------------
 
 
-def _srk(e: ESAPI) -> Any:
-    """The owner hierarchy's storage primary, re-made from the owner seed (same template, same
-    key): ECC P-256, which a TPM makes far faster than RSA."""
+#: the persistent storage root key's handle (the TCG's recommended SRK handle)
+SRK_HANDLE = 0x81000001
+
+
+def _srk_template() -> Any:
     t = pytss()
-    tmpl = t.types.TPM2B_PUBLIC.parse(
+    return t.types.TPM2B_PUBLIC.parse(
         "ecc256:aes128cfb",
         objectAttributes=t.constants.TPMA_OBJECT.DEFAULT_TPM2_TOOLS_CREATEPRIMARY_ATTRS,
     )
-    handle, *_ = e.create_primary(None, tmpl, t.constants.ESYS_TR.OWNER)
-    return handle
+
+
+@contextlib.contextmanager
+def _srk(e: ESAPI, *, persist: bool = False) -> Iterator[Any]:
+    """The owner hierarchy's storage root key: the persistent one at :data:`SRK_HANDLE` (no
+    auth needed to use it), else the primary re-made from the owner seed (same template, same
+    key; ECC P-256, which a TPM makes far faster than RSA), which takes the owner hierarchy's
+    auth (``$PLINIUS_TPM_OWNER_AUTH`` where the machine's owner set one); ``persist``: make it
+    persistent then (the platform's setup, once)."""
+    t = pytss()
+    c = t.constants
+    try:
+        handle = e.tr_from_tpmpublic(SRK_HANDLE)
+    except t.TSS2_Exception as exc:
+        if exc.rc & 0xFF != 0x8B:  # anything but "no such handle"
+            raise
+        handle = None
+    if handle is not None:
+        pub, _, _ = e.read_public(handle)
+        a = c.TPMA_OBJECT
+        need = a.FIXEDTPM | a.FIXEDPARENT | a.RESTRICTED | a.DECRYPT | a.SENSITIVEDATAORIGIN
+        if (int(pub.publicArea.objectAttributes) & int(need)) != int(need):
+            raise ConfigError(
+                f"the key at {SRK_HANDLE:#x} is not a TPM-bound storage key: not using it as "
+                "the storage root (whoever holds the owner hierarchy put it there)"
+            )
+        yield handle
+        return
+    e.tr_set_auth(c.ESYS_TR.OWNER, owner_auth())
+    primary, *_ = e.create_primary(None, _srk_template(), c.ESYS_TR.OWNER)
+    try:
+        if persist:
+            e.evict_control(c.ESYS_TR.OWNER, primary, SRK_HANDLE)
+        yield primary
+    finally:
+        e.flush_context(primary)
 
 
 def _hmac_template() -> Any:
@@ -119,11 +155,8 @@ def _hmac_template() -> Any:
 def create_hmac_key(e: ESAPI) -> bytes:
     """A new keyed-hash key made inside the TPM: its TPM-wrapped blob (public || private),
     which loads only under this TPM's storage primary."""
-    srk = _srk(e)
-    try:
+    with _srk(e, persist=True) as srk:
         priv, pub, *_ = e.create(srk, None, _hmac_template())
-    finally:
-        e.flush_context(srk)
     return bytes(pub.marshal()) + bytes(priv.marshal())
 
 
@@ -153,17 +186,15 @@ def tpm_hmac(e: ESAPI, blob: bytes, labels: list[bytes], what: str) -> list[byte
     """HMAC-SHA256 of each label with the key in ``blob``, computed inside the TPM."""
     t = pytss()
     pub, priv = check_hmac_blob(blob, what)
-    srk = _srk(e)
-    try:
-        key = e.load(srk, priv, pub)
-    except t.TSS2_Exception as exc:
-        raise ConfigError(
-            f"{what} does not load on this TPM ({tpm_error(exc)}): it was made by another TPM "
-            "(the platform directory was copied from another machine) or the owner hierarchy "
-            "was cleared"
-        ) from None
-    finally:
-        e.flush_context(srk)
+    with _srk(e) as srk:
+        try:
+            key = e.load(srk, priv, pub)
+        except t.TSS2_Exception as exc:
+            raise ConfigError(
+                f"{what} does not load on this TPM ({tpm_error(exc)}): it was made by another "
+                "TPM (the platform directory was copied from another machine) or the owner "
+                "hierarchy was cleared"
+            ) from None
     try:
         return [bytes(e.hmac(key, label, t.constants.TPM2_ALG.SHA256)) for label in labels]
     finally:

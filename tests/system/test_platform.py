@@ -27,11 +27,23 @@ def test_specs_name_the_simulated_cpu_or_fail_in_one_line(
     assert p.describe()["kind"] == "simulated" and "no SGX or TPM" in p.describe()["note"]
     monkeypatch.setenv("PLINIUS_PLATFORM", f"sim:{tmp_path / 'env'}")
     assert open_platform(state_dir=state).dir == tmp_path / "env"
-    with pytest.raises(ConfigError, match="unknown kind 'tpm'; this build knows sim"):
-        open_platform("tpm:device=/dev/tpmrm0", state_dir=state)
+    with pytest.raises(ConfigError, match="unknown kind 'x'; this build knows sim, tpm"):
+        open_platform("x:y", state_dir=state)
+    for bad, why in [
+        ("tpm:", "name the TPM with device="),
+        ("tpm:swtpm=h", "swtpm= takes HOST:PORT"),
+        ("tpm:device=rel", "absolute path"),
+        ("tpm:swtpm=127.0.0.1:1,nv=0x81000000", "not in the owner NV range"),
+        ("tpm:swtpm=127.0.0.1:1,counter_every=0", "counter_every='0'"),
+        ("tpm:swtpm=127.0.0.1:1,colour=red", "'colour=red' is not one of"),
+    ]:
+        with pytest.raises(ConfigError, match=why) as err:
+            open_platform(bad, state_dir=state)
+        assert "\n" not in str(err.value)
     typed: Platform = p  # the simulated CPU is one implementation of the protocol
-    quote = typed.sign_quote(b"body")
-    assert len(quote) == 64
+    quote = typed.attest(bytes(32), bytes(64))
+    assert b"signature" in quote
+    assert len(p.sign_quote(b"body")) == 64
 
 
 def test_train_and_verify_on_a_platform_given_by_spec(tmp_path: Path) -> None:

@@ -1,0 +1,242 @@
+"""The tpm platform against a real (software) TPM 2.0: ``swtpm socket --tpm2`` started per test
+on free loopback ports. Crashes at every step of a freshness change, real SIGKILLs of the
+trainer and of a TorchMirror run, and exact resume on the TPM platform."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_runner import cli_argv, run_cli, train_args
+
+from plinius.core.crypto import generate_key, write_key_file
+from plinius.core.errors import RollbackError
+from plinius.enclave.counter import Extent, MirrorCounters, Stamp
+from plinius.enclave.platform import open_platform
+
+SLOT = "5" * 32
+
+# The child makes SAVES saves (begin + commit) on one slot of the TPM platform ``argv[1]`` and
+# SIGKILLs itself at the ``argv[2]``-th step of the counter protocol (0: never; it then prints
+# how many steps it took). ``argv[3]``: the first version it saves.
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    import plinius.enclave.counter_table as ct
+    from plinius.enclave.counter import Extent, MirrorCounters, Stamp
+    from plinius.enclave.platform import open_platform
+
+    spec, kill_at, first = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    steps = []
+
+    def reached(step):
+        steps.append(step)
+        print(step, file=sys.stderr, flush=True)
+        if len(steps) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    ct._reached = reached
+    counters = MirrorCounters(open_platform(spec, state_dir=Path(sys.argv[4])))
+    slot = "5" * 32
+    state = counters.read(slot)
+    for v in range(first, first + 3):
+        stamp = Stamp(b"r" * 16, v, bytes([v]) * 16)
+        counters.begin(slot, stamp, Extent(1000 + v, 100))
+        counters.commit(slot, stamp)
+    print(len(steps), " ".join(steps))
+    """
+)
+
+
+def _child(spec: str, kill_at: int, first: int, state: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-P", "-c", CHILD, spec, str(kill_at), str(first), str(state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_a_crash_at_every_step_of_a_change_is_recovered_without_refusal(
+    swtpm: Any, tmp_path: Path
+) -> None:
+    """Killed at each step of the counter protocol (the first setup, an increment before the
+    table is written, the table written, the increment after it), the next process reads the
+    slot without a refusal, finds the state from before or after the interrupted change (at
+    most the one save in flight), and goes on saving."""
+    state = tmp_path / "state"
+    clean = _child(swtpm.spec(tmp_path / "probe", nv="0x01000010"), 0, 1, state)
+    assert clean.returncode == 0, clean.stderr
+    total = int(clean.stdout.split()[0])
+    names = set(clean.stdout.split()[1:])
+    assert {"define", "setup-increment", "increment-before", "table-written"} <= names
+    assert "increment-after" in names
+    for kill_at in range(1, total + 1):
+        spec = swtpm.spec(tmp_path / f"p{kill_at}", nv=f"{0x01000100 + kill_at:#x}")
+        killed = _child(spec, kill_at, 1, state)
+        assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stdout, killed.stderr)
+        counters = MirrorCounters(open_platform(spec, state_dir=state))
+        if killed.stderr.split()[-1] == "setup-increment":
+            # the one window: the platform's first setup, before any mirror existed, killed
+            # between its first increment and its first table looks like a deleted table
+            with pytest.raises(RollbackError, match="first setup was killed") as err:
+                counters.read(SLOT)
+            assert "\n" not in str(err.value)
+            continue
+        found = counters.read(SLOT)  # never refused
+        if found is not None:
+            done = {found.committed, found.pending} - {None}
+            assert all(s.version <= 3 for s in done)  # type: ignore[union-attr]
+            assert (
+                found.pending is None
+                or found.committed is None
+                or (found.pending.version == found.committed.version + 1)
+            )
+        again = _child(spec, 0, 10, state)
+        assert again.returncode == 0, (kill_at, again.stderr)
+        final = MirrorCounters(open_platform(spec, state_dir=state)).read(SLOT)
+        assert final is not None and final.committed is not None
+        assert final.committed.version == 12 and final.pending is None
+
+
+def test_a_table_orphaned_by_a_kill_is_never_accepted_after_recovery(
+    swtpm: Any, tmp_path: Path
+) -> None:
+    """A writer killed after writing its table and before its increment leaves an orphan. The
+    attacker hides it (puts the table from before back), the next process recovers and saves
+    on; the orphan, put back later, is refused: no two tables ever share a counter value."""
+    spec, state = swtpm.spec(tmp_path / "p"), tmp_path / "state"
+    assert _child(spec, 0, 1, state).returncode == 0  # three saves: versions 1..3
+    table = tmp_path / "p" / "freshness.table"
+    before = table.read_bytes()
+    killed = _child(spec, 2, 4, state)  # version 4's begin: its table written, not counted
+    assert killed.returncode == -signal.SIGKILL
+    assert killed.stderr.split() == ["increment-before", "table-written"]
+    orphan = table.read_bytes()
+    assert orphan != before
+    table.write_bytes(before)  # the attacker hides the orphan
+    counters = MirrorCounters(open_platform(spec, state_dir=state))
+    found = counters.read(SLOT)  # the change was in flight: the table from before is accepted
+    assert found is not None and found.committed is not None and found.committed.version == 3
+    stamp = Stamp(b"r" * 16, 4, b"\x44" * 16)
+    counters.begin(SLOT, stamp, Extent(2000, 100))  # recovery steps over the orphan's value
+    counters.commit(SLOT, stamp)
+    newest = table.read_bytes()
+    table.write_bytes(orphan)
+    with pytest.raises(Exception, match="rollback refused"):
+        MirrorCounters(open_platform(spec, state_dir=state)).read(SLOT)
+    table.write_bytes(newest)
+    final = MirrorCounters(open_platform(spec, state_dir=state)).read(SLOT)
+    assert final is not None and final.committed == stamp
+
+
+@pytest.fixture
+def owner(tmp_path: Path) -> dict[str, Any]:
+    key = tmp_path / "owner.key"
+    write_key_file(key, generate_key())
+    env = {**os.environ, "PLINIUS_STATE_DIR": str(tmp_path / "state")}
+    data = tmp_path / "data.pld"
+    res = run_cli("owner", "encrypt-data", "--key-file", str(key), "--out", str(data), env=env)
+    assert res.returncode == 0, res.stderr
+    return {"key": key, "data": data, "env": env}
+
+
+def _digest(res: subprocess.CompletedProcess[str]) -> str:
+    assert res.returncode == 0, res.stderr
+    return str(json.loads(res.stdout)["weights_sha256"])
+
+
+@pytest.mark.parametrize("kind", ["tmpfs", "romulus"])
+def test_train_on_the_tpm_is_killed_and_resumes_bit_identically(
+    swtpm: Any, owner: dict[str, Any], tmp_path: Path, shm_dir: Path, kind: str
+) -> None:
+    """``plinius train --platform tpm:swtpm=...``: SIGKILLed at random moments, many times
+    (often mid-save: a mirror every iteration), resumed, ends with the weights of a run never
+    interrupted; the report names the TPM platform."""
+    spec = f"tmpfs:{shm_dir / 'm'}" if kind == "tmpfs" else f"romulus:{shm_dir / 'm.pool'}?size=32M"
+    platform = swtpm.spec(tmp_path / "platform")
+    iterations = 120
+    args = train_args(spec, owner["key"], owner["data"], iterations, "--json")
+    ref = run_cli(
+        *train_args(f"tmpfs:{shm_dir / 'ref'}", owner["key"], owner["data"], iterations),
+        "--json", "--no-mirror", "--platform", platform, env=owner["env"],
+    )  # fmt: skip
+    want = _digest(ref)
+    rng = random.Random(f"tpm-{kind}")
+    kills = int(os.environ.get("PLINIUS_KILLS", "8"))
+    log = tmp_path / "loss.csv"
+    for _ in range(kills):
+        target = rng.randint(1, iterations - 1)
+        proc = subprocess.Popen(
+            cli_argv(*args, "--platform", platform, "--log", str(log)),
+            env=owner["env"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:  # until it logs `target`
+            rows = log.read_text().splitlines()[1:] if log.exists() else []
+            if rows and int(rows[-1].split(",")[0]) >= target:
+                break
+            time.sleep(0.01)
+        time.sleep(rng.random() * 0.02)  # then at a random moment: in a step or a save
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    done = run_cli(*args, "--platform", platform, env=owner["env"])
+    doc = json.loads(done.stdout)
+    assert _digest(done) == want
+    assert doc["platform"]["kind"] == "tpm" and "software TPM" in doc["platform"]["note"]
+
+
+TORCH_CHILD = Path(__file__).resolve().parents[1] / "torch_kill_child.py"
+
+
+def test_torch_mirror_on_the_tpm_is_killed_and_resumes_bit_identically(
+    swtpm: Any, tmp_path: Path, shm_dir: Path
+) -> None:
+    """``TorchMirror(..., platform=open_platform("tpm:swtpm=..."))``: killed at random
+    iterations, resumed, bit-identical to an uninterrupted run on the same TPM."""
+    pytest.importorskip("torch", reason="torch==2.13.0 is installed only in the Python 3.11 envs")
+    key = tmp_path / "owner.key"
+    write_key_file(key, generate_key())
+    env = {**os.environ, "PLINIUS_STATE_DIR": str(tmp_path / "state")}
+    platform = swtpm.spec(tmp_path / "platform")
+
+    def run(spec: str, kill_after: int | None) -> str | None:
+        argv = [sys.executable, "-P", str(TORCH_CHILD), spec, str(key), "12", "1", platform]
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        for line in proc.stdout:
+            if line.startswith("DONE"):
+                proc.wait(timeout=60)
+                proc.stderr.close()
+                return line.split()[1]
+            if kill_after is not None and int(line) >= kill_after:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+        err = proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
+        assert kill_after is not None, err
+        return None
+
+    want = run(f"tmpfs:{shm_dir / 'ref'}", None)
+    spec = f"tmpfs:{shm_dir / 'm'}"
+    for after in (3, 7, 10):
+        assert run(spec, after) is None
+    assert run(spec, None) == want
