@@ -133,7 +133,10 @@ def test_bench_quick_every_section(tmp_path: Path) -> None:
     assert status.pop("peers") == ("ok" if peers_unavailable() is None else "skipped")
     assert status == {
         s: "ok"
-        for s in ("save", "limits", "engines", "sps", "fio", "batch", "overhead", "inflight")
+        for s in (
+            *("save", "limits", "engines", "sps", "fio", "batch", "overhead", "inflight"),
+            "freshness",
+        )
     }
     # quick: fewer rounds than a full run, and it says so; every target has a verdict
     assert doc["parameters"]["rounds"] == 3 and "quick run" in doc["parameters"]["rounds_note"]

@@ -20,6 +20,7 @@ from cli_runner import cli_argv, run_cli, train_args
 
 from plinius.core.crypto import generate_key, write_key_file
 from plinius.core.errors import RollbackError
+from plinius.enclave import tpm_link
 from plinius.enclave.counter import Extent, MirrorCounters, Stamp
 from plinius.enclave.platform import open_platform
 
@@ -240,3 +241,71 @@ def test_torch_mirror_on_the_tpm_is_killed_and_resumes_bit_identically(
     for after in (3, 7, 10):
         assert run(spec, after) is None
     assert run(spec, None) == want
+
+
+def test_counter_every_n_bounds_the_rollback_window_as_stated(
+    swtpm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``counter_every=3``: the counter moves on every third change (two increments), the
+    changes between rewrite the table at the same value. A table put back is accepted only
+    from within the window the description states (up to 2 changes back), never from before
+    the counter's last move."""
+    moves: list[int] = []
+    real = tpm_link.counter_increment
+    monkeypatch.setattr(
+        tpm_link, "counter_increment", lambda e, h: (moves.append(1), real(e, h))[1]
+    )
+    platform = open_platform(swtpm.spec(tmp_path / "p", counter_every="3"), state_dir=tmp_path)
+    assert "up to 2 changes" in platform.describe()["counter_every"]
+    counters = MirrorCounters(platform)
+    table = tmp_path / "p" / "freshness.table"
+    tables: list[bytes] = []
+    per_change: list[int] = []
+    for v in range(1, 7):  # six saves: twelve changes
+        stamp = Stamp(b"r" * 16, v, bytes([v]) * 16)
+        for is_begin in (True, False):
+            before = len(moves)
+            if is_begin:
+                counters.begin(SLOT, stamp, Extent(v, 1))
+            else:
+                counters.commit(SLOT, stamp)
+            per_change.append(len(moves) - before)
+            tables.append(table.read_bytes())
+    counters.begin(SLOT, Stamp(b"r" * 16, 7, b"7" * 16), Extent(7, 1))  # one change more
+    tables.append(table.read_bytes())
+    # the first change sets the platform up (one increment), then every third moves it
+    assert per_change == [1, 0, *[2, 0, 0] * 3, 2]
+    last_move = max(i for i, n in enumerate(per_change) if n == 2)
+    newest, accepted = tables[-1], 0
+    for i, old in enumerate(tables):
+        table.write_bytes(old)
+        fresh = MirrorCounters(open_platform(swtpm.spec(tmp_path / "p"), state_dir=tmp_path))
+        if i >= last_move:  # written at the counter's current value: inside the window
+            assert fresh.read(SLOT) is not None
+            assert len(tables) - 1 - i <= 2
+            accepted += 1
+        else:
+            with pytest.raises(RollbackError, match="rollback refused"):
+                fresh.read(SLOT)
+    assert accepted == 2  # the last move's table and the one change after it
+    table.write_bytes(newest)
+
+
+def test_counter_every_seconds_moves_the_counter_once_the_time_is_up(
+    swtpm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    moves: list[int] = []
+    real = tpm_link.counter_increment
+    monkeypatch.setattr(
+        tpm_link, "counter_increment", lambda e, h: (moves.append(1), real(e, h))[1]
+    )
+    platform = open_platform(swtpm.spec(tmp_path / "p", counter_every="1s"), state_dir=tmp_path)
+    assert "1 s of saves" in platform.describe()["counter_every"]
+    counters = MirrorCounters(platform)
+    counters.begin(SLOT, Stamp(b"r" * 16, 1, b"a" * 16), Extent(1, 1))  # setup + first change
+    start = len(moves)
+    counters.commit(SLOT, Stamp(b"r" * 16, 1, b"a" * 16))
+    assert len(moves) == start  # within the second: the table is rewritten, no increment
+    time.sleep(1.1)
+    counters.begin(SLOT, Stamp(b"r" * 16, 2, b"b" * 16), Extent(1, 1))
+    assert len(moves) == start + 2  # the time is up: the counter moves
