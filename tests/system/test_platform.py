@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_runner import run_cli, train_args
@@ -136,3 +137,42 @@ def test_a_partial_key_an_older_plinius_left_is_refused_in_one_line(
         SimulatedPlatform(cpu, state_dir=state)
     assert str(cpu / name) in str(err.value) and "\n" not in str(err.value)
     assert (cpu / name).read_bytes() == left
+
+
+def _train_on(platform: str, tmp_path: Path, env_extra: dict[str, str] | None = None) -> Any:
+    key = tmp_path / "k.key"
+    if not key.exists():
+        write_key_file(key, generate_key())
+    env = {**os.environ, "PLINIUS_STATE_DIR": str(tmp_path / "state"), **(env_extra or {})}
+    env.pop("PLINIUS_PLATFORM", None)
+    return run_cli(
+        "train", "--model", "tiny", "--iterations", "1", "--backend", f"tmpfs:{tmp_path / 'm'}",
+        "--key-file", str(key), "--platform", platform, "--json", env=env,
+    )  # fmt: skip
+
+
+def test_tpm_platform_without_its_extra_or_its_tpm_fails_in_one_line(tmp_path: Path) -> None:
+    """No tpm2-pytss: the install hint; no TPM listening: where it looked. Exit 2 each."""
+    fake = tmp_path / "fake" / "tpm2_pytss"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("not installed")\n')
+    spec = f"tpm:swtpm=127.0.0.1:9,dir={tmp_path / 'p'}"
+    res = _train_on(spec, tmp_path, {"PYTHONPATH": str(tmp_path / "fake")})
+    assert res.returncode == 2 and "pip install 'plinius[tpm]'" in res.stderr, res.stderr
+    res = _train_on(spec, tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "cannot reach the TPM at swtpm 127.0.0.1:9" in res.stderr
+    for r in (res,):
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_tpm_platform_needs_the_owners_trust_root_to_provision(swtpm: Any, tmp_path: Path) -> None:
+    """Without ``ca=`` (or ``$PLINIUS_TPM_CA``) the owner has nothing to check the EK against:
+    no key is provisioned; with it the run goes, and its report names the software TPM."""
+    bare = f"tpm:swtpm={swtpm.address},dir={tmp_path / 'p'}"
+    res = _train_on(bare, tmp_path, {"PLINIUS_TPM_CA": ""})
+    assert res.returncode == 2 and "no trust root for the TPM's EK certificate" in res.stderr
+    ok = _train_on(swtpm.spec(tmp_path / "p"), tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    plat = json.loads(ok.stdout)["platform"]
+    assert plat["kind"] == "tpm" and "software TPM (swtpm)" in plat["note"]
