@@ -170,7 +170,10 @@ def run(args: argparse.Namespace) -> int:
         f"backend {ro['backend']}: {ro['fs_type']} on {ro['device']}, durability "
         f"{ro['durability']}{' (EMULATED)' if ro['emulated'] else ''}; engine {report.engine}; "
         f"sgx {report.sgx}; platform {report.platform.get('kind', '?')}"
+        + (f" ({report.platform['tpm']})" if report.platform.get("tpm") else "")
     )
+    if report.platform.get("counter_every"):
+        print(f"  freshness: {report.platform['counter_every']}")
     for n in report.notes[1:]:
         print(f"  {n}")
     for r in (report.replica or {}).get("replicas", []):

@@ -103,11 +103,15 @@ class Swtpm:
     template when one is given, so many TPMs share one manufacturing)."""
 
     def __init__(self, base: Path, *, template: Path | None = None) -> None:
+        """``base`` holds the TPM's state (manufactured there unless it already is, or copied
+        from ``template``)."""
         self.base = base
         self.state = base / "state"
         if template is not None:
             shutil.copytree(template / "state", self.state)
             self.bundle = template / "ca-bundle.pem"
+        elif (base / "ca-bundle.pem").exists() and self.state.exists():
+            self.bundle = base / "ca-bundle.pem"  # manufactured before: the same TPM again
         else:
             self.bundle = manufacture(base)
         self.port = 0
@@ -122,10 +126,11 @@ class Swtpm:
         extra = "".join(f",{k}={v}" for k, v in opts.items())
         return f"tpm:swtpm={self.address},dir={platform_dir},ca={self.bundle}{extra}"
 
-    def start(self) -> Swtpm:
+    def start(self, port: int = 0) -> Swtpm:
+        """Start on ``port`` (control on ``port + 1``; 0: a free pair)."""
         _need("swtpm")
         for _ in range(5):  # a port taken between the probe and swtpm's bind: try another
-            self.port = _free_pair()
+            self.port = port or _free_pair()
             cmd = [
                 "swtpm",
                 "socket",
@@ -209,3 +214,39 @@ def throwaway_swtpm() -> Iterator[Swtpm]:
             yield tpm
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m plinius.lab.swtpm DIR [--port P]``: a software TPM in DIR (manufactured on
+    first use), running until interrupted; its platform spec is printed and written to
+    ``DIR/spec`` (the platform directory is ``DIR/platform``)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m plinius.lab.swtpm", description=main.__doc__)
+    ap.add_argument("dir", type=Path)
+    ap.add_argument("--port", type=int, default=0, help="server port (control: port+1)")
+    args = ap.parse_args(argv)
+    base = args.dir.resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        tpm = Swtpm(base).start(args.port)
+    except ConfigError as exc:
+        print(f"swtpm: error: {exc}", flush=True)
+        return 2
+    spec = tpm.spec(base / "platform")
+    (base / "spec").write_text(spec + "\n")
+    print(f"software TPM (swtpm, no hardware) at {tpm.address}; --platform {spec}", flush=True)
+    stop = signal.Signals.SIGTERM
+    try:
+        signal.signal(stop, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while tpm.proc is not None and tpm.proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        tpm.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
