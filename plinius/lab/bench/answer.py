@@ -262,7 +262,8 @@ def machine_line(doc: Mapping[str, Any]) -> list[str]:
     sealed = f"`{engine}` ({how})" if how else f"`{engine}`"
     return [
         f"Measured on {cpu.get('model') or 'an unknown CPU'} ({cpu.get('cores') or '?'} cores); "
-        f"AES-GCM by {sealed}; the enclave is simulated (a software boundary).",
+        f"AES-GCM by {sealed}; the enclave is simulated (a software boundary), the platform "
+        "the simulated CPU.",
         "",
     ]
 

@@ -52,7 +52,9 @@ def provenance_md(
         f"- load average (1/5/15 min) before the run: {avg(load.get('before'))}; after: "
         f"{avg(load.get('after'))}",
         f"- crypto engine: {prov.get('crypto_engine')}{_choice_text(prov)}; "
-        f"SGX: {prov.get('sgx')}; persistent memory: {prov.get('pm')}",
+        f"SGX: {prov.get('sgx')}; platform: {prov.get('platform', 'simulated CPU')} (TPM "
+        f"device: {prov.get('tpm_device', 'not recorded')}); persistent memory: "
+        f"{prov.get('pm')}",
         f"- packages: {', '.join(f'{k} {v}' for k, v in prov.get('packages', {}).items() if v)}",
         "",
         f"### What each {key_column} ran on",

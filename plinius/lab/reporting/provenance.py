@@ -161,8 +161,16 @@ def provenance(engine: str | None = None, load_before: list[float] | None = None
         "crypto_engine": engine,
         "crypto_engine_choice": _engine_choice(engine),
         "sgx": "simulated",
+        "platform": PLATFORM_NOTE,
+        "tpm_device": "present" if Path("/dev/tpmrm0").exists() else "none",
         "pm": "emulated" if not Path("/dev/pmem0").exists() else "present",
     }
+
+
+#: which root of trust the bench's timings ran on (the freshness section says its own)
+PLATFORM_NOTE = (
+    "simulated CPU (every section but freshness; freshness also runs swtpm, a software TPM)"
+)
 
 
 def _engine_choice(engine: str | None) -> dict[str, Any] | None:
