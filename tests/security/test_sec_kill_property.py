@@ -27,6 +27,12 @@ KILLS = int(os.environ.get("PLINIUS_KILLS", "8")) * (5 if os.environ.get("PLINIU
 TARGET = 400
 
 
+@pytest.fixture(params=["sim", "tpm"])
+def platform_kind(request: pytest.FixtureRequest) -> str:
+    """The property holds on both platforms: the simulated CPU and a (software) TPM 2.0."""
+    return str(request.param)
+
+
 def _train_args(world: World, spec: str, log: Path, *extra: str) -> list[str]:
     return [
         "train", "--model", "tiny",
