@@ -390,6 +390,8 @@ def run(args: argparse.Namespace) -> int:
     )
     extension = _extension(args, answer, repeats, t0)
     sections = _sections(args.only, args.skip)
+    if answer and not set(sections) & set(ANSWER_SECTIONS):
+        answer = False  # only sections the answer page does not hold: their own report
     if answer and args.only is None:
         sections = tuple(s for s in sections if s in ANSWER_SECTIONS)
     engine = make_engine(generate_key(), None if args.engine == "auto" else args.engine)
@@ -491,11 +493,13 @@ def run(args: argparse.Namespace) -> int:
         )
     if doc.get("engines"):
         print_table(engine_rows(doc["engines"]), ENGINE_COLUMNS, title="AES-GCM, 64 MiB")
-    print_table(
-        target_rows(doc),
-        TARGET_COLUMNS,
-        title=f"targets measured in this run ({doc['parameters']['rounds_note']}; median [95% CI])",
-    )
+    if any(t.get("verdict") != "not run" for t in doc.get("targets", [])):
+        print_table(
+            target_rows(doc),
+            TARGET_COLUMNS,
+            title=f"targets measured in this run ({doc['parameters']['rounds_note']}; "
+            "median [95% CI])",
+        )
     if doc["results"]:
         print_table(
             summary_rows(doc["results"]),
@@ -508,6 +512,13 @@ def run(args: argparse.Namespace) -> int:
                 f"  not run: {entry['instance']} ({entry['role']}): {entry.get('reason')}",
                 highlight=False,
             )
+    if not doc["results"]:  # only sections with reports of their own (freshness, fio...)
+        from plinius.lab.bench.registry import each
+
+        for sec in each(list(sections)):
+            for line in sec.render(doc) if sec.render is not None else []:
+                print(line)
+        runs_on = {}  # no backend ran a save here: nothing to say what it ran on
     for name, ro in runs_on.items():
         flag = "EMULATED " if ro["emulated"] else ""
         console.print(
