@@ -1,10 +1,9 @@
 """The TPM 2.0 commands the ``tpm`` platform uses, through tpm2-pytss (ESAPI): a keyed-hash key
 that never leaves the TPM, one NV counter, and quotes by an attestation key under the EK.
 
-Each use opens its own connection (:meth:`TpmLink.session`) and flushes every transient object
-it loaded before closing it: swtpm serves one connection at a time and has no resource
-manager, so a process that held a connection open would stall every other one on that TPM, and
-objects left loaded by a killed process would fill its three transient slots.
+Each use opens its own short connection (:meth:`TpmLink.session`) and flushes every transient
+object it loaded before closing it: swtpm (like ``/dev/tpm0``) has no resource manager, so
+objects a process left loaded would stay in the TPM's three transient slots after it is killed.
 """
 
 from __future__ import annotations
