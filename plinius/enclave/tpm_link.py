@@ -12,15 +12,18 @@ import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from plinius.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from tpm2_pytss import ESAPI
 
+T = TypeVar("T")
+#: TPM_RC_OBJECT_MEMORY: no transient object slot left
+_RC_OBJECT_MEMORY = 0x902
 #: how to get the extra; tpm2-pytss builds against the TSS2 headers
 TPM_INSTALL_HINT = (
     "pip install 'plinius[tpm]' (tpm2-pytss; building it needs libtss2-dev and pkg-config: "
@@ -91,6 +94,29 @@ class TpmLink:
             finally:
                 with contextlib.suppress(Exception):
                     esapi.close()
+
+    def run(self, use: Callable[[ESAPI], T]) -> T:
+        """``use`` on a fresh connection; when the TPM's transient slots are full (objects a
+        killed process left loaded: a TPM without a resource manager keeps them), they are
+        flushed and ``use`` runs once more."""
+        t = pytss()
+        with self.session() as e:
+            try:
+                return use(e)
+            except t.TSS2_Exception as exc:
+                if exc.rc & 0xFFF != _RC_OBJECT_MEMORY:
+                    raise
+            _flush_leftovers(e)
+            return use(e)
+
+
+def _flush_leftovers(e: ESAPI) -> None:
+    t = pytss()
+    c = t.constants
+    _, data = e.get_capability(c.TPM2_CAP.HANDLES, int(c.TPM2_HT.TRANSIENT) << 24, 64)
+    for handle in list(data.data.handles):
+        with contextlib.suppress(t.TSS2_Exception):
+            e.flush_context(e.tr_from_tpmpublic(int(handle)))
 
 
 # --- the keyed-hash key ---------------------------------------------------------------------
@@ -189,6 +215,8 @@ def tpm_hmac(e: ESAPI, blob: bytes, labels: list[bytes], what: str) -> list[byte
         try:
             key = e.load(srk, priv, pub)
         except t.TSS2_Exception as exc:
+            if exc.rc & 0xFFF == _RC_OBJECT_MEMORY:
+                raise  # the TPM is full, not the blob foreign: TpmLink.run makes room
             raise ConfigError(
                 f"{what} does not load on this TPM ({tpm_error(exc)}): it was made by another "
                 "TPM (the platform directory was copied from another machine) or the owner "

@@ -151,8 +151,7 @@ class TpmPlatform:
             )
         if not create:
             raise NotFoundError(f"no {what}: this TPM platform was never set up here")
-        with self.link.session() as e:
-            blob = tpm_link.create_hmac_key(e)
+        blob = self.link.run(tpm_link.create_hmac_key)
         try:
             with scratch_beside(path) as scratch:
                 staged = scratch / path.name
@@ -175,8 +174,10 @@ class TpmPlatform:
             if key is None:
                 label = b"plinius-derive-v1" + bytes([len(purpose)]) + purpose + measurement
                 label += length.to_bytes(2, "big")
-                with self.link.session() as e:
-                    (mac,) = tpm_link.tpm_hmac(e, self._key_blob, [label], str(self.dir / KEY_FILE))
+                what = str(self.dir / KEY_FILE)
+                (mac,) = self.link.run(
+                    lambda e: tpm_link.tpm_hmac(e, self._key_blob, [label], what)
+                )
                 if length <= len(mac):
                     key = mac[:length]
                 else:
@@ -199,11 +200,11 @@ class TpmPlatform:
         from plinius.enclave.attestation import quote_body
 
         nonce = hashlib.sha256(quote_body(measurement, report_data)).digest()
-        with self.link.session() as e:
-            if self._ak is None:
-                self._ak = tpm_link.create_ak(e)
-            ek_cert, ek_public = tpm_link.ek_certificate(e)
-            attest, signature = tpm_link.quote(e, self._ak, measurement, nonce)
+        if self._ak is None:
+            self._ak = self.link.run(tpm_link.create_ak)
+        ak = self._ak
+        ek_cert, ek_public = self.link.run(tpm_link.ek_certificate)
+        attest, signature = self.link.run(lambda e: tpm_link.quote(e, ak, measurement, nonce))
         doc = {
             "format": "plinius-tpm-quote-v1",
             "measurement": measurement.hex(),
@@ -220,8 +221,8 @@ class TpmPlatform:
         """The TPM's answer to the owner's credential challenge for the quoting AK."""
         if self._ak is None:
             raise ConfigError("no quote was made on this platform yet: nothing to activate")
-        with self.link.session() as e:
-            return tpm_link.activate_credential(e, self._ak, id_object, secret)
+        ak = self._ak
+        return self.link.run(lambda e: tpm_link.activate_credential(e, ak, id_object, secret))
 
     def owner_verifier(self) -> Any:
         """The owner's check of this platform's quotes: EK certificate to the trust root

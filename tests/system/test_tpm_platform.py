@@ -309,3 +309,39 @@ def test_counter_every_seconds_moves_the_counter_once_the_time_is_up(
     time.sleep(1.1)
     counters.begin(SLOT, Stamp(b"r" * 16, 2, b"b" * 16), Extent(1, 1))
     assert len(moves) == start + 2  # the time is up: the counter moves
+
+
+# The child loads the platform's keyed-hash key and is killed with it loaded (between TPM2_Load
+# and its flush): on a TPM without a resource manager (swtpm, /dev/tpm0) the object stays.
+KILLED_WITH_A_KEY_LOADED = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from plinius.enclave import tpm_link
+    from plinius.enclave.platform import open_platform
+
+    real = tpm_link.pytss().ESAPI.hmac
+
+    def hmac(self, *args, **kw):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    tpm_link.pytss().ESAPI.hmac = hmac
+    open_platform(sys.argv[1], state_dir=Path(sys.argv[2])).derive(b"x", bytes(32))
+    """
+)
+
+
+def test_keys_left_loaded_by_killed_processes_never_fill_the_tpm(
+    swtpm: Any, tmp_path: Path
+) -> None:
+    """Five processes killed with a key loaded (more than the TPM's three transient slots):
+    the next derivation still works (the leftovers are flushed when the slots are full)."""
+    spec, state = swtpm.spec(tmp_path / "p"), tmp_path / "state"
+    want = open_platform(spec, state_dir=state).derive(b"x", bytes(32))
+    for _ in range(5):
+        res = subprocess.run(
+            [sys.executable, "-P", "-c", KILLED_WITH_A_KEY_LOADED, spec, str(state)],
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert res.returncode == -signal.SIGKILL, res.stderr
+    assert open_platform(spec, state_dir=state).derive(b"x", bytes(32)) == want
