@@ -85,7 +85,8 @@ def run_provision(args: argparse.Namespace) -> int:
         enclave, read_key_file(args.key_file), platform.owner_verifier(), net.fingerprint()
     )
     print(
-        f"attested enclave {measurement(net.fingerprint()).hex()} (simulated SGX) and "
+        f"attested enclave {measurement(net.fingerprint()).hex()} (simulated SGX, platform "
+        f"{platform.describe()['kind']}) and "
         f"provisioned key {kid.hex()}; the enclave sealed it to its measurement"
     )
     return 0

@@ -196,7 +196,8 @@ def atomic_writer(path: StrPath, *, mode: int = 0o600, durable: bool = True) -> 
         f.close()
         os.replace(tmp, p)
     except BaseException as exc:
-        f.close()
+        with contextlib.suppress(OSError):  # closing flushes again: the same error again
+            f.close()
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError):

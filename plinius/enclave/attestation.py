@@ -1,7 +1,9 @@
 """Quotes: the enclave's measurement and 64 bytes of report data, signed by the platform.
 
 The report data carries the hash of the enclave's ephemeral ECDH public key, so a verified quote
-proves the key belongs to an enclave with the expected measurement on a trusted platform.
+binds the key to the measurement the platform vouched for. What that is worth is the
+platform's: on SGX hardware only that enclave could ask; here the enclave is a software
+boundary, and on a TPM any process that can use the TPM can have PCR 23 quoted for any value.
 """
 
 from __future__ import annotations
@@ -53,9 +55,13 @@ class Quote:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Quote:
+        if len(raw) > 1 << 16:
+            raise AttestationError(f"quote is {len(raw)} B, more than 65536 B")
         try:
             d = json.loads(raw)
             return cls(*(bytes.fromhex(d[k]) for k in ("measurement", "report_data", "signature")))
+        except RecursionError:
+            raise AttestationError("malformed quote: nested too deeply") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise AttestationError(f"malformed quote: {exc}") from None
 

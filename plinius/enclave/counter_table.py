@@ -2,42 +2,51 @@
 value of one TPM NV counter (the pattern of Memoir and ROTE), in attacker-held storage.
 
 The file ``<platform dir>/freshness.table`` holds every slot's state, sealed under a key only
-this TPM derives, with the counter value ``v`` it is bound to in its associated data. Every
-change moves the counter in two steps around the table's write, so the counter itself says
-whether a change was in flight::
+this TPM derives, with the counter value ``v`` it is bound to in its associated data. A reader
+with the counter at ``c`` accepts a table bound to ``c`` or to ``c ± 1`` and refuses any other
+(rolled back, or from before the counter was redefined), one that does not authenticate
+(altered, or made by another TPM) and a missing one where the counter exists. A change::
 
-    stable at n (table bound to n):  increment to n+1, write the table bound to n+2, increment
-    in flight at n (after a crash):  increment twice,  write the table bound to n+3, increment
+    stable (table bound to c):        increment to c+1, write the table bound to c+2, increment
+    behind (bound to c-1: a change    first write the states found bound to c+1 (no increment),
+      cut after its first increment)    then as ahead
+    ahead (bound to c+1: a change     increment to c+1 (now stable), then as stable
+      cut before its last increment)
 
-Accepted: the table bound to the counter's value (stable), or one bound to the value next to it
-(a change in flight: the table from before or after it, both holding at most the one save in
-flight, as the simulated CPU does). Refused: a table bound to any other value (rolled back,
-or from before the counter was redefined), a table that does not authenticate (altered, or
-made by another TPM), a missing table where the counter was set up.
+Every increment is read back (another writer meanwhile: the change stops, never returns), and
+the table is written whole (temporary file, fsync, rename) before the counter moves past it.
+So the counter is never more than one away from the table on disk, whatever step a kill or a
+failed write stops, and a crash is recovered without a refusal. Tables are only bound to
+values of one parity (the *stable* ones); the counter's other values mark a change in flight.
+
+Why no rollback: a change returns only once the counter reached its table's value ``v``. At a
+stable value only tables bound to it are accepted, and the one of a change that returned is the
+only table ever bound to ``v`` (another needs the counter at ``v-1`` later, which the TPM never
+goes back to). In flight at ``v+1``, the tables bound to ``v+2`` hold the states of ``v`` plus
+at most the change in flight (written by the change itself or by a recovery that rewrote
+``v``'s states): accepting any of them loses nothing that returned. Changers take turns through
+a lock outside storage (:func:`platform_lock`); the read-backs refuse any that do not.
+
+``counter_every`` (:class:`CounterEvery`) trades the window for fewer increments (hardware NV
+is slow and wears): the changes between two moves rewrite the table at the same value, only
+over the table this process wrote last (a table put back, or a new process, moves the
+counter), and any of those tables may be put back: at most ``N-1`` changes, or the seconds
+since the last move (a ``moved_at`` ahead of the clock counts as expired).
 
 One window is left, once per platform and before any mirror: a first setup killed between the
 counter's first increment and the first table's write leaves a counter with no table, which
 looks exactly like a deleted table (the counter's first value is the TPM's, not ours, so
 nothing tells the two apart) and is refused the same way; the message says how to set the
 platform up again.
-
-Why two steps: a table is only ever written for a value the writer itself moved the counter
-next to, and the TPM reaches each value once, so no two different tables are ever bound to
-one value, even when a writer is killed after its write and before its increment and the
-next writer starts over. With one step, the table a killed writer left and the one written
-after it would share a value, and whoever holds the directory could pick either.
-
-``counter_every`` (:class:`~plinius.enclave.tpm_platform.CounterEvery`) trades that for fewer
-increments (hardware NV is slow and wears): changes between two moves rewrite the table at the
-same value, and any of them may be put back, a window the platform's description states.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
+import errno
+import hashlib
 import re
+import socket
 import struct
 import threading
 import time
@@ -48,7 +57,7 @@ from typing import Any, Protocol
 
 from plinius.core.crypto import OVERHEAD
 from plinius.core.errors import ConfigError, IntegrityError, NotFoundError, RollbackError
-from plinius.core.fsutil import atomic_write, open_regular, private_dir, read_regular
+from plinius.core.fsutil import atomic_write, private_dir, read_regular
 from plinius.enclave import tpm_link
 from plinius.enclave.sealing import MAGIC as SEAL_MAGIC
 from plinius.enclave.sealing import seal, unseal
@@ -69,7 +78,6 @@ class TpmAnchor(Protocol):
 
 _EVERY = re.compile(r"^(\d{1,9})(s?)$")
 TABLE_FILE = "freshness.table"
-LOCK_FILE = "freshness.lock"
 _MAGIC = b"PLNTBL01"
 #: magic, bound counter value, changes since the counter last moved, when it moved (unix s),
 #: slot count, NV index
@@ -146,26 +154,21 @@ class CounterTable:
         self._create = create
         self._lock = threading.RLock()
         self._known: tuple[bytes, Table] | None = None
+        #: the table bytes this object last wrote (a lazy rewrite goes on only from them)
+        self._mine: bytes | None = None
+        #: the bytes of the table the last load accepted
+        self._loaded: bytes | None = None
 
     # --- the lock across processes -------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self, exclusive: bool) -> Iterator[None]:
-        """One changer at a time across processes (an ``flock`` on a file beside the table;
-        whoever holds the directory can only deny service through it)."""
-        with self._lock:
-            path = self.dir / LOCK_FILE
-            flags = os.O_RDWR | (os.O_CREAT if self._create else 0)
-            try:
-                fd = open_regular(path, "freshness lock", nofollow=True, flags=flags)
-            except NotFoundError:
-                yield  # read-only use of a platform never changed here: nothing to exclude
-                return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-                yield
-            finally:
-                os.close(fd)
+    def _locked(self) -> Iterator[None]:
+        """One user of this platform's counter and table at a time, across processes: a
+        socket bound in the abstract Unix namespace, named after the TPM and the counter
+        (:func:`platform_lock`). Not a file: whoever holds the storage cannot remove or replace
+        it. Released by the kernel when its process dies."""
+        with self._lock, platform_lock(self.platform.link.tcti, self.platform.nv_index):
+            yield
 
     # --- reading -------------------------------------------------------------------------
 
@@ -242,6 +245,7 @@ class CounterTable:
                 f"or undefine this one: tpm2_nvundefine -C o {self.platform.nv_index:#x})"
             )
         table = self._parse(raw)
+        self._loaded = raw
         if handle is None or value is None:
             raise RollbackError(
                 f"{self.path} records slots but {idx} is {'gone' if handle is None else 'new'}: "
@@ -260,7 +264,7 @@ class CounterTable:
         return handle, value, table
 
     def read(self, slot: str) -> SlotState | None:
-        with self._locked(False), self.platform.link.session() as e:
+        with self._locked(), self.platform.link.session() as e:
             try:
                 _, _, table = self._load(e)
             except _Unset:
@@ -273,7 +277,7 @@ class CounterTable:
         """Apply ``change`` under the lock; the table moves with the counter (module doc).
         ``durable`` is moot: every table write is flushed before the counter moves past it."""
         del durable
-        with self._locked(True), self.platform.link.session() as e:
+        with self._locked(), self.platform.link.session() as e:
             try:
                 handle, value, table = self._load(e)
             except _Unset:
@@ -302,20 +306,37 @@ class CounterTable:
         _reached("setup-increment")
         empty = Table(value, 0, int(time.time()), {})
         self._write(empty)
+        self._loaded = self._mine
         return handle, value, empty
 
     def _lazy(self, value: int, table: Table) -> bool:
-        """May this change rewrite the table at the same value (``counter_every``)?"""
+        """May this change rewrite the table at the same value (``counter_every``)? Only over
+        the very table this object wrote last: a table put back, or one another process
+        wrote, moves the counter (else a table put back after every change would keep its
+        ``lazy`` count, and the window, from ever closing)."""
         every = self.platform.counter_every
-        if table.value != value:
-            return False  # a change in flight is settled by moving the counter
-        if every.seconds:
-            return time.time() - table.moved_at < every.seconds
+        if table.value != value or self._mine is None or self._loaded != self._mine:
+            return False
+        if every.seconds:  # a clock set back or a moved_at ahead of now: the time is up
+            return 0 <= time.time() - table.moved_at < every.seconds
         return table.lazy + 1 < every.changes
+
+    def _increment(self, e: Any, handle: Any, expect: int) -> None:
+        """Move the counter and read it back: anything but ``expect`` means another writer
+        moved it meanwhile, and this change must not go on (nor return)."""
+        tpm_link.counter_increment(e, handle)
+        got = tpm_link.counter_value(e, handle)
+        if got != expect:
+            raise RollbackError(
+                f"NV counter {self.platform.nv_index:#x} is at {got}, not the {expect} this "
+                "change moved it to: another writer changed this platform's table at the same "
+                "time; this change did not happen (run it again)"
+            )
 
     def _move(
         self, e: Any, handle: Any, value: int, table: Table, states: dict[str, SlotState]
     ) -> None:
+        """Write ``states`` and move the counter past the table (module docstring)."""
         if len(states) > MAX_SLOTS:
             raise ConfigError(
                 f"this TPM platform records {MAX_SLOTS} slots already: use another platform "
@@ -325,14 +346,19 @@ class CounterTable:
             self._write(Table(value, table.lazy + 1, table.moved_at, states))
             _reached("lazy-write")
             return
-        steps = 1 if table.value == value else 2  # in flight: step over the next value too
-        for _ in range(steps):
-            tpm_link.counter_increment(e, handle)
-            _reached("increment-before")
-        target = value + steps + 1
-        self._write(Table(target, 0, int(time.time()), states))
+        if table.value == value - 1:  # behind: a change was cut after its first increment
+            table = Table(value + 1, 0, int(time.time()), dict(table.states))
+            self._write(table)  # the states as found, bound to the next value
+            _reached("behind-written")
+        if table.value == value + 1:  # ahead: a change was cut before its last increment
+            value += 1
+            self._increment(e, handle, value)
+            _reached("ahead-increment")
+        self._increment(e, handle, value + 1)  # stable at value
+        _reached("increment-before")
+        self._write(Table(value + 2, 0, int(time.time()), states))
         _reached("table-written")
-        tpm_link.counter_increment(e, handle)
+        self._increment(e, handle, value + 2)
         _reached("increment-after")
 
     def _write(self, table: Table) -> None:
@@ -347,9 +373,39 @@ class CounterTable:
         raw = head + seal(self.platform, PLATFORM_MEASUREMENT, label, plain)
         atomic_write(self.path, raw)
         self._known = (raw, table)
+        self._mine = raw
 
     def close(self) -> None:
         """Nothing is kept open between changes."""
+
+
+@contextlib.contextmanager
+def platform_lock(tcti: str, index: int, timeout_s: float = 120.0) -> Iterator[None]:
+    """Hold the machine-wide lock of (TPM, NV counter): a socket bound to an abstract Unix
+    address (Linux; one network namespace: processes in other namespaces sharing the TPM are
+    not excluded, the counter's read-back then refuses their interleaving)."""
+    name = hashlib.sha256(f"{tcti}|{index:#x}".encode()).hexdigest()[:32]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deadline = time.monotonic() + timeout_s
+    wait = 0.0005
+    try:
+        while True:
+            try:
+                sock.bind(b"\0plinius-freshness-" + name.encode())
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise ConfigError(f"cannot take the platform's lock: {exc.strerror}") from None
+                if time.monotonic() > deadline:
+                    raise ConfigError(
+                        f"another process has held this TPM platform's lock for {timeout_s:g} s "
+                        "(a hung trainer on this machine?)"
+                    ) from None
+                time.sleep(wait)
+                wait = min(wait * 2, 0.02)
+        yield
+    finally:
+        sock.close()
 
 
 class _Unset(Exception):

@@ -54,7 +54,9 @@ class Platform(Protocol):
     state_dir: Path
 
     def derive(self, purpose: bytes, measurement: bytes, length: int = 16) -> bytes:
-        """A key only code with this ``measurement`` obtains (SGX EGETKEY, MRENCLAVE policy)."""
+        """The key for ``purpose`` and ``measurement`` (SGX EGETKEY with the MRENCLAVE policy
+        stands behind this on real hardware: only that enclave obtains it; here the enclave is
+        a software boundary, and on a TPM anyone who can use the TPM obtains it too)."""
         ...
 
     def attest(self, measurement: bytes, report_data: bytes) -> bytes:

@@ -37,14 +37,33 @@ def _certs(pem: bytes, where: str) -> list[Any]:
     return certs
 
 
+def _is_ca(cert: Any) -> bool:
+    from cryptography import x509
+
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
 def _chain_to_root(cert: Any, bundle: list[Any], where: str) -> None:
-    """``cert`` issued by a certificate of ``bundle``, and so on up to a self-signed one."""
+    """``cert`` issued by a CA certificate of ``bundle`` (valid now), and so on up to a
+    self-signed one of the bundle."""
+    import datetime
+
+    from cryptography.exceptions import InvalidSignature
+
+    now = datetime.datetime.now(datetime.UTC)
     seen = 0
     while seen <= len(bundle):
         for issuer in bundle:
+            if not _is_ca(issuer):
+                continue
+            if not issuer.not_valid_before_utc <= now <= issuer.not_valid_after_utc:
+                continue
             try:
                 cert.verify_directly_issued_by(issuer)
-            except (ValueError, TypeError, Exception):
+            except (ValueError, TypeError, InvalidSignature):
                 continue
             if issuer.subject == issuer.issuer:
                 return
@@ -121,6 +140,8 @@ class TpmVerifier:
             if raw.get("format") != "plinius-tpm-quote-v1":
                 raise ValueError("not a plinius TPM quote")
             return {k: bytes.fromhex(raw[k]) for k in _FIELDS}
+        except RecursionError:
+            raise AttestationError("malformed TPM quote: nested too deeply") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise AttestationError(
                 f"malformed TPM quote ({exc}): the platform is not a TPM platform, or altered"

@@ -18,6 +18,7 @@ authorisation, needed once to define the counter, comes from ``$PLINIUS_TPM_OWNE
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -78,7 +79,21 @@ def _tcti(opts: dict[str, str], spec: str) -> tuple[str, str]:
     if not m or not 0 < int(m.group(2)) < 65535:
         raise ConfigError(f"platform {spec!r}: swtpm= takes HOST:PORT (control on PORT+1)")
     host = m.group(1).strip("[]")
+    if not _loopback(host):
+        raise ConfigError(
+            f"platform {spec!r}: swtpm= must be on this machine (127.0.0.1, ::1, localhost): "
+            "TPM commands and answers, derived keys among them, cross the socket in clear"
+        )
     return f"swtpm:host={host},port={m.group(2)}", f"swtpm {m.group(1)}:{m.group(2)} (software TPM)"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class TpmPlatform:

@@ -175,3 +175,32 @@ def test_symlinked_backend_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="symbolic link"):
         open_backend(f"ssd:{tmp_path / 'link'}")
     assert list(real.iterdir()) == []
+
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from plinius.core.errors import ConfigError
+from plinius.core.fsutil import atomic_write
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a full file system: writes fail with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+target = Path(sys.argv[1]) / "table"
+try:
+    atomic_write(target, b"x" * 100_000)
+except ConfigError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_write_that_fails_is_one_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    """Review of issue 27 (L1): a failed atomic write (EFBIG, as a full disk fails) raises the
+    one-line ConfigError, never an internal error from closing the file, and leaves no
+    temporary file behind."""
+    res = subprocess.run(
+        [sys.executable, "-P", "-c", FULL_DISK, str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("refused: cannot write") and "File too large" in res.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -203,7 +203,7 @@ def test_owner_auth_set_keeps_the_counter_from_the_attacker(
 ) -> None:
     """What the design assumes: the machine's owner sets the owner hierarchy's auth. plinius
     needs it once, to define the counter (``$PLINIUS_TPM_OWNER_AUTH``); an attacker without it
-    cannot delete the counter (the TPM refuses), so only denial of service is left."""
+    cannot delete the counter (the TPM refuses). (What TPM access itself allows: README.)"""
     world = tpm_world
     t = tpm_link.pytss()
     link = tpm_link.TpmLink(f"swtpm:host=127.0.0.1,port={world.tpm.port}", "swtpm")
@@ -243,6 +243,9 @@ def test_forged_or_foreign_quotes_are_refused(tpm_world: World, tmp_path_factory
     quote = p.attest(m, report_data_for(k))
     verifier = p.owner_verifier()
     verifier(quote, m, k)  # the genuine quote passes
+    for junk in (b"[" * 60000, b"{}", b"x" * 70000):  # nested, empty, oversized: one line each
+        with pytest.raises(AttestationError, match=r"malformed|more than"):
+            verifier(junk, m, k)
     with pytest.raises(AttestationError, match="measurement"):
         verifier(quote, b"n" * 32, k)
     doc = json.loads(quote)

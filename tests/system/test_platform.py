@@ -37,6 +37,7 @@ def test_specs_name_the_simulated_cpu_or_fail_in_one_line(
         ("tpm:swtpm=127.0.0.1:1,nv=0x81000000", "not in the owner NV range"),
         ("tpm:swtpm=127.0.0.1:1,counter_every=0", "counter_every='0'"),
         ("tpm:swtpm=127.0.0.1:1,colour=red", "'colour=red' is not one of"),
+        ("tpm:swtpm=10.1.2.3:2321", "must be on this machine"),
     ]:
         with pytest.raises(ConfigError, match=why) as err:
             open_platform(bad, state_dir=state)

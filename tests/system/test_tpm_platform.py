@@ -345,3 +345,143 @@ def test_keys_left_loaded_by_killed_processes_never_fill_the_tpm(
         )  # fmt: skip
         assert res.returncode == -signal.SIGKILL, res.stderr
     assert open_platform(spec, state_dir=state).derive(b"x", bytes(32)) == want
+
+
+def test_two_crashes_in_a_row_at_any_steps_are_recovered(swtpm: Any, tmp_path: Path) -> None:
+    """Review of issue 27 (H3): a change killed at a step, then its recovery killed at each of
+    its own steps (the rewrite behind, the increment ahead, the next change's steps): the
+    counter is never more than one away from the table, so the next process reads and saves
+    on, never refused."""
+    state = tmp_path / "state"
+    plain = _child(swtpm.spec(tmp_path / "probe", nv="0x01000010"), 0, 1, state)
+    first_steps = plain.stdout.split()[1:]
+    runs = 0
+    for k1 in range(3, min(len(first_steps), 9) + 1):  # past the setup: one save's changes
+        for k2 in range(1, 5):
+            nv = f"{0x01001000 + 16 * k1 + k2:#x}"
+            spec = swtpm.spec(tmp_path / f"p{k1}-{k2}", nv=nv)
+            one = _child(spec, k1, 1, state)
+            assert one.returncode == -signal.SIGKILL, one.stderr
+            two = _child(spec, k2, 10, state)
+            if two.returncode == 0:
+                continue  # fewer steps than k2 in the recovery: nothing more to cut
+            assert two.returncode == -signal.SIGKILL, (k1, k2, two.stderr)
+            runs += 1
+            counters = MirrorCounters(open_platform(spec, state_dir=state))
+            counters.read(SLOT)  # never refused
+            again = _child(spec, 0, 20, state)
+            assert again.returncode == 0, (k1, k2, again.stderr)
+            final = counters.read(SLOT)
+            assert final is not None and final.committed is not None
+            assert final.committed.version == 22
+    assert runs >= 20
+
+
+# Each child saves SAVES times on its own slot of one platform, as fast as it can.
+CONCURRENT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from plinius.enclave.counter import Extent, MirrorCounters, Stamp
+    from plinius.enclave.platform import open_platform
+
+    counters = MirrorCounters(open_platform(sys.argv[1], state_dir=Path(sys.argv[2])))
+    slot = sys.argv[3] * 32
+    for v in range(1, int(sys.argv[4]) + 1):
+        stamp = Stamp(b"r" * 16, v, bytes([v % 256]) * 16)
+        counters.begin(slot, stamp, Extent(v, 1))
+        counters.commit(slot, stamp)
+    print("done")
+    """
+)
+
+
+def test_concurrent_writers_on_one_platform_lose_nothing(swtpm: Any, tmp_path: Path) -> None:
+    """Three processes saving on their own slots of one platform at once take turns through
+    the platform's lock (outside storage): every save that returned is in the table."""
+    spec, state = swtpm.spec(tmp_path / "p"), tmp_path / "state"
+    open_platform(spec, state_dir=state)  # the key made once, before the race
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-P", "-c", CONCURRENT, spec, str(state), c, "25"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for c in "abc"
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.strip() == "done", err
+    counters = MirrorCounters(open_platform(spec, state_dir=state))
+    for c in "abc":
+        found = counters.read(c * 32)
+        assert found is not None and found.committed is not None
+        assert found.committed.version == 25 and found.pending is None
+
+
+def test_a_lazy_table_put_back_after_every_save_cannot_hold_the_counter(
+    swtpm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of issue 27 (H2): with ``counter_every=5`` the attacker puts the table of the
+    counter's last move back after every save, so its ``lazy`` count never grows. The writer
+    only rewrites lazily over its own last table: the put-back table makes it move the
+    counter, and from then on that table is refused."""
+    moves: list[int] = []
+    real = tpm_link.counter_increment
+    monkeypatch.setattr(
+        tpm_link, "counter_increment", lambda e, h: (moves.append(1), real(e, h))[1]
+    )
+    spec = swtpm.spec(tmp_path / "p", counter_every="5")
+    counters = MirrorCounters(open_platform(spec, state_dir=tmp_path))
+    table = tmp_path / "p" / "freshness.table"
+    s1 = Stamp(b"r" * 16, 1, b"1" * 16)
+    counters.begin(SLOT, s1, Extent(1, 1))
+    counters.commit(SLOT, s1)
+    v = 1
+    while True:  # save until the counter moves: the table it leaves is the one to put back
+        before = len(moves)
+        v += 1
+        s = Stamp(b"r" * 16, v, bytes([v]) * 16)
+        counters.begin(SLOT, s, Extent(v, 1))
+        counters.commit(SLOT, s)
+        if len(moves) > before:
+            break
+    kept = table.read_bytes()
+    before = len(moves)
+    v += 1
+    s = Stamp(b"r" * 16, v, bytes([v]) * 16)
+    counters.begin(SLOT, s, Extent(v, 1))  # lazy: over its own table
+    counters.commit(SLOT, s)
+    assert len(moves) == before
+    table.write_bytes(kept)  # the attacker puts the moved table back (without save v)
+    s = Stamp(b"r" * 16, v + 1, bytes([v + 1]) * 16)
+    counters.begin(SLOT, s, Extent(v + 1, 1))  # not over its own table: the counter moves
+    assert len(moves) == before + 2
+    table.write_bytes(kept)
+    with pytest.raises(RollbackError, match="rollback refused"):
+        MirrorCounters(open_platform(spec, state_dir=tmp_path)).read(SLOT)
+
+
+def test_a_clock_set_ahead_never_stretches_the_seconds_window(
+    swtpm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of issue 27 (M3): the counter moved while the clock read a year ahead; back on
+    the right time, the next change finds the last move "in the future" and moves again."""
+    import plinius.enclave.counter_table as ct
+
+    moves: list[int] = []
+    real = tpm_link.counter_increment
+    monkeypatch.setattr(
+        tpm_link, "counter_increment", lambda e, h: (moves.append(1), real(e, h))[1]
+    )
+    counters = MirrorCounters(
+        open_platform(swtpm.spec(tmp_path / "p", counter_every="30s"), state_dir=tmp_path)
+    )
+    real_time = time.time
+    monkeypatch.setattr(ct.time, "time", lambda: real_time() + 365 * 86400)
+    counters.begin(SLOT, Stamp(b"r" * 16, 1, b"a" * 16), Extent(1, 1))  # moved "next year"
+    monkeypatch.setattr(ct.time, "time", real_time)
+    before = len(moves)
+    counters.commit(SLOT, Stamp(b"r" * 16, 1, b"a" * 16))
+    assert len(moves) == before + 2
