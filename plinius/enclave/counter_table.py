@@ -25,16 +25,19 @@ only table ever bound to ``v`` (another needs the counter at ``v-1`` later, whic
 goes back to). In flight at ``v+1``, the tables bound to ``v+2`` hold the states of ``v`` plus
 at most the change in flight (written by the change itself or by a recovery that rewrote
 ``v``'s states): accepting any of them loses nothing that returned. Changers take turns through
-a lock outside storage (:func:`platform_lock`); the read-backs refuse any that do not.
+a lock outside storage (:func:`platform_lock`, plus an ``flock`` for other namespaces): every
+writer of one TPM and counter must take it (a writer that does not could overwrite a returned
+change's table while recovering; the read-backs then refuse the change, but not in time).
 
 ``counter_every`` (:class:`CounterEvery`) trades the window for fewer increments (hardware NV
 is slow and wears): the changes between two moves rewrite the table at the same value, only
 over the table this process wrote last (a table put back, or a new process, moves the
 counter), and any of those tables may be put back: at most ``N-1`` changes, or the seconds
-since the last move (a ``moved_at`` ahead of the clock counts as expired).
+since the process's last move (on its monotonic clock: a wall clock stepped back gains nothing).
 
-One window is left, once per platform and before any mirror: a first setup killed between the
-counter's first increment and the first table's write leaves a counter with no table, which
+One window is left, once per platform and before any mirror: a first setup killed (or whose
+write failed, a full disk) between the counter's first increment and the first table's write
+leaves a counter with no table, which
 looks exactly like a deleted table (the counter's first value is the TPM's, not ours, so
 nothing tells the two apart) and is refused the same way; the message says how to set the
 platform up again.
@@ -44,7 +47,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
+import os
 import re
 import socket
 import struct
@@ -57,7 +62,7 @@ from typing import Any, Protocol
 
 from plinius.core.crypto import OVERHEAD
 from plinius.core.errors import ConfigError, IntegrityError, NotFoundError, RollbackError
-from plinius.core.fsutil import atomic_write, private_dir, read_regular
+from plinius.core.fsutil import atomic_write, open_regular, private_dir, read_regular
 from plinius.enclave import tpm_link
 from plinius.enclave.sealing import MAGIC as SEAL_MAGIC
 from plinius.enclave.sealing import seal, unseal
@@ -70,6 +75,8 @@ class TpmAnchor(Protocol):
     dir: Path
     nv_index: int
     where: str
+    #: one name per TPM however its spec spells it (the lock's name)
+    tpm_id: str
     link: tpm_link.TpmLink
     counter_every: CounterEvery
 
@@ -78,6 +85,7 @@ class TpmAnchor(Protocol):
 
 _EVERY = re.compile(r"^(\d{1,9})(s?)$")
 TABLE_FILE = "freshness.table"
+LOCK_FILE = "freshness.lock"
 _MAGIC = b"PLNTBL01"
 #: magic, bound counter value, changes since the counter last moved, when it moved (unix s),
 #: slot count, NV index
@@ -158,17 +166,32 @@ class CounterTable:
         self._mine: bytes | None = None
         #: the bytes of the table the last load accepted
         self._loaded: bytes | None = None
+        #: when this object last moved the counter (``time.monotonic``; counter_every=Ns)
+        self._moved_mono: float | None = None
 
     # --- the lock across processes -------------------------------------------------------
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """One user of this platform's counter and table at a time, across processes: a
-        socket bound in the abstract Unix namespace, named after the TPM and the counter
-        (:func:`platform_lock`). Not a file: whoever holds the storage cannot remove or replace
-        it. Released by the kernel when its process dies."""
-        with self._lock, platform_lock(self.platform.link.tcti, self.platform.nv_index):
-            yield
+        socket bound in the abstract Unix namespace, named after the TPM (however the spec
+        spells it) and the counter (:func:`platform_lock`), which whoever holds the storage
+        cannot remove or replace; and an ``flock`` on ``freshness.lock`` beside the table,
+        which also reaches processes of other network namespaces (containers) sharing the
+        directory. Both are released by the kernel when their process dies."""
+        with self._lock, platform_lock(self.platform.tpm_id, self.platform.nv_index):
+            path = self.dir / LOCK_FILE
+            flags = os.O_RDWR | (os.O_CREAT if self._create else 0)
+            try:
+                fd = open_regular(path, "freshness lock", nofollow=True, flags=flags)
+            except NotFoundError:
+                yield  # read-only use of a platform never changed here
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -241,8 +264,9 @@ class CounterTable:
             raise RollbackError(
                 f"the freshness table {self.path} is missing but {idx} is at {value}: it was "
                 "deleted; refusing to start over without the records (if this platform never "
-                "committed a mirror, its first setup was killed: give it another nv= index, "
-                f"or undefine this one: tpm2_nvundefine -C o {self.platform.nv_index:#x})"
+                "committed a mirror, its first setup was killed or failed: give it another "
+                f"nv= index, or undefine this one: tpm2_nvundefine -C o "
+                f"{self.platform.nv_index:#x})"
             )
         table = self._parse(raw)
         self._loaded = raw
@@ -317,8 +341,9 @@ class CounterTable:
         every = self.platform.counter_every
         if table.value != value or self._mine is None or self._loaded != self._mine:
             return False
-        if every.seconds:  # a clock set back or a moved_at ahead of now: the time is up
-            return 0 <= time.time() - table.moved_at < every.seconds
+        if every.seconds:  # this process's own clock since its own last move: no clock step
+            moved = self._moved_mono
+            return moved is not None and time.monotonic() - moved < every.seconds
         return table.lazy + 1 < every.changes
 
     def _increment(self, e: Any, handle: Any, expect: int) -> None:
@@ -359,6 +384,7 @@ class CounterTable:
         self._write(Table(value + 2, 0, int(time.time()), states))
         _reached("table-written")
         self._increment(e, handle, value + 2)
+        self._moved_mono = time.monotonic()
         _reached("increment-after")
 
     def _write(self, table: Table) -> None:
@@ -380,11 +406,11 @@ class CounterTable:
 
 
 @contextlib.contextmanager
-def platform_lock(tcti: str, index: int, timeout_s: float = 120.0) -> Iterator[None]:
-    """Hold the machine-wide lock of (TPM, NV counter): a socket bound to an abstract Unix
-    address (Linux; one network namespace: processes in other namespaces sharing the TPM are
-    not excluded, the counter's read-back then refuses their interleaving)."""
-    name = hashlib.sha256(f"{tcti}|{index:#x}".encode()).hexdigest()[:32]
+def platform_lock(tpm_id: str, index: int, timeout_s: float = 120.0) -> Iterator[None]:
+    """Hold the lock of (TPM, NV counter) in this network namespace: a socket bound to an
+    abstract Unix address (Linux). Any local process could bind it first: a denial of service,
+    as any local process can also use the TPM (README)."""
+    name = hashlib.sha256(f"{tpm_id}|{index:#x}".encode()).hexdigest()[:32]
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     deadline = time.monotonic() + timeout_s
     wait = 0.0005

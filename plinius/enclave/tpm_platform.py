@@ -87,6 +87,15 @@ def _tcti(opts: dict[str, str], spec: str) -> tuple[str, str]:
     return f"swtpm:host={host},port={m.group(2)}", f"swtpm {m.group(1)}:{m.group(2)} (software TPM)"
 
 
+def _tpm_id(opts: dict[str, str]) -> str:
+    """One name per TPM however the spec spells it: swtpm by its port (always loopback), a
+    device by its number (``/dev/tpm0`` and ``/dev/tpmrm0`` are one TPM)."""
+    if "swtpm" in opts:
+        return f"swtpm:{opts['swtpm'].rsplit(':', 1)[1]}"
+    m = re.match(r"^/dev/tpm(?:rm)?(\d+)$", opts["device"])
+    return f"tpm{m.group(1)}" if m else f"device:{os.path.realpath(opts['device'])}"
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -112,6 +121,7 @@ class TpmPlatform:
         opts = parse_tpm_spec(spec)
         self.spec = spec
         self.tcti, self.where = _tcti(opts, spec)
+        self.tpm_id = _tpm_id(opts)
         self.link = tpm_link.TpmLink(self.tcti, self.where)
         plat = Path(opts.get("dir") or platform_dir or default_platform_dir())
         state = Path(state_dir) if state_dir is not None else default_state_dir()

@@ -177,3 +177,17 @@ def test_tpm_platform_needs_the_owners_trust_root_to_provision(swtpm: Any, tmp_p
     assert ok.returncode == 0, ok.stderr
     plat = json.loads(ok.stdout)["platform"]
     assert plat["kind"] == "tpm" and "software TPM (swtpm)" in plat["note"]
+
+
+def test_one_tpm_spelled_two_ways_is_one_lock(tmp_path: Path) -> None:
+    """Review of issue 27: the platform lock is named after the TPM, not after its spelling."""
+    from plinius.enclave.tpm_platform import _tpm_id, parse_tpm_spec
+
+    ids = {
+        _tpm_id(parse_tpm_spec(s))
+        for s in ("tpm:swtpm=127.0.0.1:2321", "tpm:swtpm=localhost:2321", "tpm:swtpm=[::1]:2321")
+    }
+    assert ids == {"swtpm:2321"}
+    assert _tpm_id(parse_tpm_spec("tpm:device=/dev/tpm0")) == _tpm_id(
+        parse_tpm_spec("tpm:device=/dev/tpmrm0")
+    )
