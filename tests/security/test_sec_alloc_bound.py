@@ -18,16 +18,10 @@ from cli_runner import cli_argv, train_args
 
 from plinius.backends import open_backend
 from plinius.backends.testing import raw_get, raw_put
-from plinius.enclave.counter import (
-    _MAGIC_V1,
-    _STATE_V1,
-    PLATFORM_MEASUREMENT,
-    MirrorCounters,
-    SlotState,
-    slot_name,
-)
+from plinius.enclave.counter import PLATFORM_MEASUREMENT, MirrorCounters, SlotState, slot_name
 from plinius.enclave.platform import SimulatedPlatform
 from plinius.enclave.sealing import seal
+from plinius.enclave.slot_state import _MAGIC_V1, _STATE_V1
 from plinius.format.mirror import MAX_MANIFEST
 
 from .conftest import CliRunner, World, assert_refused
