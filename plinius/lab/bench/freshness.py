@@ -609,7 +609,8 @@ def explain_lines(doc: Mapping[str, Any]) -> list[str]:
             f"+ {x['increments_per_save']:.2f} × NV_Increment = 2 × {x['per_change_ms']:.3g} + "
             f"{x['increments_per_save']:.2f} × {x['increment_ms']:.3g} = "
             f"{x['estimate_ms']:.3g} ms; measured {x['measured_ms']:.3g} ms (the difference: the "
-            "lock file, reading and sealing the table, Python)"
+            "read-back of each increment (one NV_Read each), the platform locks, reading and "
+            "sealing the table, Python)"
         )
     return out
 
