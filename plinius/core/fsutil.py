@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from plinius.core.errors import ConfigError, NotFoundError
+from plinius.core.errors import ConfigError, NotFoundError, PliniusError
 
 StrPath = str | os.PathLike[str]
 
@@ -464,3 +464,25 @@ def try_lock(name: str, what: str, *, dir_fd: int | None = None) -> tuple[HeldLo
             os.close(fd)
         raise
     return HeldLock(fd), 0
+
+
+def create_whole(path: Path, data: bytes, what: str, *, max_bytes: int) -> bytes:
+    """Give ``path`` the content ``data``, or keep the file another process made first: the
+    content now under the name is returned.
+
+    The file appears under its name only whole: written and flushed in a private scratch
+    directory beside it (:func:`scratch_beside`), then linked in, never over a file
+    (:func:`link_new`). A kill leaves no file or the whole one, never an empty or partial one;
+    the scratch directory it may leave is removed by the next creation of that name."""
+    try:
+        with scratch_beside(path) as scratch:
+            staged = scratch / path.name
+            create_exclusive(staged, data)
+            link_new(staged, path)
+    except FileExistsError:  # another process created it first: use theirs
+        return read_regular(path, what, nofollow=True, max_bytes=max_bytes)
+    except PliniusError:
+        raise  # (NotFoundError is an OSError too)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {what} {path}: {exc.strerror}") from None
+    return data

@@ -26,14 +26,8 @@ from Crypto.Protocol.KDF import HKDF
 from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
-from plinius.core.errors import ConfigError, NotFoundError, PliniusError
-from plinius.core.fsutil import (
-    create_exclusive,
-    link_new,
-    private_dir,
-    read_regular,
-    scratch_beside,
-)
+from plinius.core.errors import ConfigError, NotFoundError
+from plinius.core.fsutil import create_whole, private_dir, read_regular
 from plinius.enclave.attestation import QuoteVerifier, make_quote, pinned_key_verifier
 from plinius.enclave.platform_protocol import (
     Platform,
@@ -129,29 +123,13 @@ class SimulatedPlatform:
     def _load_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
         """The platform file ``path``, created with ``make()`` when there is none.
 
-        A new file appears under its name only whole: written and flushed in a private scratch
-        directory beside it, then linked in (never over a file). A kill leaves no file or the
-        whole one, never an empty or partial secret; the scratch directory it may leave is
-        removed by the next creation of that file. Another process that created it first
-        wins: its file is used."""
+        It appears under its name only whole (:func:`plinius.core.fsutil.create_whole`); another
+        process that created it first wins: its file is used."""
         what = "platform file"
         try:
             return read_regular(path, what, nofollow=True, max_bytes=1 << 16)
         except NotFoundError:
-            pass
-        data = make()
-        try:
-            with scratch_beside(path) as scratch:
-                staged = scratch / path.name
-                create_exclusive(staged, data)
-                link_new(staged, path)
-        except FileExistsError:  # another process created it first: use theirs
-            return read_regular(path, what, nofollow=True, max_bytes=1 << 16)
-        except PliniusError:
-            raise  # (NotFoundError is an OSError too)
-        except OSError as exc:
-            raise ConfigError(f"cannot create {what} {path}: {exc.strerror}") from None
-        return data
+            return create_whole(path, make(), what, max_bytes=1 << 16)
 
     kind = "simulated"
 

@@ -29,14 +29,8 @@ from typing import Any
 from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
 
-from plinius.core.errors import ConfigError, NotFoundError, PliniusError
-from plinius.core.fsutil import (
-    create_exclusive,
-    link_new,
-    private_dir,
-    read_regular,
-    scratch_beside,
-)
+from plinius.core.errors import ConfigError, NotFoundError
+from plinius.core.fsutil import create_whole, private_dir, read_regular
 from plinius.enclave import tpm_link
 from plinius.enclave.counter_table import CounterEvery, CounterTable
 from plinius.enclave.platform_protocol import default_platform_dir, default_state_dir
@@ -176,19 +170,7 @@ class TpmPlatform:
             )
         if not create:
             raise NotFoundError(f"no {what}: this TPM platform was never set up here")
-        blob = self.link.run(tpm_link.create_hmac_key)
-        try:
-            with scratch_beside(path) as scratch:
-                staged = scratch / path.name
-                create_exclusive(staged, blob)
-                link_new(staged, path)
-        except FileExistsError:  # another process set it up first: use theirs
-            return read_regular(path, what, nofollow=True, max_bytes=1 << 12)
-        except PliniusError:
-            raise
-        except OSError as exc:
-            raise ConfigError(f"cannot create {what}: {exc.strerror}") from None
-        return blob
+        return create_whole(path, self.link.run(tpm_link.create_hmac_key), what, max_bytes=1 << 12)
 
     def derive(self, purpose: bytes, measurement: bytes, length: int = 16) -> bytes:
         """HMAC-SHA256, inside the TPM, of (purpose, measurement, length): the key never
