@@ -45,6 +45,7 @@ from plinius.enclave.counter import (
 )
 from plinius.enclave.measure import measurement
 from plinius.enclave.platform_protocol import Platform
+from plinius.enclave.ranks import RankLink, RankMirror
 from plinius.enclave.replicas import Replica, Replicator, Warn
 from plinius.enclave.sealing import SealedStore
 from plinius.format.mirror import (
@@ -214,6 +215,8 @@ class Enclave:
         self._accept_loss: int | None = None  # mirrors a replica restore may lose beyond the bound
         self._reseed = False  # the next mirror re-seeds a lost primary from a replica's content
         self._restore_warning: str | None = None  # set when a replica replaced a lost primary
+        self._ranks: RankMirror | None = None  # this rank's part of a run split over ranks
+        self._backend_of: Callable[[int], Backend] | None = None  # other ranks' storage
 
     # --- attestation and provisioning ------------------------------------------------------
 
@@ -310,6 +313,25 @@ class Enclave:
         self._guard = mirror_guard(counters, self._store, settle=True)
         state = counters.read(self._guard.slot)
         self._version = state.high if state else 0
+
+    def ecall_attach_ranks(
+        self, link: RankLink, backend_of: Callable[[int], Backend] | None = None
+    ) -> RankMirror:
+        """Mirror this rank's part of a run split over ``link``'s ranks (after
+        :meth:`ecall_attach_mirror`): parts, the rank's slot record, the global manifest and the
+        two-phase commit of :mod:`plinius.enclave.ranks`. ``backend_of(r)``: rank ``r``'s storage,
+        read by a restore at another world size. Replicas are not supported with it."""
+        if self._store is None or self._guard is None:
+            raise EnclaveStateError("attach a mirror first")
+        if self._replicas is not None:
+            raise ConfigError("replicas of a mirror split over ranks are not supported")
+        ranks = RankMirror(link, self._store.backend, self._eng, self._fp, self._guard.counters)
+        self._ranks, self._backend_of = ranks, backend_of
+        self._guard = ranks.guard(settle=True)
+        self._new_run()
+        state = ranks.counters.read(ranks.slot)
+        self._version = state.high if state else 0
+        return ranks
 
     def _meta(self) -> dict[str, Any]:
         """The manifest's metadata: the model's training state ("net", the key of format 2),
@@ -465,6 +487,8 @@ class Enclave:
         if self._store is None or self._guard is None:
             raise EnclaveStateError("attach a mirror first")
         guard = self._guard
+        if self._ranks is not None:
+            return self._restore_ranks(self._ranks)
         if self._replicas is not None and self._replicas.replicas:
             got = self._restore_replicated(warn or (lambda m: None))
         else:
@@ -482,15 +506,69 @@ class Enclave:
                 f"({meta.get('dataset_id')}); use that dataset or --fresh"
             )
         self._model.load_training_state(meta["net"])
+        self._resume(meta, got.info.version, got.info.run_id)
+        return self._model.iteration
+
+    def _resume(self, meta: dict[str, Any], version: int, run_id: bytes) -> None:
         self._data_rng.bit_generator.state = meta["data_rng"]
         self._batches_drawn = int(meta["batches_drawn"])
-        self._version = max(self._version, got.info.version)
-        self._run_id = got.info.run_id  # the run goes on
+        self._version = max(self._version, version)
+        self._run_id = run_id  # the run goes on
+
+    def _restore_ranks(self, ranks: RankMirror) -> int | None:
+        """The save every rank's record accepts, as the global manifest lists it: this rank's
+        part straight into the model; at another world size, the parts this rank reads (rank
+        ``r`` by rank ``r % world``) handed to the model's ``reshard`` hook, which exchanges
+        what each rank needs over the ranks' collectives."""
+        g = ranks.read_global()
+        if g is None:
+            ranks.absent()
+            return None
+        link = ranks.link
+        if g.world == link.world:
+            got = ranks.load_own(g, restore_into(self._model))
+            self._model.load_training_state(got.info.meta["net"])
+            self._resume(got.info.meta, g.version, g.run_id)
+            return self._model.iteration
+        reshard = getattr(self._model, "reshard", None)
+        if reshard is None or self._backend_of is None:
+            raise ConfigError(
+                f"the mirror was saved by {g.world} ranks and this run has {link.world}: this "
+                "model cannot be resharded"
+            )
+        backend_of = self._backend_of
+        mine = [r for r in range(g.world) if r % link.world == link.rank]
+        parts = ranks.load_parts(
+            g, mine, lambda r: ranks.backend if r == link.rank else backend_of(r)
+        )
+        source = reshard(g, {r: got.info.meta["net"] for r, got in parts.items()},
+                         {r: got.arrays for r, got in parts.items()})  # fmt: skip
+        for r in mine:
+            b = ranks.backend if r == link.rank else backend_of(r)
+            ranks.counters.check(
+                ranks.part_guard(g, r, b).inner.slot, f"rank {r}'s part", g.stamp_of(r),
+                settle=True,
+            )  # fmt: skip
+        meta = parts[source].info.meta if source in parts else None
+        if meta is not None:
+            self._resume(meta, g.version, g.run_id)
+        else:
+            self._version, self._run_id = max(self._version, g.version), g.run_id
         return self._model.iteration
 
     def ecall_forget_mirror(self) -> None:
         """``--fresh``: a new run from scratch; its first mirror makes every older one stale."""
+        self._new_run()
+
+    def _new_run(self) -> None:
+        """A new run id: random; rank 0's on every rank of a run split over ranks."""
         self._run_id = os.urandom(ID_BYTES)
+        if self._ranks is not None:
+            link = self._ranks.link
+            got = link.broadcast_bytes(self._run_id if link.rank == 0 else None, ID_BYTES)
+            if len(got) != ID_BYTES:
+                raise EnclaveStateError("rank 0 sent no run id")
+            self._run_id = got
 
     def ecall_explain_mismatch(self) -> str | None:
         """What differs between this model and the one the stored mirror was made by, when the
@@ -523,6 +601,8 @@ class Enclave:
         assert self._store is not None and self._guard is not None
         counters, slot = self._guard.counters, self._guard.slot
         stamp = Stamp(self._run_id, version, os.urandom(ID_BYTES))
+        if self._ranks is not None:
+            return self._persist_part(records, stamp, iteration, meta, engine)
         reseed, self._reseed = self._reseed, False
         if self._replicas is not None and not reseed:  # a re-seed holds a replica's content
             self._replicas.before_commit(
@@ -547,6 +627,43 @@ class Enclave:
         counters.commit(slot, stamp)
         if self._replicas is not None and extent:
             self._replicas.after_commit(self._store.backend, stamp, extent[0], force=reseed)
+        return stats
+
+    def _persist_part(
+        self,
+        records: list[Record],
+        stamp: Stamp,
+        iteration: int,
+        meta: dict[str, Any],
+        engine: Engine | None,
+    ) -> IoStats:
+        """This rank's part of save ``stamp.version``, committed only once every rank's part
+        and the global manifest listing them are durable (:meth:`RankMirror.commit`)."""
+        ranks = self._ranks
+        assert ranks is not None
+        table = meta["net"].get("table", [])
+        extent: list[Extent] = []
+
+        def begin(e: Extent) -> None:
+            ranks.counters.begin(ranks.slot, stamp, e)
+            extent.append(e)
+
+        try:
+            stats = ranks.store_for(stamp.version).save(
+                records,
+                version=stamp.version,
+                iteration=iteration,
+                meta=meta,
+                run_id=stamp.run_id,
+                save_id=stamp.save_id,
+                before_write=lambda size, manifest: begin(Extent(size, manifest)),
+                engine=engine,
+            )
+        except PliniusError as exc:
+            ranks.commit(stamp, None, iteration, exc, table)  # the others learn it; raises
+            raise
+        ranks.commit(stamp, extent[0], iteration, None, table)
+        ranks.counters.commit(ranks.slot, stamp)
         return stats
 
     def _committed(self, slot: str) -> tuple[Stamp, Extent | None] | None:

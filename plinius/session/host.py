@@ -24,6 +24,7 @@ from plinius.core.fsutil import check_path
 from plinius.core.model import Trainable
 from plinius.enclave.counter import MirrorCounters
 from plinius.enclave.platform import Platform, open_platform
+from plinius.enclave.ranks import RankLink
 from plinius.enclave.trusted import Enclave, check_max_in_flight
 from plinius.session.owner import provision
 
@@ -185,6 +186,14 @@ class Session:
             )
             self._replicas = opened  # attached: the enclave's copiers now hold them
         self.enclave.ecall_set_async(asynchronous, max_in_flight)
+
+    def attach_ranks(
+        self, link: RankLink, backend_of: Callable[[int], Backend] | None = None
+    ) -> None:
+        """Mirror this rank's part of a run split over ``link``'s ranks (after :meth:`attach`,
+        without replicas): see :mod:`plinius.enclave.ranks`. ``backend_of(r)``: rank ``r``'s
+        storage, read by a restore at another world size."""
+        self.enclave.ecall_attach_ranks(link, backend_of)
 
     def _open_replicas(
         self, replication: Replication, primary: Backend, mirror_bytes: int

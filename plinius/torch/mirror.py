@@ -14,18 +14,22 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, cast
 
 import torch
 
+from plinius.backends.base import Backend
+from plinius.backends.registry import backend_class, parse_spec
 from plinius.core.errors import ConfigError, ModelMismatchError, PliniusError
 from plinius.core.model import Trainable
 from plinius.enclave.platform import Platform
 from plinius.enclave.trusted import check_max_in_flight
 from plinius.session import BackendLike, Replication, Resumed, Session
+from plinius.torch.collectives import TorchLink, world_group
+from plinius.torch.part_state import PartState
 from plinius.torch.state import TorchState, mirror_estimate
 
 #: the CLI's flags in messages from below (with their value, if any) and the argument here
@@ -78,6 +82,37 @@ def _announce(found: Resumed) -> None:
         _warn(found.lost)
 
 
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """A DDP-wrapped module's own module (its state_dict names carry no ``module.``), so a
+    mirror restores into the plain module too (another world size, one process)."""
+    inner = getattr(model, "module", None)
+    if isinstance(inner, torch.nn.Module) and type(model).__name__ == "DistributedDataParallel":
+        return inner
+    return model
+
+
+def _rank_spec(spec: BackendLike, rank: int, world: int) -> BackendLike:
+    """Rank ``rank``'s backend: ``{rank}`` in the spec set to it. Backends one process owns
+    (files, pools) need it in the location; a shared server (Redis) takes one spec, each rank
+    writing its own blobs."""
+    if not isinstance(spec, str):
+        if world > 1 and spec.locality == "local":
+            raise ConfigError(
+                "backend: give a spec with {rank} in its location under a process group (each "
+                "rank opens its own instance), not a backend object"
+            )
+        return spec
+    if "{rank}" in spec:
+        return spec.replace("{rank}", str(rank))
+    name, _, _ = parse_spec(spec)
+    if world > 1 and backend_class(name).locality == "local":
+        raise ConfigError(
+            f"backend {spec}: each of the {world} ranks needs its own instance of a local "
+            f"backend: put {{rank}} in its location (e.g. {name}:/dev/shm/run/{{rank}})"
+        )
+    return spec
+
+
 class TorchMirror:
     """Mirror a PyTorch model, optimizer, scheduler, RNGs and ``extra_state``, encrypted.
 
@@ -122,6 +157,7 @@ class TorchMirror:
         check_module_types: bool = True,
         fresh: bool = False,
         mirror_on_close: bool = True,
+        process_group: Any = None,
     ) -> None:
         if every < 1:
             raise ConfigError(f"every={every}: mirror at least every 1 iteration")
@@ -132,9 +168,23 @@ class TorchMirror:
         if accept_replica_loss is not None and accept_replica_loss < 0:
             raise ConfigError(f"accept_replica_loss={accept_replica_loss}: must be >= 0")
         self.max_in_flight = check_max_in_flight(max_in_flight, asynchronous)
-        self.state = TorchState(
-            model, optimizer, scheduler, extra_state, module_types=check_module_types
-        )
+        group = world_group(process_group)
+        self.link: TorchLink | None = None
+        template = backend
+        if group is not None:
+            if replica is not None:
+                raise ConfigError("replica= is not supported with a process group (yet)")
+            self.link = TorchLink(group)
+            model = _unwrapped(model)
+            self.state: TorchState = PartState(
+                model, optimizer, scheduler, extra_state, module_types=check_module_types,
+                link=self.link,
+            )  # fmt: skip
+            template, backend = backend, _rank_spec(backend, self.link.rank, self.link.world)
+        else:
+            self.state = TorchState(
+                model, optimizer, scheduler, extra_state, module_types=check_module_types
+            )
         self.every = every
         self.asynchronous = asynchronous
         self.fresh = fresh
@@ -169,9 +219,28 @@ class TorchMirror:
                     ),
                     mirror_bytes=size,
                 )
+                if self.link is not None:
+                    self._session.attach_ranks(self.link, self._backend_of(template, size))
         except BaseException:
             self._session.close()
             raise
+
+    def _backend_of(self, spec: BackendLike, size: int) -> Callable[[int], Backend]:
+        """Rank ``r``'s storage (a restore at another world size reads old ranks' parts):
+        the spec with ``{rank}`` set to ``r``, or this rank's own backend when it is shared."""
+
+        opened: dict[int, Backend] = {}
+
+        def of(r: int) -> Backend:
+            if not isinstance(spec, str) or "{rank}" not in spec or r == self.rank:
+                return self.backend
+            if r not in opened:
+                with _as_python():
+                    where = spec.replace("{rank}", str(r))
+                    opened[r] = self._session.open(where, mirror_bytes=size)
+            return opened[r]
+
+        return of
 
     # --- restore -------------------------------------------------------------------------------
 
@@ -328,6 +397,15 @@ class TorchMirror:
             self._closed = True
             with _as_python():
                 self._session.close()
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in the mirror's group (0 for one process)."""
+        return self.link.rank if self.link is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.link.world if self.link is not None else 1
 
     def __enter__(self) -> TorchMirror:
         return self

@@ -39,6 +39,7 @@ from plinius.torch.codec import (
     numpy_dtype,
     record_view,
 )
+from plinius.torch.shards import local
 from plinius.torch.staging import Staging
 
 MODEL, OPTIM, RNG, EXTRA = 0, 1, 2, 3
@@ -59,6 +60,7 @@ _NUMPY_PREFIX = "numpy:"
 
 def _alias_key(t: torch.Tensor) -> tuple[Any, ...]:
     """Same storage, offset, shape and strides: the same tensor (tied weights)."""
+    t = local(t)  # a DTensor: its shard's memory
     return (
         str(t.device),
         t.untyped_storage().data_ptr(),
@@ -417,16 +419,22 @@ class TorchState:
                 if self.optimizer is None:
                     raise ModelMismatchError("the mirror holds optimizer state; pass the optimizer")
                 i, key = name.split(".", 1)
-                p = self._params[int(i)]
-                now = self.optimizer.state[p].get(key)
-                dt = dtype_from_name(dtype)
-                if now is None or list(now.shape) != shape or now.dtype != dt:
-                    device = p.device if where else torch.device("cpu")
-                    self.optimizer.state[p][key] = torch.empty(shape, dtype=dt, device=device)
+                self._ensure_optim(self._params[int(i)], key, dtype_from_name(dtype), shape, where)
             elif layer == RNG:
                 self._rng[name] = np.empty(tuple(shape), _RNG_DTYPES[dtype])
             elif layer == EXTRA:
                 self._extra_into[name] = _extra_destination(have.get(name), dtype, shape, where)
+
+    def _ensure_optim(
+        self, p: torch.Tensor, key: str, dt: torch.dtype, shape: list[int], on: bool
+    ) -> None:
+        """The optimizer's ``key`` tensor of ``p`` as the mirror's layout row says (PyTorch
+        creates it lazily at the first step)."""
+        assert self.optimizer is not None
+        now = self.optimizer.state[p].get(key)
+        if now is None or list(now.shape) != shape or now.dtype != dt:
+            device = p.device if on else torch.device("cpu")
+            self.optimizer.state[p][key] = torch.empty(shape, dtype=dt, device=device)
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         """After the records were decrypted into :meth:`restore_buffers`: staged bytes back
@@ -440,6 +448,11 @@ class TorchState:
         for r in records:
             if isinstance(r.source, torch.Tensor):
                 self.staging.write_back(f"{r.layer}/{r.name}", r.source)
+        self._apply(state)
+
+    def _apply(self, state: dict[str, Any]) -> None:
+        """What follows the tensors: optimizer groups and scalars, scheduler, RNGs (from
+        ``self._rng``), extra state (its records from ``self._extra_into``), iteration."""
         self._load_optimizer(state["optimizer"])
         if self.scheduler is not None:
             if state["scheduler"] is None:
