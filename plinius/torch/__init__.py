@@ -15,8 +15,9 @@ Only this package imports torch::
 
 from __future__ import annotations
 
+from plinius.torch.collectives import init_ranks
 from plinius.torch.mirror import TorchMirror
 from plinius.torch.staging import Staging
 from plinius.torch.state import TorchState
 
-__all__ = ["Staging", "TorchMirror", "TorchState"]
+__all__ = ["Staging", "TorchMirror", "TorchState", "init_ranks"]

@@ -7,6 +7,7 @@ against the caller's bound before anything is allocated for it.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import torch
@@ -16,6 +17,33 @@ from plinius.core.errors import ConfigError, IntegrityError
 
 #: how long a collective of the commit waits for the slowest rank before failing
 COMMIT_TIMEOUT = timedelta(minutes=10)
+
+
+def init_ranks(timeout: timedelta = timedelta(seconds=60)) -> tuple[int, int]:
+    """``torch.distributed.init_process_group("gloo")`` from torchrun's environment that also
+    works after ``torchrun --max-restarts`` restarted the ranks: the rendezvous keys of each
+    attempt go under their own prefix of torchrun's store (with one shared prefix a restarted
+    group hangs, or dials a dead rank's address, here 3 times out of 3), and a rank that never
+    comes fails the others after ``timeout`` instead of hanging. ``(rank, world size)``."""
+    env = os.environ
+    try:
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        addr, port = env["MASTER_ADDR"], int(env["MASTER_PORT"])
+    except (KeyError, ValueError):
+        raise ConfigError(
+            "init_ranks: RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are not set: start the "
+            "script with torchrun"
+        ) from None
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.TCPStore(addr, port, world, False, timeout=timeout)
+    dist.init_process_group(
+        "gloo",
+        store=dist.PrefixStore(f"plinius-attempt-{attempt}", store),
+        rank=rank,
+        world_size=world,
+        timeout=timeout,
+    )
+    return rank, world
 
 
 def world_group(process_group: object | None) -> object | None:
@@ -82,4 +110,4 @@ class TorchLink:
         dist.destroy_process_group(self.group)
 
 
-__all__ = ["COMMIT_TIMEOUT", "TorchLink", "world_group"]
+__all__ = ["COMMIT_TIMEOUT", "TorchLink", "init_ranks", "world_group"]
