@@ -36,7 +36,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from plinius.core.crypto import make_engine
-from plinius.lab.bench import freshness
+from plinius.lab.bench import distributed, freshness
 from plinius.lab.bench.contenders import Contender
 from plinius.lab.bench.registry import (
     NotRun,
@@ -247,3 +247,42 @@ class FreshnessContenders:
     def time_op(self, contender: str, op: str) -> None:
         assert self.contender is not None
         _clock[0] += self.contender.run(op)
+
+
+class DistributedContenders:
+    """``plinius bench`` section ``distributed`` (it launches its own torchrun ranks, so no
+    class is generated for it): ``time_op`` over ``(world, wrap, contender, op)``. ``setup``
+    launches ``world`` ranks (:func:`plinius.lab.bench.distributed.measure_one`: the default
+    workload, ResNet-50 + Adam, on tmpfs) that run the contender's ops up to ``op`` once, as the
+    section does: after a barrier, the slowest rank's seconds, every restore checked exactly.
+    The op runs in the ranks, not in this process, so ``time_op`` advances asv's clock by the
+    seconds the ranks measured. A world size above this machine's cores (timing the scheduler,
+    not the save), an op the contender lacks, or no torch raises NotImplementedError."""
+
+    section_name = "distributed"
+    param_names = ["world", "wrap", "contender", "op"]
+    params = (
+        [1, 2],
+        list(distributed.WRAPS),
+        list(distributed.KINDS),
+        [distributed.SAVE, distributed.SAVE_DONE, distributed.RESTORE],
+    )
+    timer = staticmethod(contender_clock)
+    timeout = 600
+    number = 1
+    repeat = (3, 5, 60.0)
+
+    def setup(self, world: int, wrap: str, contender: str, op: str) -> None:
+        self.seconds: float | None = None
+        why = distributed.torch_missing()
+        if why:
+            raise NotImplementedError(why)
+        if op not in distributed.ops_of(contender):
+            raise NotImplementedError(f"{contender} has no {op!r}")
+        if world > distributed.cores():
+            raise NotImplementedError(f"{world} ranks on {distributed.cores()} cores: not timed")
+        self.seconds = distributed.measure_one(world, wrap, contender, op)
+
+    def time_op(self, world: int, wrap: str, contender: str, op: str) -> None:
+        assert self.seconds is not None
+        _clock[0] += self.seconds

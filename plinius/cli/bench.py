@@ -180,6 +180,13 @@ def register(sub: Any) -> None:
         "pycryptodome "
         "or a plug-in's name",
     )
+    p.add_argument(
+        "--world-size",
+        type=int_arg(1, 64),
+        help="ranks of the distributed section (torchrun, launched by it; default 2): "
+        "TorchMirror against DCP for DDP and FSDP2, plus save time at W = 1, 2, 4; runs that "
+        "section alone unless --only names others",
+    )
     p.add_argument("--only", help=f"comma-separated sections of {','.join(section_names())}")
     p.add_argument("--skip", help="comma-separated sections to leave out")
     p.add_argument("--out", default="bench-out", help="directory for results.json, report.md, PNG")
@@ -389,7 +396,14 @@ def run(args: argparse.Namespace) -> int:
         else (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
     )
     extension = _extension(args, answer, repeats, t0)
+    if args.world_size is not None and args.only is None:
+        args.only = "distributed"  # --world-size asks for the distributed section
     sections = _sections(args.only, args.skip)
+    if args.world_size is not None and "distributed" not in sections:
+        raise ConfigError(
+            "--world-size sets the distributed section's ranks: --only/--skip "
+            "leave that section out"
+        )
     if answer and not set(sections) & set(ANSWER_SECTIONS):
         answer = False  # only sections the answer page does not hold: their own report
     if answer and args.only is None:
@@ -419,6 +433,7 @@ def run(args: argparse.Namespace) -> int:
         sections,
         workloads=workloads,
         extension=extension,
+        world_size=args.world_size,
     )
     with progress_bar("bench", console, args.json) as bar:
         task = bar.add_task("bench", total=total_steps(opts))

@@ -53,6 +53,8 @@ class SuiteOptions:
     workloads: tuple[str, ...] = ()  # named real-model workloads beside the size-N models
     #: more rounds while the machine is contended (None: exactly ``repeats``)
     extension: Extension | None = None
+    #: the distributed section's ranks (``--world-size``; None: its default)
+    world_size: int | None = None
 
     def __post_init__(self) -> None:
         if not self.sections:
