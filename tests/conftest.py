@@ -34,6 +34,7 @@ SYSTEM = frozenset(
         "test_supervisor.py",
         "test_torch_example.py",
         "test_torch_kill.py",
+        "test_torch_distributed.py",
         "test_tpm_platform.py",
         "test_trainer.py",
         "test_vm_loss.py",

@@ -67,9 +67,10 @@ class DistributedSaveError(PliniusError):
     """A save a rank could not make: no rank committed it."""
 
 
-def part_blob(base: str, rank: int, version: int) -> str:
-    """Where rank ``rank`` writes its part of save ``version`` (two blobs alternate)."""
-    return f"{base}.r{rank}.{version % 2}"
+def part_blob(base: str, rank: int, which: int) -> str:
+    """Rank ``rank``'s part blob ``which`` (0 or 1): a save writes the one the global
+    manifest does not list, so the listed part stays whole until the new save is committed."""
+    return f"{base}.r{rank}.{which}"
 
 
 def part_slot(backend: Backend, base: str, rank: int) -> str:
@@ -89,6 +90,8 @@ class PartEntry:
     save_id: bytes
     size: int
     manifest: int
+    #: which of the rank's two part blobs holds it
+    blob: int
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class GlobalManifest:
             "run": self.run_id.hex(),
             "iteration": self.iteration,
             "world": self.world,
-            "parts": [[p.rank, p.save_id.hex(), p.size, p.manifest] for p in self.parts],
+            "parts": [[p.rank, p.save_id.hex(), p.size, p.manifest, p.blob] for p in self.parts],
             "table": self.table,
         }
 
@@ -166,7 +169,8 @@ def open_global(engine: Engine, fingerprint: bytes, data: bytes, what: str) -> G
     try:
         doc = json.loads(body)
         parts = tuple(
-            PartEntry(int(r), bytes.fromhex(s), int(n), int(m)) for r, s, n, m in doc["parts"]
+            PartEntry(int(r), bytes.fromhex(s), int(n), int(m), int(b))
+            for r, s, n, m, b in doc["parts"]
         )
         g = GlobalManifest(
             int(doc["version"]), bytes.fromhex(doc["run"]), int(doc["iteration"]),
@@ -176,6 +180,8 @@ def open_global(engine: Engine, fingerprint: bytes, data: bytes, what: str) -> G
         raise FormatError(f"{what}: malformed body ({exc})") from None
     if (g.version, g.run_id) != (version, run_id) or doc.get("format") != GLOBAL_FORMAT:
         raise IntegrityError(f"{what}: body and header disagree")
+    if any(p.blob not in (0, 1) for p in parts):
+        raise FormatError(f"{what}: a part blob other than 0 or 1")
     if not 1 <= g.world == len(parts) or [p.rank for p in parts] != list(range(g.world)):
         raise FormatError(f"{what}: {len(parts)} parts for a world of {g.world}")
     return g
@@ -194,11 +200,13 @@ class PartGuard:
     def _same(self, found: Stamp, extent: Extent | None) -> None:
         if found != self.expected or (extent is not None and extent != self.extent):
             e = self.expected
-            why = (
-                "an older part replayed"
-                if found.run_id == e.run_id and found.version < e.version
-                else "a part of another save, run or rank (parts swapped or mixed)"
-            )
+            if found.run_id != e.run_id:
+                why = "the part and the global manifest belong to different runs"
+            elif found.version < e.version:
+                why = "an older part replayed"
+            else:
+                why = "a part of another save or rank (parts swapped or mixed)"
+
             raise RollbackError(
                 f"rank {self.rank}: its part holds {found.short()}, the global manifest lists "
                 f"{e.short()} ({why}); refused"
@@ -287,8 +295,12 @@ class RankMirror:
         self.slot = part_slot(backend, base, self.rank)
         self.where = f"rank {self.rank}'s part in {backend.spec}"
 
-    def store_for(self, version: int) -> MirrorStore:
-        return self.stores[version % 2]
+        #: which part blob the committed global manifest lists for this rank (None: none)
+        self.live: int | None = None
+
+    def next_blob(self) -> int:
+        """The part blob the next save writes: never the one the global manifest lists."""
+        return 0 if self.live is None else 1 - self.live
 
     def guard(self, *, settle: bool) -> FreshnessGuard:
         return self.counters.guard(self.slot, self.where, settle=settle)
@@ -296,7 +308,7 @@ class RankMirror:
     # --- save ------------------------------------------------------------------------------
 
     def commit(self, stamp: Stamp, extent: Extent | None, iteration: int,
-               failed: BaseException | None, table: list[Any]) -> None:  # fmt: skip
+               failed: BaseException | None, table: list[Any], blob: int) -> None:  # fmt: skip
         """Phase two of save ``stamp.version`` once this rank's part is durable (or ``failed``):
         returns when the global manifest listing this part is durable; raises on every rank
         when any rank failed (no rank then commits)."""
@@ -307,6 +319,7 @@ class RankMirror:
             "run": stamp.run_id.hex(),
             "save": stamp.save_id.hex(),
             "extent": [extent.size, extent.manifest] if extent is not None else None,
+            "blob": blob,
             "plan": hashlib.sha256(raw).hexdigest(),
             "error": None if failed is None else _verdict(failed).decode(),
         }
@@ -325,7 +338,7 @@ class RankMirror:
         sealed: bytes | None = None
         if link.rank == 0:
             parts = tuple(
-                PartEntry(k, bytes.fromhex(r["save"]), r["extent"][0], r["extent"][1])
+                PartEntry(k, bytes.fromhex(r["save"]), r["extent"][0], r["extent"][1], r["blob"])
                 for k, r in enumerate(reports)
             )
             g = GlobalManifest(stamp.version, stamp.run_id, iteration, link.world, parts,
@@ -345,7 +358,11 @@ class RankMirror:
             )
         g = open_global(self.engine, self.fingerprint, got[1:], f"the global manifest of {what}")
         assert extent is not None
-        if g.stamp_of(link.rank) != stamp or g.extent_of(link.rank) != extent:
+        if (g.stamp_of(link.rank), g.extent_of(link.rank), g.parts[link.rank].blob) != (
+            stamp,
+            extent,
+            blob,
+        ):
             raise IntegrityError(f"rank {link.rank}: the global manifest of {what} does not "
                                  "list this rank's part; not committed")  # fmt: skip
 
@@ -434,11 +451,12 @@ class RankMirror:
         backend: Backend,
         into: Callable[[MirrorInfo], Any] | None,
     ) -> Restored:
+        which = g.parts[rank].blob
         store = (
-            self.store_for(g.version)
+            self.stores[which]
             if backend is self.backend and rank == self.rank
             else MirrorStore(backend, self.engine, self.fingerprint,
-                             part_blob(self.base, rank, g.version))
+                             part_blob(self.base, rank, which))
         )  # fmt: skip
         got = store.load(into=into, freshness=self.part_guard(g, rank, backend))
         if got is None:
@@ -470,6 +488,8 @@ def _report_problem(r: dict[str, Any], mine: dict[str, Any]) -> str | None:
         return f"is at save {r.get('version')} of run {str(r.get('run'))[:8]}"
     if r.get("plan") != mine["plan"]:
         return "holds another tensor table (the ranks' models or optimizers differ)"
+    if r.get("blob") not in (0, 1):
+        return "sent no part blob"
     e = r.get("extent")
     if not (isinstance(e, list) and len(e) == 2 and all(isinstance(x, int) for x in e)):
         return "sent no extent"

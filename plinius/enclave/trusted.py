@@ -527,6 +527,7 @@ class Enclave:
         link = ranks.link
         if g.world == link.world:
             got = ranks.load_own(g, restore_into(self._model))
+            ranks.live = g.parts[link.rank].blob
             self._model.load_training_state(got.info.meta["net"])
             self._resume(got.info.meta, g.version, g.run_id)
             return self._model.iteration
@@ -549,6 +550,8 @@ class Enclave:
                 ranks.part_guard(g, r, b).inner.slot, f"rank {r}'s part", g.stamp_of(r),
                 settle=True,
             )  # fmt: skip
+        if link.rank < g.world:  # this rank's own old part stays listed until a new save
+            ranks.live = g.parts[link.rank].blob
         meta = parts[source].info.meta if source in parts else None
         if meta is not None:
             self._resume(meta, g.version, g.run_id)
@@ -642,6 +645,7 @@ class Enclave:
         ranks = self._ranks
         assert ranks is not None
         table = meta["net"].get("table", [])
+        blob = ranks.next_blob()
         extent: list[Extent] = []
 
         def begin(e: Extent) -> None:
@@ -649,7 +653,7 @@ class Enclave:
             extent.append(e)
 
         try:
-            stats = ranks.store_for(stamp.version).save(
+            stats = ranks.stores[blob].save(
                 records,
                 version=stamp.version,
                 iteration=iteration,
@@ -660,9 +664,10 @@ class Enclave:
                 engine=engine,
             )
         except PliniusError as exc:
-            ranks.commit(stamp, None, iteration, exc, table)  # the others learn it; raises
+            ranks.commit(stamp, None, iteration, exc, table, blob)  # the others learn it; raises
             raise
-        ranks.commit(stamp, extent[0], iteration, None, table)
+        ranks.commit(stamp, extent[0], iteration, None, table, blob)
+        ranks.live = blob  # the global manifest now lists it, whatever happens next
         ranks.counters.commit(ranks.slot, stamp)
         return stats
 

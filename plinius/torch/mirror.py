@@ -103,6 +103,10 @@ def _rank_spec(spec: BackendLike, rank: int, world: int) -> BackendLike:
             )
         return spec
     if "{rank}" in spec:
+        _, location, _ = parse_spec(spec)
+        head, _, _ = location.partition("{rank}")
+        if head.endswith("/") and os.path.isdir(os.path.dirname(head.rstrip("/")) or "."):
+            os.makedirs(head, mode=0o700, exist_ok=True)  # the ranks' directory, made once
         return spec.replace("{rank}", str(rank))
     name, _, _ = parse_spec(spec)
     if world > 1 and backend_class(name).locality == "local":
