@@ -44,8 +44,8 @@ def test_quick_run_compares_checks_and_judges(tmp_path: Path) -> None:
     out = tmp_path / "out"
     try:
         res = run_cli(
-            "bench", "--only", "distributed", "--world-size", "2", "--quick", "--json",
-            "--out", str(out), env={**os.environ, **roots}, timeout=400,
+            "bench", "--only", "distributed", "--world-size", "2", "--quick", "--rounds", "2",
+            "--json", "--out", str(out), env={**os.environ, **roots}, timeout=400,
         )  # fmt: skip
         assert res.returncode == 0, res.stderr[-3000:]
         doc = json.loads(res.stdout)
@@ -66,7 +66,7 @@ def test_quick_run_compares_checks_and_judges(tmp_path: Path) -> None:
         assert r["timing"] == (w <= cores)
         for c in r["contenders"]:
             assert c["status"] == "ok", c["errors"]
-            if w != 1 and c["kind"] != "dcp.async_save":
+            if w != 1 and c["kind"] not in ("dcp.async_save", d.SOLO):
                 assert c["exact"], c  # restored bit for bit on every rank
             for op in c["ops"].values():
                 assert len(op["seconds"]) == r["rounds"]
@@ -74,13 +74,16 @@ def test_quick_run_compares_checks_and_judges(tmp_path: Path) -> None:
                 if r["timing"]:
                     assert _interval_ok(op["ms"]) and _interval_ok(op["mib_s"])
     comp = runs[2]["contenders"]
-    assert {(c["wrap"], c["kind"]) for c in comp} == {(w, k) for w in d.WRAPS for k in d.KINDS}
-    assert len(got["ratios"]) == 2 * 4 and all(_interval_ok(r["speedup"]) for r in got["ratios"])
+    want = {(w, k) for w in d.WRAPS for k in d.KINDS} | {("ddp", d.SOLO)}
+    assert {(c["wrap"], c["kind"]) for c in comp} == want
+    assert len(got["ratios"]) == 2 * 4 + 1
+    assert all(_interval_ok(r["speedup"]) for r in got["ratios"])
     targets = {t["id"]: t for t in doc["targets"] if t["id"].startswith("dist_")}
     assert len(targets) == 5
     judged = {"met", "not met", "inconclusive"}
     if cores >= 2:
         assert all(t["verdict"] in judged for t in targets.values()), targets
+        assert targets["dist_ddp_save_w2_vs_w1"]["interval"]["paired"] is True
     report = (out / "report.md").read_text()
     part = report[report.index("## Distributed") :]
     assert "enclave is simulated" in part and "tmpfs is RAM" in part

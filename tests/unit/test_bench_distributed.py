@@ -105,6 +105,18 @@ def test_targets_verdicts_at_w2() -> None:
     assert dedup["verdict"] == "met"
 
 
+def test_dedup_target_pairs_rank0_alone_in_the_same_rounds() -> None:
+    comp = _comparison()
+    comp["contenders"].append(_contender("ddp", d.SOLO, {d.SAVE: [0.2, 0.22, 0.18, 0.2, 0.24]}))
+    doc = _doc([comp, _w1()])
+    dedup = _targets(doc)["dist_ddp_save_w2_vs_w1"]
+    assert dedup["interval"]["paired"] is True and "same rounds" in dedup["sides"]
+    assert dedup["measured"] == pytest.approx(0.10 / 0.20) and dedup["verdict"] == "met"
+    solo = [r for r in doc[d.NAME]["ratios"] if r["theirs"] == d.SOLO_LABEL]
+    assert len(solo) == 1 and solo[0]["speedup"]["median"] == pytest.approx(2.0)
+    assert "rank 0 alone" in "\n".join(d.markdown(doc[d.NAME]))
+
+
 def test_targets_not_run_say_why() -> None:
     rows = _targets({})
     assert all(r["verdict"] == "not run" for r in rows.values())

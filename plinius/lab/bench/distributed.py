@@ -17,14 +17,20 @@ and ``dcp.load``, for DDP and FSDP2; every restore checked bit for bit. Then Tor
 with fewer cores than ranks a launch runs one round and only says whether every save and
 restore was exact (correctness only): W = 4 on these 2-core VMs. Figures are the slowest
 rank's seconds per operation, medians over rounds with bootstrap 95 % intervals; ratios of the
-comparison are paired by round, the W = 2 against W = 1 ratio is not (two launches).
+comparison are paired by round. So is the W = 2 against W = 1 target: the comparison's launch
+also times DDP's TorchMirror on rank 0 alone (a process group of one, the other ranks idle) in
+the same rounds, because two launches minutes apart on a shared VM see different loads (the
+sweep's W = 1 launch is the unpaired fallback).
 
-Time on 2 cores: about 100 s for ``plinius bench --only distributed --world-size 2``
-(ResNet-50 + Adam, 292 MiB of state, 5 rounds on tmpfs), about 40 s with ``--quick`` (the first
-:data:`QUICK_SPECS` tensors of ResNet-50, 3 rounds). It is not part of the default
-``plinius bench`` (the answer runs only ``save`` and ``peers``); ``--only distributed``,
-``--world-size N`` or ``--paper`` run it. ``python -m plinius.lab.bench.distributed`` prints
-its report part (``--places tmpfs,ssd`` adds the same comparison on the disk).
+Time on 2 cores: ``plinius bench --only distributed --world-size 2`` took 144 s (152 s
+wall with start-up) with other tests loading the machine (1-minute load 4.3): ResNet-50 + Adam,
+293 MiB of state, the run's 7 rounds on tmpfs (97 s of it the W = 2 comparison, 28 s the
+W = 1 saves, 18 s the W = 4 check); ``--rounds 3`` or ``--quick`` (the first
+:data:`QUICK_SPECS` tensors of ResNet-50, 3 rounds: about 70 s) are shorter. It is not part
+of the default ``plinius bench`` (the answer runs only ``save`` and ``peers``); ``--only
+distributed``, ``--world-size N`` or ``--paper`` run it. ``python -m
+plinius.lab.bench.distributed`` prints its report part (``--places tmpfs,ssd`` adds the same
+comparison on the disk).
 """
 
 from __future__ import annotations
@@ -44,13 +50,21 @@ from typing import Any
 import numpy as np
 
 from plinius.backends.fsinfo import mount_label, mount_of
-from plinius.lab.bench.stats import RESAMPLES, SEED, Interval, median_interval, speedup
+from plinius.lab.bench.contenders import DEFAULT_ROUNDS
+from plinius.lab.bench.stats import (
+    RESAMPLES,
+    SEED,
+    Interval,
+    median_interval,
+    ratio_interval,
+    speedup,
+)
 from plinius.lab.profiles import root_dir
 
 NAME = "distributed"
 DEFAULT_WORLD = 2
 DEFAULT_WORKLOAD = "resnet50+adam"
-ROUNDS = 5
+ROUNDS = DEFAULT_ROUNDS
 QUICK_ROUNDS = 3
 #: --quick: only the first N tensors of the workload's architecture (a few MiB)
 QUICK_SPECS = 40
@@ -64,6 +78,9 @@ ROOT_OF = {"tmpfs": "shm", "ssd": "disk"}
 WRAPS = ("ddp", "fsdp")
 WRAP_LABEL = {"ddp": "DDP", "fsdp": "FSDP2"}
 KINDS = ("torchmirror", "dcp.save", "dcp.async_save")
+#: DDP's TorchMirror on rank 0 alone (W = 1) in the comparison's rounds: the paired W = 1 side
+SOLO = "torchmirror-w1"
+SOLO_LABEL = "torchmirror save, rank 0 alone (W = 1, same rounds)"
 SAVE, RESTORE, SAVE_DONE = "save", "restore", "save (until written)"
 #: seconds one launch may take before ``timeout`` kills it (and its ranks)
 LAUNCH_TIMEOUT_S = 600
@@ -129,6 +146,7 @@ def launch(
     wraps: Sequence[str] = WRAPS,
     specs: int | None = None,
     ops: Sequence[str] = (),
+    solo: bool = False,
     timeout_s: float = LAUNCH_TIMEOUT_S,
 ) -> dict[str, Any]:
     """One torchrun launch of ``world`` ranks (inside ``timeout``); rank 0's JSON. ``ops``:
@@ -143,6 +161,8 @@ def launch(
         worker += ["--specs", str(specs)]
     if ops:
         worker += ["--ops", ",".join(ops)]
+    if solo:
+        worker += ["--solo"]
     cmd = [
         "timeout", "--kill-after=10", str(int(timeout_s)),
         sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -236,6 +256,7 @@ def measure(
                     kinds=kinds,
                     specs=cut,
                     ops=ops,
+                    solo=role == "comparison",
                 )
                 entry.update(status="ok", **got)
             except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
@@ -413,6 +434,7 @@ def result(
                     ("dcp.async_save", SAVE, SAVE),
                     ("dcp.async_save", SAVE, SAVE_DONE),
                     ("dcp.save", RESTORE, RESTORE),
+                    (SOLO, SAVE, SAVE),
                 ):
                     a, b = _seconds(mine, op), _seconds(_find(comp, wrap, kind, place), their_op)
                     if not a or not b:
@@ -423,7 +445,9 @@ def result(
                             "wrap": wrap,
                             "place": place,
                             "mine": f"torchmirror {op}",
-                            "theirs": f"{'dcp.load' if op == RESTORE else kind} {their_op}",
+                            "theirs": SOLO_LABEL
+                            if kind == SOLO
+                            else f"{'dcp.load' if op == RESTORE else kind} {their_op}",
                             "speedup": iv.as_json(),
                         }
                     )
@@ -482,7 +506,8 @@ def targets(doc: Mapping[str, Any], t: Any) -> None:
     """The issue's three bars, per wrap where it names none: TorchMirror save ≥ 2× ``dcp.save``
     and restore ≥ 1.5× ``dcp.load`` at W = 2 (tmpfs, encrypted and fresh against plaintext),
     and TorchMirror's DDP save at W = 2 ≤ 0.6× its W = 1 time (each rank seals its half of the
-    replicated tensors)."""
+    replicated tensors): paired with rank 0 alone in the same rounds when the comparison ran
+    at W = 2, else the sweep's two launches, unpaired."""
     got = doc.get(NAME) or {}
     wl = got.get("workload")
     runs = got.get("runs") or []
@@ -538,6 +563,17 @@ def targets(doc: Mapping[str, Any], t: Any) -> None:
     if not got:
         t.add(key, what, DEDUP_BAR, None, why=why, at_least=False, workload=wl)
         return
+    if comp is not None and comp.get("world") == 2 and not why:
+        a = _seconds(_find(comp, "ddp", "torchmirror", "tmpfs"), SAVE)
+        b = _seconds(_find(comp, "ddp", SOLO, "tmpfs"), SAVE)
+        if a and b:  # paired: both in the same rounds of one launch
+            t.add(
+                key, what, DEDUP_BAR, ratio_interval(a, b), at_least=False, workload=wl,
+                sides="TorchMirror DDP save, W = 2 / rank 0 alone (W = 1) in the same rounds, "
+                "slowest rank",
+                durability="RAM (tmpfs)",
+            )  # fmt: skip
+            return
     a = _seconds(_find(by_world.get(2) or {}, "ddp", "torchmirror", "tmpfs"), SAVE)
     b = _seconds(_find(by_world.get(1) or {}, "ddp", "torchmirror", "tmpfs"), SAVE)
     if not a or not b:
@@ -587,7 +623,10 @@ def comparison_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
         ops = c["ops"]
         row: dict[str, Any] = {
             "wrap": WRAP_LABEL.get(c["wrap"], c["wrap"]),
-            "contender": c["kind"] + (" (sealed)" if c["kind"] == "torchmirror" else ""),
+            "contender": {
+                "torchmirror": "torchmirror (sealed)",
+                SOLO: "torchmirror (sealed), rank 0 alone: W = 1",
+            }.get(c["kind"], c["kind"]),
             "storage": c["place"],
         }
         if c["status"] != "ok":
@@ -600,7 +639,7 @@ def comparison_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
         row["restore (ms)"] = _text((ops.get(RESTORE) or {}).get("ms"))
         row["save MiB/s"] = _mib(save.get("mib_s"))
         row["exact restores"] = (
-            "yes, every round" if RESTORE in ops else "n/a (save only; not restored)"
+            "yes, every round" if RESTORE in ops else "n/a (saves only: not restored)"
         )
         out.append(row)
     return sorted(out, key=lambda r: (r["wrap"], r["storage"]))

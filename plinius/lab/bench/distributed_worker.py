@@ -298,6 +298,53 @@ def mirror_contender(at: Place, key_file: str, platform_dir: Path) -> Any:
     )  # fmt: skip
 
 
+def solo_contender(at: Place, key_file: str, platform_dir: Path) -> Any:
+    """TorchMirror of the DDP model on rank 0 alone (a process group of one: W = 1), timed in
+    the same rounds as the W-rank one, so the two are paired by round (the W = 2 against W = 1
+    target) instead of coming from two launches at different moments of a shared machine.
+    The other ranks idle at the barrier; the figure is rank 0's."""
+    import torch.distributed as dist
+
+    from plinius.enclave.platform import SimulatedPlatform
+    from plinius.lab.bench.contenders import Contender
+    from plinius.torch import TorchMirror
+    from plinius.torch.collectives import COMMIT_TIMEOUT
+
+    live = at.live
+    ident = f"{live.wrap}/torchmirror-w1@{at.place}"
+    (at.root / "tm-solo").mkdir(parents=True, exist_ok=True)
+    spec = f"{BACKEND_OF[at.place]}:{at.root / 'tm-solo'}/{{rank}}"
+    alone = dist.new_group(ranks=[0], backend="gloo")
+    mirror: TorchMirror | None = None
+    if dist.get_rank() == 0:
+        platform = SimulatedPlatform(platform_dir / "cpu", state_dir=platform_dir / "state")
+        mirror = TorchMirror(
+            live.model, live.optimizer, backend=spec, key_file=key_file, platform=platform,
+            asynchronous=False, mirror_on_close=False, process_group=alone,
+        )  # fmt: skip
+        mirror.restore()
+    else:  # TorchMirror makes a gloo group of its ranks: every rank takes part in making it
+        dist.new_group(ranks=[0], backend="gloo", timeout=COMMIT_TIMEOUT)
+    iteration = [0]
+
+    def save() -> None:
+        iteration[0] += 1
+        if mirror is not None:
+            mirror.step(iteration[0])
+
+    def run(op: str) -> float:
+        return at.timed(ident, op, _timed_call(save))
+
+    def close() -> None:
+        if mirror is not None:
+            mirror.close()
+
+    facts = at.facts("torchmirror-w1", "RAM (tmpfs, no fsync): survives a process crash")
+    facts.update(backend=spec, ranks="rank 0 alone (a process group of one)")
+    name = f"TorchMirror {live.wrap.upper()} rank 0 alone, W = 1 ({at.place})"
+    return Contender(SECTION, name, live.wrap, live.global_bytes, (SAVE,), run, close, facts, ident)
+
+
 def dcp_contender(at: Place, kind: str) -> Any:
     """``dcp.save`` (``restore``: ``dcp.load`` of what it wrote) or ``dcp.async_save``
     (``save``: until it returns; ``save (until written)``: until its upload is done)."""
@@ -399,6 +446,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for place, d in places.items():
             at = Place(live, place, Path(d), per_rank)
             made += contenders(at, args.key_file, Path(args.platform), kinds)
+            if args.solo and wrap == "ddp" and world > 1 and "torchmirror" in kinds:
+                made.append(solo_contender(at, args.key_file, Path(args.platform)))
         if args.ops:  # e.g. saves only: the save sweep over world sizes
             wanted = args.ops.split(",")
             for c in made:
@@ -443,6 +492,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--specs", type=int, default=0, help="only the first N tensors (tests)")
     p.add_argument("--wraps", default=",".join(WRAPS))
     p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument(
+        "--solo", action="store_true", help="also DDP's TorchMirror on rank 0 alone (W = 1)"
+    )
     p.add_argument("--ops", default="", help="only these ops (default: every one)")
     p.add_argument("--places", required=True, help="PLACE=DIR,...: tmpfs=/dev/shm/x,ssd=/var/tmp/y")
     p.add_argument("--rounds", type=int, default=5)
