@@ -704,6 +704,8 @@ def headline(doc: Mapping[str, Any]) -> str:
         f"{p}: {s['mount']} under {s['dir']} ({s['note']})"
         for p, s in (doc.get("storage") or {}).items()
     )
+    backends = ", ".join(p for p in doc.get("storage") or {})
+    n = doc.get("cores")
     return (
         f"Workload {wl}: {nbytes / (1 << 20):.0f} MiB of model and optimizer state, built on "
         f"every rank, wrapped as DDP and as FSDP2 (`fully_shard` on every module holding "
@@ -717,9 +719,9 @@ def headline(doc: Mapping[str, Any]) -> str:
         "get_state_dict (+ set_state_dict after dcp.load). Every restore is zeroed before and "
         "compared bit for bit after (untimed): a contender that does not restore exactly fails. "
         f"Storage: {storage}. The enclave is simulated (a software boundary); the platform is a "
-        "throw-away simulated CPU; no persistent memory is used (TorchMirror on the tmpfs "
-        f"backend). {doc.get('cores')} cores, 1-minute load {load}: W ≤ {doc.get('cores')} is "
-        "timed, a larger W runs one round for correctness only."
+        "throw-away simulated CPU; no persistent memory is used (TorchMirror on its file "
+        f"backends: {backends}). {n} cores, 1-minute load {load}: W ≤ {n} is timed, a larger "
+        "W runs one round for correctness only."
     )
 
 

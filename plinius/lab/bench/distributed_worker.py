@@ -446,7 +446,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for place, d in places.items():
             at = Place(live, place, Path(d), per_rank)
             made += contenders(at, args.key_file, Path(args.platform), kinds)
-            if args.solo and wrap == "ddp" and world > 1 and "torchmirror" in kinds:
+            solo = args.solo and wrap == "ddp" and place == "tmpfs" and world > 1
+            if solo and "torchmirror" in kinds:
                 made.append(solo_contender(at, args.key_file, Path(args.platform)))
         if args.ops:  # e.g. saves only: the save sweep over world sizes
             wanted = args.ops.split(",")
