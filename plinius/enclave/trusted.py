@@ -331,7 +331,18 @@ class Enclave:
         self._new_run()
         state = ranks.counters.read(ranks.slot)
         self._version = state.high if state else 0
+        self._agree_version()
         return ranks
+
+    def _agree_version(self) -> None:
+        """Every rank numbers the next save alike: above the highest version any rank's record
+        issued (a rank that began a save the others never reached has burnt one more)."""
+        assert self._ranks is not None
+        got = self._ranks.link.all_gather_bytes(str(self._version).encode(), 32)
+        try:
+            self._version = max(int(v) for v in got)
+        except ValueError:
+            raise EnclaveStateError("a rank sent no version") from None
 
     def _meta(self) -> dict[str, Any]:
         """The manifest's metadata: the model's training state ("net", the key of format 2),
@@ -523,6 +534,7 @@ class Enclave:
         g = ranks.read_global()
         if g is None:
             ranks.absent()
+            self._agree_version()
             return None
         link = ranks.link
         if g.world == link.world:
@@ -530,6 +542,7 @@ class Enclave:
             ranks.live = g.parts[link.rank].blob
             self._model.load_training_state(got.info.meta["net"])
             self._resume(got.info.meta, g.version, g.run_id)
+            self._agree_version()
             return self._model.iteration
         reshard = getattr(self._model, "reshard", None)
         if reshard is None or self._backend_of is None:
@@ -557,6 +570,7 @@ class Enclave:
             self._resume(meta, g.version, g.run_id)
         else:
             self._version, self._run_id = max(self._version, g.version), g.run_id
+        self._agree_version()
         return self._model.iteration
 
     def ecall_forget_mirror(self) -> None:

@@ -36,7 +36,7 @@ RUN_TIMEOUT = 240
 class Run:
     """One torchrun of the example in ``root`` (its own platform, state, key and storage)."""
 
-    def __init__(self, root: Path, wrap: str, backend: str = "tmpfs") -> None:
+    def __init__(self, root: Path, wrap: str, backend: str = "tmpfs", redis: str = "") -> None:
         self.root, self.wrap = root, wrap
         root.mkdir(parents=True, exist_ok=True)
         self.key = root / "owner.key"
@@ -46,6 +46,8 @@ class Run:
         self.store = Path(where) / f"plinius-dist-{os.getpid()}-{id(self)}"
         tail = "{rank}.pool" if backend == "romulus" else "{rank}"
         self.spec = f"{backend}:{self.store}/{tail}"
+        if backend == "redis":  # one shared server: one spec, each rank its own blobs
+            self.spec = f"{redis}?prefix=t{os.getpid()}x{id(self)}"
         self.pids = root / "pids"
         self.pids.mkdir(exist_ok=True)
 
@@ -130,7 +132,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool]
 # --- kills ---------------------------------------------------------------------------------
 
 #: (wrap, async, backend, kills): two kills per run at named points of a save, each on the rank
-#: given; every point of the save is covered on each wrap, sync and async, on two backends
+#: given; every point of the save is covered on each wrap, sync and async, on two local
+#: backends; and on one Redis server the ranks share
 KILLS = [
     ("ddp", False, "tmpfs", "0:seal:1:2,1:record:0:1"),
     ("ddp", False, "romulus", "0:part:0:2,1:global:0:1"),
@@ -140,19 +143,33 @@ KILLS = [
     ("fsdp", False, "romulus", "0:record:0:2,1:seal:1:1"),
     ("fsdp", True, "tmpfs", "0:part:1:2,1:record:1:1"),
     ("fsdp", True, "romulus", "0:step:0:6,1:global:0:1"),
+    ("ddp", False, "tmpfs", "0:step:0:8,1:part:0:1"),  # rank 1 began save 2, rank 0 never
+    ("ddp", True, "redis", "0:part:1:2,1:record:0:1"),
+    ("fsdp", False, "redis", "0:seal:0:3,1:global:0:1"),
 ]
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A private ``redis-server`` (AOF always) the ranks share."""
+    from plinius.backends.redis_server import RedisServer
+
+    with RedisServer(appendonly=True, appendfsync="always") as srv:
+        yield srv.url
 
 
 @pytest.mark.parametrize(("wrap", "asynchronous", "backend", "kill"), KILLS)
 def test_killed_rank_resumes_bit_identically(
     tmp_path: Path,
     reference: dict[tuple[str, bool], list[str]],
+    request: pytest.FixtureRequest,
     wrap: str,
     asynchronous: bool,
     backend: str,
     kill: str,
 ) -> None:
-    run = Run(tmp_path, wrap, backend)
+    url = request.getfixturevalue("redis_url") if backend == "redis" else ""
+    run = Run(tmp_path, wrap, backend, url)
     try:
         out = run(restarts=3, kill=kill, asynchronous=asynchronous)
         _ok(out)
