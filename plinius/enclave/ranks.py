@@ -47,6 +47,8 @@ _GLOBAL_AAD = b"plinius-global-v1"
 MAX_GLOBAL = 64 << 20
 #: the largest report or verdict one rank sends the others
 MAX_REPORT = 64 << 10
+#: the largest broadcast of a global manifest: a tag byte, the header, the sealed body
+_MESSAGE = 1 + _GHEAD.size + MAX_GLOBAL
 DEFAULT_BASE = "mirror"
 
 
@@ -297,9 +299,16 @@ class RankMirror:
 
         #: which part blob the committed global manifest lists for this rank (None: none)
         self.live: int | None = None
+        #: a global manifest write failed: which part it lists is unknown until a restore
+        self.unsure = False
 
     def next_blob(self) -> int:
         """The part blob the next save writes: never the one the global manifest lists."""
+        if self.unsure:
+            raise DistributedSaveError(
+                "the last global manifest write failed, so which part it lists is unknown: "
+                "restore (start the run again) before saving again"
+            )
         return 0 if self.live is None else 1 - self.live
 
     def guard(self, *, settle: bool) -> FreshnessGuard:
@@ -345,16 +354,24 @@ class RankMirror:
                                table)  # fmt: skip
             try:
                 sealed = b"G" + seal_global(self.engine, self.fingerprint, g)
+                if len(sealed) > _MESSAGE:  # a reader would refuse it: never over the last one
+                    raise DistributedSaveError(
+                        f"the global manifest of {what} would be {len(sealed) - 1} B, over the "
+                        f"{MAX_GLOBAL} B a restore reads"
+                    )
                 with self.backend.begin_write(global_blob(self.base), len(sealed) - 1) as txn:
                     txn.view(0, len(sealed) - 1)[:] = sealed[1:]
                     txn.commit()
-            except PliniusError as exc:
+            except Exception as exc:  # every rank must hear of any failure
                 sealed = b"E" + str(exc).encode()[:MAX_REPORT]
-        got = link.broadcast_bytes(sealed, MAX_GLOBAL + 1)
+        got = link.broadcast_bytes(sealed, _MESSAGE)
         if got[:1] != b"G":
+            # the write may have been durable all the same: no save may overwrite a part it
+            # might list until a restore has read which one it is
+            self.unsure = True
             raise DistributedSaveError(
                 f"{what} aborted: rank 0 could not write the global manifest "
-                f"({got[1:].decode(errors='replace')}); no rank committed it"
+                f"({got[1:].decode(errors='replace')}); restore before saving again"
             )
         g = open_global(self.engine, self.fingerprint, got[1:], f"the global manifest of {what}")
         assert extent is not None
@@ -383,9 +400,9 @@ class RankMirror:
                     if whole is None or whole.data.nbytes != size:
                         raise FormatError(f"{what} changed while it was read")
                     msg = b"G" + bytes(whole.data)
-            except PliniusError as exc:
+            except Exception as exc:  # every rank must hear of it
                 msg = b"E" + _verdict(exc)
-        got = self.link.broadcast_bytes(msg, MAX_GLOBAL + 1)
+        got = self.link.broadcast_bytes(msg, _MESSAGE)
         mine: BaseException | None = None
         g: GlobalManifest | None = None
         try:
@@ -396,7 +413,7 @@ class RankMirror:
                 g = open_global(self.engine, self.fingerprint, got[1:], what)
             elif got != b"N":
                 raise FormatError(f"{what}: rank 0 sent an unreadable answer")
-        except PliniusError as exc:
+        except Exception as exc:  # agreed on, then raised on every rank
             mine = exc
         agree(self.link, mine, "the restore")
         return g
@@ -406,7 +423,7 @@ class RankMirror:
         mine: BaseException | None = None
         try:
             self.guard(settle=False).absent()
-        except PliniusError as exc:
+        except Exception as exc:  # agreed on, then raised on every rank
             mine = exc
         agree(self.link, mine, "the restore")
 
@@ -422,7 +439,7 @@ class RankMirror:
         got: Restored | None = None
         try:
             got = self._load(g, self.rank, self.backend, into)
-        except PliniusError as exc:
+        except Exception as exc:  # agreed on, then raised on every rank
             mine = exc
         agree(self.link, mine, f"the restore of save {g.version}")
         assert got is not None
@@ -439,7 +456,7 @@ class RankMirror:
         try:
             for r in ranks:
                 got[r] = self._load(g, r, backend_of(r), None)
-        except PliniusError as exc:
+        except Exception as exc:  # agreed on, then raised on every rank
             mine = exc
         agree(self.link, mine, f"the restore of save {g.version}")
         return got

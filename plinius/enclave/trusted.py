@@ -532,6 +532,7 @@ class Enclave:
         ``r`` by rank ``r % world``) handed to the model's ``reshard`` hook, which exchanges
         what each rank needs over the ranks' collectives."""
         g = ranks.read_global()
+        ranks.unsure = False  # the manifest read is the one a new save must not overwrite
         if g is None:
             ranks.absent()
             self._agree_version()
@@ -677,7 +678,7 @@ class Enclave:
                 before_write=lambda size, manifest: begin(Extent(size, manifest)),
                 engine=engine,
             )
-        except PliniusError as exc:
+        except Exception as exc:  # every rank must hear of it before any raises
             ranks.commit(stamp, None, iteration, exc, table, blob)  # the others learn it; raises
             raise
         ranks.commit(stamp, extent[0], iteration, None, table, blob)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from plinius.core.errors import ModelMismatchError, PliniusError
+from plinius.core.errors import ModelMismatchError
 from plinius.enclave.ranks import GlobalManifest, agree
 from plinius.torch.codec import dtype_from_name, record_dtype, record_view
 from plinius.torch.collectives import TorchLink
@@ -147,10 +147,10 @@ class PartState(TorchState):
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         """The part's own records and state, then every replicated tensor from its sealer."""
-        failed: PliniusError | None = None
+        failed: BaseException | None = None
         try:
             super().load_training_state(state)
-        except PliniusError as exc:
+        except Exception as exc:  # agreed on, then raised on every rank
             failed = exc
         agree(self.link, failed, "the restore")
         for layer, name, _, _, kind, owner, _ in state["table"]:
@@ -178,15 +178,15 @@ class PartState(TorchState):
         from old rank ``rank`` (or 0, for a rank beyond the old world). The old rank whose
         state this rank took."""
         link, me = self.link, self.link.rank
-        failed: PliniusError | None = None
+        failed: BaseException | None = None
         try:
             self._allocate(g.table)
-        except PliniusError as exc:
+        except Exception as exc:  # agreed on, then raised on every rank
             failed = exc
         agree(link, failed, f"the restore of save {g.version} at {link.world} ranks")
         with torch.no_grad():
             for layer, name, dtype, shape, kind, where, _ in g.table:
-                self._place(layer, name, dtype, shape, kind, where, arrays)
+                self._place(layer, name, dtype, shape, kind, where, arrays, g.world)
         source = me if me < g.world else 0
         doc, rng, extra = self._source_state(g, source, docs, arrays)
         self._rng, self._extra_into = rng, extra
@@ -205,7 +205,10 @@ class PartState(TorchState):
         kind: str,
         where: Any,
         arrays: dict[int, dict[tuple[int, str], np.ndarray]],
+        world: int,
     ) -> None:
+        """Every piece of one tensor (``world`` old ranks' rows, or its owner's whole) from the
+        rank that read it to every rank; each keeps the rows its own placement covers."""
         link, me = self.link, self.link.rank
         dest = self._tensor_of(layer, name)
         lt = record_view(local(dest))
@@ -214,8 +217,8 @@ class PartState(TorchState):
         lo, n = (0, rows)
         if is_dtensor(dest) and placement(dest, name, link.world) == SHARD:
             lo, n = chunks(rows, link.world)[me]
-        pieces = where if kind == SHARD else [[where, 0, rows]]
-        for r, off, count in pieces:
+        pieces = list(enumerate(chunks(rows, world))) if kind == SHARD else [(where, (0, rows))]
+        for r, (off, count) in pieces:
             holder = r % link.world
             piece_shape = [count, *shape[1:]] if kind == SHARD else shape
             if holder == me:

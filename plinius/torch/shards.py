@@ -7,8 +7,9 @@ sealed once, by the rank with the fewest bytes so far, largest tensors first (as
 does), so a DDP save seals ~1/world of the state per rank. Every rank computes the same table
 from the same tensors; the commit checks that they did.
 
-A table row: ``[layer, name, dtype, global shape, "shard", [[rank, first row, rows], ...],
-on_param_device]`` or ``[layer, name, dtype, global shape, "rep", owner rank, on]``.
+A table row: ``[layer, name, dtype, global shape, "shard", None, on_param_device]`` (rank r
+holds rows ``chunks(shape[0], world)[r]``: the table grows with the tensors, not the ranks) or
+``[layer, name, dtype, global shape, "rep", owner rank, on]``.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def table(
             per_row = t.numel() // max(1, shape[0]) * t.element_size()
             for r, (_, n) in enumerate(pieces):
                 loads[r] += n * per_row
-            row[5] = [[r, lo, n] for r, (lo, n) in enumerate(pieces)]
+            row[5] = None  # the rows follow from the shape and the world size
         else:
             reps.append((t.numel() * t.element_size(), len(rows)))
         rows.append(row)

@@ -153,3 +153,39 @@ def test_stamp_and_extent_accessors() -> None:
     g = _manifest()
     assert g.stamp_of(0) == Stamp(g.run_id, g.version, g.parts[0].save_id)
     assert g.extent_of(1) == Extent(1001, 200)
+
+
+def _sealed_doc(eng: object, doc: dict[str, object], version: int, run: bytes) -> bytes:
+    """A body sealed under a header of our choosing (what only a key holder could write)."""
+    import json as _json
+
+    from plinius.core.crypto import OVERHEAD
+    from plinius.enclave import ranks
+
+    body = _json.dumps(doc).encode()
+    header = ranks._GHEAD.pack(
+        ranks.GLOBAL_MAGIC, 1, ranks._GHEAD.size, eng.key_id, version, run, len(body) + OVERHEAD
+    )  # type: ignore[attr-defined]
+    out = bytearray(len(header) + len(body) + OVERHEAD)
+    out[: len(header)] = header
+    eng.encrypt_into(ranks._aad(FP, header), body, memoryview(out)[len(header) :])  # type: ignore[attr-defined]
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (lambda d: d.update(version=d["version"] + 1), IntegrityError),  # body ≠ header
+        (lambda d: d["parts"].reverse(), FormatError),  # parts out of rank order
+        (lambda d: d.update(world=3), FormatError),  # a world the parts do not fill
+        (lambda d: d["parts"][0].__setitem__(4, 2), FormatError),  # no such part blob
+        (lambda d: d.pop("table"), FormatError),  # malformed
+    ],
+)
+def test_authentic_but_inconsistent_manifest_refused(change: object, error: type) -> None:
+    eng = make_engine(generate_key())
+    g = _manifest()
+    doc = g.doc()
+    change(doc)  # type: ignore[operator]
+    with pytest.raises(error):
+        open_global(eng, FP, _sealed_doc(eng, doc, g.version, g.run_id), "g")
