@@ -150,6 +150,7 @@ def test_report_names_storage_simulation_and_correctness_only() -> None:
     assert "enclave is simulated" in text and "simulated CPU" in text
     assert "correctness only" in text and "RAM" in text
     assert "TorchMirror is × faster" in text
+    assert "{" not in text  # every placeholder filled
     sweep = [r for r in doc["scaling"] if r["world"] == 4]
     assert sweep and all("ms" not in r for r in sweep)
 

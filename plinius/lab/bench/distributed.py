@@ -776,7 +776,7 @@ def threads_line(doc: Mapping[str, Any]) -> str:
     threads = f"PLINIUS_AEAD_THREADS={v}: {v}" if v else f"PLINIUS_AEAD_THREADS unset: up to {n}"
     return (
         f"TorchMirror's AES-GCM may seal on every core a rank can use ({threads} "
-        "threads per rank; `auto` picks the threads per call size), so on {n} cores "
+        f"threads per rank; `auto` picks the threads per call size), so on {n} cores "
         "one rank alone can already seal on all of them: at W = 2 the ranks share those cores "
         "(and add the two-phase commit), and each rank sealing half the replicated bytes "
         "halves the save time only where every rank has cores of its own."
