@@ -22,11 +22,12 @@ also times DDP's TorchMirror on rank 0 alone (a process group of one, the other 
 the same rounds, because two launches minutes apart on a shared VM see different loads (the
 sweep's W = 1 launch is the unpaired fallback).
 
-Time on 2 cores: ``plinius bench --only distributed --world-size 2`` took 144 s (152 s
-wall with start-up) with other tests loading the machine (1-minute load 4.3): ResNet-50 + Adam,
-293 MiB of state, the run's 7 rounds on tmpfs (97 s of it the W = 2 comparison, 28 s the
-W = 1 saves, 18 s the W = 4 check); ``--rounds 3`` or ``--quick`` (the first
-:data:`QUICK_SPECS` tensors of ResNet-50, 3 rounds: about 70 s) are shorter. It is not part
+Time on 2 cores: ``plinius bench --only distributed --world-size 2`` took 141–165 s (2 min 38 s
+to 2 min 55 s wall with start-up) while other tests loaded the machine (1-minute load 1.3–7.8):
+ResNet-50 + Adam, 293 MiB of state, the run's 7 rounds on tmpfs (78–99 s of it the W = 2
+comparison, 24–57 s the W = 1 saves, 17–25 s the W = 4 check); ``--rounds 3`` or
+``--quick`` (the first :data:`QUICK_SPECS` tensors of ResNet-50, 3 rounds: 40–115 s) are
+shorter. It is not part
 of the default ``plinius bench`` (the answer runs only ``save`` and ``peers``); ``--only
 distributed``, ``--world-size N`` or ``--paper`` run it. ``python -m
 plinius.lab.bench.distributed`` prints its report part (``--places tmpfs,ssd`` adds the same

@@ -2,7 +2,7 @@
 and ``dcp.load`` for DDP and FSDP2, and save time against world size
 (:mod:`plinius.lab.bench.distributed`). It launches its own ranks, so it runs on its own, not in
 the rounds. Not part of the answer (``plinius bench`` without ``--paper`` runs only ``save``
-and ``peers``): ``plinius bench --only distributed`` or ``--world-size N`` runs it (144 s at
+and ``peers``): ``plinius bench --only distributed`` or ``--world-size N`` runs it (141–165 s at
 W = 2 with the run's 7 rounds on a loaded 2-core VM; about 70 s with ``--quick``, which cuts
 the workload to its first tensors); ``--quick`` with other sections leaves it out unless
 ``--world-size`` asks for it. Its targets are read at W = 2; without torch it is not run,
