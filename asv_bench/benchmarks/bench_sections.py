@@ -251,13 +251,14 @@ class FreshnessContenders:
 
 class DistributedContenders:
     """``plinius bench`` section ``distributed`` (it launches its own torchrun ranks, so no
-    class is generated for it): ``time_op`` over ``(world, wrap, contender, op)``. ``setup``
-    launches ``world`` ranks (:func:`plinius.lab.bench.distributed.measure_one`: the default
-    workload, ResNet-50 + Adam, on tmpfs) that run the contender's ops up to ``op`` once, as the
-    section does: after a barrier, the slowest rank's seconds, every restore checked exactly.
-    The op runs in the ranks, not in this process, so ``time_op`` advances asv's clock by the
-    seconds the ranks measured. A world size above this machine's cores (timing the scheduler,
-    not the save), an op the contender lacks, or no torch raises NotImplementedError."""
+    class is generated for it): ``time_op`` over ``(world, wrap, contender, op)``.
+    ``setup_cache`` launches each world size once (:func:`plinius.lab.bench.distributed.
+    measure_all`: ResNet-50 + Adam cut to its first tensors, on tmpfs; every wrap, contender and
+    op after a barrier, the slowest rank's seconds, every restore checked exactly), so the whole
+    class costs two launches, not one per combination. The ops run in the ranks, not in this
+    process, so ``time_op`` advances asv's clock by the seconds the ranks measured. A world
+    size above this machine's cores (timing the scheduler, not the save), an op the contender
+    lacks, or no torch raises NotImplementedError."""
 
     section_name = "distributed"
     param_names = ["world", "wrap", "contender", "op"]
@@ -268,21 +269,41 @@ class DistributedContenders:
         [distributed.SAVE, distributed.SAVE_DONE, distributed.RESTORE],
     )
     timer = staticmethod(contender_clock)
-    timeout = 600
+    timeout = 900
     number = 1
     repeat = (3, 5, 60.0)
 
-    def setup(self, world: int, wrap: str, contender: str, op: str) -> None:
+    def setup_cache(self) -> dict[int, dict[tuple[str, str, str], float]]:
+        if distributed.torch_missing():
+            return {}
+        worlds = [w for w in self.params[0] if w <= distributed.cores()]
+        return {w: distributed.measure_all(w, specs=distributed.QUICK_SPECS) for w in worlds}
+
+    def setup(
+        self,
+        cache: dict[int, dict[tuple[str, str, str], float]],
+        world: int,
+        wrap: str,
+        contender: str,
+        op: str,
+    ) -> None:
         self.seconds: float | None = None
         why = distributed.torch_missing()
         if why:
             raise NotImplementedError(why)
         if op not in distributed.ops_of(contender):
             raise NotImplementedError(f"{contender} has no {op!r}")
-        if world > distributed.cores():
+        if world not in cache:
             raise NotImplementedError(f"{world} ranks on {distributed.cores()} cores: not timed")
-        self.seconds = distributed.measure_one(world, wrap, contender, op)
+        self.seconds = cache[world][(wrap, contender, op)]
 
-    def time_op(self, world: int, wrap: str, contender: str, op: str) -> None:
+    def time_op(
+        self,
+        cache: dict[int, dict[tuple[str, str, str], float]],
+        world: int,
+        wrap: str,
+        contender: str,
+        op: str,
+    ) -> None:
         assert self.seconds is not None
         _clock[0] += self.seconds

@@ -315,6 +315,32 @@ def measure_one(
     return float(c["ops"][op]["seconds"][0])
 
 
+def measure_all(
+    world: int, *, workload: str = DEFAULT_WORKLOAD, specs: int | None = None
+) -> dict[tuple[str, str, str], float]:
+    """One launch of ``world`` ranks running every wrap, contender and op once on tmpfs;
+    ``{(wrap, kind, op): the slowest rank's seconds}`` (the asv class's figures: one launch
+    per world size, not one per parameter combination). Scratch removed before it returns."""
+    from plinius.core.crypto import generate_key, write_key_file
+
+    scratch = Path(tempfile.mkdtemp(prefix="plinius-dist-", dir=root_dir("shm")))
+    try:
+        write_key_file(scratch / "owner.key", generate_key())
+        got = launch(
+            world, scratch / "run.json", {"tmpfs": scratch / "data"}, scratch / "owner.key",
+            scratch / "platform", workload=workload, rounds=1, specs=specs,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    out: dict[tuple[str, str, str], float] = {}
+    for c in got["contenders"]:
+        if c.get("errors"):
+            raise RuntimeError(f"{c['id']}: {c['errors'][0]}")
+        for op, m in c["ops"].items():
+            out[(c["wrap"], c["kind"], op)] = float(m["seconds"][0])
+    return out
+
+
 def _facts(d: Path, place: str) -> dict[str, Any]:
     m = mount_of(d)
     return {
