@@ -139,7 +139,11 @@ class TorchMirror:
     :meth:`close` (and leaving the ``with`` block without an exception) mirrors the last
     :meth:`step` when it is newer than the last mirror; ``platform``: the simulated CPU holding
     the key seal and freshness counters (default: this machine's, at ``$PLINIUS_PLATFORM_DIR``;
-    benchmarks pass a throw-away one).
+    benchmarks pass a throw-away one); ``process_group``: the ranks whose run this mirrors
+    (default: the world group when torch.distributed is initialised; README's "Distributed
+    training"): each rank seals its part (``{rank}`` in ``backend`` gives each its own
+    instance), a two-phase commit makes every save all-or-nothing across ranks, and a restore
+    at another world size reshards; every rank calls restore, step, mirror and close alike.
     """
 
     def __init__(
