@@ -131,6 +131,9 @@ def test_bench_quick_every_section(tmp_path: Path) -> None:
 
     # numpy, pickle and safetensors' numpy API need nothing more; torch adds its peers
     assert status.pop("peers") == ("ok" if peers_unavailable() is None else "skipped")
+    # it launches torchrun ranks: not in --quick beside other sections (and it needs torch)
+    assert status.pop("distributed") == "skipped"
+    assert "torch" in doc["sections"]["distributed"]["error"]
     assert status == {
         s: "ok"
         for s in (

@@ -104,6 +104,13 @@ def _ok(out: subprocess.CompletedProcess[str]) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
 
 
+def _no_refusal(out: subprocess.CompletedProcess[str]) -> None:
+    """No rank refused anything or aborted a save on its own: a kill only cuts the ranks'
+    connections (gloo's errors), it never makes plinius refuse."""
+    said = [ln for ln in out.stderr.splitlines() if "plinius." in ln and "Error:" in ln]
+    assert not said, said[:4]
+
+
 def _refused(out: subprocess.CompletedProcess[str], *phrases: str) -> str:
     """The refusal line a rank printed (every phrase in it)."""
     assert out.returncode != 0, "the attack was not refused"
@@ -171,10 +178,11 @@ def test_killed_rank_resumes_bit_identically(
     url = request.getfixturevalue("redis_url") if backend == "redis" else ""
     run = Run(tmp_path, wrap, backend, url)
     try:
-        out = run(restarts=3, kill=kill, asynchronous=asynchronous)
+        out = run(restarts=4, kill=kill, asynchronous=asynchronous)
         _ok(out)
         attempts = {p.name.split(".")[0] for p in run.pids.iterdir()}
-        assert attempts == {"a0", "a1", "a2"}, f"both kills must land: {sorted(attempts)}"
+        assert {"a0", "a1", "a2"} <= attempts, f"both kills must land: {sorted(attempts)}"
+        _no_refusal(out)  # an extra restart (a transport error under load) is no refusal
         assert run.digests() + run.rngs() == reference[(wrap, asynchronous)]
     finally:
         run.cleanup()
@@ -207,10 +215,11 @@ def test_random_moment_kills_resume_bit_identically(
             except ProcessLookupError:
                 return
 
-    out = run(restarts=3, killer=threading.Thread(target=killer))
+    out = run(restarts=4, killer=threading.Thread(target=killer))
     try:
         _ok(out)
         assert landed, "no kill landed"
+        _no_refusal(out)
         assert run.digests() + run.rngs() == reference[(wrap, False)]
     finally:
         run.cleanup()
