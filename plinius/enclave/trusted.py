@@ -160,6 +160,36 @@ def open_fresh(store: MirrorStore, guard: FreshnessGuard) -> OpenedMirror:
     return opened
 
 
+def _save_begun(
+    store: MirrorStore,
+    counters: MirrorCounters,
+    slot: str,
+    stamp: Stamp,
+    extent: list[Extent],
+    records: list[Record],
+    iteration: int,
+    meta: dict[str, Any],
+    engine: Engine | None,
+) -> IoStats:
+    """``store.save`` of ``stamp``'s mirror with the slot's record of it in flight before
+    anything is written (its extent appended to ``extent``); the caller commits the record."""
+
+    def begin(e: Extent) -> None:
+        counters.begin(slot, stamp, e)
+        extent.append(e)
+
+    return store.save(
+        records,
+        version=stamp.version,
+        iteration=iteration,
+        meta=meta,
+        run_id=stamp.run_id,
+        save_id=stamp.save_id,
+        before_write=lambda size, manifest: begin(Extent(size, manifest)),
+        engine=engine,
+    )
+
+
 #: builds a model from a mirror read and checked fresh: (the model, restored; the mirror's info)
 ModelBuilder = Callable[[OpenedMirror], tuple[Trainable, MirrorInfo]]
 
@@ -627,21 +657,8 @@ class Enclave:
                 self._store.backend, stamp.run_id, version, lambda: self._committed(slot)
             )
         extent: list[Extent] = []
-
-        def begin(e: Extent) -> None:
-            counters.begin(slot, stamp, e)
-            extent.append(e)
-
-        stats = self._store.save(
-            records,
-            version=version,
-            iteration=iteration,
-            meta=meta,
-            run_id=stamp.run_id,
-            save_id=stamp.save_id,
-            before_write=lambda size, manifest: begin(Extent(size, manifest)),
-            engine=engine,
-        )
+        stats = _save_begun(self._store, counters, slot, stamp, extent, records, iteration, meta,
+                            engine)  # fmt: skip
         counters.commit(slot, stamp)
         if self._replicas is not None and extent:
             self._replicas.after_commit(self._store.backend, stamp, extent[0], force=reseed)
@@ -662,22 +679,9 @@ class Enclave:
         table = meta["net"].get("table", [])
         blob = ranks.next_blob()
         extent: list[Extent] = []
-
-        def begin(e: Extent) -> None:
-            ranks.counters.begin(ranks.slot, stamp, e)
-            extent.append(e)
-
         try:
-            stats = ranks.stores[blob].save(
-                records,
-                version=stamp.version,
-                iteration=iteration,
-                meta=meta,
-                run_id=stamp.run_id,
-                save_id=stamp.save_id,
-                before_write=lambda size, manifest: begin(Extent(size, manifest)),
-                engine=engine,
-            )
+            stats = _save_begun(ranks.stores[blob], ranks.counters, ranks.slot, stamp, extent,
+                                records, iteration, meta, engine)  # fmt: skip
         except Exception as exc:  # every rank must hear of it before any raises
             ranks.commit(stamp, None, iteration, exc, table, blob)  # the others learn it; raises
             raise
